@@ -1,0 +1,1 @@
+"""The gRPC edge: build_server(), servicers, converters, interceptors, status mapping."""

@@ -1,0 +1,265 @@
+"""Model cards and the feature schema that turns named, typed features into the
+model's input vector.
+
+A model in the repository is a folder holding ``card.yaml`` (this module's
+`ModelCard`) and the artifact it names. The card is the single source of the
+feature names, types, ranges, units, immutable/protected flags, class names,
+training reference and DP facts that validation, explainers, policy and
+narratives all read.
+
+The model takes an *encoded* float32 row: one column per number, integer or
+boolean feature and one one-hot column per category of a category feature,
+in card order. A category feature is one player for attribution methods.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from desiderata.server.errors import FieldViolation, InvalidArgument
+
+__all__ = [
+    "FeatureSchema",
+    "FeatureSpec",
+    "FeatureValue",
+    "ModelCard",
+    "PrivacyFacts",
+    "TrainingDataRef",
+    "load_card",
+]
+
+FeatureValue = float | int | str | bool
+FeatureType = Literal["number", "integer", "category", "boolean"]
+
+
+class FeatureSpec(BaseModel):
+    """One input feature as callers name it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    """Stable name used on the wire."""
+    display_name: str = ""
+    """Name shown to people (narratives); defaults to `name`."""
+    type: FeatureType
+    """Declared type; values of another type are refused."""
+    min: float | None = None
+    """Smallest allowed value (numbers and integers)."""
+    max: float | None = None
+    """Largest allowed value (numbers and integers)."""
+    unit: str = ""
+    """Unit shown after values in narratives, e.g. "€" or "months"."""
+    unit_prefix: bool = False
+    """Whether the unit is written before the value ("€450") or after ("12 months")."""
+    categories: list[str] = Field(default_factory=list)
+    """Allowed values of a category feature, in one-hot column order."""
+    immutable: bool = False
+    """The subject cannot change it: never suggested in recourse."""
+    protected: bool = False
+    """A protected attribute (e.g. age); policy may redact it for some audiences."""
+    description: str = ""
+    """What the feature means."""
+    baseline: float | int | str | bool | None = None
+    """The card's baseline value for path attributions; None uses the reference mean."""
+
+    @model_validator(mode="after")
+    def _check(self) -> FeatureSpec:
+        if self.type == "category" and len(self.categories) < 2:
+            raise ValueError(f"category feature {self.name!r} needs at least two categories")
+        if self.type != "category" and self.categories:
+            raise ValueError(f"feature {self.name!r} is not a category but lists categories")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"feature {self.name!r}: min {self.min} > max {self.max}")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.display_name or self.name
+
+    @property
+    def width(self) -> int:
+        return len(self.categories) if self.type == "category" else 1
+
+
+class TrainingDataRef(BaseModel):
+    """Where the model's training reference comes from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    """Data set name."""
+    source: str = ""
+    """Where the data set comes from (citation or package)."""
+    licence: str = ""
+    """Licence of the data set."""
+    rows: int = 0
+    """Rows used for training."""
+    path: str = ""
+    """Training reference (encoded rows and labels, .npz) relative to the model folder."""
+
+
+class PrivacyFacts(BaseModel):
+    """Differential-privacy facts of the training run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dp_trained: bool = False
+    """Trained with DP-SGD."""
+    epsilon: float = 0.0
+    """Privacy loss ε of training (0 when not DP-trained)."""
+    delta: float = 0.0
+    """δ of the (ε, δ) guarantee."""
+
+
+class ModelCard(BaseModel):
+    """Everything the server knows about one model version."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    """Model name used on the wire."""
+    version: str
+    """Version string; a new artifact is a new version."""
+    task: Literal["classification"] = "classification"
+    """Only classification is served in v1."""
+    description: str = ""
+    """What the model decides."""
+    domain: str = ""
+    """Business domain, e.g. "credit" (a policy attribute)."""
+    features: list[FeatureSpec]
+    """Input features in encoding order."""
+    class_names: list[str]
+    """Output classes in the model's output order."""
+    positive_class: str = ""
+    """The outcome favourable to the subject (recourse aims at it)."""
+    training_data: TrainingDataRef | None = None
+    """The training reference; explainers needing background data use it."""
+    privacy: PrivacyFacts = PrivacyFacts()
+    """DP facts of training."""
+    artifact: str = "model.pt2"
+    """Artifact file relative to the model folder (a torch.export program)."""
+    artifact_sha256: str = ""
+    """SHA-256 of the artifact; checked at load when set."""
+    differentiable: bool = True
+    """Whether gradients of the artifact are meaningful (white-box methods)."""
+    loss: str = "cross_entropy"
+    """Training loss (influence functions need it)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelCard:
+        names = [f.name for f in self.features]
+        if len(set(names)) != len(names):
+            raise ValueError("feature names must be unique")
+        if len(self.class_names) < 2:
+            raise ValueError("a classifier needs at least two classes")
+        if self.positive_class and self.positive_class not in self.class_names:
+            raise ValueError(f"positive_class {self.positive_class!r} is not a class")
+        return self
+
+
+def load_card(path: Path) -> ModelCard:
+    """Reads and validates a card.yaml; raises ValueError naming the file."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+        return ModelCard.model_validate(raw)
+    except Exception as exc:  # pydantic / yaml errors carry line and field
+        raise ValueError(f"{path}: invalid model card: {exc}") from exc
+
+
+class FeatureSchema:
+    """Validates named feature values and encodes them into the model's input.
+
+    Args:
+        features: the card's feature specs, in encoding order.
+    """
+
+    def __init__(self, features: list[FeatureSpec]) -> None:
+        self.features = list(features)
+        self.by_name = {f.name: f for f in self.features}
+        self.slices: list[slice] = []
+        start = 0
+        for f in self.features:
+            self.slices.append(slice(start, start + f.width))
+            start += f.width
+        self.n_columns = start
+        self.groups: list[list[int]] = [list(range(s.start, s.stop)) for s in self.slices]
+        """Encoded columns of each feature: the players of attribution methods."""
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def validate(self, values: Mapping[str, FeatureValue], field_prefix: str = "instance") -> None:
+        """Raises InvalidArgument with one field violation per problem."""
+        violations: list[FieldViolation] = []
+        for name in values:
+            if name not in self.by_name:
+                violations.append(FieldViolation(f"{field_prefix}.features[{name}]", "unknown feature"))
+        for spec in self.features:
+            path = f"{field_prefix}.features[{spec.name}]"
+            if spec.name not in values:
+                violations.append(FieldViolation(path, f"missing; expected a {spec.type}"))
+                continue
+            problem = _check_value(spec, values[spec.name])
+            if problem:
+                violations.append(FieldViolation(path, problem))
+        if violations:
+            raise InvalidArgument(f"{len(violations)} invalid feature(s)", violations)
+
+    def encode(self, values: Mapping[str, FeatureValue]) -> np.ndarray:
+        """Encodes validated values into one float64 row of width `n_columns`."""
+        row = np.zeros(self.n_columns, dtype=np.float64)
+        for spec, sl in zip(self.features, self.slices, strict=True):
+            v = values[spec.name]
+            if spec.type == "category":
+                row[sl.start + spec.categories.index(str(v))] = 1.0
+            else:
+                row[sl.start] = float(v)
+        return row
+
+    def decode(self, row: np.ndarray) -> dict[str, FeatureValue]:
+        """Inverse of `encode` (a category takes its largest one-hot column)."""
+        out: dict[str, FeatureValue] = {}
+        for spec, sl in zip(self.features, self.slices, strict=True):
+            if spec.type == "category":
+                out[spec.name] = spec.categories[int(np.argmax(row[sl]))]
+            elif spec.type == "integer":
+                out[spec.name] = int(round(float(row[sl.start])))
+            elif spec.type == "boolean":
+                out[spec.name] = bool(row[sl.start] >= 0.5)
+            else:
+                out[spec.name] = float(row[sl.start])
+        return out
+
+
+def _check_value(spec: FeatureSpec, value: FeatureValue) -> str:
+    """The problem with one value, or '' when it is valid."""
+    if spec.type == "category":
+        if not isinstance(value, str):
+            return f"expected a category, one of {spec.categories}"
+        if value not in spec.categories:
+            return f"unknown category; allowed: {spec.categories}"
+        return ""
+    if spec.type == "boolean":
+        return "" if isinstance(value, bool) else "expected a boolean"
+    if isinstance(value, bool) or isinstance(value, str):
+        return f"expected a {spec.type}"
+    if spec.type == "integer" and not isinstance(value, int):
+        return "expected an integer"
+    x = float(value)
+    if math.isnan(x):
+        return "NaN is not a value"
+    if math.isinf(x):
+        return "infinite values are not allowed"
+    if spec.min is not None and x < spec.min:
+        return f"below the declared minimum {spec.min:g}"
+    if spec.max is not None and x > spec.max:
+        return f"above the declared maximum {spec.max:g}"
+    return ""
