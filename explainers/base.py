@@ -16,7 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
@@ -27,11 +27,11 @@ if TYPE_CHECKING:
     import torch
 
     from desiderata.explainers.types import Explanation
-    from desiderata.server.model_card import ModelCard, FeatureSchema
+    from desiderata.server.model_card import FeatureSchema, ModelCard
 
 __all__ = [
-    "Capabilities",
     "Cancelled",
+    "Capabilities",
     "ExplainContext",
     "ExplainableModel",
     "Explainer",
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     """The four explanation families (Bhatt et al. 2020, section 4)."""
 
     FEATURE_ATTRIBUTION = "feature_attribution"

@@ -31,7 +31,7 @@ def baseline_vector(model: ExplainableModel, kind: str) -> np.ndarray:
     if kind == "mean":
         if mean is None:
             raise FailedPrecondition("the mean baseline needs a training reference in the model card")
-        return mean
+        return np.asarray(mean)
     out = np.zeros(schema.n_columns) if mean is None else mean.copy()
     missing = []
     for spec, sl in zip(schema.features, schema.slices, strict=True):

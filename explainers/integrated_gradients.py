@@ -47,7 +47,9 @@ def quadrature(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
         return 0.5 * (1.0 + nodes), 0.5 * w
     if rule == "riemann_trapezoid":
         if steps < 2:
-            raise InvalidArgument.single("params.attribution.steps", "the trapezoid rule needs at least 2 steps")
+            raise InvalidArgument.single(
+                "params.attribution.steps", "the trapezoid rule needs at least 2 steps"
+            )
         w = np.full(steps, 1.0 / (steps - 1))
         w[0] = w[-1] = 0.5 / (steps - 1)
         return np.linspace(0.0, 1.0, steps), w
@@ -147,8 +149,12 @@ class IntegratedGradients(Explainer):
             converged=rel <= TARGET_RELATIVE_GAP,
             warnings=warnings,
         )
-        used = {"steps": steps, "integration_rule": rule, "baseline": params.baseline or "card",
-                "target_class": target}
+        used = {
+            "steps": steps,
+            "integration_rule": rule,
+            "baseline": params.baseline or "card",
+            "target_class": target,
+        }
         return Explanation(Kind.FEATURE_ATTRIBUTION, self.name, self.version, used, result, quality)
 
 

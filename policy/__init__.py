@@ -1,1 +1,2 @@
-"""Policy: the desiderata vocabulary, the decision point, disclosure profiles, audit log and privacy guards."""
+"""Policy: the desiderata vocabulary, the decision point, disclosure profiles,
+the audit log and the privacy guards."""

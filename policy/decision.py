@@ -104,7 +104,11 @@ class EngineersOnlyPDP:
         if request.principal.role == "ml_engineer":
             tier = f"{request.kind.value}/full"
             return Decision(
-                new_decision_id(), True, tier, DisclosureProfile(tier=tier),
-                ("foundation.engineers_full",), self.version,
+                new_decision_id(),
+                True,
+                tier,
+                DisclosureProfile(tier=tier),
+                ("foundation.engineers_full",),
+                self.version,
             )
         return Decision(new_decision_id(), False, "", None, ("foundation.engineers_only",), self.version)

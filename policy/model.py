@@ -8,7 +8,7 @@ purpose and consumption mode are declared by the caller and checked by policy.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 __all__ = ["BUILTIN_PURPOSES", "BUILTIN_ROLES", "Consumption", "Principal"]
 
@@ -19,7 +19,7 @@ BUILTIN_PURPOSES = ("debugging", "monitoring", "audit", "transparency", "recours
 """Purposes every policy knows; a policy may declare more."""
 
 
-class Consumption(str, Enum):
+class Consumption(StrEnum):
     """How an explanation is consumed."""
 
     STATIC = "static"

@@ -29,7 +29,7 @@ end user, stack traces or policy internals.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 __all__ = [
     "BudgetExhausted",

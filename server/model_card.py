@@ -231,7 +231,7 @@ class FeatureSchema:
             if spec.type == "category":
                 out[spec.name] = spec.categories[int(np.argmax(row[sl]))]
             elif spec.type == "integer":
-                out[spec.name] = int(round(float(row[sl.start])))
+                out[spec.name] = round(float(row[sl.start]))
             elif spec.type == "boolean":
                 out[spec.name] = bool(row[sl.start] >= 0.5)
             else:
@@ -249,7 +249,7 @@ def _check_value(spec: FeatureSpec, value: FeatureValue) -> str:
         return ""
     if spec.type == "boolean":
         return "" if isinstance(value, bool) else "expected a boolean"
-    if isinstance(value, bool) or isinstance(value, str):
+    if isinstance(value, (bool, str)):
         return f"expected a {spec.type}"
     if spec.type == "integer" and not isinstance(value, int):
         return "expected an integer"
