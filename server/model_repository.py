@@ -66,7 +66,7 @@ class ModelHandle:
         """Class probabilities of encoded rows, ``(n, n_columns)`` → ``(n, k)`` float64."""
         with torch.inference_mode():
             out = self.module(torch.as_tensor(np.atleast_2d(x), dtype=torch.float32))
-        return out.double().numpy()
+        return np.asarray(out.double().numpy())
 
     def torch_module(self) -> torch.nn.Module | None:
         return self.module if self.card.differentiable else None

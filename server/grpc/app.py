@@ -14,7 +14,8 @@ from pathlib import Path
 import grpc
 import torch
 from grpc import aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 import desiderata.explainers  # noqa: F401  (registers the built-in methods)
@@ -48,7 +49,7 @@ class App:
     server: aio.Server
     port: int
     pipeline: Pipeline
-    health: health.aio.HealthServicer
+    health: HealthServicer
     demo: bool
 
     @property
@@ -116,7 +117,7 @@ def build_server(settings: Settings, pdp: PolicyDecisionPoint | None = None) -> 
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelServicer(pipeline, settings.server.default_deadline_s), server
     )
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

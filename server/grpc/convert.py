@@ -119,7 +119,7 @@ def explain_call(
     if kind == pb.EXPLANATION_KIND_UNSPECIFIED:
         domain_kind = KIND_OF_FIELD[which] if which else Kind.FEATURE_ATTRIBUTION
     elif kind in KIND_FROM_PROTO:
-        domain_kind = KIND_FROM_PROTO[kind]
+        domain_kind = KIND_FROM_PROTO[pb.ExplanationKind.ValueType(kind)]
     else:
         raise InvalidArgument.single("kind", f"unknown explanation kind {kind}")
     if which is not None and KIND_OF_FIELD[which] is not domain_kind:

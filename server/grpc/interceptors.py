@@ -18,7 +18,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import structlog
@@ -42,7 +42,16 @@ ANONYMOUS_SERVICES = (
 current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("current_principal")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
-Behavior = Callable[[Any, aio.ServicerContext], Any]
+if TYPE_CHECKING:
+    Ctx = aio.ServicerContext[Any, Any]
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    _Interceptor = aio.ServerInterceptor[Any, Any]
+else:
+    Ctx = aio.ServicerContext
+    Handler = grpc.RpcMethodHandler
+    _Interceptor = aio.ServerInterceptor
+
+Behavior = Callable[[Any, Ctx], Any]
 
 
 class _Malformed:
@@ -65,7 +74,7 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return decode
 
 
-def _metadata(context: aio.ServicerContext) -> dict[str, str]:
+def _metadata(context: Ctx) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in context.invocation_metadata() or ():
         if isinstance(value, str):
@@ -73,45 +82,45 @@ def _metadata(context: aio.ServicerContext) -> dict[str, str]:
     return out
 
 
-def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Behavior, bool], Behavior]) -> grpc.RpcMethodHandler:
+def _rewrap(handler: Handler, wrap: Callable[[Behavior, bool], Behavior]) -> Handler:
     """The same handler with its behaviour wrapped (unary and server-streaming)."""
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            wrap(handler.unary_unary, False),
+            wrap(cast(Behavior, handler.unary_unary), False),
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            wrap(handler.unary_stream, True),
+            wrap(cast(Behavior, handler.unary_stream), True),
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
     return handler  # streaming requests are not part of the API
 
 
-class RequestIdInterceptor(aio.ServerInterceptor):
+class RequestIdInterceptor(_Interceptor):
     """Request ids, the error boundary and access logs (outermost interceptor)."""
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler:
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
         method = handler_call_details.method
 
         def wrap(behavior: Behavior, streaming: bool) -> Behavior:
-            async def begin(context: aio.ServicerContext) -> tuple[str, float]:
+            async def begin(context: Ctx) -> tuple[str, float]:
                 rid = _metadata(context).get("x-request-id", "")[:64] or uuid.uuid4().hex
                 request_id.set(rid)
                 structlog.contextvars.bind_contextvars(request_id=rid)
                 context.set_trailing_metadata((("x-request-id", rid),))
                 return rid, time.perf_counter()
 
-            async def fail(context: aio.ServicerContext, rid: str, exc: BaseException) -> None:
+            async def fail(context: Ctx, rid: str, exc: BaseException) -> None:
                 if not isinstance(exc, DesiderataError):
                     log.exception("unhandled_error", method=method)
                 status = to_grpc_status(exc, rid)
@@ -126,7 +135,7 @@ class RequestIdInterceptor(aio.ServerInterceptor):
 
             if not streaming:
 
-                async def unary(request: Any, context: aio.ServicerContext) -> Any:
+                async def unary(request: Any, context: Ctx) -> Any:
                     rid, started = await begin(context)
                     try:
                         check(request)
@@ -141,7 +150,7 @@ class RequestIdInterceptor(aio.ServerInterceptor):
 
                 return unary
 
-            async def stream(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+            async def stream(request: Any, context: Ctx) -> AsyncIterator[Any]:
                 rid, started = await begin(context)
                 try:
                     check(request)
@@ -159,7 +168,7 @@ class RequestIdInterceptor(aio.ServerInterceptor):
         return _rewrap(handler, wrap)
 
 
-class AuthInterceptor(aio.ServerInterceptor):
+class AuthInterceptor(_Interceptor):
     """Maps credentials to principals; inner to `RequestIdInterceptor`.
 
     Args:
@@ -186,9 +195,9 @@ class AuthInterceptor(aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler:
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(ANONYMOUS_SERVICES):
             return handler
@@ -196,7 +205,7 @@ class AuthInterceptor(aio.ServerInterceptor):
         def wrap(behavior: Behavior, streaming: bool) -> Behavior:
             if not streaming:
 
-                async def unary(request: Any, context: aio.ServicerContext) -> Any:
+                async def unary(request: Any, context: Ctx) -> Any:
                     principal = self.authenticate(_metadata(context))
                     current_principal.set(principal)
                     structlog.contextvars.bind_contextvars(principal=principal.id)
@@ -204,7 +213,7 @@ class AuthInterceptor(aio.ServerInterceptor):
 
                 return unary
 
-            async def stream(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+            async def stream(request: Any, context: Ctx) -> AsyncIterator[Any]:
                 principal = self.authenticate(_metadata(context))
                 current_principal.set(principal)
                 structlog.contextvars.bind_contextvars(principal=principal.id)

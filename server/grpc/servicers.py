@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from grpc import aio
@@ -24,13 +25,18 @@ from desiderata.v1 import model_service_pb2 as ms
 from desiderata.v1 import model_service_pb2_grpc as ms_grpc
 from desiderata.v1 import types_pb2 as pb
 
+if TYPE_CHECKING:
+    Ctx = aio.ServicerContext[Any, Any]
+else:
+    Ctx = aio.ServicerContext
+
 __all__ = ["ExplanationServicer", "ModelServicer"]
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
 
-def _deadline(context: aio.ServicerContext, default_s: float) -> float:
+def _deadline(context: Ctx, default_s: float) -> float:
     remaining = context.time_remaining()
     return time.monotonic() + (default_s if remaining is None else max(float(remaining), 0.0))
 
@@ -42,7 +48,7 @@ class ExplanationServicer(es_grpc.ExplanationServiceServicer):
         self._pipeline = pipeline
         self._default_deadline_s = default_deadline_s
 
-    async def Explain(self, request: es.ExplainRequest, context: aio.ServicerContext) -> es.ExplainResponse:
+    async def Explain(self, request: es.ExplainRequest, context: Ctx) -> es.ExplainResponse:
         call = convert.explain_call(
             kind=request.kind,
             purpose=request.purpose,
@@ -58,9 +64,7 @@ class ExplanationServicer(es_grpc.ExplanationServiceServicer):
         )
         return es.ExplainResponse(explanation=convert.explanation_to_proto(served))
 
-    async def ExplainDecision(
-        self, request: es.ExplainDecisionRequest, context: aio.ServicerContext
-    ) -> es.ExplainDecisionResponse:
+    async def ExplainDecision(self, request: es.ExplainDecisionRequest, context: Ctx) -> es.ExplainDecisionResponse:
         if not request.decision_id:
             raise InvalidArgument.single("decision_id", "required")
         call = convert.explain_call(
@@ -77,7 +81,7 @@ class ExplanationServicer(es_grpc.ExplanationServiceServicer):
         return es.ExplainDecisionResponse(explanation=convert.explanation_to_proto(served))
 
     async def ExplainStream(
-        self, request: es.ExplainStreamRequest, context: aio.ServicerContext
+        self, request: es.ExplainStreamRequest, context: Ctx
     ) -> AsyncIterator[es.ExplainStreamResponse]:
         r = request.request
         call = convert.explain_call(
@@ -121,9 +125,7 @@ class ExplanationServicer(es_grpc.ExplanationServiceServicer):
             explanation=convert.explanation_to_proto(final), iteration=iteration + 1, final=True
         )
 
-    async def GetCapabilities(
-        self, request: es.GetCapabilitiesRequest, context: aio.ServicerContext
-    ) -> es.GetCapabilitiesResponse:
+    async def GetCapabilities(self, request: es.GetCapabilitiesRequest, context: Ctx) -> es.GetCapabilitiesResponse:
         principal = current_principal.get()
         consumption = Consumption.DYNAMIC if request.consumption == pb.CONSUMPTION_DYNAMIC else Consumption.STATIC
         if not request.model:
@@ -158,7 +160,7 @@ class ModelServicer(ms_grpc.ModelServiceServicer):
         self._pipeline = pipeline
         self._default_deadline_s = default_deadline_s
 
-    async def ListModels(self, request: ms.ListModelsRequest, context: aio.ServicerContext) -> ms.ListModelsResponse:
+    async def ListModels(self, request: ms.ListModelsRequest, context: Ctx) -> ms.ListModelsResponse:
         size = request.page_size or DEFAULT_PAGE_SIZE
         if size > MAX_PAGE_SIZE:
             raise InvalidArgument.single("page_size", f"at most {MAX_PAGE_SIZE}")
@@ -179,13 +181,13 @@ class ModelServicer(ms_grpc.ModelServiceServicer):
             next_page_token=page[-1].name if more and page else "",
         )
 
-    async def GetModel(self, request: ms.GetModelRequest, context: aio.ServicerContext) -> ms.GetModelResponse:
+    async def GetModel(self, request: ms.GetModelRequest, context: Ctx) -> ms.GetModelResponse:
         if not request.name:
             raise InvalidArgument.single("name", "required")
         handle = self._pipeline.models.resolve(request.name, request.version)
         return ms.GetModelResponse(card=convert.card_to_proto(handle.card))
 
-    async def Predict(self, request: ms.PredictRequest, context: aio.ServicerContext) -> ms.PredictResponse:
+    async def Predict(self, request: ms.PredictRequest, context: Ctx) -> ms.PredictResponse:
         if not request.model:
             raise InvalidArgument.single("model", "required")
         features = convert.features_from_proto(request.instance)

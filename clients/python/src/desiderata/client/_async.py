@@ -52,7 +52,7 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self.channel.close(None)
 
     async def _call(self, method: Any, request: Any, timeout_s: float | None) -> Any:
         try:

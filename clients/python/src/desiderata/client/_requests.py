@@ -104,8 +104,8 @@ class Requests:
     ) -> es.ExplainDecisionRequest:
         return es.ExplainDecisionRequest(
             decision_id=decision_id,
-            kind=kind,
-            purpose=purpose,  # type: ignore[arg-type]
+            kind=pb.ExplanationKind.ValueType(kind),
+            purpose=purpose,
             consumption=CONSUMPTION[consumption],
             params=params,
             locale=locale,
