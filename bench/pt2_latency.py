@@ -10,8 +10,9 @@ forward only and forward + backward to the input. Run on demand:
 
     python bench/pt2_latency.py [--model server/demo/credit/model.pt2] [--compile]
 
-Timings are the best of several repeats (min is the least noisy estimate on
-a shared machine), one thread.
+Timings are CPU time of the calling thread (one torch thread), so other
+processes on a shared machine disturb them less than wall time; the best of
+several repeats counts.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def eager_from_program(path: Path) -> torch.nn.Module:
 
 
 def per_call_us(model: Model, x: torch.Tensor, *, backward: bool, calls: int, repeats: int = 7) -> float:
-    """Best-of-`repeats` mean microseconds per call.
+    """Best-of-`repeats` mean CPU microseconds per call (this thread).
 
     Args:
         model: the callable to time.
@@ -55,7 +56,7 @@ def per_call_us(model: Model, x: torch.Tensor, *, backward: bool, calls: int, re
     """
     best = float("inf")
     for rep in range(repeats + 1):
-        started = time.perf_counter()
+        started = time.thread_time()
         for _ in range(calls):
             if backward:
                 xi = x.detach().requires_grad_(True)
@@ -64,7 +65,7 @@ def per_call_us(model: Model, x: torch.Tensor, *, backward: bool, calls: int, re
                 with torch.no_grad():
                     model(x)
         if rep:  # the first repeat warms up
-            best = min(best, (time.perf_counter() - started) / calls)
+            best = min(best, (time.thread_time() - started) / calls)
     return best * 1e6
 
 
