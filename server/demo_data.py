@@ -28,13 +28,21 @@ from desiderata.server.model_card import FeatureSpec, FeatureValue
 __all__ = [
     "CLASS_NAMES",
     "CREDIT_CSV",
+    "CREDIT_MODEL_DIR",
+    "DEMO_REPOSITORY",
     "CreditData",
     "credit_feature_specs",
     "export_credit_csv",
     "read_credit_csv",
 ]
 
-CREDIT_CSV = Path(__file__).parent / "demo" / "data" / "credit_data.csv"
+DEMO_REPOSITORY = Path(__file__).parent / "demo"
+"""The built-in model repository (``credit/`` holds the demo model; ``data/`` is not a model)."""
+
+CREDIT_MODEL_DIR = DEMO_REPOSITORY / "credit"
+"""The committed demo model folder: card.yaml, model.pt2, reference.npz."""
+
+CREDIT_CSV = DEMO_REPOSITORY / "data" / "credit_data.csv"
 """The committed, cleaned data set."""
 
 CLASS_NAMES = ["bad", "good"]
