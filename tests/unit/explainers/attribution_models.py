@@ -1,8 +1,8 @@
 """Small models implementing ExplainableModel for the attribution tests (helpers + fixtures).
 
 `TorchModel` wraps a torch module mapping encoded rows to class probabilities,
-with a ModelCard built in code; `mlp_model` has 8 numeric features and one
-3-level category (10 players, 10 + 2 encoded columns) so that one-hot groups
+with a ModelCard built in code; `mlp_model` has 9 numeric features and one
+3-level category (10 players, 12 encoded columns) so that one-hot groups
 are exercised; `linear_model` has a closed-form Shapley value.
 """
 
@@ -34,11 +34,17 @@ class TorchModel:
     ) -> None:
         self._module = module.eval()
         self._card = ModelCard(
-            name=name, version="1", features=features, class_names=["no", "yes"], differentiable=differentiable
+            name=name,
+            version="1",
+            features=features,
+            class_names=["no", "yes"],
+            differentiable=differentiable,
         )
         self._schema = FeatureSchema(features)
         self._ref = Reference(
-            x=reference_x, y=np.zeros(len(reference_x), dtype=np.int64), ids=tuple(map(str, range(len(reference_x))))
+            x=reference_x,
+            y=np.zeros(len(reference_x), dtype=np.int64),
+            ids=tuple(map(str, range(len(reference_x)))),
         )
         self._differentiable = differentiable
 
@@ -96,7 +102,10 @@ def numeric(n: int) -> list[FeatureSpec]:
 def make_mlp(d_in: int, hidden: int, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     net = torch.nn.Sequential(
-        torch.nn.Linear(d_in, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, hidden), torch.nn.Tanh(),
+        torch.nn.Linear(d_in, hidden),
+        torch.nn.Tanh(),
+        torch.nn.Linear(hidden, hidden),
+        torch.nn.Tanh(),
         torch.nn.Linear(hidden, 1),
     )
     with torch.no_grad():
@@ -116,9 +125,9 @@ def reference_rows(n: int, n_numeric: int, categories: int, seed: int) -> np.nda
 
 @pytest.fixture(scope="session")
 def mlp_model() -> TorchModel:
-    """8 numbers + one 3-level category = 10 players over 11 columns."""
-    feats = [*numeric(8), FeatureSpec(name="colour", type="category", categories=["r", "g", "b"])]
-    return TorchModel(make_mlp(11, 16, 0), feats, reference_rows(300, 8, 3, 1), name="mlp")
+    """9 numbers + one 3-level category = 10 players over 12 columns."""
+    feats = [*numeric(9), FeatureSpec(name="colour", type="category", categories=["r", "g", "b"])]
+    return TorchModel(make_mlp(12, 16, 0), feats, reference_rows(300, 9, 3, 1), name="mlp")
 
 
 @pytest.fixture(scope="session")
