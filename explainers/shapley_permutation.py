@@ -18,12 +18,16 @@ the error budget goes where the variance is:
 - efficiency projection: the estimate is moved onto Σφ = f(x) − E_b f(b)
   by distributing the residual in proportion to each player's variance (the
   minimum-variance correction, as KernelSHAP's constrained solve does);
+- control variate: per player a statistic of the background row whose
+  weighted mean is known (x_i − b_i, or the one-hot distance of a group)
+  removes the part of the background draw's noise that is linear in it;
 - batches sized from the measured variance: after a small first batch the
   next batch is as large as the target error predicts, so few Python round
   trips happen and every model call is large.
 
-The standard error of each player is the i.i.d. standard error of the pair
-means, which ignores the stratification's gain and is therefore conservative.
+Pairs are dealt to 16 independent streams, each with its own systematic
+background sample; the spread of the 16 stream estimates (each corrected and
+projected the same way) is the standard error, honest under stratification.
 Sampling stops at the target relative standard error (Σ s.e. / ‖φ‖₁), at the
 row budget, or raises DEADLINE_EXCEEDED at the deadline; each batch's
 estimate is reported through ``ctx.progress`` (the anytime stream).
@@ -113,18 +117,21 @@ class PermutationShapley(AttributionExplainer):
         if not target_se and not params.max_samples:
             target_se, budget = DEFAULT_TARGET, DEFAULT_MAX_ROWS
         rows_per_pair = 2 * (d - 1)
-        max_pairs = max(STREAMS, (budget - game.evaluations) // rows_per_pair // STREAMS * STREAMS)
-        sums = np.zeros((STREAMS, d))
-        total_sq = np.zeros(d)
+        max_pairs = (budget - game.evaluations) // rows_per_pair // STREAMS * STREAMS
+        if max_pairs < STREAMS:
+            raise InvalidArgument.single(
+                "params.attribution.max_samples",
+                f"permutation_shapley needs at least {game.evaluations + STREAMS * rows_per_pair} rows here",
+            )
+        acc = _Moments(control_variates(model, x, background), background.weights)
         n = 0
         batch = min(FIRST_BATCH_PAIRS, max_pairs)
         while True:
             ctx.check()
-            y = self._pairs(game, f_x, f_b, batch, rng)  # (batch, d), stream-major
-            sums += y.reshape(STREAMS, -1, d).sum(axis=1)
-            total_sq += (y**2).sum(axis=0)
+            y, bg_rows = self._pairs(game, f_x, f_b, batch, rng)  # stream-major
+            acc.add(y, bg_rows)
             n += batch
-            phi, se = _estimate(sums, total_sq, n, f_x - v_empty)
+            phi, se = acc.estimate(f_x - v_empty)
             l1 = float(np.abs(phi).sum())
             rel = float(se.sum()) / l1 if l1 > 0 else 0.0
             done_target = bool(target_se) and rel <= target_se
@@ -167,8 +174,11 @@ class PermutationShapley(AttributionExplainer):
     @staticmethod
     def _pairs(
         game: CoalitionGame, f_x: float, f_b: np.ndarray, n: int, rng: np.random.Generator
-    ) -> np.ndarray:
-        """Pair means of antithetic marginals, shape ``(n, d)``, costing 2n(d−1) rows."""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Pair means of antithetic marginals ``(n, d)`` and their background rows ``(n,)``.
+
+        Costs 2n(d−1) model rows.
+        """
         d = game.d
         forward = rng.permuted(np.tile(np.arange(d), (n, 1)), axis=1)
         orders = np.concatenate([forward, forward[:, ::-1]])
@@ -180,27 +190,65 @@ class PermutationShapley(AttributionExplainer):
         inner = game.f(rows).reshape(2 * n, d - 1)
         walk = np.concatenate([f_b[bg2][:, None], inner, np.full((2 * n, 1), f_x)], axis=1)
         marg = _marginals(orders, walk)
-        return np.asarray(0.5 * (marg[:n] + marg[n:]))
+        return np.asarray(0.5 * (marg[:n] + marg[n:])), bg
 
 
-def _estimate(
-    sums: np.ndarray, total_sq: np.ndarray, n: int, delta: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Estimate projected onto Σφ = delta, and its standard errors from the streams.
+def control_variates(model: ExplainableModel, x: np.ndarray, background: Background) -> np.ndarray:
+    """Per background row and player, a cheap statistic correlated with the marginals.
 
-    Args:
-        sums: per-stream sums of pair means, shape ``(STREAMS, d)``.
-        total_sq: sum of squared pair means over all pairs, shape ``(d,)``.
-        n: pairs so far (a multiple of STREAMS).
-        delta: f(x) − E_b f(b).
+    ``x_i − b_i`` for a numeric player (the whole marginal when the model is
+    linear in it) and the L1 distance of the one-hot columns for a group.
+    Its weighted mean over the background is known exactly, which makes it a
+    control variate for the background draw. Shape ``(b, d)``.
     """
-    k = sums.shape[0]
-    means = sums / (n // k)
-    pooled = total_sq / n - (sums.sum(axis=0) / n) ** 2
-    var = np.maximum(pooled, 0.0)
-    share = var / var.sum() if var.sum() > 0 else np.full(var.shape, 1.0 / var.shape[0])
-    projected = means + (delta - means.sum(axis=1, keepdims=True)) * share[None, :]
-    return projected.mean(axis=0), projected.std(axis=0, ddof=1) / np.sqrt(k)
+    cols = x[None, :] - background.x
+    out = np.empty((background.x.shape[0], len(model.schema.groups)))
+    for i, (spec, group) in enumerate(zip(model.schema.features, model.schema.groups, strict=True)):
+        out[:, i] = np.abs(cols[:, group]).sum(axis=1) if spec.type == "category" else cols[:, group[0]]
+    return out
+
+
+class _Moments:
+    """Running sums of the pair means and control variates, per stream and pooled."""
+
+    def __init__(self, cv: np.ndarray, weights: np.ndarray) -> None:
+        self.cv = cv
+        self.cv_mean = weights @ cv
+        d = cv.shape[1]
+        self.y = np.zeros((STREAMS, d))
+        self.c = np.zeros((STREAMS, d))
+        self.yy = np.zeros(d)
+        self.cc = np.zeros(d)
+        self.yc = np.zeros(d)
+        self.n = 0
+
+    def add(self, y: np.ndarray, bg_rows: np.ndarray) -> None:
+        c = self.cv[bg_rows]
+        d = y.shape[1]
+        self.y += y.reshape(STREAMS, -1, d).sum(axis=1)
+        self.c += c.reshape(STREAMS, -1, d).sum(axis=1)
+        self.yy += (y**2).sum(axis=0)
+        self.cc += (c**2).sum(axis=0)
+        self.yc += (y * c).sum(axis=0)
+        self.n += y.shape[0]
+
+    def estimate(self, delta: float) -> tuple[np.ndarray, np.ndarray]:
+        """Estimate (control variate, then projected onto Σφ = delta) and standard errors.
+
+        The standard error is the spread of the STREAMS independent stream
+        estimates, each corrected and projected the same way.
+        """
+        n, k = self.n, STREAMS
+        my, mc = self.y.sum(0) / n, self.c.sum(0) / n
+        var_c = self.cc / n - mc**2
+        cov = self.yc / n - my * mc
+        beta = np.where(var_c > 1e-12 * np.maximum(self.cc / n, 1e-300), cov / np.where(var_c > 0, var_c, 1), 0)
+        var = np.maximum(self.yy / n - my**2 - beta * cov, 0.0)  # residual variance per player
+        share = var / var.sum() if var.sum() > 0 else np.full(var.shape, 1.0 / var.shape[0])
+        per_stream = n // k
+        streams = self.y / per_stream - beta * (self.c / per_stream - self.cv_mean)
+        projected = streams + (delta - streams.sum(axis=1, keepdims=True)) * share[None, :]
+        return projected.mean(axis=0), projected.std(axis=0, ddof=1) / np.sqrt(k)
 
 
 register(PermutationShapley, default_for_kind=False)
