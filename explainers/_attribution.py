@@ -204,7 +204,9 @@ class AttributionExplainer(Explainer):
         if target is None:
             target = int(np.argmax(model.predict_proba(x[None, :])[0]))
         elif not 0 <= target < model.n_classes:
-            raise InvalidArgument.single("params.attribution.target_class", f"must be in [0, {model.n_classes})")
+            raise InvalidArgument.single(
+                "params.attribution.target_class", f"must be in [0, {model.n_classes})"
+            )
         started = time.perf_counter()
         computed = self._compute(model, x, params, ctx, target, background)
         return self._finish(model, x, params, ctx, target, background, computed, started)

@@ -38,7 +38,9 @@ MAX_ROWS_PER_PASS = 1 << 14
 def _module(model: ExplainableModel) -> torch.nn.Module:
     module = model.torch_module()
     if module is None:
-        raise InvalidArgument.single("params.attribution.method", "gradient methods need a differentiable model")
+        raise InvalidArgument.single(
+            "params.attribution.method", "gradient methods need a differentiable model"
+        )
     return module
 
 

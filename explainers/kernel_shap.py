@@ -47,9 +47,7 @@ def sample_kernel_coalitions(d: int, n_pairs: int, rng: np.random.Generator) -> 
     return np.asarray(ranks < s[:, None])
 
 
-def constrained_solve(
-    z: np.ndarray, y: np.ndarray, delta: float
-) -> tuple[np.ndarray, np.ndarray]:
+def constrained_solve(z: np.ndarray, y: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
     """KernelSHAP's constrained least squares and delta-method standard errors.
 
     Args:

@@ -24,16 +24,22 @@ def _values(e: Explanation) -> np.ndarray:
 
 def test_gradient_x_input_matches_captum(numeric_model: TorchModel) -> None:
     x = instance(numeric_model, 1)
-    got = _values(GradientXInput().explain(numeric_model, x, AttributionParams(target_class=1), ExplainContext()))
+    got = _values(
+        GradientXInput().explain(numeric_model, x, AttributionParams(target_class=1), ExplainContext())
+    )
     module = numeric_model.torch_module()
     assert module is not None
-    theirs = captum_attr.InputXGradient(module).attribute(torch.tensor(x[None], dtype=torch.float32).requires_grad_(), target=1)
+    theirs = captum_attr.InputXGradient(module).attribute(
+        torch.tensor(x[None], dtype=torch.float32).requires_grad_(), target=1
+    )
     np.testing.assert_allclose(got, theirs[0].detach().double().numpy(), atol=1e-7)
 
 
 def test_smoothgrad_matches_captum_on_the_same_noise(mlp_model: TorchModel) -> None:
     x = instance(mlp_model, 2)
-    e = SmoothGrad().explain(mlp_model, x, AttributionParams(target_class=0, max_samples=40), ExplainContext(seed=3))
+    e = SmoothGrad().explain(
+        mlp_model, x, AttributionParams(target_class=0, max_samples=40), ExplainContext(seed=3)
+    )
     noisy = x[None] + smoothgrad_noise(mlp_model, 40, np.random.default_rng(3))
     module = mlp_model.torch_module()
     assert module is not None
@@ -73,14 +79,19 @@ def test_linear_closed_forms(linear_model: tuple[TorchModel, np.ndarray], small_
     np.testing.assert_allclose(eg, w * (x - bg.mean), atol=1e-5)
     ref = model.reference()
     assert ref is not None
-    ig = IntegratedGradients().explain(model, x, AttributionParams(target_class=1, baseline="mean"), ExplainContext())
+    ig = IntegratedGradients().explain(
+        model, x, AttributionParams(target_class=1, baseline="mean"), ExplainContext()
+    )
     np.testing.assert_allclose(_values(ig), w * (x - ref.x.mean(axis=0)), atol=1e-5)
     gxi = _values(GradientXInput().explain(model, x, p, ExplainContext()))
     np.testing.assert_allclose(gxi, w * x, atol=1e-5)
     for width in (0.5, 3.0):
         lime = Lime().explain_with_background(
-            model, x, AttributionParams(target_class=1, kernel_width=width, max_samples=300 * 30),
-            ExplainContext(seed=1), bg,
+            model,
+            x,
+            AttributionParams(target_class=1, kernel_width=width, max_samples=300 * 30),
+            ExplainContext(seed=1),
+            bg,
         )
         np.testing.assert_allclose(_values(lime), w * (x - bg.mean), atol=1e-5)
 

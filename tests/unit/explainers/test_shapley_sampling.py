@@ -55,11 +55,15 @@ def test_converges_to_exact_and_errors_are_covered(method, mlp_model: TorchModel
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_linear_model_closed_form(method, linear_model: tuple[TorchModel, np.ndarray], small_background) -> None:
+def test_linear_model_closed_form(
+    method, linear_model: tuple[TorchModel, np.ndarray], small_background
+) -> None:
     model, w = linear_model
     bg = small_background(model, 30, 3)
     x = instance(model, 4)
-    r = _result(method().explain_with_background(model, x, AttributionParams(target_class=1), ExplainContext(), bg))
+    r = _result(
+        method().explain_with_background(model, x, AttributionParams(target_class=1), ExplainContext(), bg)
+    )
     # An additive game: every marginal is exact, so sampling has no error at all.
     np.testing.assert_allclose(r.values, w * (x - bg.mean), atol=1e-5)
 
