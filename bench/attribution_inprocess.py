@@ -1,3 +1,4 @@
+# ruff: noqa: B023  (closures are called within the loop iteration that defines them)
 """In-process attribution benchmark against shap and captum (run on demand).
 
     python bench/attribution_inprocess.py [--instances 3] [--d 30]
@@ -24,16 +25,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit" / "explainers"))
-from attribution_models import Softmax2, TorchModel, numeric  # noqa: E402
+from attribution_models import Softmax2, TorchModel, numeric
 
-from desiderata.explainers._attribution import CoalitionGame  # noqa: E402
-from desiderata.explainers.background import Background  # noqa: E402
-from desiderata.explainers.base import ExplainContext  # noqa: E402
-from desiderata.explainers.integrated_gradients import IntegratedGradients  # noqa: E402
-from desiderata.explainers.kernel_shap import KernelShap  # noqa: E402
-from desiderata.explainers.shapley_exact import ExactShapley  # noqa: E402
-from desiderata.explainers.shapley_permutation import PermutationShapley  # noqa: E402
-from desiderata.explainers.types import AttributionParams, AttributionResult  # noqa: E402
+from desiderata.explainers._attribution import CoalitionGame
+from desiderata.explainers.background import Background
+from desiderata.explainers.base import ExplainContext
+from desiderata.explainers.integrated_gradients import IntegratedGradients
+from desiderata.explainers.kernel_shap import KernelShap
+from desiderata.explainers.shapley_exact import ExactShapley
+from desiderata.explainers.shapley_permutation import PermutationShapley
+from desiderata.explainers.types import AttributionParams, AttributionResult
 
 warnings.filterwarnings("ignore")
 
