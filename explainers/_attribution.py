@@ -1,0 +1,272 @@
+"""The shared input pipeline of every feature attribution method.
+
+One path for all methods (format → validate → compute → format the output):
+`AttributionExplainer.explain` checks the instance and parameters, resolves
+the explained class and the background, calls the method's `_compute`, then
+builds the `AttributionResult` (one value per player; a one-hot group is one
+player) and the `Quality` figures: the completeness gap on every answer, the
+standard errors where the method samples, and the metrics asked for in
+``params.quality_metrics``. The coalition value function of interventional
+methods (`CoalitionGame`) lives here too, so that exact, kernel and
+permutation Shapley and LIME evaluate the model the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from desiderata.explainers.background import Background, summarize
+from desiderata.explainers.base import ExplainableModel, ExplainContext, Explainer, Kind
+from desiderata.explainers.types import AttributionParams, AttributionResult, Explanation, Quality
+from desiderata.server.errors import InvalidArgument
+
+__all__ = ["AttributionExplainer", "AttributionLimits", "CoalitionGame", "Computed", "player_matrix"]
+
+QUALITY_METRICS = ("max_sensitivity", "infidelity", "rank_agreement")
+
+
+@dataclass(frozen=True)
+class AttributionLimits:
+    """Server-side limits of attribution methods (config `explainers.attribution`).
+
+    Args:
+        max_exact_players: most players exact Shapley enumerates (2^d coalitions).
+        max_samples: largest model-row budget a caller may ask for.
+        background_size: rows of the summarised background.
+        max_background: most rows of a caller-supplied background.
+        batch_rows: model rows per batched evaluation.
+    """
+
+    max_exact_players: int = 14
+    max_samples: int = 4_000_000
+    background_size: int = 100
+    max_background: int = 1000
+    batch_rows: int = 1 << 15
+
+
+@dataclass
+class Computed:
+    """What a method's `_compute` hands back to the pipeline."""
+
+    values: np.ndarray
+    output: float
+    baseline_output: float
+    evaluations: int
+    std_errors: np.ndarray | None = None
+    converged: bool = True
+    warnings: list[str] = field(default_factory=list)
+    used: dict[str, Any] = field(default_factory=dict)
+
+
+def player_matrix(groups: list[list[int]], n_columns: int) -> np.ndarray:
+    """0/1 matrix mapping players to encoded columns, shape ``(d, n_columns)``."""
+    g = np.zeros((len(groups), n_columns), dtype=bool)
+    for i, cols in enumerate(groups):
+        g[i, cols] = True
+    return g
+
+
+class CoalitionGame:
+    """Interventional coalition values v(S) = Σ_b w_b f_t(x_S, b_{¬S}).
+
+    Args:
+        model: the served model (black-box access through `predict_proba`).
+        x: instance, shape ``(n_columns,)``.
+        background: weighted background rows.
+        target: explained class index.
+        batch_rows: model rows per `predict_proba` call.
+        ctx: checked between batches (deadline, cancellation).
+    """
+
+    def __init__(
+        self,
+        model: ExplainableModel,
+        x: np.ndarray,
+        background: Background,
+        target: int,
+        batch_rows: int,
+        ctx: ExplainContext,
+    ) -> None:
+        self.model, self.x, self.bg, self.target = model, x, background, target
+        self.groups = player_matrix(model.schema.groups, model.schema.n_columns)
+        self.d = self.groups.shape[0]
+        self.batch_rows = batch_rows
+        self.ctx = ctx
+        self.evaluations = 0
+
+    def f(self, rows: np.ndarray) -> np.ndarray:
+        """Target-class outputs of encoded rows, ``(n, n_columns)`` → ``(n,)``, in batches."""
+        out = np.empty(rows.shape[0])
+        for start in range(0, rows.shape[0], self.batch_rows):
+            self.ctx.check()
+            chunk = rows[start : start + self.batch_rows]
+            out[start : start + chunk.shape[0]] = self.model.predict_proba(chunk)[:, self.target]
+        self.evaluations += rows.shape[0]
+        return out
+
+    def values(self, masks: np.ndarray) -> np.ndarray:
+        """v(S) for player masks, ``(m, d)`` bool → ``(m,)``; m·b model rows."""
+        out = np.empty(masks.shape[0])
+        b = self.bg.x.shape[0]
+        per = max(1, self.batch_rows // b)
+        for start in range(0, masks.shape[0], per):
+            cols = masks[start : start + per] @ self.groups  # (k, n_columns)
+            rows = np.where(cols[:, None, :], self.x[None, None, :], self.bg.x[None, :, :])
+            fx = self.f(rows.reshape(-1, self.x.shape[0])).reshape(cols.shape[0], b)
+            out[start : start + cols.shape[0]] = fx @ self.bg.weights
+        return out
+
+    def rows_for(self, masks: np.ndarray, bg_index: np.ndarray) -> np.ndarray:
+        """One row per (mask, background row): x on the mask, that row elsewhere.
+
+        Args:
+            masks: player masks, shape ``(m, d)``.
+            bg_index: background row of each mask, shape ``(m,)``.
+        """
+        cols = masks @ self.groups
+        return np.where(cols, self.x[None, :], self.bg.x[bg_index])
+
+
+class AttributionExplainer(Explainer):
+    """Base of feature attribution methods: the shared pipeline around `_compute`.
+
+    Args:
+        limits: server-side limits; defaults when None.
+    """
+
+    default_samples: ClassVar[int] = 0
+
+    def __init__(self, limits: AttributionLimits | None = None) -> None:
+        self.limits = limits or AttributionLimits()
+
+    def explain(
+        self, model: ExplainableModel, x: np.ndarray, params: Any, ctx: ExplainContext
+    ) -> Explanation:
+        background = None
+        if self.capabilities.needs_background:
+            background = summarize(model, self.limits.background_size)
+        return self.explain_with_background(model, x, params, ctx, background)
+
+    def explain_with_background(
+        self,
+        model: ExplainableModel,
+        x: np.ndarray,
+        params: Any,
+        ctx: ExplainContext,
+        background: Background | None,
+    ) -> Explanation:
+        """`explain` with an explicit (e.g. caller-supplied) weighted background.
+
+        Args:
+            model: the served model.
+            x: encoded instance, shape ``(n_columns,)``.
+            params: `AttributionParams`.
+            ctx: seed, deadline, cancellation, progress.
+            background: weighted rows of width ``n_columns``; required when the
+                method declares ``needs_background``.
+        """
+        if not isinstance(params, AttributionParams):
+            raise TypeError(f"{self.name} needs AttributionParams")
+        n_cols = model.schema.n_columns
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape != (n_cols,) or not np.isfinite(x).all():
+            raise InvalidArgument.single("instance", f"expected {n_cols} finite encoded columns")
+        unknown = [m for m in params.quality_metrics if m not in QUALITY_METRICS]
+        if unknown:
+            raise InvalidArgument.single(
+                "params.attribution.quality_metrics", f"unknown {unknown}; known: {list(QUALITY_METRICS)}"
+            )
+        if params.max_samples < 0 or params.max_samples > self.limits.max_samples:
+            raise InvalidArgument.single(
+                "params.attribution.max_samples", f"must be in [0, {self.limits.max_samples}] model rows"
+            )
+        if not 0.0 <= params.target_std_error < 1.0:
+            raise InvalidArgument.single("params.attribution.target_std_error", "must be in [0, 1)")
+        if self.capabilities.white_box and model.torch_module() is None:
+            raise InvalidArgument.single(
+                "params.attribution.method", f"{self.name} needs gradients; this model is black-box"
+            )
+        if self.capabilities.needs_background:
+            if background is None:
+                raise InvalidArgument.single("background", f"{self.name} needs a background")
+            if background.x.shape[1] != n_cols:
+                raise InvalidArgument.single(
+                    "background", f"rows have {background.x.shape[1]} columns; the model takes {n_cols}"
+                )
+            if background.x.shape[0] > self.limits.max_background:
+                raise InvalidArgument.single("background", f"at most {self.limits.max_background} rows")
+        target = params.target_class
+        if target is None:
+            target = int(np.argmax(model.predict_proba(x[None, :])[0]))
+        elif not 0 <= target < model.n_classes:
+            raise InvalidArgument.single(
+                "params.attribution.target_class", f"must be in [0, {model.n_classes})"
+            )
+        started = time.perf_counter()
+        computed = self._compute(model, x, params, ctx, target, background)
+        return self._finish(model, x, params, ctx, target, background, computed, started)
+
+    def _finish(
+        self,
+        model: ExplainableModel,
+        x: np.ndarray,
+        params: AttributionParams,
+        ctx: ExplainContext,
+        target: int,
+        background: Background | None,
+        c: Computed,
+        started: float,
+    ) -> Explanation:
+        from desiderata.explainers import quality as q
+
+        explanation = self.package(model, c, target, started)
+        if params.quality_metrics:
+            figures = q.requested_metrics(self, model, x, params, ctx, target, background, explanation)
+            explanation = q.with_figures(explanation, figures)
+        return explanation
+
+    def package(self, model: ExplainableModel, c: Computed, target: int, started: float) -> Explanation:
+        """Builds the immutable explanation and its completeness / s.e. figures."""
+        values = np.asarray(c.values, dtype=np.float64)
+        delta = c.output - c.baseline_output
+        gap = abs(float(values.sum()) - delta)
+        l1 = float(np.abs(values).sum())
+        rel_se = None
+        if c.std_errors is not None:
+            rel_se = float(c.std_errors.sum()) / l1 if l1 > 0 else float("inf")
+        result = AttributionResult(
+            players=tuple(model.schema.names),
+            values=values,
+            std_errors=c.std_errors,
+            target_class=target,
+            output=c.output,
+            baseline_output=c.baseline_output,
+        )
+        quality = Quality(
+            completeness_gap=gap,
+            relative_completeness_gap=gap / max(abs(delta), 1e-12),
+            relative_std_error=rel_se,
+            model_evaluations=c.evaluations,
+            compute_ms=(time.perf_counter() - started) * 1e3,
+            converged=c.converged,
+            warnings=tuple(c.warnings),
+        )
+        used = {"target_class": target, **c.used}
+        return Explanation(Kind.FEATURE_ATTRIBUTION, self.name, self.version, used, result, quality)
+
+    @abstractmethod
+    def _compute(
+        self,
+        model: ExplainableModel,
+        x: np.ndarray,
+        params: AttributionParams,
+        ctx: ExplainContext,
+        target: int,
+        background: Background | None,
+    ) -> Computed:
+        """The method itself, on validated inputs."""
