@@ -116,7 +116,11 @@ def test_redaction_by_name_and_counterfactual_changes() -> None:
     )
     assert redacted_names(profile, CARD) == ("age", "marital", "debt")
     cf = Counterfactual(
-        (FeatureChange("income", 1000.2, 1400.7), FeatureChange("debt", 10.0, 0.0), FeatureChange("age", 30, 40)),
+        (
+            FeatureChange("income", 1000.2, 1400.7),
+            FeatureChange("debt", 10.0, 0.0),
+            FeatureChange("age", 30, 40),
+        ),
         np.array([0.4, 0.6]), True, 0.12345, 3, 0.5, False,
     )  # fmt: skip
     ex = Explanation(Kind.COUNTERFACTUAL, "wachter", "1", {}, CounterfactualResult((cf,)))
