@@ -1,0 +1,152 @@
+"""Feedback on explanations (dynamic consumption) and its export as a data set.
+
+Why: Bhatt et al. (section 5.1) distinguish static consumption from dynamic
+consumption, where stakeholders' feedback on an explanation flows back into
+the model. The pipeline stores feedback only after the PDP allowed dynamic
+consumption for the caller; this module keeps it in SQLite beside the
+decision it refers to and exports it as CSV or JSONL for a model update.
+Feedback holds feature NAMES the caller flagged, never feature values.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from desiderata.policy.audit import utc_now
+from desiderata.server.errors import InvalidArgument
+
+__all__ = ["Feedback", "FeedbackStore"]
+
+Verdict = Literal["agree", "disagree"]
+MAX_TEXT = 4000
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """One piece of feedback on one explanation.
+
+    Args:
+        decision_id: the policy decision that served the explanation.
+        explanation_id: the explanation's id.
+        principal: who gave the feedback.
+        role: their stakeholder role.
+        model: model name.
+        model_version: model version.
+        verdict: agree or disagree.
+        should_matter: features the caller thinks should matter.
+        should_not_matter: features the caller thinks should not matter.
+        text: free text.
+        time: ISO UTC time (filled in when stored).
+    """
+
+    decision_id: str
+    explanation_id: str
+    principal: str
+    role: str
+    model: str
+    model_version: str
+    verdict: Verdict
+    should_matter: tuple[str, ...] = ()
+    should_not_matter: tuple[str, ...] = ()
+    text: str = ""
+    time: str = ""
+
+
+class FeedbackStore:
+    """Feedback in one SQLite file.
+
+    Args:
+        path: database file (created if missing).
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS feedback"
+            " (id INTEGER PRIMARY KEY, body TEXT NOT NULL, model TEXT NOT NULL)"
+        )
+
+    def submit(self, fb: Feedback, known_features: frozenset[str]) -> Feedback:
+        """Validates and stores feedback; returns it with its time.
+
+        Args:
+            fb: the feedback.
+            known_features: the model's feature names (flagged names must be among them).
+        """
+        if fb.verdict not in ("agree", "disagree"):
+            raise InvalidArgument.single("verdict", "must be 'agree' or 'disagree'")
+        for field in ("should_matter", "should_not_matter"):
+            unknown = sorted(set(getattr(fb, field)) - known_features)
+            if unknown:
+                raise InvalidArgument.single(field, f"unknown features {unknown}")
+        if set(fb.should_matter) & set(fb.should_not_matter):
+            raise InvalidArgument.single("should_not_matter", "a feature cannot both matter and not matter")
+        if len(fb.text) > MAX_TEXT:
+            raise InvalidArgument.single("text", f"at most {MAX_TEXT} characters")
+        if not fb.decision_id:
+            raise InvalidArgument.single("decision_id", "required")
+        stored = Feedback(**{**asdict(fb), "time": utc_now()})
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO feedback (body, model) VALUES (?, ?)", (json.dumps(asdict(stored)), stored.model)
+            )
+        return stored
+
+    def all(self, model: str = "") -> list[Feedback]:
+        """Stored feedback in submission order, optionally of one model.
+
+        Args:
+            model: model name, or "" for all.
+        """
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT body FROM feedback WHERE ? = '' OR model = ? ORDER BY id", (model, model)
+            ).fetchall()
+        out = []
+        for (body,) in rows:
+            d = json.loads(body)
+            d["should_matter"], d["should_not_matter"] = (
+                tuple(d["should_matter"]),
+                tuple(d["should_not_matter"]),
+            )
+            out.append(Feedback(**d))
+        return out
+
+    def export(self, path: Path, fmt: Literal["csv", "jsonl"] = "jsonl", model: str = "") -> int:
+        """Writes feedback as a data set; returns the number of rows.
+
+        Args:
+            path: output file.
+            fmt: "csv" (feature lists joined by ';') or "jsonl".
+            model: model name, or "" for all.
+        """
+        rows = self.all(model)
+        with path.open("w", newline="") as fh:
+            if fmt == "jsonl":
+                for fb in rows:
+                    fh.write(json.dumps(asdict(fb)) + "\n")
+            elif fmt == "csv":
+                writer = csv.DictWriter(fh, fieldnames=list(Feedback.__dataclass_fields__))
+                writer.writeheader()
+                for fb in rows:
+                    d = asdict(fb)
+                    d["should_matter"], d["should_not_matter"] = (
+                        ";".join(fb.should_matter),
+                        ";".join(fb.should_not_matter),
+                    )
+                    writer.writerow(d)
+            else:
+                raise InvalidArgument.single("format", "must be 'csv' or 'jsonl'")
+        return len(rows)
+
+    def close(self) -> None:
+        """Closes the database."""
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,150 @@
+"""The fidelity tiers of every explanation kind and the YAML form of a tier's
+disclosure profile, with the privacy and counterfactual blocks that the frozen
+`DisclosureProfile` contract does not carry yet.
+
+Why a separate module: `desiderata.policy.profiles.DisclosureProfile` is a
+committed contract (what the pipeline enforces). Policy owners write
+``profiles.yaml`` in a stricter form (`TierProfileSpec`): a value that is set
+must be meaningful (``top_k: 0`` or negative noise is refused at load, not
+silently read as "all"). Each spec converts to a `DisclosureProfile` plus the
+reserved `PrivacyParams` (enforced by the privacy-guard issue) and
+`CounterfactualLimits`.
+
+Tiers are ordered from most to least revealing; the PDP serves the first
+allowed one.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from desiderata.explainers.base import Kind
+from desiderata.policy.profiles import DisclosureProfile
+
+__all__ = [
+    "GLOBAL_ACTIONS",
+    "KIND_TIERS",
+    "PROTECTED_TOKEN",
+    "CounterfactualLimits",
+    "PrivacyParams",
+    "TierProfileSpec",
+    "all_tiers",
+]
+
+KIND_TIERS: dict[Kind, tuple[str, ...]] = {
+    Kind.FEATURE_ATTRIBUTION: (
+        "feature_attribution/full",
+        "feature_attribution/summary",
+        "feature_attribution/narrative",
+    ),
+    Kind.COUNTERFACTUAL: ("counterfactual/full", "counterfactual/recourse"),
+    Kind.SAMPLE_IMPORTANCE: (
+        "sample_importance/full",
+        "sample_importance/ids",
+        "sample_importance/aggregate",
+    ),
+    Kind.ROBUSTNESS: ("robustness/full",),
+}
+"""Candidate tiers of each kind, most revealing first."""
+
+GLOBAL_ACTIONS: tuple[str, ...] = ("global/summary", "audit/read")
+"""Actions that are not an explanation of one instance."""
+
+PROTECTED_TOKEN = "@protected"
+"""In ``redacted_features``: every feature the model card marks protected."""
+
+
+def all_tiers() -> tuple[str, ...]:
+    """Every action name the schema must declare, kinds' tiers first."""
+    return tuple(t for tiers in KIND_TIERS.values() for t in tiers) + GLOBAL_ACTIONS
+
+
+class PrivacyParams(BaseModel):
+    """Privacy parameters of a tier, reserved for the privacy-guard issue.
+
+    Every field is optional; a set value must be meaningful.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    clip_norm: float | None = Field(default=None, gt=0.0)
+    """L2 clip C of attribution vectors before noise."""
+    noise_multiplier: float | None = Field(default=None, ge=0.0)
+    """Gaussian noise multiplier z (stddev = z * C)."""
+    epsilon_per_query: float | None = Field(default=None, gt=0.0)
+    """Privacy loss charged per answer."""
+    lifetime_epsilon: float | None = Field(default=None, gt=0.0)
+    """Privacy loss allowed per (principal, model) over its lifetime."""
+    delta: float | None = Field(default=None, gt=0.0, lt=1.0)
+    """delta of the (epsilon, delta) accounting."""
+    lifetime_queries: int | None = Field(default=None, ge=1)
+    """Lifetime query budget K per (principal, model)."""
+    rate_per_minute: float | None = Field(default=None, gt=0.0)
+    """Requests per minute per (principal, model)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> PrivacyParams:
+        if self.noise_multiplier and self.clip_norm is None:
+            raise ValueError("noise_multiplier needs clip_norm (noise stddev is z * C)")
+        if (
+            self.epsilon_per_query is not None
+            and self.lifetime_epsilon is not None
+            and self.epsilon_per_query > self.lifetime_epsilon
+        ):
+            raise ValueError("epsilon_per_query exceeds lifetime_epsilon: no query could ever be served")
+        return self
+
+
+class CounterfactualLimits(BaseModel):
+    """Constraints a tier puts on counterfactuals."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    respect_immutable: bool = True
+    """Never suggest changing a feature the card marks immutable."""
+    max_features_changed: int | None = Field(default=None, ge=1)
+    """At most this many features changed per counterfactual."""
+    max_counterfactuals: int | None = Field(default=None, ge=1)
+    """At most this many counterfactuals returned."""
+
+
+class TierProfileSpec(BaseModel):
+    """One entry of ``profiles.yaml`` (the key is the tier)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    methods: tuple[str, ...] = ()
+    """Methods allowed; empty allows every registered method of the kind."""
+    top_k: int | None = Field(default=None, ge=1)
+    """Keep the k largest attributions; omit to keep all (0 is refused)."""
+    rounding: float | None = Field(default=None, gt=0.0)
+    """Quantisation step; omit for none."""
+    narrative_only: bool = False
+    """Sentences, not numbers."""
+    redacted_features: tuple[str, ...] = ()
+    """Feature names, or ``@protected`` for the card's protected features."""
+    may_submit_instances: bool = True
+    """Whether arbitrary instances may be explained (Explain)."""
+    training_rows: bool = False
+    """Whether raw training rows may be shown."""
+    counterfactual: CounterfactualLimits | None = None
+    """Counterfactual constraints (counterfactual tiers only)."""
+    privacy: PrivacyParams = PrivacyParams()
+    """Reserved for the privacy guards."""
+
+    def to_profile(self, tier: str) -> DisclosureProfile:
+        """The committed contract's view of this tier.
+
+        Args:
+            tier: the tier name this spec is keyed by.
+        """
+        return DisclosureProfile(
+            tier=tier,
+            methods=self.methods,
+            top_k=self.top_k or 0,
+            rounding=self.rounding or 0.0,
+            narrative_only=self.narrative_only,
+            redacted_features=self.redacted_features,
+            may_submit_instances=self.may_submit_instances,
+            training_rows=self.training_rows,
+        )

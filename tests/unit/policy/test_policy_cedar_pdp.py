@@ -1,0 +1,148 @@
+"""The Cedar PDP: highest allowed tier, reasons, default deny, fail closed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from unittest import mock
+
+import cedarpy
+import pytest
+
+from desiderata.explainers.base import Kind
+from desiderata.policy.cedar_pdp import DEFAULT_DENY, EVALUATION_ERROR, CedarPDP
+from desiderata.policy.decision import PolicyDecisionPoint, PolicyInput
+from desiderata.policy.model import Consumption, Principal
+from desiderata.policy.policy_bundle import parse_bundle
+from desiderata.policy.store import default_bundle_dir, load_bundle
+from desiderata.server.errors import InvalidArgument, UnknownPurpose
+
+CREDIT = {"domain": "credit", "dp_trained": False}
+ENGINEER = Principal("eve", "ml_engineer")
+OFFICER = Principal("lou", "domain_expert", attributes={"domain": "credit"})
+SUBJECT = Principal("u1", "end_user", subject_id="s1")
+
+
+@pytest.fixture(scope="module")
+def pdp() -> CedarPDP:
+    return CedarPDP(load_bundle(default_bundle_dir()))
+
+
+def _ask(principal: Principal, kind: Kind, purpose: str, **kw: bool) -> PolicyInput:
+    return PolicyInput(principal, "credit", CREDIT, kind, purpose, Consumption.STATIC, **kw)
+
+
+def test_implements_the_protocol(pdp: CedarPDP) -> None:
+    checked: PolicyDecisionPoint = pdp
+    assert checked.version == pdp.bundle.version
+    assert {"debugging", "contest"} <= checked.known_purposes()
+
+
+def test_allowed_decision_carries_profile_reasons_and_fresh_ids(pdp: CedarPDP) -> None:
+    a = pdp.decide(_ask(OFFICER, Kind.FEATURE_ATTRIBUTION, "transparency"))
+    b = pdp.decide(_ask(OFFICER, Kind.FEATURE_ATTRIBUTION, "transparency"))
+    assert a.allowed and a.tier == "feature_attribution/summary"
+    assert a.profile is not None and a.profile.top_k == 5 and a.profile.rounding == 0.01
+    assert a.reasons == ("domain_expert.summary",)
+    assert a.policy_version == pdp.version
+    assert a.decision_id.startswith("dec_") and a.decision_id != b.decision_id
+
+
+def test_highest_allowed_tier_is_served(bundle_dir: Path) -> None:
+    # Give engineers the summary tier too: they must still be served full.
+    extra = bundle_dir / "extra.cedar"
+    extra.write_text(
+        '@id("engineer.summary_too")\npermit (principal in Role::"ml_engineer", '
+        'action == Action::"feature_attribution/summary", resource) when { context.purpose == "audit" };\n'
+    )
+    local = CedarPDP(load_bundle(bundle_dir))
+    d = local.decide(_ask(ENGINEER, Kind.FEATURE_ATTRIBUTION, "debugging"))
+    assert d.tier == "feature_attribution/full" and d.reasons == ("engineer.full_fidelity",)
+    d = local.decide(_ask(ENGINEER, Kind.FEATURE_ATTRIBUTION, "audit"))
+    assert d.tier == "feature_attribution/summary" and d.reasons == ("engineer.summary_too",)
+
+
+def test_forbid_overrides_permit_and_is_the_reason(pdp: CedarPDP) -> None:
+    d = pdp.decide(_ask(SUBJECT, Kind.FEATURE_ATTRIBUTION, "transparency", own_decision=True))
+    assert not d.allowed and d.profile is None and d.tier == ""
+    assert d.reasons == ("end_user.no_submitted_instances",)
+
+
+def test_default_deny(pdp: CedarPDP) -> None:
+    d = pdp.decide(_ask(Principal("x", "executive"), Kind.ROBUSTNESS, "monitoring"))
+    assert not d.allowed and d.reasons == (DEFAULT_DENY,)
+
+
+def test_unknown_purpose_is_invalid_argument(pdp: CedarPDP) -> None:
+    with pytest.raises(UnknownPurpose) as info:
+        pdp.decide(_ask(ENGINEER, Kind.FEATURE_ATTRIBUTION, "curiosity"))
+    assert isinstance(info.value, InvalidArgument) and info.value.violations[0].field == "purpose"
+
+
+def test_missing_model_attribute_fails_closed(pdp: CedarPDP) -> None:
+    # The schema requires dp_trained; without it entity validation errors -> deny.
+    d = pdp.decide(
+        PolicyInput(
+            ENGINEER,
+            "credit",
+            {"domain": "credit"},
+            Kind.FEATURE_ATTRIBUTION,
+            "debugging",
+            Consumption.STATIC,
+        )
+    )
+    assert not d.allowed and d.reasons == (EVALUATION_ERROR,) and d.errors
+
+
+def test_engine_exception_fails_closed(pdp: CedarPDP) -> None:
+    with mock.patch.object(cedarpy, "is_authorized_batch", side_effect=RuntimeError("boom")):
+        d = pdp.decide(_ask(ENGINEER, Kind.FEATURE_ATTRIBUTION, "debugging"))
+    assert not d.allowed and d.reasons == (EVALUATION_ERROR,)
+
+
+def test_unguarded_optional_attribute_is_refused_at_load(bundle_dir: Path) -> None:
+    (bundle_dir / "extra.cedar").write_text(
+        '@id("needs_domain")\nforbid (principal, action, resource) when { principal.domain == "x" };\n'
+    )
+    with pytest.raises(ValueError, match=r"extra\.cedar:1: .*optional attribute `domain`"):
+        load_bundle(bundle_dir)
+
+
+def test_forbid_that_errors_at_runtime_denies_instead_of_being_skipped(bundle_dir: Path) -> None:
+    # Cedar skips a policy whose evaluation errors; for a forbid that would
+    # open access. Long overflow passes validation and errors at runtime.
+    (bundle_dir / "extra.cedar").write_text(
+        '@id("overflowing_guard")\nforbid (principal, action, resource)\n'
+        "when { 9223372036854775807 + (if context.own_decision then 1 else 0) > 0 };\n"
+    )
+    local = CedarPDP(parse_bundle(bundle_dir))
+    ok = local.decide(_ask(ENGINEER, Kind.FEATURE_ATTRIBUTION, "debugging"))
+    erroring = local.decide(_ask(ENGINEER, Kind.FEATURE_ATTRIBUTION, "debugging", own_decision=True))
+    assert not ok.allowed and ok.reasons == ("overflowing_guard",)  # 2^63-1 + 0 > 0: forbid holds
+    assert not erroring.allowed and erroring.reasons == (EVALUATION_ERROR,) and erroring.errors
+
+
+def test_capabilities_from_the_same_engine(pdp: CedarPDP) -> None:
+    caps = {
+        c.kind: c for c in pdp.capabilities(SUBJECT, "credit", CREDIT, "transparency", Consumption.STATIC)
+    }
+    assert set(caps) == {Kind.FEATURE_ATTRIBUTION, Kind.COUNTERFACTUAL}
+    fa = caps[Kind.FEATURE_ATTRIBUTION]
+    assert fa.tier == "feature_attribution/narrative" and fa.profile.narrative_only and fa.profile.top_k == 3
+    assert not fa.may_submit_instances
+    eng = {c.kind: c for c in pdp.capabilities(ENGINEER, "credit", CREDIT, "debugging", Consumption.STATIC)}
+    assert {c.tier for c in eng.values()} == {
+        "feature_attribution/full",
+        "counterfactual/full",
+        "sample_importance/full",
+        "robustness/full",
+    }
+    assert all(c.may_submit_instances for c in eng.values())
+    assert pdp.capabilities(Principal("m", "intern"), "credit", CREDIT, "debugging", Consumption.STATIC) == []
+
+
+def test_global_actions(pdp: CedarPDP) -> None:
+    reg = Principal("r", "regulator")
+    assert pdp.authorize(reg, "audit/read", "credit", CREDIT, "audit").allowed
+    assert not pdp.authorize(Principal("e", "executive"), "audit/read", "credit", CREDIT, "audit").allowed
+    with pytest.raises(InvalidArgument):
+        pdp.authorize(reg, "feature_attribution/full", "credit", CREDIT, "audit")
