@@ -28,8 +28,10 @@ class ExtractionMonitorParams(BaseModel):
     """Whether the monitor runs for this tier."""
     window: int = Field(default=50, ge=3, le=5000)
     """Number of most recent minimum distances tested (Shapiro–Wilk needs ≥ 3)."""
-    threshold: float = Field(default=0.90, gt=0.0, lt=1.0)
-    """Alarm when the Shapiro–Wilk statistic W of the distances falls below this."""
+    threshold: float = Field(default=0.80, gt=0.0, lt=1.0)
+    """Alarm when the Shapiro–Wilk statistic W of the distances falls below this. Measured
+    on i.i.d. Gaussian queries (d = 10…50, window 50, 200 queries) the lowest W over all
+    windows had a 5% quantile of ≈ 0.89; axis probing and seed perturbation gave W ≈ 0.1–0.4."""
     action: Literal["downgrade", "block"] = "block"
     """What happens to an alarmed principal: served a stricter tier, or refused."""
     downgrade_to: str = ""
