@@ -17,6 +17,7 @@ history exactly.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -97,7 +98,12 @@ def epsilon_from_rho(rho: float, delta: float) -> float:
         raise InvalidArgument.single("rho", "must be ≥ 0")
     if rho == 0.0:
         return 0.0
-    eps, _ = rdp_analysis.get_privacy_spent(orders=list(ORDERS), rdp=[rho * a for a in ORDERS], delta=delta)
+    with warnings.catch_warnings():
+        # for very large ρ the best order is the smallest one and the bound is loose:
+        # conservative, hence safe for a budget cap
+        warnings.filterwarnings("ignore", message="Optimal order is the smallest alpha")
+        curve = [rho * a for a in ORDERS]
+        eps, _ = rdp_analysis.get_privacy_spent(orders=list(ORDERS), rdp=curve, delta=delta)
     return float(eps)
 
 
