@@ -15,3 +15,10 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tiny_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_repo(tmp_path_factory.mktemp("models"))
+
+
+# Real servers for conformance and integration tests (installed and started on demand).
+from tests.support.postgres_server import postgres_dsn  # noqa: E402
+from tests.support.redis_server import redis_url  # noqa: E402
+
+__all__ = ["postgres_dsn", "redis_url", "tiny_repo"]

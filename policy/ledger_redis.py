@@ -1,0 +1,203 @@
+"""Redis budget ledger: one budget shared by every replica of the server.
+
+Every operation is one server-side Lua script, and Redis runs a script
+atomically, so "drop expired reservations, sum spend and live reservations,
+check the caps, hold" is one indivisible step for all replicas. Time comes
+from the Redis server (``TIME``), never from a replica's clock, so replicas
+with skewed clocks agree on expiry. All keys of one (principal, model) share a
+hash tag and therefore one cluster slot. Connection or timeout errors become
+`Unavailable` (fail closed).
+
+Keys, with ``B = "dsd:{<principal>|<model>}"`` (both URL-quoted):
+``B:spend`` hash {q, rho}; ``B:res`` hash id → "q rho expires_at digest";
+``B:ans`` set of answered digests; ``B:bucket`` hash {tokens, ts}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from typing import Any
+from urllib.parse import quote
+
+import redis
+
+from desiderata.policy.ledger import (
+    RHO_TOLERANCE,
+    BudgetLedger,
+    Limits,
+    Reservation,
+    ReservationNotActive,
+    Usage,
+    budget_exhausted,
+    check_rate,
+    check_request,
+)
+from desiderata.server.errors import Unavailable
+
+__all__ = ["RedisLedger"]
+
+_NOW = "local t = redis.call('TIME') local now = tonumber(t[1]) + tonumber(t[2]) / 1e6\n"
+
+_LIVE = """
+local function live(reskey, now)
+  local rq, rr = 0, 0
+  local all = redis.call('HGETALL', reskey)
+  for i = 1, #all, 2 do
+    local q, r, exp = string.match(all[i + 1], '^(%S+) (%S+) (%S+)')
+    if tonumber(exp) <= now then redis.call('HDEL', reskey, all[i])
+    else rq = rq + tonumber(q); rr = rr + tonumber(r) end
+  end
+  return rq, rr
+end
+"""
+
+_RESERVE = (
+    _NOW
+    + _LIVE
+    + """
+local q, rho = tonumber(ARGV[1]), tonumber(ARGV[2])
+local maxq, maxrho, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local id, digest = ARGV[6], ARGV[7]
+if digest ~= '-' and redis.call('SISMEMBER', KEYS[3], digest) == 1 then
+  return {'free', string.format('%.17g', now + ttl)}
+end
+local rq, rr = live(KEYS[2], now)
+local sq = tonumber(redis.call('HGET', KEYS[1], 'q') or '0')
+local sr = tonumber(redis.call('HGET', KEYS[1], 'rho') or '0')
+if maxq >= 0 and sq + rq + q > maxq then return {'queries', ''} end
+if maxrho >= 0 and sr + rr + rho > maxrho * (1 + tonumber(ARGV[8])) then return {'rho', ''} end
+redis.call('HSET', KEYS[2], id, string.format('%d %.17g %.17g %s', q, rho, now + ttl, digest))
+return {'ok', string.format('%.17g', now + ttl)}
+"""
+)
+
+_COMMIT = (
+    _NOW
+    + """
+local entry = redis.call('HGET', KEYS[2], ARGV[1])
+if not entry then return 'missing' end
+redis.call('HDEL', KEYS[2], ARGV[1])
+local q, r, exp, digest = string.match(entry, '^(%S+) (%S+) (%S+) (%S+)')
+if tonumber(exp) <= now then return 'expired' end
+local sq = tonumber(redis.call('HGET', KEYS[1], 'q') or '0')
+local sr = tonumber(redis.call('HGET', KEYS[1], 'rho') or '0')
+redis.call('HSET', KEYS[1], 'q', string.format('%d', sq + tonumber(q)),
+           'rho', string.format('%.17g', sr + tonumber(r)))
+if digest ~= '-' then redis.call('SADD', KEYS[3], digest) end
+return 'ok'
+"""
+)
+
+_TAKE = (
+    _NOW
+    + """
+local rate, burst = tonumber(ARGV[1]) / 60.0, tonumber(ARGV[2])
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(b[1]) or burst
+local ts = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+local wait = 0
+if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'ts', string.format('%.17g', now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(1000 * (burst / rate + 1)))
+return string.format('%.17g', wait)
+"""
+)
+
+_USAGE = (
+    _NOW
+    + _LIVE
+    + """
+local rq, rr = live(KEYS[2], now)
+return {redis.call('HGET', KEYS[1], 'q') or '0', redis.call('HGET', KEYS[1], 'rho') or '0',
+        string.format('%d', rq), string.format('%.17g', rr)}
+"""
+)
+
+
+class RedisLedger(BudgetLedger):
+    """Budget ledger in Redis (≥ 5; scripts use ``TIME``, effect-replicated).
+
+    Args:
+        url: Redis URL, e.g. ``redis://127.0.0.1:6379/0``.
+        socket_timeout_s: per-operation timeout after which the store counts as unavailable.
+        client: an existing `redis.Redis` client (overrides `url`).
+    """
+
+    def __init__(
+        self, url: str = "redis://127.0.0.1:6379/0", *, socket_timeout_s: float = 1.0, client: Any = None
+    ) -> None:
+        self._r: Any = client or redis.Redis.from_url(
+            url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
+        )
+        self._reserve = self._r.register_script(_RESERVE)
+        self._commit = self._r.register_script(_COMMIT)
+        self._take = self._r.register_script(_TAKE)
+        self._usage = self._r.register_script(_USAGE)
+
+    @staticmethod
+    def _keys(principal: str, model: str) -> list[str]:
+        base = f"dsd:{{{quote(principal, safe='')}|{quote(model, safe='')}}}"
+        return [f"{base}:spend", f"{base}:res", f"{base}:ans", f"{base}:bucket"]
+
+    def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return script(keys=keys, args=args)
+        except redis.exceptions.RedisError as exc:
+            raise Unavailable("the budget ledger is unavailable") from exc
+
+    def reserve(
+        self,
+        principal: str,
+        model: str,
+        *,
+        queries: int,
+        rho: float,
+        limits: Limits,
+        ttl_s: float,
+        digest: str = "",
+    ) -> Reservation:
+        check_request(queries, rho, ttl_s)
+        rid = uuid.uuid4().hex
+        maxq = -1 if limits.max_queries is None else limits.max_queries
+        maxrho = -1.0 if limits.max_rho is None else limits.max_rho
+        args = [queries, repr(float(rho)), maxq, repr(float(maxrho)), repr(float(ttl_s)), rid]
+        args += [digest or "-", repr(RHO_TOLERANCE)]
+        status, expires = self._call(self._reserve, self._keys(principal, model)[:3], args)
+        status = status.decode()
+        if status == "free":
+            return Reservation(rid, principal, model, 0, 0.0, float(expires), free=True)
+        if status != "ok":
+            raise budget_exhausted(principal, model, status, limits)
+        return Reservation(rid, principal, model, queries, rho, float(expires))
+
+    def commit(self, reservation: Reservation) -> None:
+        if reservation.free:
+            return
+        keys = self._keys(reservation.principal, reservation.model)[:3]
+        status = self._call(self._commit, keys, [reservation.id]).decode()
+        if status != "ok":
+            raise ReservationNotActive("the budget reservation expired before the answer was ready")
+
+    def release(self, reservation: Reservation) -> None:
+        if reservation.free:
+            return
+        key = self._keys(reservation.principal, reservation.model)[1]
+        try:
+            self._r.hdel(key, reservation.id)
+        except redis.exceptions.RedisError as exc:
+            raise Unavailable("the budget ledger is unavailable") from exc
+
+    def take(self, principal: str, model: str, *, rate_per_minute: float, burst: int) -> float:
+        check_rate(rate_per_minute, burst)
+        key = self._keys(principal, model)[3]
+        return float(self._call(self._take, [key], [repr(float(rate_per_minute)), burst]))
+
+    def usage(self, principal: str, model: str) -> Usage:
+        q, r, rq, rr = self._call(self._usage, self._keys(principal, model)[:2], [])
+        return Usage(int(q), float(r), int(rq), float(rr))
+
+    def close(self) -> None:
+        with contextlib.suppress(redis.exceptions.RedisError):
+            self._r.close()

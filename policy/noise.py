@@ -1,0 +1,146 @@
+"""Output noise for attributions: clip to ‖·‖₂ ≤ C, add N(0, (zC)²) per coordinate,
+with the noise derived from a keyed hash of the query.
+
+Why keyed and deterministic: if every repeat of a query drew fresh noise, a
+caller could ask the same question K times and average the noise away
+(error shrinking as 1/K). Here the noise is a pure function of
+HMAC-SHA256(server secret, principal id ‖ model version ‖ canonical input ‖
+method ‖ parameters): an identical repeat gets the *same* noisy answer, so
+averaging repeats gains nothing (and the ledger charges nothing for it),
+while distinct queries get independent-looking noise the caller cannot
+predict without the secret. Every field is length-prefixed so that no two
+different queries share an encoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from desiderata.server.errors import InvalidArgument
+
+__all__ = ["NoiseInfo", "QueryKey", "clip_and_noise", "clip_l2", "query_key"]
+
+_DOMAIN = b"desiderata/noise/v1"
+
+
+@dataclass(frozen=True)
+class QueryKey:
+    """Keyed identity of one query.
+
+    Args:
+        noise_seed: 32 bytes seeding the noise generator (never leaves the server).
+        digest: hex digest stored in the ledger to recognise repeats (a different
+            HMAC domain than the seed, so storing it reveals nothing about the noise).
+    """
+
+    noise_seed: bytes
+    digest: str
+
+
+@dataclass(frozen=True)
+class NoiseInfo:
+    """What the noise step did, for the disclosure block (no feature values).
+
+    Args:
+        clip_norm: C.
+        noise_std: z·C, per coordinate.
+        input_norm: ‖values‖₂ before clipping.
+        clipped: whether the vector was scaled down to norm C.
+    """
+
+    clip_norm: float
+    noise_std: float
+    input_norm: float
+    clipped: bool
+
+
+def _field(b: bytes) -> bytes:
+    return struct.pack(">Q", len(b)) + b
+
+
+def query_key(
+    secret: bytes,
+    principal_id: str,
+    model_version: str,
+    features: np.ndarray,
+    method: str,
+    params: Mapping[str, Any],
+) -> QueryKey:
+    """The keyed identity of a query.
+
+    Args:
+        secret: server secret, ≥ 16 bytes.
+        principal_id: the caller.
+        model_version: exact model version answering.
+        features: encoded input, any shape, cast to float64 (−0.0 counts as 0.0).
+        method: explainer name.
+        params: the method's parameters (JSON-serialisable; keys sorted).
+    """
+    if len(secret) < 16:
+        raise ValueError("the noise secret must be at least 16 bytes")
+    x = np.ascontiguousarray(np.asarray(features, dtype="<f8") + 0.0)
+    msg = b"".join(
+        _field(part)
+        for part in (
+            principal_id.encode(),
+            model_version.encode(),
+            json.dumps(list(x.shape)).encode(),
+            x.tobytes(),
+            method.encode(),
+            json.dumps(dict(params), sort_keys=True, separators=(",", ":"), default=str).encode(),
+        )
+    )
+    seed = hmac.new(secret, _field(_DOMAIN + b"/seed") + msg, hashlib.sha256).digest()
+    digest = hmac.new(secret, _field(_DOMAIN + b"/digest") + msg, hashlib.sha256).hexdigest()
+    return QueryKey(seed, digest)
+
+
+def clip_l2(values: np.ndarray, clip_norm: float) -> tuple[np.ndarray, float]:
+    """Scales `values` down to ‖·‖₂ ≤ C.
+
+    Args:
+        values: attribution vector, shape ``(d,)``.
+        clip_norm: C > 0.
+
+    Returns:
+        ``(clipped, norm_before)``.
+    """
+    if clip_norm <= 0.0:
+        raise InvalidArgument.single("privacy.clip_norm", "must be > 0")
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 1 or not np.all(np.isfinite(v)):
+        raise InvalidArgument.single("attribution.values", "must be a finite vector of shape (d,)")
+    norm = float(np.linalg.norm(v))
+    return (v * (clip_norm / norm) if norm > clip_norm else v.copy()), norm
+
+
+def clip_and_noise(
+    values: np.ndarray, clip_norm: float, noise_multiplier: float, noise_seed: bytes
+) -> tuple[np.ndarray, NoiseInfo]:
+    """Clips to norm C and adds N(0, (zC)²) per coordinate, seeded by the query key.
+
+    Args:
+        values: attribution vector, shape ``(d,)``.
+        clip_norm: C > 0.
+        noise_multiplier: z ≥ 0 (0 clips only).
+        noise_seed: `QueryKey.noise_seed` (32 bytes).
+
+    Returns:
+        ``(noised, info)``; noised has shape ``(d,)``, float64.
+    """
+    if noise_multiplier < 0.0:
+        raise InvalidArgument.single("privacy.noise_multiplier", "must be ≥ 0")
+    clipped, norm = clip_l2(values, clip_norm)
+    std = noise_multiplier * clip_norm
+    if std > 0.0:
+        rng = np.random.Generator(np.random.PCG64(int.from_bytes(noise_seed, "big")))
+        clipped = clipped + rng.normal(0.0, std, size=clipped.shape)
+    return clipped, NoiseInfo(clip_norm, std, norm, norm > clip_norm)

@@ -1,0 +1,63 @@
+"""PRADA monitor: natural queries pass, synthetic extraction series are caught,
+alarms are sticky and state is bounded."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from desiderata.policy.extraction_monitor import ExtractionMonitor
+from desiderata.policy.privacy_params import ExtractionMonitorParams
+
+BLOCK = ExtractionMonitorParams(window=50, threshold=0.8, action="block")
+DOWN = ExtractionMonitorParams(window=50, threshold=0.8, action="downgrade", downgrade_to="fa/summary")
+
+
+def test_natural_queries_are_allowed() -> None:
+    rng = np.random.default_rng(7)
+    mon = ExtractionMonitor()
+    for p in range(8):
+        verdicts = [mon.observe(f"user{p}", "m", rng.normal(size=20), BLOCK) for _ in range(200)]
+        assert {v.action for v in verdicts} == {"allow"}
+        assert verdicts[-1].statistic is not None and verdicts[-1].statistic > 0.8
+    assert verdicts[10].statistic is None  # window not full yet
+
+
+def test_axis_probing_is_blocked_and_stays_blocked() -> None:
+    mon = ExtractionMonitor()
+    verdicts = []
+    for i in range(120):
+        x = np.zeros(20)
+        x[i % 20] = 1.0 + 0.1 * (i // 20)
+        verdicts.append(mon.observe("thief", "m", x, BLOCK))
+    assert verdicts[-1].action == "block"
+    assert sum(v.alarmed_now for v in verdicts) == 1
+    assert all(v.action == "allow" for v in verdicts[:50])
+    rng = np.random.default_rng(0)
+    assert mon.observe("thief", "m", rng.normal(size=20), BLOCK).action == "block"
+    assert mon.observe("thief", "other-model", rng.normal(size=20), BLOCK).action == "allow"
+    mon.reset("thief", "m")
+    assert mon.observe("thief", "m", rng.normal(size=20), BLOCK).action == "allow"
+
+
+def test_seed_perturbation_is_downgraded() -> None:
+    rng = np.random.default_rng(3)
+    seeds = rng.normal(size=(5, 20))
+    mon = ExtractionMonitor()
+    last = None
+    for i in range(200):
+        last = mon.observe("thief", "m", seeds[i % 5] + 0.01 * (i // 5) * rng.normal(size=20), DOWN)
+    assert last is not None and last.action == "downgrade" and last.downgrade_to == "fa/summary"
+
+
+def test_state_is_bounded() -> None:
+    params = ExtractionMonitorParams(window=5, threshold=0.8, history=7)
+    mon = ExtractionMonitor(max_principals=3)
+    rng = np.random.default_rng(1)
+    for p in range(10):
+        for _ in range(20):
+            mon.observe(f"u{p}", "m", rng.normal(size=4), params)
+    series = mon._series  # bounded internals checked directly
+    assert len(series) == 3
+    assert all(len(s.history) <= 7 and len(s.distances) <= 5 for s in series.values())
+    off = ExtractionMonitorParams(enabled=False)
+    assert ExtractionMonitor().observe("x", "m", np.zeros(3), off).action == "allow"
