@@ -3,7 +3,10 @@
 Importing this package registers the built-in methods.
 """
 
+from desiderata.explainers import counterfactual_genetic as _counterfactual_genetic  # noqa: F401
+from desiderata.explainers import counterfactual_gradient as _counterfactual_gradient  # noqa: F401
 from desiderata.explainers import integrated_gradients as _integrated_gradients  # noqa: F401
+from desiderata.explainers import robustness as _robustness  # noqa: F401
 from desiderata.explainers.base import (
     Capabilities,
     ExplainableModel,

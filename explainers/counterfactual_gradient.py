@@ -62,9 +62,9 @@ class GradientCounterfactual(CounterfactualSearch):
         steps: int = 200,
         restarts: int = 4,
         lr: float = 0.2,
-        margin: float = 0.05,
+        margin: float = 0.005,
         check_every: int = 10,
-        patience: int = 2,
+        patience: int = 3,
         tol: float = 1e-2,
     ) -> None:
         super().__init__(options)
@@ -107,6 +107,7 @@ class GradientCounterfactual(CounterfactualSearch):
         u_lo = torch.as_tensor((fs.lower - x0) / scale)
         u_hi = torch.as_tensor((fs.upper - x0) / scale)
         keep_idx, flip_idx = self._classes(model.n_classes, outcome)
+        lr = self._step_size(module, x0_t, scale_t, mask_t[0], keep_idx, flip_idx)
         lam = torch.full((n,), 0.1, dtype=torch.float64)
         m1, m2 = torch.zeros_like(u), torch.zeros_like(u)  # Adam moments
         d = len(fs.schema.features)
@@ -128,7 +129,7 @@ class GradientCounterfactual(CounterfactualSearch):
                 m1.mul_(0.9).add_(grad, alpha=0.1)
                 m2.mul_(0.999).addcmul_(grad, grad, value=0.001)
                 m_hat, v_hat = m1 / (1 - 0.9**step), m2 / (1 - 0.999**step)
-                u -= self.lr * m_hat / (v_hat.sqrt() + 1e-8)
+                u -= lr * m_hat / (v_hat.sqrt() + 1e-8)
                 u.copy_(torch.clamp(u, u_lo, u_hi) * mask_t)
             if step % self.check_every and step != self.steps:
                 continue
@@ -143,12 +144,35 @@ class GradientCounterfactual(CounterfactualSearch):
             if better.any():
                 stalled = 0
                 report(best[np.isfinite(best_cost)])
-            else:
+            elif np.isfinite(best_cost).all():
                 stalled += 1
+                lr *= 0.5  # settle: Adam's steps otherwise oscillate around the boundary
             if np.isfinite(best_cost).all() and stalled >= self.patience:
                 break
         found = np.isfinite(best_cost)
         return best[found], evals + step * n, bool(found.sum() >= k)
+
+    def _step_size(
+        self,
+        module: torch.nn.Module,
+        x0: torch.Tensor,
+        scale: torch.Tensor,
+        free: torch.Tensor,
+        keep_idx: list[int],
+        flip_idx: list[int],
+    ) -> float:
+        """Adam's step in MAD units: `lr`, or a fifth of the linearised distance to
+        the boundary (gap / ‖∇gap‖, as one DeepFool step) when that is smaller, so
+        instances close to the boundary are not overshot."""
+        u = torch.zeros_like(x0, requires_grad=True)
+        with torch.enable_grad():
+            logp = torch.log(module((x0 + u * scale).float()[None, :]).double().clamp_min(1e-30))
+            gap = logp[0, keep_idx].max() - logp[0, flip_idx].max()
+            (grad,) = torch.autograd.grad(gap, u)
+        norm = float((grad * free).norm())
+        if norm <= 0:
+            return self.lr
+        return float(min(self.lr, max(1e-4, 0.2 * abs(float(gap.detach())) / norm)))
 
     @staticmethod
     def _classes(n_classes: int, outcome: Outcome) -> tuple[list[int], list[int]]:
