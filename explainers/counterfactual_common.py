@@ -102,15 +102,25 @@ class ReferenceIndex:
             dist[torch.arange(len(sub)), torch.as_tensor(np.searchsorted(idx, sub))] = np.inf
             self.threshold[int(cls)] = float(np.quantile(dist.min(dim=1).values.numpy(), quantile))
 
-    def nearest(self, z: np.ndarray, n_features: int, cls: int | None = None) -> np.ndarray:
+    def nearest(
+        self, z: np.ndarray, n_features: int, cls: int | None = None, exclude: np.ndarray | None = None
+    ) -> np.ndarray:
         """Normalized ℓ1 distance (averaged over `n_features`) to the nearest row, ``(n,)``.
 
         Args:
             z: candidates, shape ``(n, n_columns)``.
             n_features: number of features d the distance is averaged over.
             cls: only rows of this class; None for any row.
+            exclude: a row ``(n_columns,)`` to leave out wherever it occurs (the
+                instance's own record: being near it leaks nobody else's).
         """
-        rows = self.x if cls is None else self.x[torch.as_tensor(self.y == cls)]
+        keep = torch.ones(len(self.x), dtype=torch.bool)
+        if cls is not None:
+            keep &= torch.as_tensor(self.y == cls)
+        if exclude is not None:
+            own = torch.as_tensor(exclude / self.scale, dtype=torch.float64)
+            keep &= (self.x - own).abs().sum(dim=1) > 1e-12
+        rows = self.x[keep]
         if len(rows) == 0:
             return np.full(len(z), np.inf)
         zt = torch.as_tensor(z / self.scale, dtype=torch.float64)
@@ -238,7 +248,7 @@ def select(
     keep = fs.contains(z) & outcome.valid(probs)
     dropped = 0
     if index is not None and not options.allow_training_rows and keep.any():
-        near = index.nearest(z, len(fs.schema.features)) < options.training_row_radius
+        near = index.nearest(z, len(fs.schema.features), exclude=fs.x0) < options.training_row_radius
         dropped = int((keep & near).sum())
         keep &= ~near
     z, probs = z[keep], probs[keep]

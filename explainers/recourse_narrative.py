@@ -41,29 +41,30 @@ def _value(spec: FeatureSpec, value: FeatureValue) -> str:
     return _amount(spec, float(value))
 
 
-def describe_change(spec: FeatureSpec, change: FeatureChange) -> str:
+def describe_change(spec: FeatureSpec, change: FeatureChange, verb: str = "were") -> str:
     """One clause, e.g. "your monthly income were €450 higher".
 
     Args:
         spec: the changed feature's card entry.
         change: the change (from and to values).
+        verb: the verb after the feature ("" in later clauses: "and your loan term 12 months shorter").
 
     Raises:
         ValueError: when the feature is immutable (never suggested in recourse).
     """
     if spec.immutable:
         raise ValueError(f"immutable feature {spec.name!r} cannot be suggested in recourse")
-    name = spec.label
+    name = f"{spec.label} {verb}".rstrip()
     if spec.type in ("number", "integer"):
         delta = float(change.to_value) - float(change.from_value)
         if spec.unit in TIME_UNITS:
             word = "longer" if delta > 0 else "shorter"
         else:
             word = "higher" if delta > 0 else "lower"
-        return f"your {name} were {_amount(spec, abs(delta))} {word}"
+        return f"your {name} {_amount(spec, abs(delta))} {word}"
     if spec.type == "boolean":
-        return f"your {name} were {_value(spec, change.to_value)}"
-    return f"your {name} were {_value(spec, change.to_value)} instead of {_value(spec, change.from_value)}"
+        return f"your {name} {_value(spec, change.to_value)}"
+    return f"your {name} {_value(spec, change.to_value)} instead of {_value(spec, change.from_value)}"
 
 
 def recourse_narrative(
@@ -86,12 +87,12 @@ def recourse_narrative(
         ValueError: a change of an unknown or immutable feature.
     """
     specs = {f.name: f for f in card.features}
-    clauses = []
+    clauses: list[str] = []
     for change in counterfactual.changes:
         spec = specs.get(change.feature)
         if spec is None:
             raise ValueError(f"unknown feature {change.feature!r}")
-        clauses.append(describe_change(spec, change))
+        clauses.append(describe_change(spec, change, "were" if not clauses else ""))
     if not clauses:
         return ""
     cls = card.class_names[int(counterfactual.probabilities.argmax())]
