@@ -5,9 +5,11 @@ Influence functions need ``(H + δI)⁻¹ v`` for the Hessian H of the mean
 training loss and a damping δ (Koh & Liang 2017). Four ways are offered:
 
 - `inverse_sqrt_factor` from an explicit H (small parameter sets): the
-  eigendecomposition H = V Λ Vᵀ gives a factor A = V (max(Λ, 0) + δ)^(-1/2)
-  with A Aᵀ = (H⁺ + δI)⁻¹, so influence is a dot product of projected
-  gradients and self-influence a squared norm;
+  eigendecomposition H = V Λ Vᵀ gives a factor A = V (Λ + δ)^(-1/2) with
+  A Aᵀ = (H + δI)⁻¹, so influence is a dot product of projected gradients
+  and self-influence a squared norm (directions where H + δI is not positive,
+  possible for non-convex subsets, use |λ| + δ instead, as saddle-free Newton
+  does, and are counted);
 - `conjugate_gradient` and `lissa` (Agarwal et al. 2017) from Hessian-vector
   products only, per right-hand side (the per-query path Organization F found
   too slow to serve, kept as the independent check and the benchmark's
@@ -37,7 +39,7 @@ class LowRank:
     Args:
         factor: ``(p, r)`` matrix A.
         eigenvalues: the Hessian eigenvalues kept, ``(r,)``, descending.
-        negative: how many eigenvalues were negative and clipped to 0.
+        negative: how many eigenvalues had λ + δ ≤ 0 and were replaced by |λ| + δ.
     """
 
     factor: torch.Tensor
@@ -46,10 +48,9 @@ class LowRank:
 
 
 def inverse_sqrt_factor(h: torch.Tensor, damping: float) -> LowRank:
-    """Exact factor of ``(H⁺ + δI)⁻¹`` from an explicit symmetric ``(p, p)`` Hessian.
+    """Exact factor of ``(H + δI)⁻¹`` from an explicit symmetric ``(p, p)`` Hessian.
 
-    Negative eigenvalues (non-convex subsets) are clipped to zero before the
-    damping is added, so the factor is always real; `LowRank.negative` counts them.
+    Exact whenever H + δI is positive definite; otherwise see `_denominators`.
     """
     if damping <= 0:
         raise ValueError("damping must be positive")
@@ -57,9 +58,15 @@ def inverse_sqrt_factor(h: torch.Tensor, damping: float) -> LowRank:
     vals, vecs = torch.linalg.eigh(sym)
     order = torch.argsort(vals, descending=True)
     vals, vecs = vals[order], vecs[:, order]
-    negative = int((vals < 0).sum())
-    factor = vecs / torch.sqrt(vals.clamp_min(0.0) + damping)
-    return LowRank(factor, vals, negative)
+    denom, negative = _denominators(vals, damping)
+    return LowRank(vecs / torch.sqrt(denom), vals, negative)
+
+
+def _denominators(vals: torch.Tensor, damping: float) -> tuple[torch.Tensor, int]:
+    """λ + δ, with |λ| + δ where λ + δ ≤ 0; and how many were replaced."""
+    shifted = vals + damping
+    bad = shifted <= 0
+    return torch.where(bad, vals.abs() + damping, shifted), int(bad.sum())
 
 
 def conjugate_gradient(
@@ -190,6 +197,5 @@ def arnoldi(hvp: Hvp, p: int, n_iter: int, rank: int, damping: float, rng: np.ra
     order = torch.argsort(vals, descending=True)[: min(rank, used)]
     vals, vecs = vals[order], vecs[:, order]
     eigvecs = basis[:used].T @ vecs
-    negative = int((vals < 0).sum())
-    factor = eigvecs / torch.sqrt(vals.clamp_min(0.0) + damping)
-    return LowRank(factor, vals, negative)
+    denom, negative = _denominators(vals, damping)
+    return LowRank(eigvecs / torch.sqrt(denom), vals, negative)

@@ -229,7 +229,7 @@ def explain_samples(
     warnings: list[str] = []
     negative = index.meta.get("negative_eigenvalues", 0)
     if isinstance(negative, int) and negative > 0:
-        warnings.append(f"{negative} negative Hessian eigenvalues clipped to 0 before damping")
+        warnings.append(f"H + damping is not positive in {negative} directions (|eigenvalue| used)")
     flagged = int(outliers[ranked].sum())
     if flagged:
         warnings.append(f"{flagged} of the top {len(ranked)} points are outliers (high self-influence)")
