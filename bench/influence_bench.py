@@ -17,14 +17,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit" / "explainers"))
-from _credit import FakeModel, credit, mlp, reference, train_full_batch  # noqa: E402
+from _credit import FakeModel, credit, mlp, reference, train_full_batch
 
-from desiderata.explainers._ihvp import lissa, top_eigenvalue  # noqa: E402
-from desiderata.explainers._loss_grads import LossGrad  # noqa: E402
-from desiderata.explainers.base import ExplainContext  # noqa: E402
-from desiderata.explainers.influence import explain_samples, get_index  # noqa: E402
-from desiderata.explainers.influence_config import InfluenceConfig  # noqa: E402
-from desiderata.explainers.types import SampleImportanceParams  # noqa: E402
+from desiderata.explainers._ihvp import lissa, top_eigenvalue
+from desiderata.explainers._loss_grads import LossGrad
+from desiderata.explainers.base import ExplainContext
+from desiderata.explainers.influence import explain_samples, get_index
+from desiderata.explainers.influence_config import InfluenceConfig
+from desiderata.explainers.types import SampleImportanceParams
 
 
 def main() -> None:
@@ -58,13 +58,13 @@ def main() -> None:
             explain_samples(model, q, params, ExplainContext(), "influence")
             lat.append((time.perf_counter() - t) * 1e3)
         g = LossGrad(module, subset)
-        scale = 1.5 * (top_eigenvalue(lambda v: g.hvp(v, x[:2000], y[:2000]), g.p, rng, iters=10) + 1e-2)
+        scale = 1.5 * (top_eigenvalue(lambda v, g=g: g.hvp(v, x[:2000], y[:2000]), g.p, rng, iters=10) + 1e-2)
         naive = []
         for q in queries[: args.naive_queries]:
             t = time.perf_counter()
             pred = int(np.argmax(model.predict_proba(q[None])[0]))
             s = lissa(
-                lambda v, r: g.hvp(v, x[r], y[r]),
+                lambda v, r, g=g: g.hvp(v, x[r], y[r]),
                 g.grads(q[None], np.array([pred]))[0],
                 len(x),
                 1e-2,
@@ -80,8 +80,9 @@ def main() -> None:
         p50, n50 = float(np.median(lat)), float(np.median(naive))
         print(
             f"{subset}: p={g.p} solver={index.meta.get('solver')} rank={index.meta.get('rank')} "
-            f"precompute={build:.1f}s index={int(index.meta.get('bytes', 0)) / 1e6:.1f}MB "  # type: ignore[call-overload]
-            f"maxrss+={(rss1 - rss0) / 1e3:.0f}MB | served p50={p50:.2f}ms p90={np.percentile(lat, 90):.2f}ms "
+            f"precompute={build:.1f}s index={index.meta.get('bytes', 0)}B "
+            f"maxrss+={(rss1 - rss0) / 1e3:.0f}MB | served p50={p50:.2f}ms "
+            f"p90={np.percentile(lat, 90):.2f}ms "
             f"| naive LiSSA p50={n50:.0f}ms | ratio={n50 / p50:.0f}x"
         )
 
