@@ -154,9 +154,7 @@ class Explainer(ABC):
     capabilities: ClassVar[Capabilities]
 
     @abstractmethod
-    def explain(
-        self, model: ExplainableModel, x: np.ndarray, params: Any, ctx: ExplainContext
-    ) -> Explanation:
+    def explain(self, model: ExplainableModel, x: np.ndarray, params: Any, ctx: ExplainContext) -> Explanation:
         """Explains one encoded instance.
 
         Args:

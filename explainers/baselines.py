@@ -45,7 +45,5 @@ def baseline_vector(model: ExplainableModel, kind: str) -> np.ndarray:
         else:
             out[sl.start] = float(spec.baseline)
     if missing:
-        raise FailedPrecondition(
-            f"the card baseline is missing for {missing} and there is no training reference"
-        )
+        raise FailedPrecondition(f"the card baseline is missing for {missing} and there is no training reference")
     return out

@@ -47,9 +47,7 @@ def quadrature(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
         return 0.5 * (1.0 + nodes), 0.5 * w
     if rule == "riemann_trapezoid":
         if steps < 2:
-            raise InvalidArgument.single(
-                "params.attribution.steps", "the trapezoid rule needs at least 2 steps"
-            )
+            raise InvalidArgument.single("params.attribution.steps", "the trapezoid rule needs at least 2 steps")
         w = np.full(steps, 1.0 / (steps - 1))
         w[0] = w[-1] = 0.5 / (steps - 1)
         return np.linspace(0.0, 1.0, steps), w
@@ -92,9 +90,7 @@ class IntegratedGradients(Explainer):
     version = "1"
     capabilities = Capabilities(kind=Kind.FEATURE_ATTRIBUTION, white_box=True)
 
-    def explain(
-        self, model: ExplainableModel, x: np.ndarray, params: Any, ctx: ExplainContext
-    ) -> Explanation:
+    def explain(self, model: ExplainableModel, x: np.ndarray, params: Any, ctx: ExplainContext) -> Explanation:
         if not isinstance(params, AttributionParams):
             raise TypeError("IntegratedGradients needs AttributionParams")
         module = model.torch_module()

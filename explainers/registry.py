@@ -33,9 +33,7 @@ def get(name: str, field_path: str = "params.method") -> type[Explainer]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise InvalidArgument.single(
-            field_path, f"unknown method {name!r}; known: {sorted(_REGISTRY)}"
-        ) from None
+        raise InvalidArgument.single(field_path, f"unknown method {name!r}; known: {sorted(_REGISTRY)}") from None
 
 
 def names(kind: Kind | None = None) -> list[str]:

@@ -1,0 +1,132 @@
+"""The asyncio client (grpc.aio)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from desiderata.client._errors import DesiderataRpcError
+from desiderata.client._requests import Credentials, Requests, channel_credentials
+from desiderata.client._values import Value
+from desiderata.v1 import explanation_service_pb2 as es
+from desiderata.v1 import explanation_service_pb2_grpc as es_grpc
+from desiderata.v1 import model_service_pb2 as ms
+from desiderata.v1 import model_service_pb2_grpc as ms_grpc
+from desiderata.v1 import types_pb2 as pb
+
+__all__ = ["AsyncClient"]
+
+
+class AsyncClient:
+    """An asyncio desiderata client; same methods as `Client`, awaited.
+
+    Args:
+        address: "host:port" of the server.
+        api_key: API key, sent as a bearer token.
+        credentials: full credential settings (TLS, mTLS); overrides `api_key`.
+        timeout_s: default deadline of every call, in seconds.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        api_key: str | None = None,
+        credentials: Credentials | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self._creds = credentials or Credentials(api_key=api_key)
+        tls = channel_credentials(self._creds)
+        self.channel = aio.secure_channel(address, tls) if tls else aio.insecure_channel(address)
+        self.explanations = es_grpc.ExplanationServiceStub(self.channel)
+        self.models = ms_grpc.ModelServiceStub(self.channel)
+        self.timeout_s = timeout_s
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def _call(self, method: Any, request: Any, timeout_s: float | None) -> Any:
+        try:
+            return await method(request, timeout=timeout_s or self.timeout_s, metadata=self._creds.metadata())
+        except grpc.RpcError as exc:
+            raise DesiderataRpcError.from_rpc_error(exc) from None
+
+    async def explain(
+        self,
+        model: str,
+        features: Mapping[str, Value],
+        *,
+        purpose: str,
+        timeout_s: float | None = None,
+        **options: Any,
+    ) -> pb.Explanation:
+        request = Requests.explain(model, features, purpose=purpose, **options)
+        response: es.ExplainResponse = await self._call(self.explanations.Explain, request, timeout_s)
+        return response.explanation
+
+    async def explain_decision(
+        self, decision_id: str, *, purpose: str, timeout_s: float | None = None, **options: Any
+    ) -> pb.Explanation:
+        request = Requests.explain_decision(decision_id, purpose=purpose, **options)
+        response: es.ExplainDecisionResponse = await self._call(self.explanations.ExplainDecision, request, timeout_s)
+        return response.explanation
+
+    async def explain_stream(
+        self,
+        model: str,
+        features: Mapping[str, Value],
+        *,
+        purpose: str,
+        timeout_s: float | None = None,
+        **options: Any,
+    ) -> AsyncIterator[es.ExplainStreamResponse]:
+        request = es.ExplainStreamRequest(request=Requests.explain(model, features, purpose=purpose, **options))
+        call = self.explanations.ExplainStream(
+            request, timeout=timeout_s or self.timeout_s, metadata=self._creds.metadata()
+        )
+        try:
+            async for item in call:
+                yield item
+        except grpc.RpcError as exc:
+            raise DesiderataRpcError.from_rpc_error(exc) from None
+
+    async def capabilities(
+        self, model: str, *, purpose: str, consumption: str = "static", timeout_s: float | None = None
+    ) -> es.GetCapabilitiesResponse:
+        result: es.GetCapabilitiesResponse = await self._call(
+            self.explanations.GetCapabilities, Requests.capabilities(model, purpose, consumption), timeout_s
+        )
+        return result
+
+    async def predict(
+        self, model: str, features: Mapping[str, Value], *, subject_id: str, timeout_s: float | None = None
+    ) -> ms.PredictResponse:
+        result: ms.PredictResponse = await self._call(
+            self.models.Predict, Requests.predict(model, features, subject_id), timeout_s
+        )
+        return result
+
+    async def list_models(
+        self, *, page_size: int = 0, page_token: str = "", timeout_s: float | None = None
+    ) -> ms.ListModelsResponse:
+        result: ms.ListModelsResponse = await self._call(
+            self.models.ListModels,
+            ms.ListModelsRequest(page_size=page_size, page_token=page_token),
+            timeout_s,
+        )
+        return result
+
+    async def get_model(self, name: str, *, version: str = "", timeout_s: float | None = None) -> ms.ModelCard:
+        result: ms.GetModelResponse = await self._call(
+            self.models.GetModel, ms.GetModelRequest(name=name, version=version), timeout_s
+        )
+        return result.card

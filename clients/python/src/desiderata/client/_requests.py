@@ -1,0 +1,124 @@
+"""Request builders and channel options shared by the sync and async clients."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import grpc
+
+from desiderata.client._values import Value, instance
+from desiderata.v1 import explanation_service_pb2 as es
+from desiderata.v1 import model_service_pb2 as ms
+from desiderata.v1 import types_pb2 as pb
+
+__all__ = ["Credentials", "Requests", "channel_credentials"]
+
+CONSUMPTION = {"static": pb.CONSUMPTION_STATIC, "dynamic": pb.CONSUMPTION_DYNAMIC}
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How the client authenticates.
+
+    Args:
+        api_key: sent as ``authorization: Bearer <api_key>``.
+        tls: use TLS (default roots unless `root_certificates` is given).
+        root_certificates: PEM CA bundle of the server certificate.
+        client_certificate, client_key: PEM client pair for mTLS.
+    """
+
+    api_key: str | None = None
+    tls: bool = False
+    root_certificates: bytes | None = None
+    client_certificate: bytes | None = None
+    client_key: bytes | None = None
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.api_key}"),) if self.api_key else ()
+
+
+def channel_credentials(creds: Credentials) -> grpc.ChannelCredentials | None:
+    """TLS channel credentials, or None for a plaintext channel."""
+    if not (creds.tls or creds.root_certificates or creds.client_certificate):
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=creds.root_certificates,
+        private_key=creds.client_key,
+        certificate_chain=creds.client_certificate,
+    )
+
+
+class Requests:
+    """Builds the v1 request messages from plain values."""
+
+    @staticmethod
+    def attribution_params(
+        method: str = "", target_class: str = "", steps: int = 0, seed: int = 0, **extra: object
+    ) -> pb.ExplanationParams:
+        return pb.ExplanationParams(
+            attribution=pb.AttributionParams(
+                method=method,
+                target_class=target_class,
+                steps=steps,
+                seed=seed,
+                **extra,  # type: ignore[arg-type]
+            )
+        )
+
+    @staticmethod
+    def explain(
+        model: str,
+        features: Mapping[str, Value],
+        *,
+        purpose: str,
+        consumption: str = "static",
+        kind: int = pb.EXPLANATION_KIND_FEATURE_ATTRIBUTION,
+        params: pb.ExplanationParams | None = None,
+        method: str = "",
+        model_version: str = "",
+        locale: str = "",
+    ) -> es.ExplainRequest:
+        if params is None and kind == pb.EXPLANATION_KIND_FEATURE_ATTRIBUTION:
+            params = Requests.attribution_params(method=method)
+        return es.ExplainRequest(
+            model=model,
+            model_version=model_version,
+            instance=instance(features),
+            kind=kind,  # type: ignore[arg-type]
+            purpose=purpose,
+            consumption=CONSUMPTION[consumption],
+            params=params,
+            locale=locale,
+        )
+
+    @staticmethod
+    def explain_decision(
+        decision_id: str,
+        *,
+        purpose: str,
+        consumption: str = "static",
+        kind: int = pb.EXPLANATION_KIND_FEATURE_ATTRIBUTION,
+        params: pb.ExplanationParams | None = None,
+        locale: str = "",
+    ) -> es.ExplainDecisionRequest:
+        return es.ExplainDecisionRequest(
+            decision_id=decision_id,
+            kind=kind,
+            purpose=purpose,  # type: ignore[arg-type]
+            consumption=CONSUMPTION[consumption],
+            params=params,
+            locale=locale,
+        )
+
+    @staticmethod
+    def predict(
+        model: str, features: Mapping[str, Value], subject_id: str, model_version: str = ""
+    ) -> ms.PredictRequest:
+        return ms.PredictRequest(
+            model=model, model_version=model_version, instance=instance(features), subject_id=subject_id
+        )
+
+    @staticmethod
+    def capabilities(model: str, purpose: str, consumption: str = "static") -> es.GetCapabilitiesRequest:
+        return es.GetCapabilitiesRequest(model=model, purpose=purpose, consumption=CONSUMPTION[consumption])

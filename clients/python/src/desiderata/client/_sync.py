@@ -1,0 +1,127 @@
+"""The blocking client."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import grpc
+
+from desiderata.client._errors import DesiderataRpcError
+from desiderata.client._requests import Credentials, Requests, channel_credentials
+from desiderata.client._values import Value
+from desiderata.v1 import explanation_service_pb2 as es
+from desiderata.v1 import explanation_service_pb2_grpc as es_grpc
+from desiderata.v1 import model_service_pb2 as ms
+from desiderata.v1 import model_service_pb2_grpc as ms_grpc
+from desiderata.v1 import types_pb2 as pb
+
+__all__ = ["Client"]
+
+R = TypeVar("R")
+
+
+class Client:
+    """A blocking desiderata client.
+
+    Args:
+        address: "host:port" of the server.
+        api_key: API key, sent as a bearer token.
+        credentials: full credential settings (TLS, mTLS); overrides `api_key`.
+        timeout_s: default deadline of every call, in seconds.
+
+    Errors are raised as `DesiderataRpcError` with decoded rich details.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        api_key: str | None = None,
+        credentials: Credentials | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self._creds = credentials or Credentials(api_key=api_key)
+        tls = channel_credentials(self._creds)
+        self.channel = grpc.secure_channel(address, tls) if tls else grpc.insecure_channel(address)
+        self.explanations = es_grpc.ExplanationServiceStub(self.channel)
+        self.models = ms_grpc.ModelServiceStub(self.channel)
+        self.timeout_s = timeout_s
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _call(self, method: Callable[..., R], request: Any, timeout_s: float | None) -> R:
+        try:
+            return method(request, timeout=timeout_s or self.timeout_s, metadata=self._creds.metadata())
+        except grpc.RpcError as exc:
+            raise DesiderataRpcError.from_rpc_error(exc) from None
+
+    def explain(
+        self,
+        model: str,
+        features: Mapping[str, Value],
+        *,
+        purpose: str,
+        timeout_s: float | None = None,
+        **options: Any,
+    ) -> pb.Explanation:
+        """Explains a submitted instance (see `Requests.explain` for options)."""
+        request = Requests.explain(model, features, purpose=purpose, **options)
+        return self._call(self.explanations.Explain, request, timeout_s).explanation
+
+    def explain_decision(
+        self, decision_id: str, *, purpose: str, timeout_s: float | None = None, **options: Any
+    ) -> pb.Explanation:
+        """Explains a decision recorded by `predict`."""
+        request = Requests.explain_decision(decision_id, purpose=purpose, **options)
+        return self._call(self.explanations.ExplainDecision, request, timeout_s).explanation
+
+    def explain_stream(
+        self,
+        model: str,
+        features: Mapping[str, Value],
+        *,
+        purpose: str,
+        timeout_s: float | None = None,
+        **options: Any,
+    ) -> Iterator[es.ExplainStreamResponse]:
+        """Successive refinements; the last response has `final` set."""
+        request = es.ExplainStreamRequest(request=Requests.explain(model, features, purpose=purpose, **options))
+        try:
+            yield from self.explanations.ExplainStream(
+                request, timeout=timeout_s or self.timeout_s, metadata=self._creds.metadata()
+            )
+        except grpc.RpcError as exc:
+            raise DesiderataRpcError.from_rpc_error(exc) from None
+
+    def capabilities(
+        self, model: str, *, purpose: str, consumption: str = "static", timeout_s: float | None = None
+    ) -> es.GetCapabilitiesResponse:
+        return self._call(
+            self.explanations.GetCapabilities, Requests.capabilities(model, purpose, consumption), timeout_s
+        )
+
+    def predict(
+        self, model: str, features: Mapping[str, Value], *, subject_id: str, timeout_s: float | None = None
+    ) -> ms.PredictResponse:
+        """Scores an instance for a subject; the response carries the decision id."""
+        return self._call(self.models.Predict, Requests.predict(model, features, subject_id), timeout_s)
+
+    def list_models(
+        self, *, page_size: int = 0, page_token: str = "", timeout_s: float | None = None
+    ) -> ms.ListModelsResponse:
+        return self._call(
+            self.models.ListModels,
+            ms.ListModelsRequest(page_size=page_size, page_token=page_token),
+            timeout_s,
+        )
+
+    def get_model(self, name: str, *, version: str = "", timeout_s: float | None = None) -> ms.ModelCard:
+        return self._call(self.models.GetModel, ms.GetModelRequest(name=name, version=version), timeout_s).card

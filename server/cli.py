@@ -1,0 +1,148 @@
+"""The `desiderata` command: serve, explain (through the Python client), train.
+
+    desiderata serve [--port N] [--host H] [--models DIR] [--config FILE]
+    desiderata explain --model credit --feature income=2500 ... [--address A] [--key K]
+    desiderata train --out DIR [--seed S] [--dp --epsilon E --delta D]
+
+`serve` with no arguments serves the built-in demo and prints where it listens
+and one demo key per stakeholder role.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+__all__ = ["main"]
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from desiderata.server.config import DEMO_KEYS, Settings
+    from desiderata.server.grpc.app import build_server
+    from desiderata.server.logging import configure_logging
+
+    overrides: dict[str, dict[str, object]] = {}
+    if args.port is not None or args.host is not None:
+        overrides["server"] = {k: v for k, v in (("port", args.port), ("host", args.host)) if v is not None}
+    if args.models is not None:
+        overrides["models"] = {"path": args.models}
+    try:
+        settings = Settings.load(args.config, **overrides)
+    except Exception as exc:
+        print(f"desiderata: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.logging)
+    log = structlog.get_logger("desiderata")
+
+    async def run() -> int:
+        try:
+            app = build_server(settings)
+        except ValueError as exc:
+            log.error("boot_failed", error=str(exc))
+            print(f"desiderata: cannot start: {exc}", file=sys.stderr)
+            return 1
+        await app.start()
+        log.info("listening", address=app.address, models=[m.name for m in app.pipeline.models.served()])
+        print(f"desiderata listening on {app.address}", flush=True)
+        if app.demo:
+            print("demo keys (public, for the built-in demo only; send as 'authorization: Bearer <key>'):")
+            for key in DEMO_KEYS:
+                suffix = f" (subject {key.subject_id})" if key.subject_id else ""
+                print(f"  {key.role:<14} {key.key}{suffix}")
+            sys.stdout.flush()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting_down", grace_s=settings.server.grace_period_s)
+        await app.stop(settings.server.grace_period_s)
+        log.info("stopped")
+        return 0
+
+    return asyncio.run(run())
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from desiderata.client import Client, DesiderataRpcError, parse_feature
+
+    features = dict(parse_feature(f) for f in args.feature)
+    with Client(args.address, api_key=args.key, timeout_s=args.timeout) as client:
+        try:
+            ex = client.explain(model=args.model, features=features, purpose=args.purpose, method=args.method)
+        except DesiderataRpcError as exc:
+            print(exc.describe(), file=sys.stderr)
+            return 1
+    print(
+        f"{ex.model} v{ex.model_version}: predicted {ex.prediction.label} "
+        f"({max(p.probability for p in ex.prediction.probabilities):.3f}) by {ex.method}"
+    )
+    for a in ex.feature_attribution.attributions:
+        print(f"  {a.display_name:<28} {a.value:+.4f}  ({a.share:+.1%})")
+    q = ex.quality
+    print(
+        f"  completeness gap {q.relative_completeness_gap:.2e} (relative), {q.compute_ms:.1f} ms; "
+        f"tier {ex.disclosure.tier}, decision {ex.disclosure.decision_id}"
+    )
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from desiderata.server import training
+
+    argv = ["--out", str(args.out), "--seed", str(args.seed)]
+    if args.dp:
+        argv += ["--dp"]
+        if args.epsilon is not None:
+            argv += ["--epsilon", str(args.epsilon)]
+        if args.delta is not None:
+            argv += ["--delta", str(args.delta)]
+    return int(training.main(argv) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="desiderata", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the server (the built-in demo without --models)")
+    serve.add_argument("--port", type=int, help="port to bind; 0 picks a free one")
+    serve.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+    serve.add_argument("--models", type=Path, help="model repository folder")
+    serve.add_argument("--config", type=Path, help="YAML configuration file")
+    serve.set_defaults(func=_serve)
+    explain = sub.add_parser("explain", help="explain an instance through a running server")
+    explain.add_argument("--address", default="127.0.0.1:50051")
+    explain.add_argument("--key", default="demo-ml_engineer-key", help="API key (default: the demo engineer key)")
+    explain.add_argument("--model", default="credit")
+    explain.add_argument("--purpose", default="debugging")
+    explain.add_argument("--method", default="")
+    explain.add_argument("--timeout", type=float, default=10.0)
+    explain.add_argument(
+        "--feature",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a feature value; repeat for every feature",
+    )
+    explain.set_defaults(func=_explain)
+    train = sub.add_parser("train", help="train the demo credit model (deterministic)")
+    train.add_argument("--out", type=Path, required=True)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--dp", action="store_true", help="train with DP-SGD (Opacus)")
+    train.add_argument("--epsilon", type=float)
+    train.add_argument("--delta", type=float)
+    train.set_defaults(func=_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

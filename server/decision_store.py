@@ -1,0 +1,137 @@
+"""The decision store: predictions made through the server, bound to their subject.
+
+`Predict` records every decision (id, subject, model version, input, output,
+time); `ExplainDecision` reads it back, so an end user explains *their own*
+decision without submitting feature vectors. The embedded backend is SQLite
+in WAL mode; records are append-only.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+from desiderata.server.errors import DecisionNotFound, Unavailable
+from desiderata.server.model_card import FeatureValue
+
+__all__ = ["DecisionRecord", "DecisionStore", "SqliteDecisionStore", "new_record_id"]
+
+
+def new_record_id() -> str:
+    return "rec_" + uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One recorded prediction.
+
+    Args:
+        decision_id: id returned by Predict.
+        subject_id: whom the decision is about.
+        principal_id: who asked for the prediction.
+        model: model name.
+        model_version: model version.
+        features: the input, by feature name (never logged).
+        probabilities: class probabilities, in the card's class order.
+        created_at: UTC time of the prediction.
+    """
+
+    decision_id: str
+    subject_id: str
+    principal_id: str
+    model: str
+    model_version: str
+    features: dict[str, FeatureValue]
+    probabilities: tuple[float, ...]
+    created_at: datetime
+
+
+class DecisionStore(Protocol):
+    def record(self, rec: DecisionRecord) -> None: ...
+
+    def get(self, decision_id: str) -> DecisionRecord: ...
+
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS decisions (
+    decision_id   TEXT PRIMARY KEY,
+    subject_id    TEXT NOT NULL,
+    principal_id  TEXT NOT NULL,
+    model         TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    features      TEXT NOT NULL,
+    probabilities TEXT NOT NULL,
+    created_at    TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_subject ON decisions(subject_id);
+"""
+
+
+class SqliteDecisionStore:
+    """SQLite (WAL) decision store, safe for the worker threads of one process.
+
+    Args:
+        path: database file; its folder is created.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def record(self, rec: DecisionRecord) -> None:
+        # Typed values survive the JSON round trip: bool before int, ints stay ints.
+        row = (
+            rec.decision_id,
+            rec.subject_id,
+            rec.principal_id,
+            rec.model,
+            rec.model_version,
+            json.dumps(rec.features, sort_keys=True),
+            json.dumps(list(rec.probabilities)),
+            rec.created_at.isoformat(),
+        )
+        try:
+            with self._lock:
+                self._db.execute("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+        except sqlite3.Error as exc:
+            raise Unavailable(f"decision store unavailable: {exc.__class__.__name__}") from exc
+
+    def get(self, decision_id: str) -> DecisionRecord:
+        try:
+            with self._lock:
+                row = self._db.execute("SELECT * FROM decisions WHERE decision_id = ?", (decision_id,)).fetchone()
+        except sqlite3.Error as exc:
+            raise Unavailable(f"decision store unavailable: {exc.__class__.__name__}") from exc
+        if row is None:
+            raise DecisionNotFound(f"no recorded decision {decision_id!r}")
+        return DecisionRecord(
+            decision_id=row[0],
+            subject_id=row[1],
+            principal_id=row[2],
+            model=row[3],
+            model_version=row[4],
+            features=json.loads(row[5]),
+            probabilities=tuple(json.loads(row[6])),
+            created_at=datetime.fromisoformat(row[7]),
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,216 @@
+"""Server interceptors: request ids, authentication, and the error boundary.
+
+- `RequestIdInterceptor` gives every call a request id (the caller's
+  ``x-request-id`` or a fresh one), binds it to the structlog context, returns
+  it in the trailers, maps any escaping error to a gRPC status with rich
+  details (`status.to_grpc_status`), turns undecodable request bytes into
+  INVALID_ARGUMENT and writes one access log line per call.
+- `AuthInterceptor` maps ``authorization: Bearer <key>`` or ``x-api-key`` to a
+  `Principal` (role from configuration, never from the request) and refuses
+  calls without a valid credential, except health checking and reflection,
+  which load balancers and grpcurl call anonymously.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+import structlog
+from grpc import aio
+
+from desiderata.policy.model import Principal
+from desiderata.server.config import ApiKey
+from desiderata.server.errors import DesiderataError, InvalidArgument, Unauthenticated
+from desiderata.server.grpc.status import to_grpc_status
+
+__all__ = ["ANONYMOUS_SERVICES", "AuthInterceptor", "RequestIdInterceptor", "current_principal", "request_id"]
+
+log = structlog.get_logger("desiderata.access")
+
+ANONYMOUS_SERVICES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("current_principal")
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+
+Behavior = Callable[[Any, aio.ServicerContext], Any]
+
+
+class _Malformed:
+    """Stands in for a request whose bytes did not decode."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            return _Malformed(exc)
+
+    return decode
+
+
+def _metadata(context: aio.ServicerContext) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in context.invocation_metadata() or ():
+        if isinstance(value, str):
+            out[key.lower()] = value
+    return out
+
+
+def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Behavior, bool], Behavior]) -> grpc.RpcMethodHandler:
+    """The same handler with its behaviour wrapped (unary and server-streaming)."""
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            wrap(handler.unary_unary, False),
+            request_deserializer=_tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            wrap(handler.unary_stream, True),
+            request_deserializer=_tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+    return handler  # streaming requests are not part of the API
+
+
+class RequestIdInterceptor(aio.ServerInterceptor):
+    """Request ids, the error boundary and access logs (outermost interceptor)."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+
+        def wrap(behavior: Behavior, streaming: bool) -> Behavior:
+            async def begin(context: aio.ServicerContext) -> tuple[str, float]:
+                rid = _metadata(context).get("x-request-id", "")[:64] or uuid.uuid4().hex
+                request_id.set(rid)
+                structlog.contextvars.bind_contextvars(request_id=rid)
+                context.set_trailing_metadata((("x-request-id", rid),))
+                return rid, time.perf_counter()
+
+            async def fail(context: aio.ServicerContext, rid: str, exc: BaseException) -> None:
+                if not isinstance(exc, DesiderataError):
+                    log.exception("unhandled_error", method=method)
+                status = to_grpc_status(exc, rid)
+                log.info("rpc", method=method, code=status.code.name)
+                await context.abort(
+                    status.code, status.details, (*tuple(status.trailing_metadata), ("x-request-id", rid))
+                )
+
+            def check(request: Any) -> None:
+                if isinstance(request, _Malformed):
+                    raise InvalidArgument.single("request", "the message could not be decoded")
+
+            if not streaming:
+
+                async def unary(request: Any, context: aio.ServicerContext) -> Any:
+                    rid, started = await begin(context)
+                    try:
+                        check(request)
+                        response = await behavior(request, context)
+                    except aio.AbortError:
+                        raise
+                    except Exception as exc:
+                        await fail(context, rid, exc)
+                        raise  # unreachable: abort raises
+                    log.info("rpc", method=method, code="OK", ms=round((time.perf_counter() - started) * 1e3, 3))
+                    return response
+
+                return unary
+
+            async def stream(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+                rid, started = await begin(context)
+                try:
+                    check(request)
+                    async for item in behavior(request, context):
+                        yield item
+                except aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await fail(context, rid, exc)
+                    raise
+                log.info("rpc", method=method, code="OK", ms=round((time.perf_counter() - started) * 1e3, 3))
+
+            return stream
+
+        return _rewrap(handler, wrap)
+
+
+class AuthInterceptor(aio.ServerInterceptor):
+    """Maps credentials to principals; inner to `RequestIdInterceptor`.
+
+    Args:
+        keys: the configured credentials.
+    """
+
+    def __init__(self, keys: Iterable[ApiKey]) -> None:
+        self._by_digest = {k.digest: Principal(id=k.principal, role=k.role, subject_id=k.subject_id) for k in keys}
+
+    def authenticate(self, metadata: dict[str, str]) -> Principal:
+        token = metadata.get("x-api-key", "")
+        auth = metadata.get("authorization", "")
+        if auth:
+            scheme, _, value = auth.partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                raise Unauthenticated("the authorization header must be 'Bearer <key>'")
+            token = value.strip()
+        if not token:
+            raise Unauthenticated("no credential: send 'authorization: Bearer <key>'")
+        principal = self._by_digest.get(hashlib.sha256(token.encode()).hexdigest())
+        if principal is None:
+            raise Unauthenticated("unknown credential")
+        return principal
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(ANONYMOUS_SERVICES):
+            return handler
+
+        def wrap(behavior: Behavior, streaming: bool) -> Behavior:
+            if not streaming:
+
+                async def unary(request: Any, context: aio.ServicerContext) -> Any:
+                    principal = self.authenticate(_metadata(context))
+                    current_principal.set(principal)
+                    structlog.contextvars.bind_contextvars(principal=principal.id)
+                    return await behavior(request, context)
+
+                return unary
+
+            async def stream(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+                principal = self.authenticate(_metadata(context))
+                current_principal.set(principal)
+                structlog.contextvars.bind_contextvars(principal=principal.id)
+                async for item in behavior(request, context):
+                    yield item
+
+            return stream
+
+        return _rewrap(handler, wrap)

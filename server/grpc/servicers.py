@@ -1,0 +1,206 @@
+"""Thin servicers of the v1 API: convert, call the pipeline, convert back.
+
+No policy, privacy or explainer logic lives here; errors raised below are
+turned into statuses by the interceptors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import numpy as np
+from grpc import aio
+
+from desiderata.policy.model import Consumption
+from desiderata.server.errors import InvalidArgument
+from desiderata.server.grpc import convert
+from desiderata.server.grpc.interceptors import current_principal
+from desiderata.server.pipeline import Pipeline, ServedExplanation
+from desiderata.v1 import explanation_service_pb2 as es
+from desiderata.v1 import explanation_service_pb2_grpc as es_grpc
+from desiderata.v1 import model_service_pb2 as ms
+from desiderata.v1 import model_service_pb2_grpc as ms_grpc
+from desiderata.v1 import types_pb2 as pb
+
+__all__ = ["ExplanationServicer", "ModelServicer"]
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+
+def _deadline(context: aio.ServicerContext, default_s: float) -> float:
+    remaining = context.time_remaining()
+    return time.monotonic() + (default_s if remaining is None else max(float(remaining), 0.0))
+
+
+class ExplanationServicer(es_grpc.ExplanationServiceServicer):
+    """ExplanationService over the pipeline."""
+
+    def __init__(self, pipeline: Pipeline, default_deadline_s: float) -> None:
+        self._pipeline = pipeline
+        self._default_deadline_s = default_deadline_s
+
+    async def Explain(self, request: es.ExplainRequest, context: aio.ServicerContext) -> es.ExplainResponse:
+        call = convert.explain_call(
+            kind=request.kind,
+            purpose=request.purpose,
+            consumption=request.consumption,
+            params=request.params,
+            locale=request.locale,
+            model=request.model,
+            model_version=request.model_version,
+            instance=request.instance,
+        )
+        served = await self._pipeline.explain(
+            current_principal.get(), call, _deadline(context, self._default_deadline_s)
+        )
+        return es.ExplainResponse(explanation=convert.explanation_to_proto(served))
+
+    async def ExplainDecision(
+        self, request: es.ExplainDecisionRequest, context: aio.ServicerContext
+    ) -> es.ExplainDecisionResponse:
+        if not request.decision_id:
+            raise InvalidArgument.single("decision_id", "required")
+        call = convert.explain_call(
+            kind=request.kind,
+            purpose=request.purpose,
+            consumption=request.consumption,
+            params=request.params,
+            locale=request.locale,
+            decision_id=request.decision_id,
+        )
+        served = await self._pipeline.explain(
+            current_principal.get(), call, _deadline(context, self._default_deadline_s)
+        )
+        return es.ExplainDecisionResponse(explanation=convert.explanation_to_proto(served))
+
+    async def ExplainStream(
+        self, request: es.ExplainStreamRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[es.ExplainStreamResponse]:
+        r = request.request
+        call = convert.explain_call(
+            kind=r.kind,
+            purpose=r.purpose,
+            consumption=r.consumption,
+            params=r.params,
+            locale=r.locale,
+            model=r.model,
+            model_version=r.model_version,
+            instance=r.instance,
+        )
+        loop = asyncio.get_running_loop()
+        updates: asyncio.Queue[ServedExplanation] = asyncio.Queue()
+
+        def progress(served: ServedExplanation) -> None:
+            loop.call_soon_threadsafe(updates.put_nowait, served)
+
+        task = asyncio.ensure_future(
+            self._pipeline.explain(
+                current_principal.get(), call, _deadline(context, self._default_deadline_s), progress=progress
+            )
+        )
+        iteration = 0
+        try:
+            while not task.done() or not updates.empty():
+                getter = asyncio.ensure_future(updates.get())
+                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    iteration += 1
+                    yield es.ExplainStreamResponse(
+                        explanation=convert.explanation_to_proto(getter.result()), iteration=iteration
+                    )
+                else:
+                    getter.cancel()
+            final = task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+        yield es.ExplainStreamResponse(
+            explanation=convert.explanation_to_proto(final), iteration=iteration + 1, final=True
+        )
+
+    async def GetCapabilities(
+        self, request: es.GetCapabilitiesRequest, context: aio.ServicerContext
+    ) -> es.GetCapabilitiesResponse:
+        principal = current_principal.get()
+        consumption = Consumption.DYNAMIC if request.consumption == pb.CONSUMPTION_DYNAMIC else Consumption.STATIC
+        if not request.model:
+            raise InvalidArgument.single("model", "required")
+        if not request.purpose:
+            raise InvalidArgument.single("purpose", "required: the purpose to check capabilities for")
+        handle, caps, policy_version = self._pipeline.capabilities(
+            principal, request.model, request.model_version, request.purpose, consumption
+        )
+        out = es.GetCapabilitiesResponse(
+            model=handle.name,
+            model_version=handle.version,
+            role=principal.role,
+            policy_version=policy_version,
+        )
+        for c in caps:
+            out.capabilities.add(
+                kind=convert.KIND_TO_PROTO[c.kind],
+                tier=c.tier,
+                methods=c.methods,
+                may_submit_instances=c.may_submit_instances,
+                narrative_only=c.narrative_only,
+                top_k=c.top_k,
+            )
+        return out
+
+
+class ModelServicer(ms_grpc.ModelServiceServicer):
+    """ModelService over the model repository and decision store."""
+
+    def __init__(self, pipeline: Pipeline, default_deadline_s: float) -> None:
+        self._pipeline = pipeline
+        self._default_deadline_s = default_deadline_s
+
+    async def ListModels(self, request: ms.ListModelsRequest, context: aio.ServicerContext) -> ms.ListModelsResponse:
+        size = request.page_size or DEFAULT_PAGE_SIZE
+        if size > MAX_PAGE_SIZE:
+            raise InvalidArgument.single("page_size", f"at most {MAX_PAGE_SIZE}")
+        models = self._pipeline.models.served()
+        start = 0
+        if request.page_token:
+            names = [m.name for m in models]
+            if request.page_token not in names:
+                raise InvalidArgument.single("page_token", "not a token this server issued")
+            start = names.index(request.page_token) + 1
+        page = models[start : start + size]
+        more = start + size < len(models)
+        return ms.ListModelsResponse(
+            models=[
+                ms.ModelSummary(name=m.name, version=m.version, task=m.card.task, description=m.card.description)
+                for m in page
+            ],
+            next_page_token=page[-1].name if more and page else "",
+        )
+
+    async def GetModel(self, request: ms.GetModelRequest, context: aio.ServicerContext) -> ms.GetModelResponse:
+        if not request.name:
+            raise InvalidArgument.single("name", "required")
+        handle = self._pipeline.models.resolve(request.name, request.version)
+        return ms.GetModelResponse(card=convert.card_to_proto(handle.card))
+
+    async def Predict(self, request: ms.PredictRequest, context: aio.ServicerContext) -> ms.PredictResponse:
+        if not request.model:
+            raise InvalidArgument.single("model", "required")
+        features = convert.features_from_proto(request.instance)
+        rec, handle = await self._pipeline.predict(
+            current_principal.get(),
+            request.model,
+            request.model_version,
+            features,
+            request.subject_id,
+            _deadline(context, self._default_deadline_s),
+        )
+        return ms.PredictResponse(
+            decision_id=rec.decision_id,
+            model=rec.model,
+            model_version=rec.model_version,
+            prediction=convert.prediction_to_proto(handle.card, np.asarray(rec.probabilities)),
+            recorded_at=convert.timestamp(rec.created_at),
+        )

@@ -1,0 +1,48 @@
+"""A real grpc.aio server on port 0 over the tiny repository (and one over the demo)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from desiderata.server.config import Settings
+from desiderata.server.grpc.app import App, build_server
+
+KEYS = [
+    {"principal": "eng", "role": "ml_engineer", "key": "k-eng"},
+    {"principal": "officer", "role": "domain_expert", "key": "k-officer"},
+    {"principal": "alice", "role": "end_user", "key": "k-alice", "subject_id": "alice"},
+    {"principal": "bob", "role": "end_user", "key": "k-bob", "subject_id": "bob"},
+]
+
+
+@dataclass
+class Running:
+    app: App
+    address: str
+
+
+def settings_for(models: Path | None, state: Path, **extra: object) -> Settings:
+    cfg: dict[str, object] = {
+        "server": {"port": 0, "max_receive_message_bytes": 64 * 1024},
+        "auth": {"api_keys": KEYS},
+        "store": {"state_dir": str(state)},
+        "logging": {"format": "json", "level": "warning"},
+    }
+    if models is not None:
+        cfg["models"] = {"path": str(models)}
+    cfg.update(extra)
+    return Settings.load(None, **cfg)
+
+
+@pytest.fixture
+async def tiny_server(tiny_repo: Path, tmp_path: Path) -> AsyncIterator[Running]:
+    app = build_server(settings_for(tiny_repo, tmp_path))
+    await app.start()
+    try:
+        yield Running(app, app.address)
+    finally:
+        await app.stop(0.5)
