@@ -1,0 +1,129 @@
+package desiderata
+
+import (
+	"context"
+	"crypto/tls"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	desideratav1 "github.com/desiderata-xai/desiderata/clients/go/desiderata/v1"
+)
+
+// DefaultTimeout bounds every call whose context carries no deadline.
+const DefaultTimeout = 30 * time.Second
+
+// Client holds one connection and the stubs of both v1 services.
+type Client struct {
+	conn *grpc.ClientConn
+	// Explanations is the ExplanationService stub.
+	Explanations desideratav1.ExplanationServiceClient
+	// Models is the ModelService stub.
+	Models desideratav1.ModelServiceClient
+}
+
+type options struct {
+	tls         *tls.Config
+	plaintext   bool
+	apiKey      string
+	timeout     time.Duration
+	dialOptions []grpc.DialOption
+}
+
+// Option configures [New].
+type Option func(*options)
+
+// WithAPIKey sends key as "authorization: Bearer <key>" on every call.
+func WithAPIKey(key string) Option { return func(o *options) { o.apiKey = key } }
+
+// WithTLS sets the TLS configuration (the default is TLS with the system roots).
+func WithTLS(cfg *tls.Config) Option { return func(o *options) { o.tls = cfg; o.plaintext = false } }
+
+// WithInsecure uses a plaintext connection. The API key, if any, is then sent
+// in clear: only for a local server or a trusted sidecar.
+func WithInsecure() Option { return func(o *options) { o.plaintext = true } }
+
+// WithDefaultTimeout sets the deadline of calls whose context has none
+// (default [DefaultTimeout]; 0 disables it).
+func WithDefaultTimeout(d time.Duration) Option { return func(o *options) { o.timeout = d } }
+
+// WithDialOptions appends raw grpc dial options.
+func WithDialOptions(opts ...grpc.DialOption) Option {
+	return func(o *options) { o.dialOptions = append(o.dialOptions, opts...) }
+}
+
+// New connects to target ("host:port"). The connection is lazy: errors of the
+// transport surface on the first call.
+func New(target string, opts ...Option) (*Client, error) {
+	o := options{timeout: DefaultTimeout}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	dial := make([]grpc.DialOption, 0, len(o.dialOptions)+4)
+	if o.plaintext {
+		dial = append(dial, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	} else {
+		cfg := o.tls
+		if cfg == nil {
+			cfg = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+		dial = append(dial, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	}
+	if o.apiKey != "" {
+		dial = append(dial, grpc.WithPerRPCCredentials(APIKey(o.apiKey, !o.plaintext)))
+	}
+	if o.timeout > 0 {
+		dial = append(dial,
+			grpc.WithChainUnaryInterceptor(unaryDeadline(o.timeout)),
+			grpc.WithChainStreamInterceptor(streamDeadline(o.timeout)))
+	}
+	dial = append(dial, o.dialOptions...)
+	conn, err := grpc.NewClient(target, dial...)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{
+		conn:         conn,
+		Explanations: desideratav1.NewExplanationServiceClient(conn),
+		Models:       desideratav1.NewModelServiceClient(conn),
+	}, nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// Conn is the underlying connection, e.g. for the health service.
+func (c *Client) Conn() *grpc.ClientConn { return c.conn }
+
+func unaryDeadline(d time.Duration) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
+		invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if _, ok := ctx.Deadline(); !ok {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, d)
+			defer cancel()
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+}
+
+func streamDeadline(d time.Duration) grpc.StreamClientInterceptor {
+	return func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string,
+		streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		if _, ok := ctx.Deadline(); ok {
+			return streamer(ctx, desc, cc, method, opts...)
+		}
+		// The stream outlives this function: its context is cancelled by the
+		// timer, which also releases it.
+		ctx, cancel := context.WithTimeout(ctx, d)
+		s, err := streamer(ctx, desc, cc, method, opts...)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		context.AfterFunc(ctx, cancel)
+		return s, nil
+	}
+}

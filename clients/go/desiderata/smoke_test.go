@@ -1,0 +1,175 @@
+package desiderata_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/desiderata-xai/desiderata/clients/go/desiderata"
+	desideratav1 "github.com/desiderata-xai/desiderata/clients/go/desiderata/v1"
+)
+
+// Demo credentials of the server's demo mode (fixed, public, demo only).
+const (
+	mlEngineerKey = "demo-ml_engineer-key"
+	demoSubject   = "applicant-0001"
+)
+
+func connect(t *testing.T, addr, key string) *desiderata.Client {
+	t.Helper()
+	opts := []desiderata.Option{desiderata.WithInsecure(), desiderata.WithDefaultTimeout(60 * time.Second)}
+	if key != "" {
+		opts = append(opts, desiderata.WithAPIKey(key))
+	}
+	c, err := desiderata.New(addr, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func num(v float64) *desideratav1.FeatureValue {
+	return &desideratav1.FeatureValue{Kind: &desideratav1.FeatureValue_Number{Number: v}}
+}
+func integer(v int64) *desideratav1.FeatureValue {
+	return &desideratav1.FeatureValue{Kind: &desideratav1.FeatureValue_Integer{Integer: v}}
+}
+func category(v string) *desideratav1.FeatureValue {
+	return &desideratav1.FeatureValue{Kind: &desideratav1.FeatureValue_Category{Category: v}}
+}
+func boolean(v bool) *desideratav1.FeatureValue {
+	return &desideratav1.FeatureValue{Kind: &desideratav1.FeatureValue_Boolean{Boolean: v}}
+}
+
+// applicant is a complete instance of the demo model "credit".
+func applicant() *desideratav1.Instance {
+	values := []struct {
+		name  string
+		value *desideratav1.FeatureValue
+	}{
+		{"seniority", integer(9)}, {"home", category("rent")}, {"time", integer(60)},
+		{"age", integer(30)}, {"marital", category("married")}, {"records", boolean(false)},
+		{"job", category("freelance")}, {"expenses", num(73)}, {"income", num(129)},
+		{"assets", num(0)}, {"debt", num(0)}, {"amount", num(800)}, {"price", num(846)},
+	}
+	inst := &desideratav1.Instance{}
+	for _, v := range values {
+		inst.Features = append(inst.Features, &desideratav1.Feature{Name: v.name, Value: v.value})
+	}
+	return inst
+}
+
+func explainRequest(inst *desideratav1.Instance) *desideratav1.ExplainRequest {
+	return &desideratav1.ExplainRequest{
+		Model:       "credit",
+		Instance:    inst,
+		Kind:        desideratav1.ExplanationKind_EXPLANATION_KIND_FEATURE_ATTRIBUTION,
+		Purpose:     "debugging",
+		Consumption: desideratav1.Consumption_CONSUMPTION_STATIC,
+	}
+}
+
+func TestSmoke(t *testing.T) {
+	addr := startServer(t)
+	ctx := context.Background()
+	engineer := connect(t, addr, mlEngineerKey)
+
+	t.Run("Explain", func(t *testing.T) {
+		resp, err := engineer.Explanations.Explain(ctx, explainRequest(applicant()))
+		if err != nil {
+			t.Fatalf("Explain: %v", desiderata.DecodeError(err))
+		}
+		e := resp.GetExplanation()
+		if e.GetKind() != desideratav1.ExplanationKind_EXPLANATION_KIND_FEATURE_ATTRIBUTION {
+			t.Errorf("kind = %v", e.GetKind())
+		}
+		attrs := e.GetFeatureAttribution().GetAttributions()
+		if len(attrs) == 0 {
+			t.Fatalf("no attributions in %v", e)
+		}
+		for _, a := range attrs {
+			if a.GetFeature() == "" {
+				t.Errorf("attribution without a feature name: %v", a)
+			}
+		}
+		if e.GetDisclosure().GetDecisionId() == "" {
+			t.Errorf("no policy decision id in the disclosure: %v", e.GetDisclosure())
+		}
+	})
+
+	t.Run("GetCapabilities", func(t *testing.T) {
+		resp, err := engineer.Explanations.GetCapabilities(ctx, &desideratav1.GetCapabilitiesRequest{
+			Model: "credit", Purpose: "debugging", Consumption: desideratav1.Consumption_CONSUMPTION_STATIC,
+		})
+		if err != nil {
+			t.Fatalf("GetCapabilities: %v", desiderata.DecodeError(err))
+		}
+		if resp.GetRole() != "ml_engineer" {
+			t.Errorf("role = %q, want ml_engineer", resp.GetRole())
+		}
+		found := false
+		for _, c := range resp.GetCapabilities() {
+			found = found || c.GetKind() == desideratav1.ExplanationKind_EXPLANATION_KIND_FEATURE_ATTRIBUTION
+		}
+		if !found {
+			t.Errorf("no feature attribution capability for an ML engineer: %v", resp.GetCapabilities())
+		}
+	})
+
+	t.Run("PredictThenExplainDecision", func(t *testing.T) {
+		pred, err := engineer.Models.Predict(ctx, &desideratav1.PredictRequest{
+			Model: "credit", Instance: applicant(), SubjectId: demoSubject,
+		})
+		if err != nil {
+			t.Fatalf("Predict: %v", desiderata.DecodeError(err))
+		}
+		if pred.GetDecisionId() == "" || len(pred.GetPrediction().GetProbabilities()) == 0 {
+			t.Fatalf("Predict returned no decision id or probabilities: %v", pred)
+		}
+		resp, err := engineer.Explanations.ExplainDecision(ctx, &desideratav1.ExplainDecisionRequest{
+			DecisionId:  pred.GetDecisionId(),
+			Kind:        desideratav1.ExplanationKind_EXPLANATION_KIND_FEATURE_ATTRIBUTION,
+			Purpose:     "debugging",
+			Consumption: desideratav1.Consumption_CONSUMPTION_STATIC,
+		})
+		if err != nil {
+			t.Fatalf("ExplainDecision: %v", desiderata.DecodeError(err))
+		}
+		if got := resp.GetExplanation().GetRecordedDecisionId(); got != pred.GetDecisionId() {
+			t.Errorf("recorded_decision_id = %q, want %q", got, pred.GetDecisionId())
+		}
+		if len(resp.GetExplanation().GetFeatureAttribution().GetAttributions()) == 0 {
+			t.Errorf("no attributions for the recorded decision")
+		}
+	})
+
+	t.Run("Unauthenticated", func(t *testing.T) {
+		anonymous := connect(t, addr, "")
+		_, err := anonymous.Explanations.Explain(ctx, explainRequest(applicant()))
+		if e := desiderata.DecodeError(err); e == nil || e.Code != codes.Unauthenticated {
+			t.Fatalf("err = %v, want UNAUTHENTICATED", err)
+		}
+	})
+
+	t.Run("InvalidArgument", func(t *testing.T) {
+		inst := applicant()
+		inst.Features = inst.Features[1:] // drops "seniority"
+		inst.Features = append(inst.Features, &desideratav1.Feature{Name: "shoe_size", Value: num(42)})
+		_, err := engineer.Explanations.Explain(ctx, explainRequest(inst))
+		e := desiderata.DecodeError(err)
+		if e == nil || e.Code != codes.InvalidArgument {
+			t.Fatalf("err = %v, want INVALID_ARGUMENT", err)
+		}
+		if len(e.BadRequest) == 0 {
+			t.Fatalf("INVALID_ARGUMENT without field violations: %+v", e)
+		}
+		for _, v := range e.BadRequest {
+			if v.Field == "" || v.Description == "" {
+				t.Errorf("incomplete field violation: %+v", v)
+			}
+		}
+	})
+}

@@ -1,0 +1,113 @@
+package dev.desiderata.client;
+
+import dev.desiderata.v1.ExplanationServiceGrpc;
+import dev.desiderata.v1.ModelServiceGrpc;
+import io.grpc.ChannelCredentials;
+import io.grpc.ClientInterceptors;
+import io.grpc.CompositeChannelCredentials;
+import io.grpc.Grpc;
+import io.grpc.InsecureChannelCredentials;
+import io.grpc.ManagedChannel;
+import io.grpc.Channel;
+import io.grpc.TlsChannelCredentials;
+import java.time.Duration;
+import java.util.Objects;
+import java.util.concurrent.TimeUnit;
+
+/**
+ * Both v1 services over one channel, with API-key credentials, TLS and a default deadline.
+ *
+ * <pre>{@code
+ * try (var client = DesiderataClient.builder("localhost:50051").apiKey(key).plaintext().build()) {
+ *   var response = client.explanations().explain(request);
+ * }
+ * }</pre>
+ *
+ * <p>Failed calls throw {@link io.grpc.StatusRuntimeException}; {@link ErrorDetails#from}
+ * decodes its rich details.
+ */
+public final class DesiderataClient implements AutoCloseable {
+  /** Deadline of calls that set none. */
+  public static final Duration DEFAULT_TIMEOUT = Duration.ofSeconds(30);
+
+  private final ManagedChannel channel;
+  private final ExplanationServiceGrpc.ExplanationServiceBlockingStub explanations;
+  private final ModelServiceGrpc.ModelServiceBlockingStub models;
+
+  private DesiderataClient(ManagedChannel channel, Duration timeout) {
+    this.channel = channel;
+    Channel intercepted =
+        timeout.isZero() ? channel : ClientInterceptors.intercept(channel, new DefaultDeadline(timeout));
+    this.explanations = ExplanationServiceGrpc.newBlockingStub(intercepted);
+    this.models = ModelServiceGrpc.newBlockingStub(intercepted);
+  }
+
+  public static Builder builder(String target) {
+    return new Builder(target);
+  }
+
+  /** The ExplanationService blocking stub. */
+  public ExplanationServiceGrpc.ExplanationServiceBlockingStub explanations() {
+    return explanations;
+  }
+
+  /** The ModelService blocking stub. */
+  public ModelServiceGrpc.ModelServiceBlockingStub models() {
+    return models;
+  }
+
+  /** The underlying channel, e.g. for async or future stubs. */
+  public ManagedChannel channel() {
+    return channel;
+  }
+
+  @Override
+  public void close() throws InterruptedException {
+    channel.shutdown();
+    if (!channel.awaitTermination(5, TimeUnit.SECONDS)) {
+      channel.shutdownNow();
+    }
+  }
+
+  /** Configures a {@link DesiderataClient}; TLS with the system roots unless told otherwise. */
+  public static final class Builder {
+    private final String target;
+    private String apiKey;
+    private ChannelCredentials transport = TlsChannelCredentials.create();
+    private Duration timeout = DEFAULT_TIMEOUT;
+
+    private Builder(String target) {
+      this.target = Objects.requireNonNull(target, "target");
+    }
+
+    /** Sends {@code authorization: Bearer <key>} on every call. */
+    public Builder apiKey(String key) {
+      this.apiKey = key;
+      return this;
+    }
+
+    /** TLS with the given credentials (e.g. custom roots or a client certificate for mTLS). */
+    public Builder tls(ChannelCredentials tls) {
+      this.transport = Objects.requireNonNull(tls, "tls");
+      return this;
+    }
+
+    /** Plaintext: the API key travels in clear. Only for a local server or a trusted sidecar. */
+    public Builder plaintext() {
+      this.transport = InsecureChannelCredentials.create();
+      return this;
+    }
+
+    /** Deadline of calls that set none; {@link Duration#ZERO} disables it. */
+    public Builder defaultTimeout(Duration timeout) {
+      this.timeout = Objects.requireNonNull(timeout, "timeout");
+      return this;
+    }
+
+    public DesiderataClient build() {
+      ChannelCredentials creds =
+          apiKey == null ? transport : CompositeChannelCredentials.create(transport, new ApiKeyCredentials(apiKey));
+      return new DesiderataClient(Grpc.newChannelBuilder(target, creds).build(), timeout);
+    }
+  }
+}

@@ -1,0 +1,144 @@
+package dev.desiderata.client;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import dev.desiderata.examples.Explain;
+import dev.desiderata.v1.Consumption;
+import dev.desiderata.v1.ExplainDecisionRequest;
+import dev.desiderata.v1.ExplainRequest;
+import dev.desiderata.v1.ExplanationKind;
+import dev.desiderata.v1.Feature;
+import dev.desiderata.v1.FeatureValue;
+import dev.desiderata.v1.GetCapabilitiesRequest;
+import dev.desiderata.v1.Instance;
+import dev.desiderata.v1.PredictRequest;
+import io.grpc.Status;
+import io.grpc.StatusRuntimeException;
+import java.time.Duration;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+
+/** The Java SDK against a real server on the demo model. */
+class SmokeTest {
+  private static final String ML_ENGINEER_KEY = "demo-ml_engineer-key"; // demo credential
+  private static final String SUBJECT = "applicant-0001";
+
+  private static TestServer server;
+  private static DesiderataClient engineer;
+
+  @BeforeAll
+  static void start() throws Exception {
+    server = TestServer.start();
+    engineer = client(ML_ENGINEER_KEY);
+  }
+
+  @AfterAll
+  static void stop() throws Exception {
+    if (engineer != null) engineer.close();
+    if (server != null) server.close();
+  }
+
+  private static DesiderataClient client(String key) {
+    var builder = DesiderataClient.builder(server.address).plaintext().defaultTimeout(Duration.ofSeconds(60));
+    return (key == null ? builder : builder.apiKey(key)).build();
+  }
+
+  private static ExplainRequest attribution(Instance instance) {
+    return ExplainRequest.newBuilder()
+        .setModel("credit")
+        .setInstance(instance)
+        .setKind(ExplanationKind.EXPLANATION_KIND_FEATURE_ATTRIBUTION)
+        .setPurpose("debugging")
+        .setConsumption(Consumption.CONSUMPTION_STATIC)
+        .build();
+  }
+
+  @Test
+  void explainReturnsAttributionsWithADecision() {
+    var explanation = engineer.explanations().explain(attribution(Explain.applicant())).getExplanation();
+    assertEquals(ExplanationKind.EXPLANATION_KIND_FEATURE_ATTRIBUTION, explanation.getKind());
+    var attributions = explanation.getFeatureAttribution().getAttributionsList();
+    assertFalse(attributions.isEmpty(), "no attributions");
+    attributions.forEach(a -> assertFalse(a.getFeature().isEmpty()));
+    assertFalse(explanation.getDisclosure().getDecisionId().isEmpty(), "no policy decision id");
+  }
+
+  @Test
+  void capabilitiesReportRoleAndKinds() {
+    var caps =
+        engineer
+            .explanations()
+            .getCapabilities(
+                GetCapabilitiesRequest.newBuilder()
+                    .setModel("credit")
+                    .setPurpose("debugging")
+                    .setConsumption(Consumption.CONSUMPTION_STATIC)
+                    .build());
+    assertEquals("ml_engineer", caps.getRole());
+    assertTrue(
+        caps.getCapabilitiesList().stream()
+            .anyMatch(c -> c.getKind() == ExplanationKind.EXPLANATION_KIND_FEATURE_ATTRIBUTION));
+  }
+
+  @Test
+  void explainDecisionExplainsAPrediction() {
+    var predicted =
+        engineer
+            .models()
+            .predict(
+                PredictRequest.newBuilder()
+                    .setModel("credit")
+                    .setInstance(Explain.applicant())
+                    .setSubjectId(SUBJECT)
+                    .build());
+    assertFalse(predicted.getDecisionId().isEmpty());
+    assertTrue(predicted.getPrediction().getProbabilitiesCount() > 0);
+    var explanation =
+        engineer
+            .explanations()
+            .explainDecision(
+                ExplainDecisionRequest.newBuilder()
+                    .setDecisionId(predicted.getDecisionId())
+                    .setKind(ExplanationKind.EXPLANATION_KIND_FEATURE_ATTRIBUTION)
+                    .setPurpose("debugging")
+                    .setConsumption(Consumption.CONSUMPTION_STATIC)
+                    .build())
+            .getExplanation();
+    assertEquals(predicted.getDecisionId(), explanation.getRecordedDecisionId());
+    assertTrue(explanation.getFeatureAttribution().getAttributionsCount() > 0);
+  }
+
+  @Test
+  void noCredentialsIsUnauthenticated() throws Exception {
+    try (var anonymous = client(null)) {
+      var e =
+          assertThrows(
+              StatusRuntimeException.class,
+              () -> anonymous.explanations().explain(attribution(Explain.applicant())));
+      assertEquals(Status.Code.UNAUTHENTICATED, ErrorDetails.from(e).code());
+    }
+  }
+
+  @Test
+  void unknownAndMissingFeaturesAreFieldViolations() {
+    var instance =
+        Explain.applicant().toBuilder()
+            .removeFeatures(0) // "seniority"
+            .addFeatures(
+                Feature.newBuilder().setName("shoe_size").setValue(FeatureValue.newBuilder().setNumber(42)))
+            .build();
+    var e =
+        assertThrows(StatusRuntimeException.class, () -> engineer.explanations().explain(attribution(instance)));
+    var details = ErrorDetails.from(e);
+    assertEquals(Status.Code.INVALID_ARGUMENT, details.code());
+    assertFalse(details.badRequest().isEmpty(), "no field violations decoded");
+    for (var v : details.badRequest()) {
+      assertFalse(v.field().isEmpty());
+      assertFalse(v.description().isEmpty());
+    }
+  }
+}

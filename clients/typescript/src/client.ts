@@ -1,0 +1,141 @@
+/** A promise-based client of both v1 services, with credentials and default deadlines. */
+import { Metadata, type CallOptions, type ClientUnaryCall, type ServiceError } from "@grpc/grpc-js";
+
+import { channelCredentials, type ConnectionOptions } from "./credentials.js";
+import { decodeError } from "./errors.js";
+import {
+  type DeepPartial,
+  ExplainDecisionRequest,
+  type ExplainDecisionResponse,
+  ExplainRequest,
+  type ExplainResponse,
+  ExplainStreamRequest,
+  type ExplainStreamResponse,
+  ExplanationServiceClient,
+  GetCapabilitiesRequest,
+  type GetCapabilitiesResponse,
+} from "./gen/desiderata/v1/explanation_service.js";
+import {
+  GetModelRequest,
+  type GetModelResponse,
+  ListModelsRequest,
+  type ListModelsResponse,
+  ModelServiceClient,
+  PredictRequest,
+  type PredictResponse,
+} from "./gen/desiderata/v1/model_service.js";
+
+/** Deadline of calls that set none, in milliseconds. */
+export const DEFAULT_TIMEOUT_MS = 30_000;
+
+export interface ClientOptions extends ConnectionOptions {
+  /** Deadline of calls that set none, in milliseconds (default 30 s). */
+  timeoutMs?: number;
+}
+
+export interface CallSettings {
+  /** This call's deadline in milliseconds from now. */
+  timeoutMs?: number;
+  metadata?: Metadata;
+}
+
+type Unary<Req, Res> = (
+  request: Req,
+  metadata: Metadata,
+  options: Partial<CallOptions>,
+  callback: (error: ServiceError | null, response: Res) => void,
+) => ClientUnaryCall;
+
+/**
+ * Both v1 services over one channel. Every method resolves with the response
+ * or rejects with a {@link DesiderataError} whose rich details are decoded.
+ */
+export class DesiderataClient {
+  /** The generated ExplanationService stub (callback API). */
+  readonly explanations: ExplanationServiceClient;
+  /** The generated ModelService stub (callback API). */
+  readonly models: ModelServiceClient;
+  private readonly timeoutMs: number;
+
+  /** @param address "host:port" */
+  constructor(address: string, options: ClientOptions = {}) {
+    const { credentials, interceptors } = channelCredentials(options);
+    this.explanations = new ExplanationServiceClient(address, credentials, { interceptors });
+    // Same address, credentials and options: grpc-js shares the subchannel.
+    this.models = new ModelServiceClient(address, credentials, { interceptors });
+    this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  }
+
+  explain(request: DeepPartial<ExplainRequest>, settings?: CallSettings): Promise<ExplainResponse> {
+    return this.unary(this.explanations, this.explanations.explain, ExplainRequest.fromPartial(request), settings);
+  }
+
+  explainDecision(
+    request: DeepPartial<ExplainDecisionRequest>,
+    settings?: CallSettings,
+  ): Promise<ExplainDecisionResponse> {
+    const req = ExplainDecisionRequest.fromPartial(request);
+    return this.unary(this.explanations, this.explanations.explainDecision, req, settings);
+  }
+
+  getCapabilities(
+    request: DeepPartial<GetCapabilitiesRequest>,
+    settings?: CallSettings,
+  ): Promise<GetCapabilitiesResponse> {
+    const req = GetCapabilitiesRequest.fromPartial(request);
+    return this.unary(this.explanations, this.explanations.getCapabilities, req, settings);
+  }
+
+  /** Successive refinements of a sampling estimate; the last has `final` set. */
+  async *explainStream(
+    request: DeepPartial<ExplainStreamRequest>,
+    settings?: CallSettings,
+  ): AsyncGenerator<ExplainStreamResponse> {
+    const call = this.explanations.explainStream(
+      ExplainStreamRequest.fromPartial(request),
+      settings?.metadata ?? new Metadata(),
+      { deadline: this.deadline(settings) },
+    );
+    try {
+      for await (const message of call) yield message as ExplainStreamResponse;
+    } catch (err) {
+      throw decodeError(err);
+    }
+  }
+
+  listModels(request: DeepPartial<ListModelsRequest> = {}, settings?: CallSettings): Promise<ListModelsResponse> {
+    return this.unary(this.models, this.models.listModels, ListModelsRequest.fromPartial(request), settings);
+  }
+
+  getModel(request: DeepPartial<GetModelRequest>, settings?: CallSettings): Promise<GetModelResponse> {
+    return this.unary(this.models, this.models.getModel, GetModelRequest.fromPartial(request), settings);
+  }
+
+  /** Scores an instance for a subject and records the decision. */
+  predict(request: DeepPartial<PredictRequest>, settings?: CallSettings): Promise<PredictResponse> {
+    return this.unary(this.models, this.models.predict, PredictRequest.fromPartial(request), settings);
+  }
+
+  close(): void {
+    this.explanations.close();
+    this.models.close();
+  }
+
+  private deadline(settings?: CallSettings): Date {
+    return new Date(Date.now() + (settings?.timeoutMs ?? this.timeoutMs));
+  }
+
+  private unary<Req, Res>(
+    stub: object,
+    method: (...args: never[]) => ClientUnaryCall,
+    request: Req,
+    settings?: CallSettings,
+  ): Promise<Res> {
+    const call = method as unknown as Unary<Req, Res>;
+    return new Promise((resolve, reject) => {
+      call.call(stub, request, settings?.metadata ?? new Metadata(), { deadline: this.deadline(settings) }, (err, res) =>
+        err ? reject(decodeError(err)) : resolve(res),
+      );
+    });
+  }
+}

@@ -1,0 +1,43 @@
+/**
+ * TypeScript client of the desiderata v1 API: explanations of deployed ML
+ * models, served at the fidelity the caller's policy allows.
+ *
+ * ```ts
+ * const client = new DesiderataClient("localhost:50051", { apiKey, insecure: true });
+ * const { explanation } = await client.explain({ model: "credit", instance, kind: ExplanationKind.EXPLANATION_KIND_FEATURE_ATTRIBUTION, purpose: "debugging" });
+ * ```
+ */
+export { DesiderataClient, DEFAULT_TIMEOUT_MS, type CallSettings, type ClientOptions } from "./client.js";
+export { bearerMetadata, channelCredentials, type ConnectionOptions } from "./credentials.js";
+export { DesiderataError, decodeError, type FieldViolation, type QuotaViolation } from "./errors.js";
+export * from "./gen/desiderata/v1/types.js";
+export {
+  ExplainRequest,
+  ExplainResponse,
+  ExplainDecisionRequest,
+  ExplainDecisionResponse,
+  ExplainStreamRequest,
+  ExplainStreamResponse,
+  GetCapabilitiesRequest,
+  KindCapability,
+  GetCapabilitiesResponse,
+  ExplanationServiceService,
+  ExplanationServiceServer,
+  ExplanationServiceClient,
+} from "./gen/desiderata/v1/explanation_service.js";
+export {
+  FeatureSpec,
+  TrainingData,
+  PrivacyFacts,
+  ModelCard,
+  ListModelsRequest,
+  ModelSummary,
+  ListModelsResponse,
+  GetModelRequest,
+  GetModelResponse,
+  PredictRequest,
+  PredictResponse,
+  ModelServiceService,
+  ModelServiceServer,
+  ModelServiceClient,
+} from "./gen/desiderata/v1/model_service.js";

@@ -1,0 +1,118 @@
+/** Smoke test of the SDK against a real server on the demo model. */
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { status } from "@grpc/grpc-js";
+
+import {
+  Consumption,
+  DesiderataClient,
+  DesiderataError,
+  ExplanationKind,
+  type Feature,
+  type FeatureValue,
+} from "../src/index.js";
+import { startServer, type RunningServer } from "./server.js";
+
+const ML_ENGINEER_KEY = "demo-ml_engineer-key"; // demo credential, public by design
+const SUBJECT = "applicant-0001";
+
+function applicant(): Feature[] {
+  const values: Record<string, FeatureValue> = {
+    seniority: { integer: 9 },
+    home: { category: "rent" },
+    time: { integer: 60 },
+    age: { integer: 30 },
+    marital: { category: "married" },
+    records: { boolean: false },
+    job: { category: "freelance" },
+    expenses: { number: 73 },
+    income: { number: 129 },
+    assets: { number: 0 },
+    debt: { number: 0 },
+    amount: { number: 800 },
+    price: { number: 846 },
+  };
+  return Object.entries(values).map(([name, value]) => ({ name, value }));
+}
+
+const attribution = {
+  model: "credit",
+  kind: ExplanationKind.EXPLANATION_KIND_FEATURE_ATTRIBUTION,
+  purpose: "debugging",
+  consumption: Consumption.CONSUMPTION_STATIC,
+};
+
+describe("desiderata TypeScript SDK against a real server", () => {
+  let server: RunningServer;
+  let engineer: DesiderataClient;
+
+  before(async () => {
+    server = await startServer();
+    engineer = new DesiderataClient(server.address, { apiKey: ML_ENGINEER_KEY, insecure: true, timeoutMs: 60_000 });
+  });
+  after(() => {
+    engineer?.close();
+    server?.stop();
+  });
+
+  test("Explain returns feature attributions with a policy decision", async () => {
+    const { explanation } = await engineer.explain({ ...attribution, instance: { features: applicant() } });
+    assert.equal(explanation?.kind, ExplanationKind.EXPLANATION_KIND_FEATURE_ATTRIBUTION);
+    const attributions = explanation?.featureAttribution?.attributions ?? [];
+    assert.ok(attributions.length > 0, "no attributions");
+    for (const a of attributions) assert.notEqual(a.feature, "");
+    assert.notEqual(explanation?.disclosure?.decisionId ?? "", "");
+  });
+
+  test("GetCapabilities reports the caller's role and kinds", async () => {
+    const caps = await engineer.getCapabilities({
+      model: "credit",
+      purpose: "debugging",
+      consumption: Consumption.CONSUMPTION_STATIC,
+    });
+    assert.equal(caps.role, "ml_engineer");
+    assert.ok(caps.capabilities.some((c) => c.kind === ExplanationKind.EXPLANATION_KIND_FEATURE_ATTRIBUTION));
+  });
+
+  test("ExplainDecision explains a decision recorded by Predict", async () => {
+    const predicted = await engineer.predict({ model: "credit", instance: { features: applicant() }, subjectId: SUBJECT });
+    assert.notEqual(predicted.decisionId, "");
+    assert.ok((predicted.prediction?.probabilities.length ?? 0) > 0);
+    const { explanation } = await engineer.explainDecision({
+      decisionId: predicted.decisionId,
+      kind: ExplanationKind.EXPLANATION_KIND_FEATURE_ATTRIBUTION,
+      purpose: "debugging",
+      consumption: Consumption.CONSUMPTION_STATIC,
+    });
+    assert.equal(explanation?.recordedDecisionId, predicted.decisionId);
+    assert.ok((explanation?.featureAttribution?.attributions.length ?? 0) > 0);
+  });
+
+  test("a call without credentials is UNAUTHENTICATED", async () => {
+    const anonymous = new DesiderataClient(server.address, { insecure: true });
+    try {
+      await assert.rejects(anonymous.explain({ ...attribution, instance: { features: applicant() } }), (err) => {
+        assert.ok(err instanceof DesiderataError);
+        assert.equal(err.code, status.UNAUTHENTICATED);
+        return true;
+      });
+    } finally {
+      anonymous.close();
+    }
+  });
+
+  test("an unknown and a missing feature are INVALID_ARGUMENT with field violations", async () => {
+    const features = applicant().slice(1); // drops "seniority"
+    features.push({ name: "shoe_size", value: { number: 42 } });
+    await assert.rejects(engineer.explain({ ...attribution, instance: { features } }), (err) => {
+      assert.ok(err instanceof DesiderataError);
+      assert.equal(err.code, status.INVALID_ARGUMENT);
+      assert.ok(err.badRequest && err.badRequest.length > 0, "no field violations decoded");
+      for (const v of err.badRequest) {
+        assert.notEqual(v.field, "");
+        assert.notEqual(v.description, "");
+      }
+      return true;
+    });
+  });
+});
