@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit" / "explainers"))
-from attribution_models import Softmax2, TorchModel, numeric
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.unit.explainers.attribution_models import Softmax2, TorchModel, numeric
 
 from desiderata.explainers._attribution import CoalitionGame
 from desiderata.explainers.background import Background

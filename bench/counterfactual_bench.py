@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit" / "explainers"))
-from _cf_models import credit_model
-from _dice_adapter import DiceOver
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.unit.explainers._cf_models import credit_model
+from tests.unit.explainers._dice_adapter import DiceOver
 
 from desiderata.explainers.base import ExplainContext
 from desiderata.explainers.counterfactual_constraints import build_feasible_set

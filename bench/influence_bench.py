@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit" / "explainers"))
-from _credit import FakeModel, credit, mlp, reference, train_full_batch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.unit.explainers._credit import FakeModel, credit, mlp, reference, train_full_batch
 
 from desiderata.explainers._ihvp import lissa, top_eigenvalue
 from desiderata.explainers._loss_grads import LossGrad

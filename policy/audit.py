@@ -226,17 +226,11 @@ def verify_chain(rows: Iterable[StoredRecord], anchor: tuple[int, str] | None = 
     for row in rows:
         count += 1
         if row.seq != expected_seq:
-            return VerifyResult(
-                False, count, prev, row.seq, f"expected record {expected_seq}, found {row.seq}"
-            )
+            return VerifyResult(False, count, prev, row.seq, f"expected record {expected_seq}, found {row.seq}")
         if row.prev_hash != prev:
-            return VerifyResult(
-                False, count, prev, row.seq, "previous-hash link broken (dropped or reordered)"
-            )
+            return VerifyResult(False, count, prev, row.seq, "previous-hash link broken (dropped or reordered)")
         if record_hash(row.seq, row.record, row.prev_hash) != row.hash:
-            return VerifyResult(
-                False, count, prev, row.seq, "record content does not match its hash (edited)"
-            )
+            return VerifyResult(False, count, prev, row.seq, "record content does not match its hash (edited)")
         if anchor is not None and row.seq == anchor[0]:
             if row.hash != anchor[1]:
                 return VerifyResult(False, count, prev, row.seq, "anchor hash differs")

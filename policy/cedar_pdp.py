@@ -118,9 +118,7 @@ class CedarPDP:
         """
         if action not in GLOBAL_ACTIONS:
             raise InvalidArgument.single("action", f"unknown action; expected one of {GLOBAL_ACTIONS}")
-        return self._decide_actions(
-            principal, model, model_attributes, (action,), purpose, consumption, False, False
-        )
+        return self._decide_actions(principal, model, model_attributes, (action,), purpose, consumption, False, False)
 
     def capabilities(
         self,
@@ -155,11 +153,7 @@ class CedarPDP:
         results = self._evaluate(reqs, entities)
         if results is None:
             return []
-        allowed = {
-            (t, sub)
-            for i, (t, sub) in enumerate((t, s) for t in tiers for s in (False, True))
-            if results[i][0]
-        }
+        allowed = {(t, sub) for i, (t, sub) in enumerate((t, s) for t in tiers for s in (False, True)) if results[i][0]}
         out: list[Capability] = []
         for kind in Kind:
             for tier in KIND_TIERS[kind]:
@@ -193,8 +187,7 @@ class CedarPDP:
             return self._deny((UNKNOWN_ROLE,))
         entities = self._entities(principal, model, attrs)
         reqs = [
-            self._request(principal, a, model, purpose, consumption, own_decision, submitted_instance)
-            for a in actions
+            self._request(principal, a, model, purpose, consumption, own_decision, submitted_instance) for a in actions
         ]
         results = self._evaluate(reqs, entities)
         if results is None:

@@ -119,9 +119,7 @@ def run_explain(argv: list[str], out: TextIO = sys.stdout) -> int:
     parser.add_argument("--subject", default="")
     parser.add_argument("--attr", action="append", default=[], help="principal attribute key=value")
     parser.add_argument("--model", required=True)
-    parser.add_argument(
-        "--model-attr", action="append", default=[], help="e.g. domain=credit dp_trained=false"
-    )
+    parser.add_argument("--model-attr", action="append", default=[], help="e.g. domain=credit dp_trained=false")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--kind", choices=[k.value for k in Kind])
     target.add_argument("--action", choices=["global/summary", "audit/read"])
@@ -157,9 +155,7 @@ def run_explain(argv: list[str], out: TextIO = sys.stdout) -> int:
             )
             decision = pdp.decide(q)
         else:
-            decision = pdp.authorize(
-                principal, args.action, args.model, dict(model_attrs), args.purpose, consumption
-            )
+            decision = pdp.authorize(principal, args.action, args.model, dict(model_attrs), args.purpose, consumption)
     except UnknownPurpose as exc:
         print(f"refused (INVALID_ARGUMENT): {exc.message}", file=out)
         return 1

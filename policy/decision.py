@@ -16,7 +16,6 @@ from desiderata.policy.profiles import DisclosureProfile
 
 __all__ = [
     "Decision",
-    "EngineersOnlyPDP",
     "PolicyDecisionPoint",
     "PolicyInput",
     "new_decision_id",
@@ -85,30 +84,3 @@ class PolicyDecisionPoint(Protocol):
     def decide(self, request: PolicyInput) -> Decision: ...
 
     def known_purposes(self) -> frozenset[str]: ...
-
-
-class EngineersOnlyPDP:
-    """The foundation's fixed rule, until the Cedar policy layer is configured:
-    `ml_engineer` principals get every kind at full fidelity; everyone else is
-    denied with reason ``foundation.engineers_only``."""
-
-    version = "foundation-engineers-only"
-
-    def __init__(self, purposes: frozenset[str]) -> None:
-        self._purposes = purposes
-
-    def known_purposes(self) -> frozenset[str]:
-        return self._purposes
-
-    def decide(self, request: PolicyInput) -> Decision:
-        if request.principal.role == "ml_engineer":
-            tier = f"{request.kind.value}/full"
-            return Decision(
-                new_decision_id(),
-                True,
-                tier,
-                DisclosureProfile(tier=tier),
-                ("foundation.engineers_full",),
-                self.version,
-            )
-        return Decision(new_decision_id(), False, "", None, ("foundation.engineers_only",), self.version)

@@ -135,9 +135,7 @@ def _attribution(
     return out, applied
 
 
-def _changes(
-    changes: tuple[FeatureChange, ...], step: float, redacted: set[str]
-) -> tuple[FeatureChange, ...]:
+def _changes(changes: tuple[FeatureChange, ...], step: float, redacted: set[str]) -> tuple[FeatureChange, ...]:
     return tuple(
         FeatureChange(c.feature, _qv(c.from_value, step), _qv(c.to_value, step))
         for c in changes

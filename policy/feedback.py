@@ -69,8 +69,7 @@ class FeedbackStore:
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS feedback"
-            " (id INTEGER PRIMARY KEY, body TEXT NOT NULL, model TEXT NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS feedback (id INTEGER PRIMARY KEY, body TEXT NOT NULL, model TEXT NOT NULL)"
         )
 
     def submit(self, fb: Feedback, known_features: frozenset[str]) -> Feedback:

@@ -134,17 +134,11 @@ class PrivacyGuard:
             Unavailable: the ledger cannot be reached.
         """
         if params.rate_per_minute is not None:
-            wait = self._ledger.take(
-                principal, model, rate_per_minute=params.rate_per_minute, burst=params.burst
-            )
+            wait = self._ledger.take(principal, model, rate_per_minute=params.rate_per_minute, burst=params.burst)
             if wait > 0.0:
                 raise RateLimited(
                     "too many explanation requests; retry later",
-                    [
-                        QuotaViolation(
-                            subject(principal, model), f"{params.rate_per_minute:g} requests per minute"
-                        )
-                    ],
+                    [QuotaViolation(subject(principal, model), f"{params.rate_per_minute:g} requests per minute")],
                     retry_after_s=wait,
                 )
         key = query_key(self._secret, principal, model_version, features, method, method_params or {})
@@ -159,9 +153,7 @@ class PrivacyGuard:
             return Admission(principal, model, model_version, params, None, key, verdict)
         limits = Limits(
             max_queries=params.lifetime_queries,
-            max_rho=None
-            if params.lifetime_epsilon is None
-            else rho_budget(params.lifetime_epsilon, params.delta),
+            max_rho=None if params.lifetime_epsilon is None else rho_budget(params.lifetime_epsilon, params.delta),
         )
         budgeted = params.noisy or params.lifetime_queries is not None
         reservation = self._ledger.reserve(

@@ -116,8 +116,7 @@ class SqliteLedger(BudgetLedger):
             (principal, model, now),
         )
         q, r = conn.execute(
-            "SELECT COALESCE(SUM(queries),0), COALESCE(SUM(rho),0.0) FROM reservations"
-            " WHERE principal=? AND model=?",
+            "SELECT COALESCE(SUM(queries),0), COALESCE(SUM(rho),0.0) FROM reservations WHERE principal=? AND model=?",
             (principal, model),
         ).fetchone()
         return int(q), float(r)

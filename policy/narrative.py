@@ -94,9 +94,7 @@ def render_narrative(
         towards = (share > 0) == (explained == positive)
         direction = (t.towards if towards else t.against).format(outcome=outcome)
         template = t.first if i == 0 else t.other
-        sentences.append(
-            template.format(feature=labels.get(name, name), share=_percent(share), direction=direction)
-        )
+        sentences.append(template.format(feature=labels.get(name, name), share=_percent(share), direction=direction))
     if applied.withheld_share >= 0.005:
         sentences.append(t.withheld.format(share=_percent(applied.withheld_share)))
     return tuple(sentences)

@@ -363,9 +363,7 @@ def parse_bundle(directory: Path) -> PolicyBundle:
         if src.policy_id in seen:
             first = seen[src.policy_id]
             problems.append(
-                BundleProblem(
-                    src.file, src.line, f"duplicate @id {src.policy_id!r} ({first.file}:{first.line})"
-                )
+                BundleProblem(src.file, src.line, f"duplicate @id {src.policy_id!r} ({first.file}:{first.line})")
             )
         seen[src.policy_id] = src
     if problems or schema is None:

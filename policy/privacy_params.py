@@ -75,9 +75,7 @@ class PrivacyParams(BaseModel):
     @model_validator(mode="after")
     def _epsilon_needs_noise(self) -> PrivacyParams:
         if self.lifetime_epsilon is not None and self.noise_multiplier == 0.0:
-            raise ValueError(
-                "lifetime_epsilon needs noise_multiplier > 0: noiseless answers have no finite ε"
-            )
+            raise ValueError("lifetime_epsilon needs noise_multiplier > 0: noiseless answers have no finite ε")
         return self
 
     @property

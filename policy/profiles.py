@@ -8,7 +8,22 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["DisclosureProfile"]
+from desiderata.policy.privacy_params import PrivacyParams
+
+__all__ = ["CounterfactualLimits", "DisclosureProfile"]
+
+
+class CounterfactualLimits(BaseModel):
+    """Constraints a tier puts on counterfactuals."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    respect_immutable: bool = True
+    """Never suggest changing a feature the card marks immutable."""
+    max_features_changed: int | None = Field(default=None, ge=1)
+    """At most this many features changed per counterfactual."""
+    max_counterfactuals: int | None = Field(default=None, ge=1)
+    """At most this many counterfactuals returned."""
 
 
 class DisclosureProfile(BaseModel):
@@ -33,3 +48,7 @@ class DisclosureProfile(BaseModel):
     than only recorded decisions (ExplainDecision)."""
     training_rows: bool = False
     """Whether raw training rows may be shown (sample importance, counterfactuals)."""
+    privacy: PrivacyParams = PrivacyParams()
+    """Noise, budgets, rate limits and the extraction monitor (enforced by the privacy guards)."""
+    counterfactual: CounterfactualLimits | None = None
+    """Counterfactual constraints of this tier."""

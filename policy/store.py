@@ -49,9 +49,7 @@ def load_bundle(directory: Path) -> PolicyBundle:
 def _fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
     try:
         return tuple(
-            sorted(
-                (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in directory.iterdir() if p.is_file()
-            )
+            sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in directory.iterdir() if p.is_file())
         )
     except OSError:
         return ()

@@ -192,9 +192,7 @@ def run_case(
     if e.error is not None:
         problems.append(f"expected error {e.error}, got a decision")
     if e.allowed is not None and decision.allowed != e.allowed:
-        problems.append(
-            f"expected {'allow' if e.allowed else 'deny'}, got {'allow' if decision.allowed else 'deny'}"
-        )
+        problems.append(f"expected {'allow' if e.allowed else 'deny'}, got {'allow' if decision.allowed else 'deny'}")
     if e.tier is not None and decision.tier != e.tier:
         problems.append(f"expected tier {e.tier!r}, got {decision.tier!r}")
     if e.reasons is not None and set(decision.reasons) != set(e.reasons):

@@ -16,10 +16,11 @@ allowed one.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from desiderata.explainers.base import Kind
-from desiderata.policy.profiles import DisclosureProfile
+from desiderata.policy.privacy_params import PrivacyParams
+from desiderata.policy.profiles import CounterfactualLimits, DisclosureProfile
 
 __all__ = [
     "GLOBAL_ACTIONS",
@@ -59,55 +60,6 @@ def all_tiers() -> tuple[str, ...]:
     return tuple(t for tiers in KIND_TIERS.values() for t in tiers) + GLOBAL_ACTIONS
 
 
-class PrivacyParams(BaseModel):
-    """Privacy parameters of a tier, reserved for the privacy-guard issue.
-
-    Every field is optional; a set value must be meaningful.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    clip_norm: float | None = Field(default=None, gt=0.0)
-    """L2 clip C of attribution vectors before noise."""
-    noise_multiplier: float | None = Field(default=None, ge=0.0)
-    """Gaussian noise multiplier z (stddev = z * C)."""
-    epsilon_per_query: float | None = Field(default=None, gt=0.0)
-    """Privacy loss charged per answer."""
-    lifetime_epsilon: float | None = Field(default=None, gt=0.0)
-    """Privacy loss allowed per (principal, model) over its lifetime."""
-    delta: float | None = Field(default=None, gt=0.0, lt=1.0)
-    """delta of the (epsilon, delta) accounting."""
-    lifetime_queries: int | None = Field(default=None, ge=1)
-    """Lifetime query budget K per (principal, model)."""
-    rate_per_minute: float | None = Field(default=None, gt=0.0)
-    """Requests per minute per (principal, model)."""
-
-    @model_validator(mode="after")
-    def _check(self) -> PrivacyParams:
-        if self.noise_multiplier and self.clip_norm is None:
-            raise ValueError("noise_multiplier needs clip_norm (noise stddev is z * C)")
-        if (
-            self.epsilon_per_query is not None
-            and self.lifetime_epsilon is not None
-            and self.epsilon_per_query > self.lifetime_epsilon
-        ):
-            raise ValueError("epsilon_per_query exceeds lifetime_epsilon: no query could ever be served")
-        return self
-
-
-class CounterfactualLimits(BaseModel):
-    """Constraints a tier puts on counterfactuals."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    respect_immutable: bool = True
-    """Never suggest changing a feature the card marks immutable."""
-    max_features_changed: int | None = Field(default=None, ge=1)
-    """At most this many features changed per counterfactual."""
-    max_counterfactuals: int | None = Field(default=None, ge=1)
-    """At most this many counterfactuals returned."""
-
-
 class TierProfileSpec(BaseModel):
     """One entry of ``profiles.yaml`` (the key is the tier)."""
 
@@ -130,7 +82,7 @@ class TierProfileSpec(BaseModel):
     counterfactual: CounterfactualLimits | None = None
     """Counterfactual constraints (counterfactual tiers only)."""
     privacy: PrivacyParams = PrivacyParams()
-    """Reserved for the privacy guards."""
+    """Noise, budgets, rates and the extraction monitor of this tier (enforced by the privacy guards)."""
 
     def to_profile(self, tier: str) -> DisclosureProfile:
         """The committed contract's view of this tier.
@@ -147,4 +99,6 @@ class TierProfileSpec(BaseModel):
             redacted_features=self.redacted_features,
             may_submit_instances=self.may_submit_instances,
             training_rows=self.training_rows,
+            privacy=self.privacy,
+            counterfactual=self.counterfactual,
         )

@@ -110,8 +110,7 @@ class ProgramModule(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.n_columns or x.dtype != self._dtype:
             raise ValueError(
-                f"expected a {self._dtype} tensor of shape (n, {self.n_columns}), "
-                f"got {x.dtype} {tuple(x.shape)}"
+                f"expected a {self._dtype} tensor of shape (n, {self.n_columns}), got {x.dtype} {tuple(x.shape)}"
             )
         state = [table[name] for table, name in self._slots]
         out: tuple[torch.Tensor, ...] = self._graph(*state, x)

@@ -21,10 +21,13 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 __all__ = [
     "DEMO_KEYS",
     "ApiKey",
+    "AuditSettings",
     "AuthSettings",
     "ExplainSettings",
     "LoggingSettings",
     "ModelsSettings",
+    "PolicySettings",
+    "PrivacySettings",
     "ServerSettings",
     "Settings",
     "StoreSettings",
@@ -164,6 +167,8 @@ class StoreSettings(BaseModel):
     """Folder of the embedded SQLite stores."""
     decisions_path: Path | None = None
     """Decision store file; default `<state_dir>/decisions.sqlite`."""
+    feedback_path: Path | None = None
+    """Feedback store file; default `<state_dir>/feedback.sqlite`."""
 
 
 class ExplainSettings(BaseModel):
@@ -173,8 +178,64 @@ class ExplainSettings(BaseModel):
 
     max_steps: int = Field(default=4096, ge=2)
     """Largest integration step count a caller may ask for."""
-    max_samples: int = Field(default=200_000, ge=1)
+    max_samples: int = Field(default=4_000_000, ge=1)
     """Largest model-row budget a caller may ask of a sampling method."""
+    max_exact_players: int = Field(default=14, ge=1, le=20)
+    """Most players exact Shapley enumerates (2^d coalitions)."""
+    background_size: int = Field(default=100, ge=1, le=10_000)
+    """Rows of the k-means background summarised from the training reference."""
+
+
+class PolicySettings(BaseModel):
+    """The policy bundle (Cedar access + disclosure profiles)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bundle_dir: Path | None = None
+    """Policy bundle folder; None uses the shipped bundle (desiderata.policy/bundle)."""
+    reload_interval_s: float = Field(default=0.5, gt=0)
+    """How often the bundle's files are checked for changes (hot reload)."""
+
+
+class AuditSettings(BaseModel):
+    """The hash-chained audit log of every decision."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    """SQLite (embedded) or PostgreSQL (production)."""
+    sqlite_path: Path | None = None
+    """SQLite file; default `<state_dir>/audit.sqlite`."""
+    postgres_dsn: str = ""
+    """libpq connection string of the PostgreSQL backend."""
+
+    @model_validator(mode="after")
+    def _dsn(self) -> AuditSettings:
+        if self.backend == "postgres" and not self.postgres_dsn:
+            raise ValueError("audit.postgres_dsn is required with audit.backend=postgres")
+        return self
+
+
+class PrivacySettings(BaseModel):
+    """Budget ledger and output noise."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ledger: Literal["sqlite", "redis"] = "sqlite"
+    """SQLite (one replica) or Redis (several replicas share one budget)."""
+    sqlite_path: Path | None = None
+    """SQLite ledger file; default `<state_dir>/ledger.sqlite`."""
+    redis_url: str = ""
+    """redis:// URL of the shared ledger."""
+    secret_file: Path | None = None
+    """File holding the key of the deterministic output noise (≥ 16 bytes, stable across
+    restarts and replicas); default `<state_dir>/noise.key`, created with mode 0600."""
+
+    @model_validator(mode="after")
+    def _url(self) -> PrivacySettings:
+        if self.ledger == "redis" and not self.redis_url:
+            raise ValueError("privacy.redis_url is required with privacy.ledger=redis")
+        return self
 
 
 class LoggingSettings(BaseModel):
@@ -203,6 +264,12 @@ class Settings(BaseSettings):
     """Embedded stores."""
     explain: ExplainSettings = ExplainSettings()
     """Explainer limits."""
+    policy: PolicySettings = PolicySettings()
+    """The policy bundle."""
+    audit: AuditSettings = AuditSettings()
+    """The audit log."""
+    privacy: PrivacySettings = PrivacySettings()
+    """Budgets and noise."""
     logging: LoggingSettings = LoggingSettings()
     """Logs."""
 

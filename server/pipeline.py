@@ -1,9 +1,11 @@
 """The transport-neutral core: resolve → decide → admit → explain → disclose → record.
 
 The gRPC servicers only convert messages and call this class; everything a
-request goes through, in order, is here. Heavy work (model evaluation,
-explainers) runs on a worker pool off the event loop, bounded by the
-request's deadline; cancellation stops the work between batches.
+request goes through, in order, is in `Pipeline.explain`. Heavy work (model
+evaluation, explainers) runs on a worker pool off the event loop, bounded by
+the request's deadline; cancellation stops the work between batches. Every
+policy decision, allowed or denied, is written to the audit log; a store that
+is down fails closed.
 """
 
 from __future__ import annotations
@@ -12,11 +14,9 @@ import asyncio
 import dataclasses
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, TypeVar
 
 import numpy as np
@@ -25,8 +25,13 @@ import structlog
 from desiderata.explainers import registry
 from desiderata.explainers.base import ExplainContext, Kind
 from desiderata.explainers.types import AttributionParams, CounterfactualParams, Explanation
-from desiderata.policy.decision import Decision, PolicyDecisionPoint, PolicyInput
+from desiderata.policy.accounting import epsilon_from_rho
+from desiderata.policy.audit import AuditLog, AuditRecord, utc_now
+from desiderata.policy.decision import Decision, PolicyInput
+from desiderata.policy.feedback import FeedbackStore
+from desiderata.policy.guard import Admission, Budget, PrivacyGuard
 from desiderata.policy.model import Consumption, Principal
+from desiderata.policy.store import PolicyStore
 from desiderata.server.config import ExplainSettings
 from desiderata.server.decision_store import DecisionRecord, DecisionStore, new_record_id, utcnow
 from desiderata.server.errors import (
@@ -37,91 +42,21 @@ from desiderata.server.errors import (
     InvalidArgument,
     NotImplementedYet,
     PermissionDenied,
+    Unavailable,
     UnknownPurpose,
 )
 from desiderata.server.model_card import FeatureValue
 from desiderata.server.model_repository import ModelHandle, ModelRepository
+from desiderata.server.served import ExplainCall, KindCapability, ServedExplanation, served_explanation
+from desiderata.server.serving import Disclosed, build_explainer, disclose, params_dict
 
-__all__ = ["DisclosureInfo", "ExplainCall", "KindCapability", "Pipeline", "ServedExplanation"]
+__all__ = ["ExplainCall", "KindCapability", "Pipeline", "ServedExplanation"]
 
 log = structlog.get_logger("desiderata.pipeline")
 T = TypeVar("T")
 
 PREDICT_ROLES = frozenset({"ml_engineer", "domain_expert"})
 """Roles that may score instances through Predict (services acting for the business)."""
-
-
-@dataclass(frozen=True)
-class ExplainCall:
-    """One explanation request, transport-neutral.
-
-    Args:
-        kind: the family asked for.
-        purpose: declared purpose (checked against the policy's purposes).
-        consumption: static or dynamic.
-        params: the family's typed parameters.
-        model, model_version: the model (Explain); ignored for recorded decisions.
-        features: the instance by feature name (Explain), or None.
-        decision_id: the recorded decision to explain (ExplainDecision), or "".
-        target_label: class to explain / aim for, by label ("" = default).
-        locale: narrative locale.
-        seed: seed of sampling methods.
-    """
-
-    kind: Kind
-    purpose: str
-    consumption: Consumption
-    params: Any
-    model: str = ""
-    model_version: str = ""
-    features: dict[str, FeatureValue] | None = None
-    decision_id: str = ""
-    target_label: str = ""
-    locale: str = "en"
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class DisclosureInfo:
-    """What the policy served and withheld (the Disclosure proto)."""
-
-    tier: str
-    decision_id: str
-    policy_version: str
-    reasons: tuple[str, ...]
-    redacted_features: tuple[str, ...] = ()
-    top_k: int = 0
-    rounding: float = 0.0
-    narrative_only: bool = False
-    noised: bool = False
-    noise_stddev: float = 0.0
-    clip_norm: float = 0.0
-    epsilon_charged: float = 0.0
-    notes: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ServedExplanation:
-    """An explanation as served: the explainer's answer after disclosure."""
-
-    explanation_id: str
-    model: ModelHandle
-    probabilities: np.ndarray
-    explanation: Explanation
-    disclosure: DisclosureInfo
-    created_at: datetime
-    narrative: tuple[str, ...] = ()
-    recorded_decision_id: str = ""
-
-
-@dataclass(frozen=True)
-class KindCapability:
-    kind: Kind
-    tier: str
-    methods: tuple[str, ...]
-    may_submit_instances: bool
-    narrative_only: bool
-    top_k: int
 
 
 @dataclass
@@ -131,14 +66,20 @@ class Pipeline:
     Args:
         models: the model repository.
         decisions: the decision store.
-        pdp: the policy decision point.
+        policy: the policy store (Cedar PDP, hot-reloaded).
+        audit: the audit log.
+        guard: the privacy guard (budgets, rates, noise, extraction monitor).
+        feedback: the store of dynamic-consumption feedback.
         settings: explainer limits.
         workers: threads for model evaluation and explainers.
     """
 
     models: ModelRepository
     decisions: DecisionStore
-    pdp: PolicyDecisionPoint
+    policy: PolicyStore
+    audit: AuditLog
+    guard: PrivacyGuard
+    feedback: FeedbackStore
     settings: ExplainSettings = field(default_factory=ExplainSettings)
     workers: int = 2
     _pool: ThreadPoolExecutor = field(init=False)
@@ -149,6 +90,8 @@ class Pipeline:
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
         self.decisions.close()
+        self.audit.close()
+        self.feedback.close()
 
     async def _off_loop(self, fn: Callable[[], T], deadline: float | None, cancel: threading.Event | None = None) -> T:
         """Runs `fn` on the worker pool, bounded by `deadline` (monotonic)."""
@@ -205,34 +148,68 @@ class Pipeline:
         )
         return rec, handle
 
-    # ----------------------------------------------------------- explanations
+    # ------------------------------------------------------------ policy
 
-    def _check_purpose(self, purpose: str) -> None:
-        known = self.pdp.known_purposes()
+    def check_purpose(self, purpose: str) -> None:
+        known = self.policy.known_purposes()
         if purpose not in known:
             raise UnknownPurpose(
-                f"unknown purpose {purpose!r}",
-                [FieldViolation("purpose", f"must be one of {sorted(known)}")],
+                f"unknown purpose {purpose!r}", [FieldViolation("purpose", f"must be one of {sorted(known)}")]
             )
 
-    def _decide(self, principal: Principal, handle: ModelHandle, call: ExplainCall, own: bool) -> Decision:
+    @staticmethod
+    def model_attributes(handle: ModelHandle) -> dict[str, str | bool | int | float]:
         card = handle.card
-        attrs: dict[str, str | bool | int | float] = {
-            "domain": card.domain,
-            "dp_trained": card.privacy.dp_trained,
-            "name": card.name,
-        }
+        return {"domain": card.domain, "dp_trained": card.privacy.dp_trained, "name": card.name}
+
+    def audit_decision(
+        self,
+        principal: Principal,
+        handle: ModelHandle,
+        action: str,
+        purpose: str,
+        consumption: Consumption,
+        decision: Decision,
+        charge: float = 0.0,
+    ) -> None:
+        """Appends one decision to the audit log; an unreachable log fails the request."""
+        record = AuditRecord(
+            decision_id=decision.decision_id,
+            time=utc_now(),
+            principal=principal.id,
+            role=principal.role,
+            purpose=purpose,
+            consumption=consumption.value,
+            model=handle.name,
+            model_version=handle.version,
+            policy_version=decision.policy_version,
+            action=action,
+            allowed=decision.allowed,
+            tier=decision.tier,
+            privacy_charge=charge,
+            reasons=decision.reasons,
+            request_id=structlog.contextvars.get_contextvars().get("request_id", ""),
+        )
+        try:
+            self.audit.append(record)
+        except DesiderataError:
+            raise
+        except Exception as exc:
+            log.error("audit_unavailable", error=exc.__class__.__name__)
+            raise Unavailable("the audit log is unavailable; no explanation is served unaudited") from exc
+
+    def _decide(self, principal: Principal, handle: ModelHandle, call: ExplainCall, own: bool) -> Decision:
         request = PolicyInput(
             principal=principal,
             model=handle.name,
-            model_attributes=attrs,
+            model_attributes=self.model_attributes(handle),
             kind=call.kind,
             purpose=call.purpose,
             consumption=call.consumption,
             own_decision=own,
             submitted_instance=call.features is not None,
         )
-        decision = self.pdp.decide(request)
+        decision = self.policy.decide(request)
         log.info(
             "policy_decision",
             decision_id=decision.decision_id,
@@ -249,14 +226,9 @@ class Pipeline:
             policy_version=decision.policy_version,
         )
         if not decision.allowed or decision.profile is None:
+            self.audit_decision(principal, handle, call.kind.value, call.purpose, call.consumption, decision)
             raise PermissionDenied(
                 f"policy denies {call.kind.value} explanations to role {principal.role!r} for purpose {call.purpose!r}",
-                decision_id=decision.decision_id,
-                reasons=decision.reasons,
-            )
-        if call.features is not None and not decision.profile.may_submit_instances:
-            raise PermissionDenied(
-                "this principal may only explain recorded decisions (ExplainDecision)",
                 decision_id=decision.decision_id,
                 reasons=decision.reasons,
             )
@@ -268,25 +240,27 @@ class Pipeline:
         target: int | None = None
         if call.target_label:
             if call.target_label not in handle.card.class_names:
-                field_name = "target_class" if call.kind is Kind.FEATURE_ATTRIBUTION else "desired_class"
+                name = "target_class" if call.kind is Kind.FEATURE_ATTRIBUTION else "desired_class"
                 raise InvalidArgument.single(
-                    f"params.{call.kind.value}.{field_name}",
-                    f"unknown class; one of {handle.card.class_names}",
+                    f"params.{call.kind.value}.{name}", f"unknown class; one of {handle.card.class_names}"
                 )
             target = handle.card.class_names.index(call.target_label)
         if isinstance(params, AttributionParams):
             params = dataclasses.replace(params, target_class=target)
             if params.steps > self.settings.max_steps:
                 raise InvalidArgument.single("params.attribution.steps", f"at most {self.settings.max_steps}")
-            if params.max_samples > self.settings.max_samples:
-                raise InvalidArgument.single("params.attribution.max_samples", f"at most {self.settings.max_samples}")
         elif isinstance(params, CounterfactualParams):
             params = dataclasses.replace(params, desired_class=target)
         profile = decision.profile
         if profile is None:
             raise InternalError("an allowed decision without a profile")
-        method = getattr(params, "method", "") or (profile.methods[0] if profile.methods else "")
-        method = method or registry.default_method(call.kind) or ""
+        method = getattr(params, "method", "") or getattr(params, "norm", "")
+        method = method or (profile.methods[0] if profile.methods else "")
+        method = _METHOD_ALIASES.get((call.kind, method), method)
+        if not method:
+            method = registry.default_method(call.kind) or ""
+            if call.kind is Kind.COUNTERFACTUAL and handle.torch_module() is None:
+                method = "counterfactual_genetic"
         if not method:
             raise NotImplementedYet(f"no {call.kind.value} method is available on this server yet")
         cls = registry.get(method, f"params.{call.kind.value}.method")
@@ -302,6 +276,8 @@ class Pipeline:
             )
         return method, params
 
+    # ----------------------------------------------------------- explanations
+
     async def explain(
         self,
         principal: Principal,
@@ -310,20 +286,11 @@ class Pipeline:
         progress: Callable[[ServedExplanation], None] | None = None,
     ) -> ServedExplanation:
         """Explains a submitted instance or a recorded decision for `principal`."""
+        # 1 resolve
         record: DecisionRecord | None = None
         if call.decision_id:
             record = await self._off_loop(lambda: self.decisions.get(call.decision_id), deadline)
             own = bool(principal.subject_id) and principal.subject_id == record.subject_id
-            if principal.role == "end_user" and not own:
-                log.info(
-                    "policy_decision",
-                    principal=principal.id,
-                    role=principal.role,
-                    allowed=False,
-                    reasons=["builtin.end_user_own_decisions_only"],
-                    recorded_decision_id=call.decision_id,
-                )
-                raise PermissionDenied("end users may only explain their own decisions")
             handle = self.models.resolve(record.model, record.model_version)
             features = record.features
         else:
@@ -333,94 +300,156 @@ class Pipeline:
                 raise InvalidArgument.single("instance", "required")
             handle.schema.validate(call.features)
             features = call.features
-        self._check_purpose(call.purpose)
+        self.check_purpose(call.purpose)
+        # 2 decide (denials are audited inside)
         decision = self._decide(principal, handle, call, own)
         method, params = self._resolve_params(handle, call, decision)
-        explainer = registry.get(method)()
-        x = handle.schema.encode(features)
         profile = decision.profile
         if profile is None:
             raise InternalError("an allowed decision without a profile")
-        disclosure = DisclosureInfo(
-            tier=decision.tier,
-            decision_id=decision.decision_id,
-            policy_version=decision.policy_version,
-            reasons=decision.reasons,
-            redacted_features=profile.redacted_features,
-            top_k=profile.top_k,
-            rounding=profile.rounding,
-            narrative_only=profile.narrative_only,
-        )
+        x = handle.schema.encode(features)
         probs = await self._off_loop(lambda: handle.predict_proba(x[None, :])[0], deadline)
+        # 3 admit: rate, monitor, budget reserved before any explainer work
+        admission = await self._admit(principal, handle, call, decision, method, params, x, probs, deadline)
+        explainer = build_explainer(registry.get(method), profile, self.settings)
+        seed = admission.explainer_seed if profile.privacy.noisy else call.seed
+        stream_ok = progress is not None and not profile.privacy.noisy
 
-        def serve(explanation: Explanation) -> ServedExplanation:
-            return ServedExplanation(
-                explanation_id="exp_" + uuid.uuid4().hex,
-                model=handle,
-                probabilities=probs,
-                explanation=explanation,
-                disclosure=disclosure,
-                created_at=utcnow(),
-                recorded_decision_id=record.decision_id if record else "",
+        def serve(ex: Explanation, shown: Disclosed, budget: Budget | None, charge: float) -> ServedExplanation:
+            return served_explanation(
+                handle, probs, ex, shown, decision, budget, charge, record.decision_id if record else ""
             )
 
-        cancel = threading.Event()
-        ctx = ExplainContext(
-            seed=call.seed,
-            deadline=deadline,
-            cancel=cancel,
-            progress=None if progress is None else (lambda ex: progress(serve(ex))),
-        )
+        def on_progress(ex: Explanation) -> None:
+            if progress is not None:
+                progress(serve(ex, disclose(ex, profile, handle.card, call.locale), None, 0.0))
 
-        def work() -> Explanation:
+        cancel = threading.Event()
+        ctx = ExplainContext(seed=seed, deadline=deadline, cancel=cancel, progress=on_progress if stream_ok else None)
+
+        def work() -> tuple[Explanation, Disclosed]:
             try:
-                return explainer.explain(handle, x, params, ctx)
+                raw = explainer.explain(handle, x, params, ctx)
+                return raw, disclose(raw, profile, handle.card, call.locale, self.guard, admission)
             except DesiderataError:
                 raise
             except Exception as exc:
                 log.exception("explainer_failed", method=method, model=handle.name)
                 raise InternalError("explainer failed") from exc
 
-        explanation = await self._off_loop(work, deadline, cancel)
+        # 4 explain, 5 disclose; 6 commit and audit — the budget is returned on any failure
+        try:
+            raw, shown = await self._off_loop(work, deadline, cancel)
+            await self._off_loop(lambda: self.guard.commit(admission), None)
+        except BaseException:
+            await asyncio.shield(self._off_loop(lambda: self.guard.release(admission), None))
+            raise
+        charge = (
+            epsilon_from_rho(profile.privacy.rho_per_query, profile.privacy.delta) if profile.privacy.noisy else 0.0
+        )
+        self.audit_decision(principal, handle, call.kind.value, call.purpose, call.consumption, decision, charge)
+        budget = await self._off_loop(
+            lambda: self.guard.remaining(principal.id, handle.name, profile.privacy), deadline
+        )
         log.info(
             "explanation_served",
             decision_id=decision.decision_id,
             method=method,
             model=handle.name,
-            compute_ms=round(explanation.quality.compute_ms, 3),
+            compute_ms=round(raw.quality.compute_ms, 3),
+            noised=shown.noised,
         )
-        return serve(explanation)
+        return serve(raw, shown, budget, charge)
+
+    async def _admit(
+        self,
+        principal: Principal,
+        handle: ModelHandle,
+        call: ExplainCall,
+        decision: Decision,
+        method: str,
+        params: Any,
+        x: np.ndarray,
+        probs: np.ndarray,
+        deadline: float | None,
+    ) -> Admission:
+        profile = decision.profile
+        if profile is None:
+            raise InternalError("an allowed decision without a profile")
+        label = int(np.argmax(probs))
+
+        def admit() -> Admission:
+            return self.guard.admit(
+                principal.id,
+                handle.name,
+                handle.version,
+                profile.privacy,
+                x,
+                method=method,
+                method_params=params_dict(params),
+                label=label,
+            )
+
+        try:
+            admission = await self._off_loop(admit, deadline)
+        except PermissionDenied as exc:  # the extraction monitor blocked this caller: audit it
+            denied = dataclasses.replace(decision, allowed=False, reasons=(*decision.reasons, *exc.reasons))
+            self.audit_decision(principal, handle, call.kind.value, call.purpose, call.consumption, denied)
+            raise PermissionDenied(exc.message, decision_id=decision.decision_id, reasons=exc.reasons) from None
+        if admission.downgrade_to:
+            # The monitor moved the caller to a stricter tier: nothing is held yet.
+            stricter = self.policy.pdp.bundle.profiles.get(admission.downgrade_to)
+            if stricter is None:
+                raise InternalError(f"downgrade tier {admission.downgrade_to!r} has no profile")
+            log.warning("extraction_monitor_downgrade", principal=principal.id, tier=stricter.tier)
+            return await self._off_loop(
+                lambda: self.guard.admit(
+                    principal.id,
+                    handle.name,
+                    handle.version,
+                    stricter.privacy,
+                    x,
+                    method=method,
+                    method_params=params_dict(params),
+                    observe=False,
+                ),
+                deadline,
+            )
+        return admission
 
     def capabilities(
         self, principal: Principal, model: str, version: str, purpose: str, consumption: Consumption
-    ) -> tuple[ModelHandle, list[KindCapability], str]:
+    ) -> tuple[ModelHandle, list[KindCapability], Budget | None, str]:
         """What `principal` may ask of a model, from the same decision point."""
         handle = self.models.resolve(model, version)
-        self._check_purpose(purpose)
+        self.check_purpose(purpose)
+        caps = self.policy.capabilities(principal, handle.name, self.model_attributes(handle), purpose, consumption)
         out: list[KindCapability] = []
-        version_seen = self.pdp.version
-        for kind in Kind:
+        budget: Budget | None = None
+        for c in caps:
             available = [
                 m
-                for m in registry.names(kind)
-                if handle.card.differentiable or not registry.get(m).capabilities.white_box
+                for m in registry.names(c.kind)
+                if (handle.card.differentiable or not registry.get(m).capabilities.white_box)
+                and (not c.profile.methods or m in c.profile.methods)
             ]
             if not available:
                 continue
-            call = ExplainCall(kind=kind, purpose=purpose, consumption=consumption, params=None, features={})
-            try:
-                decision = self._decide(principal, handle, call, own=False)
-                submit = True
-            except PermissionDenied:
-                try:
-                    decision = self._decide(principal, handle, dataclasses.replace(call, features=None), True)
-                    submit = False
-                except PermissionDenied:
-                    continue
-            profile = decision.profile
-            if profile is None:
-                continue
-            methods = tuple(m for m in available if not profile.methods or m in profile.methods)
-            out.append(KindCapability(kind, decision.tier, methods, submit, profile.narrative_only, profile.top_k))
-            version_seen = decision.policy_version
-        return handle, out, version_seen
+            out.append(
+                KindCapability(
+                    c.kind, c.tier, tuple(available), c.may_submit_instances, c.profile.narrative_only, c.profile.top_k
+                )
+            )
+            if budget is None:
+                budget = self.guard.remaining(principal.id, handle.name, c.profile.privacy)
+        return handle, out, budget, self.policy.version
+
+
+_METHOD_ALIASES = {
+    (Kind.COUNTERFACTUAL, "gradient"): "counterfactual_gradient",
+    (Kind.COUNTERFACTUAL, "genetic"): "counterfactual_genetic",
+    (Kind.ROBUSTNESS, "l2"): "robustness_l2",
+    (Kind.ROBUSTNESS, "l0"): "robustness_l0",
+    (Kind.SAMPLE_IMPORTANCE, "nearest_neighbors"): "nearest_neighbours",
+}
+"""Short wire names of methods."""

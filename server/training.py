@@ -113,9 +113,7 @@ def train_credit(
     if dp and delta is None:
         delta = 1.0 / len(train_idx)
 
-    fit: FitResult = fit_mlp(
-        x, y, seed=seed, epochs=epochs, dp_epsilon=epsilon if dp else None, dp_delta=delta
-    )
+    fit: FitResult = fit_mlp(x, y, seed=seed, epochs=epochs, dp_epsilon=epsilon if dp else None, dp_delta=delta)
     out_dir.mkdir(parents=True, exist_ok=True)
     artifact = out_dir / "model.pt2"
     export_probability_module(fit.module, n_columns=schema.n_columns, path=artifact)
@@ -205,9 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.dp and (args.epsilon is not None or args.delta is not None):
         parser.error("--epsilon and --delta need --dp")
     started = time.perf_counter()
-    run = train_credit(
-        args.out, seed=args.seed, dp=args.dp, epsilon=args.epsilon, delta=args.delta, epochs=args.epochs
-    )
+    run = train_credit(args.out, seed=args.seed, dp=args.dp, epsilon=args.epsilon, delta=args.delta, epochs=args.epochs)
     print(
         f"wrote {args.out}: holdout accuracy {run.holdout_accuracy:.3f}, AUC {run.holdout_auc:.3f}, "
         f"dp_trained={run.card.privacy.dp_trained} ε={run.card.privacy.epsilon:.3g} "

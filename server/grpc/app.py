@@ -8,6 +8,8 @@ certificate paths are configured; message-size limits from settings.
 
 from __future__ import annotations
 
+import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +21,14 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 import desiderata.explainers  # noqa: F401  (registers the built-in methods)
-from desiderata.policy.decision import EngineersOnlyPDP, PolicyDecisionPoint
-from desiderata.policy.model import BUILTIN_PURPOSES
+from desiderata.policy.audit import AuditLog
+from desiderata.policy.audit_sqlite import SqliteAuditLog
+from desiderata.policy.extraction_monitor import ExtractionMonitor
+from desiderata.policy.feedback import FeedbackStore
+from desiderata.policy.guard import PrivacyGuard
+from desiderata.policy.ledger import BudgetLedger
+from desiderata.policy.ledger_sqlite import SqliteLedger
+from desiderata.policy.store import PolicyStore, default_bundle_dir
 from desiderata.server.config import DEMO_KEYS, Settings
 from desiderata.server.decision_store import SqliteDecisionStore
 from desiderata.server.grpc.interceptors import AuthInterceptor, RequestIdInterceptor
@@ -34,7 +42,7 @@ from desiderata.v1 import (
     model_service_pb2_grpc,
 )
 
-__all__ = ["App", "build_server"]
+__all__ = ["App", "build_pipeline", "build_server"]
 
 SERVICE_NAMES = (
     explanation_service_pb2.DESCRIPTOR.services_by_name["ExplanationService"].full_name,
@@ -59,6 +67,7 @@ class App:
     host: str = "127.0.0.1"
 
     async def start(self) -> None:
+        self.pipeline.policy.start()
         await self.server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -67,6 +76,7 @@ class App:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace_s)
+        self.pipeline.policy.stop()
         self.pipeline.close()
 
 
@@ -82,20 +92,59 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-def build_server(settings: Settings, pdp: PolicyDecisionPoint | None = None) -> App:
-    """Loads the models and stores, and binds the port (not started yet)."""
+def _secret(settings: Settings) -> bytes:
+    """The noise key: configured file, or one created once in the state folder (mode 0600)."""
+    path = settings.privacy.secret_file or settings.store.state_dir / "noise.key"
+    if not path.exists() and settings.privacy.secret_file is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secrets.token_bytes(32))
+    key = path.read_bytes()
+    if len(key) < 16:
+        raise ValueError(f"privacy secret {path} is shorter than 16 bytes")
+    return key
+
+
+def _audit_log(settings: Settings) -> AuditLog:
+    if settings.audit.backend == "postgres":
+        from desiderata.policy.audit_postgres import PostgresAuditLog
+
+        return PostgresAuditLog(settings.audit.postgres_dsn)
+    return SqliteAuditLog(settings.audit.sqlite_path or settings.store.state_dir / "audit.sqlite")
+
+
+def _ledger(settings: Settings) -> BudgetLedger:
+    if settings.privacy.ledger == "redis":
+        from desiderata.policy.ledger_redis import RedisLedger
+
+        return RedisLedger(settings.privacy.redis_url)
+    return SqliteLedger(settings.privacy.sqlite_path or settings.store.state_dir / "ledger.sqlite")
+
+
+def build_pipeline(settings: Settings) -> tuple[Pipeline, bool]:
+    """Loads models, policy and stores (refusing to boot on any bad one); True when serving the demo."""
     torch.set_num_threads(settings.models.torch_threads)
-    models_path = settings.models.path or BUILTIN_DEMO
-    demo = settings.models.path is None
-    repo = ModelRepository(Path(models_path), skip_broken=settings.models.skip_broken)
-    store = SqliteDecisionStore(settings.store.decisions_path or settings.store.state_dir / "decisions.sqlite")
+    repo = ModelRepository(Path(settings.models.path or BUILTIN_DEMO), skip_broken=settings.models.skip_broken)
+    state = settings.store.state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    policy = PolicyStore(settings.policy.bundle_dir or default_bundle_dir(), settings.policy.reload_interval_s)
     pipeline = Pipeline(
         models=repo,
-        decisions=store,
-        pdp=pdp or EngineersOnlyPDP(frozenset(BUILTIN_PURPOSES)),
+        decisions=SqliteDecisionStore(settings.store.decisions_path or state / "decisions.sqlite"),
+        policy=policy,
+        audit=_audit_log(settings),
+        guard=PrivacyGuard(_ledger(settings), _secret(settings), ExtractionMonitor()),
+        feedback=FeedbackStore(settings.store.feedback_path or state / "feedback.sqlite"),
         settings=settings.explain,
         workers=settings.server.workers,
     )
+    return pipeline, settings.models.path is None
+
+
+def build_server(settings: Settings) -> App:
+    """Loads the models, policy and stores, and binds the port (not started yet)."""
+    pipeline, demo = build_pipeline(settings)
     keys = list(settings.auth.api_keys)
     demo_keys = settings.auth.demo_keys if settings.auth.demo_keys is not None else demo
     if demo_keys:

@@ -13,25 +13,30 @@ import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from desiderata.explainers.base import Kind
+from desiderata.explainers.recourse_narrative import recourse_narrative
 from desiderata.explainers.types import (
     AttributionParams,
     AttributionResult,
+    Counterfactual,
     CounterfactualParams,
     CounterfactualResult,
+    FeatureChange,
     FeatureConstraint,
     RobustnessParams,
     RobustnessResult,
     SampleImportanceParams,
     SampleImportanceResult,
 )
+from desiderata.policy.guard import Budget
 from desiderata.policy.model import Consumption
 from desiderata.server.errors import FieldViolation, InvalidArgument
 from desiderata.server.model_card import FeatureValue, ModelCard
-from desiderata.server.pipeline import ExplainCall, ServedExplanation
+from desiderata.server.served import ExplainCall, ServedExplanation
 from desiderata.v1 import model_service_pb2 as ms
 from desiderata.v1 import types_pb2 as pb
 
 __all__ = [
+    "budget_to_proto",
     "card_to_proto",
     "explain_call",
     "explanation_to_proto",
@@ -229,26 +234,94 @@ def prediction_to_proto(card: ModelCard, probs: np.ndarray) -> pb.Prediction:
     )
 
 
-def _attribution(card: ModelCard, r: AttributionResult) -> pb.FeatureAttribution:
+def _attribution(card: ModelCard, r: AttributionResult, served: ServedExplanation) -> pb.FeatureAttribution:
+    d = served.disclosure
     labels = {f.name: f.label for f in card.features}
-    order = np.argsort(-np.abs(r.values), kind="stable")
-    ranks = np.empty(len(order), dtype=int)
-    ranks[order] = np.arange(1, len(order) + 1)
-    shares = r.shares
-    out = pb.FeatureAttribution(
-        target_class=card.class_names[r.target_class], output=r.output, baseline_output=r.baseline_output
-    )
-    for i in order:
+    out = pb.FeatureAttribution(target_class=card.class_names[r.target_class])
+    if d.narrative_only:  # sentences, not numbers
+        return out
+    out.output, out.baseline_output = r.output, r.baseline_output
+    finite = np.where(np.isfinite(r.values), r.values, 0.0)
+    order = np.argsort(-np.abs(finite), kind="stable")
+    shares = d.shares if d.shares else dict(zip(r.players, r.shares.tolist(), strict=True))
+    for rank, i in enumerate(order, start=1):
+        if not math.isfinite(float(r.values[i])):
+            continue
         a = out.attributions.add(
             feature=r.players[i],
             display_name=labels.get(r.players[i], r.players[i]),
             value=float(r.values[i]),
-            share=float(shares[i]),
-            rank=int(ranks[i]),
+            share=float(shares.get(r.players[i], 0.0)),
+            rank=rank,
         )
-        if r.std_errors is not None:
+        if r.std_errors is not None and math.isfinite(float(r.std_errors[i])):
             a.std_error = float(r.std_errors[i])
     return out
+
+
+def _change(card: ModelCard, c: FeatureChange) -> pb.FeatureChange:
+    labels = {f.name: f.label for f in card.features}
+    return pb.FeatureChange(
+        feature=c.feature,
+        display_name=labels.get(c.feature, c.feature),
+        from_value=value_to_proto(c.from_value),
+        to_value=value_to_proto(c.to_value),
+    )
+
+
+def _counterfactuals(card: ModelCard, r: CounterfactualResult) -> pb.Counterfactuals:
+    out = pb.Counterfactuals(reason_none=r.reason_none)
+    for cf in r.counterfactuals:
+        out.counterfactuals.add(
+            changes=[_change(card, c) for c in cf.changes],
+            prediction=prediction_to_proto(card, cf.probabilities),
+            valid=cf.valid,
+            normalized_l1_distance=_finite(cf.normalized_l1_distance),
+            features_changed=cf.features_changed,
+            plausibility_distance=_finite(cf.plausibility_distance),
+            off_manifold=cf.off_manifold,
+            narrative=_recourse(card, cf),
+        )
+    return out
+
+
+def _recourse(card: ModelCard, cf: Counterfactual) -> str:
+    try:
+        return recourse_narrative(card, cf)
+    except ValueError:  # a change the narrative may not voice (e.g. an immutable feature)
+        return ""
+
+
+def _samples(r: SampleImportanceResult) -> pb.InfluentialSamples:
+    out = pb.InfluentialSamples(aggregate=r.aggregate, next_page_token=r.next_page_token)
+    for s in r.samples:
+        item = out.samples.add(
+            sample_id=s.sample_id,
+            label=s.label,
+            influence=_finite(s.influence),
+            relative_influence=_finite(s.relative_influence),
+            self_influence=_finite(s.self_influence),
+            outlier=s.outlier,
+        )
+        if s.row is not None:
+            item.row.features.extend(pb.Feature(name=k, value=value_to_proto(v)) for k, v in s.row.items())
+    return out
+
+
+def _robustness(card: ModelCard, r: RobustnessResult) -> pb.Robustness:
+    out = pb.Robustness(
+        distance=_finite(r.distance),
+        norm=r.norm,
+        found=r.found,
+        perturbation=[_change(card, c) for c in r.perturbation],
+    )
+    if r.flipped_probabilities is not None:
+        out.flipped_prediction.CopyFrom(prediction_to_proto(card, r.flipped_probabilities))
+    return out
+
+
+def _finite(x: float) -> float:
+    return float(x) if math.isfinite(float(x)) else 0.0
 
 
 def explanation_to_proto(served: ServedExplanation) -> pb.Explanation:
@@ -268,9 +341,10 @@ def explanation_to_proto(served: ServedExplanation) -> pb.Explanation:
         created_at=timestamp(served.created_at),
         recorded_decision_id=served.recorded_decision_id,
     )
-    if isinstance(ex.result, AttributionResult):
-        out.feature_attribution.CopyFrom(_attribution(card, ex.result))
-        p = ex.parameters
+    p = ex.parameters
+    r = ex.result
+    if isinstance(r, AttributionResult):
+        out.feature_attribution.CopyFrom(_attribution(card, r, served))
         out.params.attribution.CopyFrom(
             pb.AttributionParams(
                 method=ex.method,
@@ -278,12 +352,19 @@ def explanation_to_proto(served: ServedExplanation) -> pb.Explanation:
                 integration_rule=str(p.get("integration_rule", "")),
                 baseline=str(p.get("baseline", "")),
                 max_samples=int(p.get("max_samples", 0)),
-                target_class=card.class_names[ex.result.target_class],
+                target_class=card.class_names[r.target_class],
                 seed=int(p.get("seed", 0)),
             )
         )
-    elif isinstance(ex.result, (CounterfactualResult, SampleImportanceResult, RobustnessResult)):
-        raise NotImplementedError("wire conversion of this family lands with its explainer")
+    elif isinstance(r, CounterfactualResult):
+        out.counterfactuals.CopyFrom(_counterfactuals(card, r))
+        out.params.counterfactual.method = ex.method
+    elif isinstance(r, SampleImportanceResult):
+        out.influential_samples.CopyFrom(_samples(r))
+        out.params.sample_importance.method = ex.method
+    else:
+        out.robustness.CopyFrom(_robustness(card, r))
+        out.params.robustness.norm = r.norm
     q = ex.quality
     quality = out.quality
     for name in (
@@ -295,7 +376,7 @@ def explanation_to_proto(served: ServedExplanation) -> pb.Explanation:
         "rank_agreement",
     ):
         value = getattr(q, name)
-        if value is not None:
+        if value is not None and math.isfinite(float(value)):
             setattr(quality, name, float(value))
     quality.agreement_method = q.agreement_method
     quality.model_evaluations = q.model_evaluations
@@ -319,6 +400,21 @@ def explanation_to_proto(served: ServedExplanation) -> pb.Explanation:
             notes=list(d.notes),
         )
     )
+    if d.budget is not None:
+        out.disclosure.budget.CopyFrom(budget_to_proto(d.budget))
+    return out
+
+
+def budget_to_proto(b: Budget) -> pb.Budget:
+    out = pb.Budget()
+    if b.privacy.epsilon_limit is not None or b.privacy.rho > 0:
+        out.epsilon_spent = b.privacy.epsilon
+    if b.privacy.epsilon_remaining is not None:
+        out.epsilon_remaining = b.privacy.epsilon_remaining
+    if b.queries_remaining is not None:
+        out.queries_remaining = b.queries_remaining
+    elif b.answers_remaining is not None:
+        out.queries_remaining = b.answers_remaining
     return out
 
 

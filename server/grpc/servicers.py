@@ -18,7 +18,8 @@ from desiderata.policy.model import Consumption
 from desiderata.server.errors import InvalidArgument
 from desiderata.server.grpc import convert
 from desiderata.server.grpc.interceptors import current_principal
-from desiderata.server.pipeline import Pipeline, ServedExplanation
+from desiderata.server.pipeline import Pipeline
+from desiderata.server.served import ServedExplanation
 from desiderata.v1 import explanation_service_pb2 as es
 from desiderata.v1 import explanation_service_pb2_grpc as es_grpc
 from desiderata.v1 import model_service_pb2 as ms
@@ -132,7 +133,7 @@ class ExplanationServicer(es_grpc.ExplanationServiceServicer):
             raise InvalidArgument.single("model", "required")
         if not request.purpose:
             raise InvalidArgument.single("purpose", "required: the purpose to check capabilities for")
-        handle, caps, policy_version = self._pipeline.capabilities(
+        handle, caps, budget, policy_version = self._pipeline.capabilities(
             principal, request.model, request.model_version, request.purpose, consumption
         )
         out = es.GetCapabilitiesResponse(
@@ -141,6 +142,8 @@ class ExplanationServicer(es_grpc.ExplanationServiceServicer):
             role=principal.role,
             policy_version=policy_version,
         )
+        if budget is not None:
+            out.budget.CopyFrom(convert.budget_to_proto(budget))
         for c in caps:
             out.capabilities.add(
                 kind=convert.KIND_TO_PROTO[c.kind],

@@ -142,13 +142,14 @@ async def test_other_subjects_decision_is_permission_denied(tiny_server: Running
     assert err.code == grpc.StatusCode.PERMISSION_DENIED
 
 
-async def test_non_engineers_are_denied_until_the_policy_layer(tiny_server: Running, eng: AsyncClient) -> None:
+async def test_policy_denial_carries_decision_id_and_reasons(tiny_server: Running, eng: AsyncClient) -> None:
+    # The shipped bundle gives loan officers nothing for debugging (nor outside their domain).
     async with AsyncClient(tiny_server.address, api_key="k-officer") as officer:
         err = await _error(officer.explain("tiny", INSTANCE, purpose="debugging"))
         caps = await officer.capabilities("tiny", purpose="debugging")
     assert err.code == grpc.StatusCode.PERMISSION_DENIED
     assert err.details.metadata["decision_id"].startswith("dec_")
-    assert err.details.metadata["reasons"] == "foundation.engineers_only"
+    assert err.details.metadata["reasons"] == "policy.default_deny"
     assert list(caps.capabilities) == []
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _cf_models import mixed_model
+from tests.unit.explainers._cf_models import mixed_model
 
 from desiderata.explainers.base import ExplainContext
 from desiderata.explainers.counterfactual_constraints import build_feasible_set

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _cf_models import credit_model
-from _dice_adapter import DiceOver
+from tests.unit.explainers._cf_models import credit_model
+from tests.unit.explainers._dice_adapter import DiceOver
 
 from desiderata.explainers.base import ExplainContext
 from desiderata.explainers.counterfactual_constraints import build_feasible_set

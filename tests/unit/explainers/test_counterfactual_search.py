@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from _cf_models import linear_model, mixed_model
+from tests.unit.explainers._cf_models import linear_model, mixed_model
 
 from desiderata.explainers.base import ExplainContext
 from desiderata.explainers.counterfactual_common import CounterfactualOptions

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from attribution_models import TorchModel, instance, make_mlp, numeric
+from tests.unit.explainers.attribution_models import TorchModel, instance, make_mlp, numeric
 
 from desiderata.explainers.base import ExplainContext
 from desiderata.explainers.gradients import ExpectedGradients, GradientXInput, SmoothGrad, smoothgrad_noise

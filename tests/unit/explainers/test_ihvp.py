@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _credit import credit, mlp, train_full_batch
+from tests.unit.explainers._credit import credit, mlp, train_full_batch
 from scipy.stats import spearmanr
 
 from desiderata.explainers._ihvp import (

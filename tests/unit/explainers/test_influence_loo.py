@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from _credit import Logistic, credit, reference
+from tests.unit.explainers._credit import Logistic, credit, reference
 
 from desiderata.explainers.influence_config import InfluenceConfig
 from desiderata.explainers.influence_index import build_index

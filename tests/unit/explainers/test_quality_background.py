@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from attribution_models import TorchModel, instance
+from tests.unit.explainers.attribution_models import TorchModel, instance
 
 from desiderata.explainers import registry
 from desiderata.explainers.background import Background, clear_cache, summarize, weighted_kmeans

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _cf_models import MIXED_SPECS
+from tests.unit.explainers._cf_models import MIXED_SPECS
 
 from desiderata.explainers.recourse_narrative import recourse_narrative
 from desiderata.explainers.types import Counterfactual, FeatureChange

@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from _cf_models import linear_model, mixed_model
+from tests.unit.explainers._cf_models import linear_model, mixed_model
 
 from desiderata.explainers.base import ExplainContext
 from desiderata.explainers.counterfactual_constraints import mad_scale

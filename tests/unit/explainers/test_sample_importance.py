@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from _credit import FakeModel, credit, export_roundtrip, mlp, reference
+from tests.unit.explainers._credit import FakeModel, credit, export_roundtrip, mlp, reference
 
 from desiderata.explainers import registry
 from desiderata.explainers.base import ExplainContext, Kind
@@ -117,7 +117,7 @@ def test_outliers_relative_ranking_rows_and_aggregate(tmp_path: Path) -> None:
     x[0, :9] = data.raw_x[:, :9].max(0) * 3
     y[0] = 1 - y[0]
     module = torch.nn.Sequential(_Standardise(data.mean, data.std), *list(mlp(x.shape[1], 8, seed=5)))
-    from _credit import train_full_batch
+    from tests.unit.explainers._credit import train_full_batch
 
     train_full_batch(module, x, y, l2=1e-3, steps=60)
     (tmp_path / "influence.yaml").write_text("outlier_mad_k: 1.5\n")

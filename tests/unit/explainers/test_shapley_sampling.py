@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from attribution_models import TorchModel, instance
+from tests.unit.explainers.attribution_models import TorchModel, instance
 
 from desiderata.explainers.background import Background
 from desiderata.explainers.base import ExplainContext
