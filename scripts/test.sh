@@ -16,6 +16,6 @@ ruff format --check server policy explainers clients/python/src
 echo "== mypy --strict"
 PYTHON="$venv/bin/python" bash scripts/typecheck.sh
 echo "== policy bundle"
-desiderata policy test "$(python -c 'from desiderata.policy.policy_bundle import default_bundle_dir; print(default_bundle_dir())')"
+desiderata policy test policy/bundle
 echo "== pytest"
 python -m pytest -p no:cacheprovider "$@"

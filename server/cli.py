@@ -3,6 +3,9 @@
     desiderata serve [--port N] [--host H] [--models DIR] [--config FILE]
     desiderata explain --model credit --feature income=2500 ... [--address A] [--key K]
     desiderata train --out DIR [--seed S] [--dp --epsilon E --delta D]
+    desiderata policy validate|test|explain DIR ...
+    desiderata audit verify --sqlite FILE | --postgres DSN
+    desiderata feedback export OUT [--format jsonl|csv]
 
 `serve` with no arguments serves the built-in demo and prints where it listens
 and one demo key per stakeholder role.
@@ -93,7 +96,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from desiderata.server import training
+    from desiderata.server.training import main as train_main
 
     argv = ["--out", str(args.out), "--seed", str(args.seed)]
     if args.dp:
@@ -102,7 +105,7 @@ def _train(args: argparse.Namespace) -> int:
             argv += ["--epsilon", str(args.epsilon)]
         if args.delta is not None:
             argv += ["--delta", str(args.delta)]
-    return int(training.main(argv) or 0)
+    return int(train_main(argv) or 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,7 +139,55 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epsilon", type=float)
     train.add_argument("--delta", type=float)
     train.set_defaults(func=_train)
+    for name, help_text in (
+        ("policy", "policy owners' tools: validate DIR | test DIR | explain DIR ..."),
+        ("audit", "audit log tools: verify --sqlite FILE | --postgres DSN"),
+        ("feedback", "feedback tools: export OUT [--format jsonl|csv]"),
+    ):
+        tool = sub.add_parser(name, help=help_text, add_help=False)
+        tool.add_argument("tool")
+        tool.add_argument("rest", nargs=argparse.REMAINDER)
+        tool.set_defaults(func=_tool)
     return parser
+
+
+def _feedback_export(argv: list[str]) -> int:
+    from desiderata.policy.feedback import FeedbackStore
+    from desiderata.server.config import Settings
+
+    parser = argparse.ArgumentParser(prog="desiderata feedback export")
+    parser.add_argument("out", type=Path, help="output file")
+    parser.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    parser.add_argument("--model", default="")
+    parser.add_argument("--config", type=Path)
+    args = parser.parse_args(argv)
+    settings = Settings.load(args.config)
+    store = FeedbackStore(settings.store.feedback_path or settings.store.state_dir / "feedback.sqlite")
+    try:
+        n = store.export(args.out, args.format, args.model)
+    finally:
+        store.close()
+    print(f"exported {n} feedback record(s) to {args.out}")
+    return 0
+
+
+def _tool(args: argparse.Namespace) -> int:
+    """`policy ...`, `audit verify ...` and `feedback export ...`: argument parsing is theirs."""
+    from desiderata.policy import cli as policy_cli
+
+    table = {
+        ("policy", "validate"): policy_cli.run_validate,
+        ("policy", "test"): policy_cli.run_test,
+        ("policy", "explain"): policy_cli.run_explain,
+        ("audit", "verify"): policy_cli.run_audit_verify,
+        ("feedback", "export"): _feedback_export,
+    }
+    run = table.get((args.command, args.tool))
+    if run is None:
+        known = sorted(t for c, t in table if c == args.command)
+        print(f"desiderata {args.command}: unknown subcommand {args.tool!r}; one of {known}", file=sys.stderr)
+        return 2
+    return int(run(list(args.rest)))
 
 
 def main(argv: list[str] | None = None) -> int:

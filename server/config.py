@@ -108,6 +108,8 @@ class ApiKey(BaseModel):
     """Hex SHA-256 of the key: the way to configure production keys."""
     subject_id: str = ""
     """For end users: the subject whose recorded decisions they may explain."""
+    attributes: dict[str, str] = Field(default_factory=dict)
+    """Principal attributes policies may test, e.g. {"domain": "credit"} for a loan officer."""
 
     @model_validator(mode="after")
     def _one_key(self) -> ApiKey:
@@ -128,6 +130,7 @@ DEMO_KEYS: tuple[ApiKey, ...] = tuple(
         role=role,
         key=f"demo-{role}-key",
         subject_id="applicant-0001" if role == "end_user" else "",
+        attributes={"domain": "credit"} if role == "domain_expert" else {},
     )
     for role in ("ml_engineer", "domain_expert", "end_user", "regulator", "executive")
 )

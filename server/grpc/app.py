@@ -32,10 +32,14 @@ from desiderata.policy.store import PolicyStore, default_bundle_dir
 from desiderata.server.config import DEMO_KEYS, Settings
 from desiderata.server.decision_store import SqliteDecisionStore
 from desiderata.server.grpc.interceptors import AuthInterceptor, RequestIdInterceptor
+from desiderata.server.grpc.policy_servicers import AuditServicer
 from desiderata.server.grpc.servicers import ExplanationServicer, ModelServicer
 from desiderata.server.model_repository import BUILTIN_DEMO, ModelRepository
 from desiderata.server.pipeline import Pipeline
+from desiderata.server.policy_services import PolicyServices
 from desiderata.v1 import (
+    audit_service_pb2,
+    audit_service_pb2_grpc,
     explanation_service_pb2,
     explanation_service_pb2_grpc,
     model_service_pb2,
@@ -47,6 +51,7 @@ __all__ = ["App", "build_pipeline", "build_server"]
 SERVICE_NAMES = (
     explanation_service_pb2.DESCRIPTOR.services_by_name["ExplanationService"].full_name,
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+    audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
 
 
@@ -145,6 +150,7 @@ def build_pipeline(settings: Settings) -> tuple[Pipeline, bool]:
 def build_server(settings: Settings) -> App:
     """Loads the models, policy and stores, and binds the port (not started yet)."""
     pipeline, demo = build_pipeline(settings)
+    services = PolicyServices(pipeline)
     keys = list(settings.auth.api_keys)
     demo_keys = settings.auth.demo_keys if settings.auth.demo_keys is not None else demo
     if demo_keys:
@@ -161,8 +167,9 @@ def build_server(settings: Settings) -> App:
         options=options,
     )
     explanation_service_pb2_grpc.add_ExplanationServiceServicer_to_server(
-        ExplanationServicer(pipeline, settings.server.default_deadline_s), server
+        ExplanationServicer(pipeline, settings.server.default_deadline_s, services), server
     )
+    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(services), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelServicer(pipeline, settings.server.default_deadline_s), server
     )

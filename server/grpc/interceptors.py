@@ -176,7 +176,10 @@ class AuthInterceptor(_Interceptor):
     """
 
     def __init__(self, keys: Iterable[ApiKey]) -> None:
-        self._by_digest = {k.digest: Principal(id=k.principal, role=k.role, subject_id=k.subject_id) for k in keys}
+        self._by_digest = {
+            k.digest: Principal(id=k.principal, role=k.role, subject_id=k.subject_id, attributes=dict(k.attributes))
+            for k in keys
+        }
 
     def authenticate(self, metadata: dict[str, str]) -> Principal:
         token = metadata.get("x-api-key", "")

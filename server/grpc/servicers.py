@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,7 +19,9 @@ from desiderata.policy.model import Consumption
 from desiderata.server.errors import InvalidArgument
 from desiderata.server.grpc import convert
 from desiderata.server.grpc.interceptors import current_principal
+from desiderata.server.grpc.policy_servicers import feedback_request, global_summary_response
 from desiderata.server.pipeline import Pipeline
+from desiderata.server.policy_services import PolicyServices
 from desiderata.server.served import ServedExplanation
 from desiderata.v1 import explanation_service_pb2 as es
 from desiderata.v1 import explanation_service_pb2_grpc as es_grpc
@@ -45,9 +48,26 @@ def _deadline(context: Ctx, default_s: float) -> float:
 class ExplanationServicer(es_grpc.ExplanationServiceServicer):
     """ExplanationService over the pipeline."""
 
-    def __init__(self, pipeline: Pipeline, default_deadline_s: float) -> None:
+    def __init__(self, pipeline: Pipeline, default_deadline_s: float, services: PolicyServices) -> None:
         self._pipeline = pipeline
         self._default_deadline_s = default_deadline_s
+        self._services = services
+
+    async def GetGlobalSummary(self, request: es.GetGlobalSummaryRequest, context: Ctx) -> es.GetGlobalSummaryResponse:
+        if not request.model:
+            raise InvalidArgument.single("model", "required")
+        if not request.purpose:
+            raise InvalidArgument.single("purpose", "required")
+        summary, decision = await self._services.global_summary(
+            current_principal.get(), request.model, request.purpose, _deadline(context, self._default_deadline_s)
+        )
+        return global_summary_response(self._services, summary, decision)
+
+    async def SubmitFeedback(self, request: es.SubmitFeedbackRequest, context: Ctx) -> es.SubmitFeedbackResponse:
+        stored, decision = self._services.submit_feedback(current_principal.get(), feedback_request(request))
+        out = es.SubmitFeedbackResponse(decision_id=decision.decision_id)
+        out.recorded_at.FromDatetime(datetime.fromisoformat(stored.time))
+        return out
 
     async def Explain(self, request: es.ExplainRequest, context: Ctx) -> es.ExplainResponse:
         call = convert.explain_call(

@@ -21,13 +21,14 @@ from desiderata.client import Client, DesiderataRpcError
 ADDRESS = re.compile(r"desiderata listening on (\S+:\d+)")
 
 
-def _start(
-    args: list[str], tmp_path: Path, extra_lines: int = 0
-) -> tuple[subprocess.Popen[str], str, list[str]]:
+def _start(args: list[str], tmp_path: Path, extra_lines: int = 0) -> tuple[subprocess.Popen[str], str, list[str]]:
     env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"), "DESIDERATA_LOGGING__LEVEL": "warning"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "desiderata.server.cli", "serve", "--port", "0", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     lines: list[str] = []
     deadline = time.monotonic() + 90
@@ -109,7 +110,10 @@ def test_broken_model_stops_the_boot_with_a_clear_message(tiny_repo: Path, tmp_p
     env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
     done = subprocess.run(
         [sys.executable, "-m", "desiderata.server.cli", "serve", "--port", "0", "--models", str(repo)],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert done.returncode == 1
     assert "invalid model card" in done.stderr and "card.yaml" in done.stderr
@@ -120,6 +124,8 @@ def test_bad_configuration_is_refused(tmp_path: Path) -> None:
     config.write_text("server:\n  port: 99999\n")
     done = subprocess.run(
         [sys.executable, "-m", "desiderata.server.cli", "serve", "--config", str(config)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 2 and "port" in done.stderr

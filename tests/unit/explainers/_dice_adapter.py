@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from tests.unit.explainers._cf_models import TorchModel
 
 ACTIONABLE = ["seniority", "home", "time", "job", "expenses", "income", "assets", "debt", "amount", "price"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.unit.explainers._cf_models import mixed_model
 
 from desiderata.explainers.base import ExplainContext
 from desiderata.explainers.counterfactual_constraints import build_feasible_set
@@ -14,6 +13,7 @@ from desiderata.explainers.counterfactual_genetic import GeneticCounterfactual
 from desiderata.explainers.counterfactual_gradient import GradientCounterfactual
 from desiderata.explainers.types import CounterfactualParams, FeatureConstraint
 from desiderata.server.errors import InvalidArgument
+from tests.unit.explainers._cf_models import mixed_model
 
 torch.set_num_threads(1)
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.unit.explainers._cf_models import credit_model
-from tests.unit.explainers._dice_adapter import DiceOver
 
 from desiderata.explainers.base import ExplainContext
 from desiderata.explainers.counterfactual_constraints import build_feasible_set
 from desiderata.explainers.counterfactual_genetic import GeneticCounterfactual
 from desiderata.explainers.counterfactual_gradient import GradientCounterfactual
 from desiderata.explainers.types import CounterfactualParams
+from tests.unit.explainers._cf_models import credit_model
+from tests.unit.explainers._dice_adapter import DiceOver
 
 torch.set_num_threads(1)
 N_INPUTS = 10  # 100 in bench/counterfactual_bench.py; DiCE takes seconds per input

@@ -9,7 +9,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from tests.unit.explainers._cf_models import linear_model, mixed_model
 
 from desiderata.explainers.base import ExplainContext
 from desiderata.explainers.counterfactual_common import CounterfactualOptions
@@ -18,6 +17,7 @@ from desiderata.explainers.counterfactual_gradient import GradientCounterfactual
 from desiderata.explainers.types import CounterfactualParams, Explanation, FeatureConstraint
 from desiderata.server.errors import DeadlineExceeded
 from desiderata.server.model_card import FeatureSpec
+from tests.unit.explainers._cf_models import linear_model, mixed_model
 
 torch.set_num_threads(1)
 L2 = CounterfactualOptions(distance="l2", allow_training_rows=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.unit.explainers.attribution_models import TorchModel, instance, make_mlp, numeric
 
 from desiderata.explainers.base import ExplainContext
 from desiderata.explainers.gradients import ExpectedGradients, GradientXInput, SmoothGrad, smoothgrad_noise
@@ -13,6 +12,7 @@ from desiderata.explainers.integrated_gradients import IntegratedGradients
 from desiderata.explainers.lime import Lime
 from desiderata.explainers.types import AttributionParams, AttributionResult, Explanation
 from desiderata.server.errors import InvalidArgument
+from tests.unit.explainers.attribution_models import TorchModel, instance, make_mlp, numeric
 
 captum_attr = pytest.importorskip("captum.attr")
 

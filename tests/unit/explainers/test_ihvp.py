@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.unit.explainers._credit import credit, mlp, train_full_batch
 from scipy.stats import spearmanr
 
 from desiderata.explainers._ihvp import (
@@ -20,6 +19,7 @@ from desiderata.explainers._ihvp import (
     top_eigenvalue,
 )
 from desiderata.explainers._loss_grads import LossGrad
+from tests.unit.explainers._credit import credit, mlp, train_full_batch
 
 DAMPING = 0.05
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tests.unit.explainers._credit import Logistic, credit, reference
 
 from desiderata.explainers.influence_config import InfluenceConfig
 from desiderata.explainers.influence_index import build_index
+from tests.unit.explainers._credit import Logistic, credit, reference
 
 N_TRAIN = 1000
 L2 = 1e-2

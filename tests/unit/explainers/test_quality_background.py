@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.unit.explainers.attribution_models import TorchModel, instance
 
 from desiderata.explainers import registry
 from desiderata.explainers.background import Background, clear_cache, summarize, weighted_kmeans
@@ -14,6 +13,7 @@ from desiderata.explainers.quality import feature_agreement, rank_agreement
 from desiderata.explainers.shapley_exact import ExactShapley
 from desiderata.explainers.types import AttributionParams, AttributionResult
 from desiderata.server.errors import InvalidArgument
+from tests.unit.explainers.attribution_models import TorchModel, instance
 
 
 def test_rank_and_feature_agreement_by_hand() -> None:

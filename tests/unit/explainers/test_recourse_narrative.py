@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.unit.explainers._cf_models import MIXED_SPECS
 
 from desiderata.explainers.recourse_narrative import recourse_narrative
 from desiderata.explainers.types import Counterfactual, FeatureChange
 from desiderata.server.model_card import ModelCard
+from tests.unit.explainers._cf_models import MIXED_SPECS
 
 CARD = ModelCard(
     name="c", version="1", features=MIXED_SPECS, class_names=["bad", "good"], positive_class="good"

@@ -8,13 +8,13 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from tests.unit.explainers._cf_models import linear_model, mixed_model
 
 from desiderata.explainers.base import ExplainContext
 from desiderata.explainers.counterfactual_constraints import mad_scale
 from desiderata.explainers.robustness import RobustnessL0, RobustnessL2, model_robustness_score
 from desiderata.explainers.types import RobustnessParams
 from desiderata.server.model_card import FeatureSpec
+from tests.unit.explainers._cf_models import linear_model, mixed_model
 
 torch.set_num_threads(1)
 

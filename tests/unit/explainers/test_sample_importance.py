@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from tests.unit.explainers._credit import FakeModel, credit, export_roundtrip, mlp, reference
 
 from desiderata.explainers import registry
 from desiderata.explainers.base import ExplainContext, Kind
@@ -21,6 +20,7 @@ from desiderata.explainers.influence_config import InfluenceConfig
 from desiderata.explainers.influence_index import load_or_build_index, robust_threshold
 from desiderata.explainers.types import SampleImportanceParams, SampleImportanceResult
 from desiderata.server.errors import FailedPrecondition
+from tests.unit.explainers._credit import FakeModel, credit, export_roundtrip, mlp, reference
 
 N = 300
 

@@ -8,13 +8,13 @@ from math import factorial
 
 import numpy as np
 import pytest
-from tests.unit.explainers.attribution_models import TorchModel, instance
 
 from desiderata.explainers.background import Background
 from desiderata.explainers.base import ExplainContext
 from desiderata.explainers.shapley_exact import ExactShapley
 from desiderata.explainers.types import AttributionParams, AttributionResult
 from desiderata.server.errors import InvalidArgument
+from tests.unit.explainers.attribution_models import TorchModel, instance
 
 
 def _values(model: TorchModel, x: np.ndarray, bg: Background, params: AttributionParams) -> AttributionResult:

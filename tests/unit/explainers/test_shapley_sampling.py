@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-from tests.unit.explainers.attribution_models import TorchModel, instance
 
 from desiderata.explainers.background import Background
 from desiderata.explainers.base import ExplainContext
@@ -17,6 +16,7 @@ from desiderata.explainers.shapley_exact import ExactShapley
 from desiderata.explainers.shapley_permutation import PermutationShapley
 from desiderata.explainers.types import AttributionParams, AttributionResult, Explanation
 from desiderata.server.errors import DeadlineExceeded, InvalidArgument
+from tests.unit.explainers.attribution_models import TorchModel, instance
 
 METHODS = [PermutationShapley, KernelShap]
 

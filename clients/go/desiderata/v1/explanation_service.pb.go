@@ -12,6 +12,7 @@ package desideratav1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -23,6 +24,55 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+type FeedbackVerdict int32
+
+const (
+	FeedbackVerdict_FEEDBACK_VERDICT_UNSPECIFIED FeedbackVerdict = 0
+	FeedbackVerdict_FEEDBACK_VERDICT_AGREE       FeedbackVerdict = 1
+	FeedbackVerdict_FEEDBACK_VERDICT_DISAGREE    FeedbackVerdict = 2
+)
+
+// Enum value maps for FeedbackVerdict.
+var (
+	FeedbackVerdict_name = map[int32]string{
+		0: "FEEDBACK_VERDICT_UNSPECIFIED",
+		1: "FEEDBACK_VERDICT_AGREE",
+		2: "FEEDBACK_VERDICT_DISAGREE",
+	}
+	FeedbackVerdict_value = map[string]int32{
+		"FEEDBACK_VERDICT_UNSPECIFIED": 0,
+		"FEEDBACK_VERDICT_AGREE":       1,
+		"FEEDBACK_VERDICT_DISAGREE":    2,
+	}
+)
+
+func (x FeedbackVerdict) Enum() *FeedbackVerdict {
+	p := new(FeedbackVerdict)
+	*p = x
+	return p
+}
+
+func (x FeedbackVerdict) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FeedbackVerdict) Descriptor() protoreflect.EnumDescriptor {
+	return file_desiderata_v1_explanation_service_proto_enumTypes[0].Descriptor()
+}
+
+func (FeedbackVerdict) Type() protoreflect.EnumType {
+	return &file_desiderata_v1_explanation_service_proto_enumTypes[0]
+}
+
+func (x FeedbackVerdict) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FeedbackVerdict.Descriptor instead.
+func (FeedbackVerdict) EnumDescriptor() ([]byte, []int) {
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{0}
+}
 
 type ExplainRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -650,11 +700,434 @@ func (x *GetCapabilitiesResponse) GetPolicyVersion() string {
 	return ""
 }
 
+type GetGlobalSummaryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Model         string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	ModelVersion  string                 `protobuf:"bytes,2,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
+	Purpose       string                 `protobuf:"bytes,3,opt,name=purpose,proto3" json:"purpose,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetGlobalSummaryRequest) Reset() {
+	*x = GetGlobalSummaryRequest{}
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetGlobalSummaryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetGlobalSummaryRequest) ProtoMessage() {}
+
+func (x *GetGlobalSummaryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetGlobalSummaryRequest.ProtoReflect.Descriptor instead.
+func (*GetGlobalSummaryRequest) Descriptor() ([]byte, []int) {
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *GetGlobalSummaryRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *GetGlobalSummaryRequest) GetModelVersion() string {
+	if x != nil {
+		return x.ModelVersion
+	}
+	return ""
+}
+
+func (x *GetGlobalSummaryRequest) GetPurpose() string {
+	if x != nil {
+		return x.Purpose
+	}
+	return ""
+}
+
+// How much one feature matters on average.
+type FeatureImportance struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Feature     string                 `protobuf:"bytes,1,opt,name=feature,proto3" json:"feature,omitempty"`
+	DisplayName string                 `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	// Mean |attribution| (units of the class probability).
+	MeanAbsAttribution float64 `protobuf:"fixed64,3,opt,name=mean_abs_attribution,json=meanAbsAttribution,proto3" json:"mean_abs_attribution,omitempty"`
+	// Share of the summed mean |attribution| over all features.
+	Share         float64 `protobuf:"fixed64,4,opt,name=share,proto3" json:"share,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeatureImportance) Reset() {
+	*x = FeatureImportance{}
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeatureImportance) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeatureImportance) ProtoMessage() {}
+
+func (x *FeatureImportance) ProtoReflect() protoreflect.Message {
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeatureImportance.ProtoReflect.Descriptor instead.
+func (*FeatureImportance) Descriptor() ([]byte, []int) {
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *FeatureImportance) GetFeature() string {
+	if x != nil {
+		return x.Feature
+	}
+	return ""
+}
+
+func (x *FeatureImportance) GetDisplayName() string {
+	if x != nil {
+		return x.DisplayName
+	}
+	return ""
+}
+
+func (x *FeatureImportance) GetMeanAbsAttribution() float64 {
+	if x != nil {
+		return x.MeanAbsAttribution
+	}
+	return 0
+}
+
+func (x *FeatureImportance) GetShare() float64 {
+	if x != nil {
+		return x.Share
+	}
+	return 0
+}
+
+type ClassSummary struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Predicted class the rows are grouped by.
+	ClassLabel    string               `protobuf:"bytes,1,opt,name=class_label,json=classLabel,proto3" json:"class_label,omitempty"`
+	Rows          uint32               `protobuf:"varint,2,opt,name=rows,proto3" json:"rows,omitempty"`
+	Features      []*FeatureImportance `protobuf:"bytes,3,rep,name=features,proto3" json:"features,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClassSummary) Reset() {
+	*x = ClassSummary{}
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClassSummary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClassSummary) ProtoMessage() {}
+
+func (x *ClassSummary) ProtoReflect() protoreflect.Message {
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClassSummary.ProtoReflect.Descriptor instead.
+func (*ClassSummary) Descriptor() ([]byte, []int) {
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ClassSummary) GetClassLabel() string {
+	if x != nil {
+		return x.ClassLabel
+	}
+	return ""
+}
+
+func (x *ClassSummary) GetRows() uint32 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *ClassSummary) GetFeatures() []*FeatureImportance {
+	if x != nil {
+		return x.Features
+	}
+	return nil
+}
+
+type GetGlobalSummaryResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Model         string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	ModelVersion  string                 `protobuf:"bytes,2,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
+	Method        string                 `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	Classes       []*ClassSummary        `protobuf:"bytes,4,rep,name=classes,proto3" json:"classes,omitempty"`
+	Disclosure    *Disclosure            `protobuf:"bytes,5,opt,name=disclosure,proto3" json:"disclosure,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetGlobalSummaryResponse) Reset() {
+	*x = GetGlobalSummaryResponse{}
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetGlobalSummaryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetGlobalSummaryResponse) ProtoMessage() {}
+
+func (x *GetGlobalSummaryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetGlobalSummaryResponse.ProtoReflect.Descriptor instead.
+func (*GetGlobalSummaryResponse) Descriptor() ([]byte, []int) {
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *GetGlobalSummaryResponse) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *GetGlobalSummaryResponse) GetModelVersion() string {
+	if x != nil {
+		return x.ModelVersion
+	}
+	return ""
+}
+
+func (x *GetGlobalSummaryResponse) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *GetGlobalSummaryResponse) GetClasses() []*ClassSummary {
+	if x != nil {
+		return x.Classes
+	}
+	return nil
+}
+
+func (x *GetGlobalSummaryResponse) GetDisclosure() *Disclosure {
+	if x != nil {
+		return x.Disclosure
+	}
+	return nil
+}
+
+type SubmitFeedbackRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Model string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// Disclosure.decision_id of the explanation the feedback is about.
+	DecisionId    string          `protobuf:"bytes,2,opt,name=decision_id,json=decisionId,proto3" json:"decision_id,omitempty"`
+	ExplanationId string          `protobuf:"bytes,3,opt,name=explanation_id,json=explanationId,proto3" json:"explanation_id,omitempty"`
+	Verdict       FeedbackVerdict `protobuf:"varint,4,opt,name=verdict,proto3,enum=desiderata.v1.FeedbackVerdict" json:"verdict,omitempty"`
+	// Features that should matter / should not matter.
+	ShouldMatter    []string `protobuf:"bytes,5,rep,name=should_matter,json=shouldMatter,proto3" json:"should_matter,omitempty"`
+	ShouldNotMatter []string `protobuf:"bytes,6,rep,name=should_not_matter,json=shouldNotMatter,proto3" json:"should_not_matter,omitempty"`
+	Text            string   `protobuf:"bytes,7,opt,name=text,proto3" json:"text,omitempty"`
+	Purpose         string   `protobuf:"bytes,8,opt,name=purpose,proto3" json:"purpose,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *SubmitFeedbackRequest) Reset() {
+	*x = SubmitFeedbackRequest{}
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitFeedbackRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitFeedbackRequest) ProtoMessage() {}
+
+func (x *SubmitFeedbackRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitFeedbackRequest.ProtoReflect.Descriptor instead.
+func (*SubmitFeedbackRequest) Descriptor() ([]byte, []int) {
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *SubmitFeedbackRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *SubmitFeedbackRequest) GetDecisionId() string {
+	if x != nil {
+		return x.DecisionId
+	}
+	return ""
+}
+
+func (x *SubmitFeedbackRequest) GetExplanationId() string {
+	if x != nil {
+		return x.ExplanationId
+	}
+	return ""
+}
+
+func (x *SubmitFeedbackRequest) GetVerdict() FeedbackVerdict {
+	if x != nil {
+		return x.Verdict
+	}
+	return FeedbackVerdict_FEEDBACK_VERDICT_UNSPECIFIED
+}
+
+func (x *SubmitFeedbackRequest) GetShouldMatter() []string {
+	if x != nil {
+		return x.ShouldMatter
+	}
+	return nil
+}
+
+func (x *SubmitFeedbackRequest) GetShouldNotMatter() []string {
+	if x != nil {
+		return x.ShouldNotMatter
+	}
+	return nil
+}
+
+func (x *SubmitFeedbackRequest) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+func (x *SubmitFeedbackRequest) GetPurpose() string {
+	if x != nil {
+		return x.Purpose
+	}
+	return ""
+}
+
+type SubmitFeedbackResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Id of the policy decision that accepted the feedback.
+	DecisionId    string                 `protobuf:"bytes,1,opt,name=decision_id,json=decisionId,proto3" json:"decision_id,omitempty"`
+	RecordedAt    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=recorded_at,json=recordedAt,proto3" json:"recorded_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitFeedbackResponse) Reset() {
+	*x = SubmitFeedbackResponse{}
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitFeedbackResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitFeedbackResponse) ProtoMessage() {}
+
+func (x *SubmitFeedbackResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitFeedbackResponse.ProtoReflect.Descriptor instead.
+func (*SubmitFeedbackResponse) Descriptor() ([]byte, []int) {
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *SubmitFeedbackResponse) GetDecisionId() string {
+	if x != nil {
+		return x.DecisionId
+	}
+	return ""
+}
+
+func (x *SubmitFeedbackResponse) GetRecordedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RecordedAt
+	}
+	return nil
+}
+
 var File_desiderata_v1_explanation_service_proto protoreflect.FileDescriptor
 
 const file_desiderata_v1_explanation_service_proto_rawDesc = "" +
 	"\n" +
-	"'desiderata/v1/explanation_service.proto\x12\rdesiderata.v1\x1a\x19desiderata/v1/types.proto\"\xde\x02\n" +
+	"'desiderata/v1/explanation_service.proto\x12\rdesiderata.v1\x1a\x19desiderata/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\x02\n" +
 	"\x0eExplainRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12#\n" +
 	"\rmodel_version\x18\x02 \x01(\tR\fmodelVersion\x123\n" +
@@ -700,12 +1173,55 @@ const file_desiderata_v1_explanation_service_proto_rawDesc = "" +
 	"\x04role\x18\x03 \x01(\tR\x04role\x12A\n" +
 	"\fcapabilities\x18\x04 \x03(\v2\x1d.desiderata.v1.KindCapabilityR\fcapabilities\x12-\n" +
 	"\x06budget\x18\x05 \x01(\v2\x15.desiderata.v1.BudgetR\x06budget\x12%\n" +
-	"\x0epolicy_version\x18\x06 \x01(\tR\rpolicyVersion2\x80\x03\n" +
+	"\x0epolicy_version\x18\x06 \x01(\tR\rpolicyVersion\"n\n" +
+	"\x17GetGlobalSummaryRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12#\n" +
+	"\rmodel_version\x18\x02 \x01(\tR\fmodelVersion\x12\x18\n" +
+	"\apurpose\x18\x03 \x01(\tR\apurpose\"\x98\x01\n" +
+	"\x11FeatureImportance\x12\x18\n" +
+	"\afeature\x18\x01 \x01(\tR\afeature\x12!\n" +
+	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x120\n" +
+	"\x14mean_abs_attribution\x18\x03 \x01(\x01R\x12meanAbsAttribution\x12\x14\n" +
+	"\x05share\x18\x04 \x01(\x01R\x05share\"\x81\x01\n" +
+	"\fClassSummary\x12\x1f\n" +
+	"\vclass_label\x18\x01 \x01(\tR\n" +
+	"classLabel\x12\x12\n" +
+	"\x04rows\x18\x02 \x01(\rR\x04rows\x12<\n" +
+	"\bfeatures\x18\x03 \x03(\v2 .desiderata.v1.FeatureImportanceR\bfeatures\"\xdf\x01\n" +
+	"\x18GetGlobalSummaryResponse\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12#\n" +
+	"\rmodel_version\x18\x02 \x01(\tR\fmodelVersion\x12\x16\n" +
+	"\x06method\x18\x03 \x01(\tR\x06method\x125\n" +
+	"\aclasses\x18\x04 \x03(\v2\x1b.desiderata.v1.ClassSummaryR\aclasses\x129\n" +
+	"\n" +
+	"disclosure\x18\x05 \x01(\v2\x19.desiderata.v1.DisclosureR\n" +
+	"disclosure\"\xae\x02\n" +
+	"\x15SubmitFeedbackRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x1f\n" +
+	"\vdecision_id\x18\x02 \x01(\tR\n" +
+	"decisionId\x12%\n" +
+	"\x0eexplanation_id\x18\x03 \x01(\tR\rexplanationId\x128\n" +
+	"\averdict\x18\x04 \x01(\x0e2\x1e.desiderata.v1.FeedbackVerdictR\averdict\x12#\n" +
+	"\rshould_matter\x18\x05 \x03(\tR\fshouldMatter\x12*\n" +
+	"\x11should_not_matter\x18\x06 \x03(\tR\x0fshouldNotMatter\x12\x12\n" +
+	"\x04text\x18\a \x01(\tR\x04text\x12\x18\n" +
+	"\apurpose\x18\b \x01(\tR\apurpose\"v\n" +
+	"\x16SubmitFeedbackResponse\x12\x1f\n" +
+	"\vdecision_id\x18\x01 \x01(\tR\n" +
+	"decisionId\x12;\n" +
+	"\vrecorded_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"recordedAt*n\n" +
+	"\x0fFeedbackVerdict\x12 \n" +
+	"\x1cFEEDBACK_VERDICT_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16FEEDBACK_VERDICT_AGREE\x10\x01\x12\x1d\n" +
+	"\x19FEEDBACK_VERDICT_DISAGREE\x10\x022\xc4\x04\n" +
 	"\x12ExplanationService\x12H\n" +
 	"\aExplain\x12\x1d.desiderata.v1.ExplainRequest\x1a\x1e.desiderata.v1.ExplainResponse\x12`\n" +
 	"\x0fExplainDecision\x12%.desiderata.v1.ExplainDecisionRequest\x1a&.desiderata.v1.ExplainDecisionResponse\x12\\\n" +
 	"\rExplainStream\x12#.desiderata.v1.ExplainStreamRequest\x1a$.desiderata.v1.ExplainStreamResponse0\x01\x12`\n" +
-	"\x0fGetCapabilities\x12%.desiderata.v1.GetCapabilitiesRequest\x1a&.desiderata.v1.GetCapabilitiesResponseBz\n" +
+	"\x0fGetCapabilities\x12%.desiderata.v1.GetCapabilitiesRequest\x1a&.desiderata.v1.GetCapabilitiesResponse\x12c\n" +
+	"\x10GetGlobalSummary\x12&.desiderata.v1.GetGlobalSummaryRequest\x1a'.desiderata.v1.GetGlobalSummaryResponse\x12]\n" +
+	"\x0eSubmitFeedback\x12$.desiderata.v1.SubmitFeedbackRequest\x1a%.desiderata.v1.SubmitFeedbackResponseBz\n" +
 	"\x11dev.desiderata.v1B\x17ExplanationServiceProtoP\x01ZJgithub.com/desiderata-xai/desiderata/clients/go/desiderata/v1;desideratav1b\x06proto3"
 
 var (
@@ -720,53 +1236,72 @@ func file_desiderata_v1_explanation_service_proto_rawDescGZIP() []byte {
 	return file_desiderata_v1_explanation_service_proto_rawDescData
 }
 
-var file_desiderata_v1_explanation_service_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_desiderata_v1_explanation_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_desiderata_v1_explanation_service_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_desiderata_v1_explanation_service_proto_goTypes = []any{
-	(*ExplainRequest)(nil),          // 0: desiderata.v1.ExplainRequest
-	(*ExplainResponse)(nil),         // 1: desiderata.v1.ExplainResponse
-	(*ExplainDecisionRequest)(nil),  // 2: desiderata.v1.ExplainDecisionRequest
-	(*ExplainDecisionResponse)(nil), // 3: desiderata.v1.ExplainDecisionResponse
-	(*ExplainStreamRequest)(nil),    // 4: desiderata.v1.ExplainStreamRequest
-	(*ExplainStreamResponse)(nil),   // 5: desiderata.v1.ExplainStreamResponse
-	(*GetCapabilitiesRequest)(nil),  // 6: desiderata.v1.GetCapabilitiesRequest
-	(*KindCapability)(nil),          // 7: desiderata.v1.KindCapability
-	(*GetCapabilitiesResponse)(nil), // 8: desiderata.v1.GetCapabilitiesResponse
-	(*Instance)(nil),                // 9: desiderata.v1.Instance
-	(ExplanationKind)(0),            // 10: desiderata.v1.ExplanationKind
-	(Consumption)(0),                // 11: desiderata.v1.Consumption
-	(*ExplanationParams)(nil),       // 12: desiderata.v1.ExplanationParams
-	(*Explanation)(nil),             // 13: desiderata.v1.Explanation
-	(*Budget)(nil),                  // 14: desiderata.v1.Budget
+	(FeedbackVerdict)(0),             // 0: desiderata.v1.FeedbackVerdict
+	(*ExplainRequest)(nil),           // 1: desiderata.v1.ExplainRequest
+	(*ExplainResponse)(nil),          // 2: desiderata.v1.ExplainResponse
+	(*ExplainDecisionRequest)(nil),   // 3: desiderata.v1.ExplainDecisionRequest
+	(*ExplainDecisionResponse)(nil),  // 4: desiderata.v1.ExplainDecisionResponse
+	(*ExplainStreamRequest)(nil),     // 5: desiderata.v1.ExplainStreamRequest
+	(*ExplainStreamResponse)(nil),    // 6: desiderata.v1.ExplainStreamResponse
+	(*GetCapabilitiesRequest)(nil),   // 7: desiderata.v1.GetCapabilitiesRequest
+	(*KindCapability)(nil),           // 8: desiderata.v1.KindCapability
+	(*GetCapabilitiesResponse)(nil),  // 9: desiderata.v1.GetCapabilitiesResponse
+	(*GetGlobalSummaryRequest)(nil),  // 10: desiderata.v1.GetGlobalSummaryRequest
+	(*FeatureImportance)(nil),        // 11: desiderata.v1.FeatureImportance
+	(*ClassSummary)(nil),             // 12: desiderata.v1.ClassSummary
+	(*GetGlobalSummaryResponse)(nil), // 13: desiderata.v1.GetGlobalSummaryResponse
+	(*SubmitFeedbackRequest)(nil),    // 14: desiderata.v1.SubmitFeedbackRequest
+	(*SubmitFeedbackResponse)(nil),   // 15: desiderata.v1.SubmitFeedbackResponse
+	(*Instance)(nil),                 // 16: desiderata.v1.Instance
+	(ExplanationKind)(0),             // 17: desiderata.v1.ExplanationKind
+	(Consumption)(0),                 // 18: desiderata.v1.Consumption
+	(*ExplanationParams)(nil),        // 19: desiderata.v1.ExplanationParams
+	(*Explanation)(nil),              // 20: desiderata.v1.Explanation
+	(*Budget)(nil),                   // 21: desiderata.v1.Budget
+	(*Disclosure)(nil),               // 22: desiderata.v1.Disclosure
+	(*timestamppb.Timestamp)(nil),    // 23: google.protobuf.Timestamp
 }
 var file_desiderata_v1_explanation_service_proto_depIdxs = []int32{
-	9,  // 0: desiderata.v1.ExplainRequest.instance:type_name -> desiderata.v1.Instance
-	10, // 1: desiderata.v1.ExplainRequest.kind:type_name -> desiderata.v1.ExplanationKind
-	11, // 2: desiderata.v1.ExplainRequest.consumption:type_name -> desiderata.v1.Consumption
-	12, // 3: desiderata.v1.ExplainRequest.params:type_name -> desiderata.v1.ExplanationParams
-	13, // 4: desiderata.v1.ExplainResponse.explanation:type_name -> desiderata.v1.Explanation
-	10, // 5: desiderata.v1.ExplainDecisionRequest.kind:type_name -> desiderata.v1.ExplanationKind
-	11, // 6: desiderata.v1.ExplainDecisionRequest.consumption:type_name -> desiderata.v1.Consumption
-	12, // 7: desiderata.v1.ExplainDecisionRequest.params:type_name -> desiderata.v1.ExplanationParams
-	13, // 8: desiderata.v1.ExplainDecisionResponse.explanation:type_name -> desiderata.v1.Explanation
-	0,  // 9: desiderata.v1.ExplainStreamRequest.request:type_name -> desiderata.v1.ExplainRequest
-	13, // 10: desiderata.v1.ExplainStreamResponse.explanation:type_name -> desiderata.v1.Explanation
-	11, // 11: desiderata.v1.GetCapabilitiesRequest.consumption:type_name -> desiderata.v1.Consumption
-	10, // 12: desiderata.v1.KindCapability.kind:type_name -> desiderata.v1.ExplanationKind
-	7,  // 13: desiderata.v1.GetCapabilitiesResponse.capabilities:type_name -> desiderata.v1.KindCapability
-	14, // 14: desiderata.v1.GetCapabilitiesResponse.budget:type_name -> desiderata.v1.Budget
-	0,  // 15: desiderata.v1.ExplanationService.Explain:input_type -> desiderata.v1.ExplainRequest
-	2,  // 16: desiderata.v1.ExplanationService.ExplainDecision:input_type -> desiderata.v1.ExplainDecisionRequest
-	4,  // 17: desiderata.v1.ExplanationService.ExplainStream:input_type -> desiderata.v1.ExplainStreamRequest
-	6,  // 18: desiderata.v1.ExplanationService.GetCapabilities:input_type -> desiderata.v1.GetCapabilitiesRequest
-	1,  // 19: desiderata.v1.ExplanationService.Explain:output_type -> desiderata.v1.ExplainResponse
-	3,  // 20: desiderata.v1.ExplanationService.ExplainDecision:output_type -> desiderata.v1.ExplainDecisionResponse
-	5,  // 21: desiderata.v1.ExplanationService.ExplainStream:output_type -> desiderata.v1.ExplainStreamResponse
-	8,  // 22: desiderata.v1.ExplanationService.GetCapabilities:output_type -> desiderata.v1.GetCapabilitiesResponse
-	19, // [19:23] is the sub-list for method output_type
-	15, // [15:19] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	16, // 0: desiderata.v1.ExplainRequest.instance:type_name -> desiderata.v1.Instance
+	17, // 1: desiderata.v1.ExplainRequest.kind:type_name -> desiderata.v1.ExplanationKind
+	18, // 2: desiderata.v1.ExplainRequest.consumption:type_name -> desiderata.v1.Consumption
+	19, // 3: desiderata.v1.ExplainRequest.params:type_name -> desiderata.v1.ExplanationParams
+	20, // 4: desiderata.v1.ExplainResponse.explanation:type_name -> desiderata.v1.Explanation
+	17, // 5: desiderata.v1.ExplainDecisionRequest.kind:type_name -> desiderata.v1.ExplanationKind
+	18, // 6: desiderata.v1.ExplainDecisionRequest.consumption:type_name -> desiderata.v1.Consumption
+	19, // 7: desiderata.v1.ExplainDecisionRequest.params:type_name -> desiderata.v1.ExplanationParams
+	20, // 8: desiderata.v1.ExplainDecisionResponse.explanation:type_name -> desiderata.v1.Explanation
+	1,  // 9: desiderata.v1.ExplainStreamRequest.request:type_name -> desiderata.v1.ExplainRequest
+	20, // 10: desiderata.v1.ExplainStreamResponse.explanation:type_name -> desiderata.v1.Explanation
+	18, // 11: desiderata.v1.GetCapabilitiesRequest.consumption:type_name -> desiderata.v1.Consumption
+	17, // 12: desiderata.v1.KindCapability.kind:type_name -> desiderata.v1.ExplanationKind
+	8,  // 13: desiderata.v1.GetCapabilitiesResponse.capabilities:type_name -> desiderata.v1.KindCapability
+	21, // 14: desiderata.v1.GetCapabilitiesResponse.budget:type_name -> desiderata.v1.Budget
+	11, // 15: desiderata.v1.ClassSummary.features:type_name -> desiderata.v1.FeatureImportance
+	12, // 16: desiderata.v1.GetGlobalSummaryResponse.classes:type_name -> desiderata.v1.ClassSummary
+	22, // 17: desiderata.v1.GetGlobalSummaryResponse.disclosure:type_name -> desiderata.v1.Disclosure
+	0,  // 18: desiderata.v1.SubmitFeedbackRequest.verdict:type_name -> desiderata.v1.FeedbackVerdict
+	23, // 19: desiderata.v1.SubmitFeedbackResponse.recorded_at:type_name -> google.protobuf.Timestamp
+	1,  // 20: desiderata.v1.ExplanationService.Explain:input_type -> desiderata.v1.ExplainRequest
+	3,  // 21: desiderata.v1.ExplanationService.ExplainDecision:input_type -> desiderata.v1.ExplainDecisionRequest
+	5,  // 22: desiderata.v1.ExplanationService.ExplainStream:input_type -> desiderata.v1.ExplainStreamRequest
+	7,  // 23: desiderata.v1.ExplanationService.GetCapabilities:input_type -> desiderata.v1.GetCapabilitiesRequest
+	10, // 24: desiderata.v1.ExplanationService.GetGlobalSummary:input_type -> desiderata.v1.GetGlobalSummaryRequest
+	14, // 25: desiderata.v1.ExplanationService.SubmitFeedback:input_type -> desiderata.v1.SubmitFeedbackRequest
+	2,  // 26: desiderata.v1.ExplanationService.Explain:output_type -> desiderata.v1.ExplainResponse
+	4,  // 27: desiderata.v1.ExplanationService.ExplainDecision:output_type -> desiderata.v1.ExplainDecisionResponse
+	6,  // 28: desiderata.v1.ExplanationService.ExplainStream:output_type -> desiderata.v1.ExplainStreamResponse
+	9,  // 29: desiderata.v1.ExplanationService.GetCapabilities:output_type -> desiderata.v1.GetCapabilitiesResponse
+	13, // 30: desiderata.v1.ExplanationService.GetGlobalSummary:output_type -> desiderata.v1.GetGlobalSummaryResponse
+	15, // 31: desiderata.v1.ExplanationService.SubmitFeedback:output_type -> desiderata.v1.SubmitFeedbackResponse
+	26, // [26:32] is the sub-list for method output_type
+	20, // [20:26] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_desiderata_v1_explanation_service_proto_init() }
@@ -780,13 +1315,14 @@ func file_desiderata_v1_explanation_service_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_desiderata_v1_explanation_service_proto_rawDesc), len(file_desiderata_v1_explanation_service_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   9,
+			NumEnums:      1,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_desiderata_v1_explanation_service_proto_goTypes,
 		DependencyIndexes: file_desiderata_v1_explanation_service_proto_depIdxs,
+		EnumInfos:         file_desiderata_v1_explanation_service_proto_enumTypes,
 		MessageInfos:      file_desiderata_v1_explanation_service_proto_msgTypes,
 	}.Build()
 	File_desiderata_v1_explanation_service_proto = out.File

@@ -22,10 +22,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ExplanationService_Explain_FullMethodName         = "/desiderata.v1.ExplanationService/Explain"
-	ExplanationService_ExplainDecision_FullMethodName = "/desiderata.v1.ExplanationService/ExplainDecision"
-	ExplanationService_ExplainStream_FullMethodName   = "/desiderata.v1.ExplanationService/ExplainStream"
-	ExplanationService_GetCapabilities_FullMethodName = "/desiderata.v1.ExplanationService/GetCapabilities"
+	ExplanationService_Explain_FullMethodName          = "/desiderata.v1.ExplanationService/Explain"
+	ExplanationService_ExplainDecision_FullMethodName  = "/desiderata.v1.ExplanationService/ExplainDecision"
+	ExplanationService_ExplainStream_FullMethodName    = "/desiderata.v1.ExplanationService/ExplainStream"
+	ExplanationService_GetCapabilities_FullMethodName  = "/desiderata.v1.ExplanationService/GetCapabilities"
+	ExplanationService_GetGlobalSummary_FullMethodName = "/desiderata.v1.ExplanationService/GetGlobalSummary"
+	ExplanationService_SubmitFeedback_FullMethodName   = "/desiderata.v1.ExplanationService/SubmitFeedback"
 )
 
 // ExplanationServiceClient is the client API for ExplanationService service.
@@ -41,6 +43,11 @@ type ExplanationServiceClient interface {
 	ExplainStream(ctx context.Context, in *ExplainStreamRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExplainStreamResponse], error)
 	// What this caller may ask of a model.
 	GetCapabilities(ctx context.Context, in *GetCapabilitiesRequest, opts ...grpc.CallOption) (*GetCapabilitiesResponse, error)
+	// Global view of a model: mean |attribution| per feature and predicted class
+	// over a sample of its training reference.
+	GetGlobalSummary(ctx context.Context, in *GetGlobalSummaryRequest, opts ...grpc.CallOption) (*GetGlobalSummaryResponse, error)
+	// Feedback on an explanation (dynamic consumption: it may change the model).
+	SubmitFeedback(ctx context.Context, in *SubmitFeedbackRequest, opts ...grpc.CallOption) (*SubmitFeedbackResponse, error)
 }
 
 type explanationServiceClient struct {
@@ -100,6 +107,26 @@ func (c *explanationServiceClient) GetCapabilities(ctx context.Context, in *GetC
 	return out, nil
 }
 
+func (c *explanationServiceClient) GetGlobalSummary(ctx context.Context, in *GetGlobalSummaryRequest, opts ...grpc.CallOption) (*GetGlobalSummaryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetGlobalSummaryResponse)
+	err := c.cc.Invoke(ctx, ExplanationService_GetGlobalSummary_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *explanationServiceClient) SubmitFeedback(ctx context.Context, in *SubmitFeedbackRequest, opts ...grpc.CallOption) (*SubmitFeedbackResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SubmitFeedbackResponse)
+	err := c.cc.Invoke(ctx, ExplanationService_SubmitFeedback_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ExplanationServiceServer is the server API for ExplanationService service.
 // All implementations must embed UnimplementedExplanationServiceServer
 // for forward compatibility.
@@ -113,6 +140,11 @@ type ExplanationServiceServer interface {
 	ExplainStream(*ExplainStreamRequest, grpc.ServerStreamingServer[ExplainStreamResponse]) error
 	// What this caller may ask of a model.
 	GetCapabilities(context.Context, *GetCapabilitiesRequest) (*GetCapabilitiesResponse, error)
+	// Global view of a model: mean |attribution| per feature and predicted class
+	// over a sample of its training reference.
+	GetGlobalSummary(context.Context, *GetGlobalSummaryRequest) (*GetGlobalSummaryResponse, error)
+	// Feedback on an explanation (dynamic consumption: it may change the model).
+	SubmitFeedback(context.Context, *SubmitFeedbackRequest) (*SubmitFeedbackResponse, error)
 	mustEmbedUnimplementedExplanationServiceServer()
 }
 
@@ -134,6 +166,12 @@ func (UnimplementedExplanationServiceServer) ExplainStream(*ExplainStreamRequest
 }
 func (UnimplementedExplanationServiceServer) GetCapabilities(context.Context, *GetCapabilitiesRequest) (*GetCapabilitiesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetCapabilities not implemented")
+}
+func (UnimplementedExplanationServiceServer) GetGlobalSummary(context.Context, *GetGlobalSummaryRequest) (*GetGlobalSummaryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetGlobalSummary not implemented")
+}
+func (UnimplementedExplanationServiceServer) SubmitFeedback(context.Context, *SubmitFeedbackRequest) (*SubmitFeedbackResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SubmitFeedback not implemented")
 }
 func (UnimplementedExplanationServiceServer) mustEmbedUnimplementedExplanationServiceServer() {}
 func (UnimplementedExplanationServiceServer) testEmbeddedByValue()                            {}
@@ -221,6 +259,42 @@ func _ExplanationService_GetCapabilities_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ExplanationService_GetGlobalSummary_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetGlobalSummaryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ExplanationServiceServer).GetGlobalSummary(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ExplanationService_GetGlobalSummary_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ExplanationServiceServer).GetGlobalSummary(ctx, req.(*GetGlobalSummaryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ExplanationService_SubmitFeedback_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SubmitFeedbackRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ExplanationServiceServer).SubmitFeedback(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ExplanationService_SubmitFeedback_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ExplanationServiceServer).SubmitFeedback(ctx, req.(*SubmitFeedbackRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ExplanationService_ServiceDesc is the grpc.ServiceDesc for ExplanationService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -239,6 +313,14 @@ var ExplanationService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetCapabilities",
 			Handler:    _ExplanationService_GetCapabilities_Handler,
+		},
+		{
+			MethodName: "GetGlobalSummary",
+			Handler:    _ExplanationService_GetGlobalSummary_Handler,
+		},
+		{
+			MethodName: "SubmitFeedback",
+			Handler:    _ExplanationService_SubmitFeedback_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -9,7 +9,9 @@ from collections import abc as _abc
 from desiderata.v1 import types_pb2 as _types_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -20,6 +22,23 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _FeedbackVerdict:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FeedbackVerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FeedbackVerdict.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FEEDBACK_VERDICT_UNSPECIFIED: _FeedbackVerdict.ValueType  # 0
+    FEEDBACK_VERDICT_AGREE: _FeedbackVerdict.ValueType  # 1
+    FEEDBACK_VERDICT_DISAGREE: _FeedbackVerdict.ValueType  # 2
+
+class FeedbackVerdict(_FeedbackVerdict, metaclass=_FeedbackVerdictEnumTypeWrapper): ...
+
+FEEDBACK_VERDICT_UNSPECIFIED: FeedbackVerdict.ValueType  # 0
+FEEDBACK_VERDICT_AGREE: FeedbackVerdict.ValueType  # 1
+FEEDBACK_VERDICT_DISAGREE: FeedbackVerdict.ValueType  # 2
+Global___FeedbackVerdict: _TypeAlias = FeedbackVerdict  # noqa: Y015
 
 @_typing.final
 class ExplainRequest(_message.Message):
@@ -300,3 +319,189 @@ class GetCapabilitiesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetCapabilitiesResponse: _TypeAlias = GetCapabilitiesResponse  # noqa: Y015
+
+@_typing.final
+class GetGlobalSummaryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    model_version: _builtins.str
+    purpose: _builtins.str
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        model_version: _builtins.str = ...,
+        purpose: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "model_version", b"model_version", "purpose", b"purpose"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGlobalSummaryRequest: _TypeAlias = GetGlobalSummaryRequest  # noqa: Y015
+
+@_typing.final
+class FeatureImportance(_message.Message):
+    """How much one feature matters on average."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    MEAN_ABS_ATTRIBUTION_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    feature: _builtins.str
+    display_name: _builtins.str
+    mean_abs_attribution: _builtins.float
+    """Mean |attribution| (units of the class probability)."""
+    share: _builtins.float
+    """Share of the summed mean |attribution| over all features."""
+    def __init__(
+        self,
+        *,
+        feature: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        mean_abs_attribution: _builtins.float = ...,
+        share: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "feature", b"feature", "mean_abs_attribution", b"mean_abs_attribution", "share", b"share"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureImportance: _TypeAlias = FeatureImportance  # noqa: Y015
+
+@_typing.final
+class ClassSummary(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLASS_LABEL_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    class_label: _builtins.str
+    """Predicted class the rows are grouped by."""
+    rows: _builtins.int
+    @_builtins.property
+    def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureImportance]: ...
+    def __init__(
+        self,
+        *,
+        class_label: _builtins.str = ...,
+        rows: _builtins.int = ...,
+        features: _abc.Iterable[Global___FeatureImportance] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_label", b"class_label", "features", b"features", "rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClassSummary: _TypeAlias = ClassSummary  # noqa: Y015
+
+@_typing.final
+class GetGlobalSummaryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    CLASSES_FIELD_NUMBER: _builtins.int
+    DISCLOSURE_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    model_version: _builtins.str
+    method: _builtins.str
+    @_builtins.property
+    def classes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClassSummary]: ...
+    @_builtins.property
+    def disclosure(self) -> _types_pb2.Disclosure: ...
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        model_version: _builtins.str = ...,
+        method: _builtins.str = ...,
+        classes: _abc.Iterable[Global___ClassSummary] | None = ...,
+        disclosure: _types_pb2.Disclosure | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["disclosure", b"disclosure"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["classes", b"classes", "disclosure", b"disclosure", "method", b"method", "model", b"model", "model_version", b"model_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGlobalSummaryResponse: _TypeAlias = GetGlobalSummaryResponse  # noqa: Y015
+
+@_typing.final
+class SubmitFeedbackRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    EXPLANATION_ID_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    SHOULD_MATTER_FIELD_NUMBER: _builtins.int
+    SHOULD_NOT_MATTER_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    decision_id: _builtins.str
+    """Disclosure.decision_id of the explanation the feedback is about."""
+    explanation_id: _builtins.str
+    verdict: Global___FeedbackVerdict.ValueType
+    text: _builtins.str
+    purpose: _builtins.str
+    @_builtins.property
+    def should_matter(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Features that should matter / should not matter."""
+
+    @_builtins.property
+    def should_not_matter(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        decision_id: _builtins.str = ...,
+        explanation_id: _builtins.str = ...,
+        verdict: Global___FeedbackVerdict.ValueType = ...,
+        should_matter: _abc.Iterable[_builtins.str] | None = ...,
+        should_not_matter: _abc.Iterable[_builtins.str] | None = ...,
+        text: _builtins.str = ...,
+        purpose: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision_id", b"decision_id", "explanation_id", b"explanation_id", "model", b"model", "purpose", b"purpose", "should_matter", b"should_matter", "should_not_matter", b"should_not_matter", "text", b"text", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitFeedbackRequest: _TypeAlias = SubmitFeedbackRequest  # noqa: Y015
+
+@_typing.final
+class SubmitFeedbackResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    decision_id: _builtins.str
+    """Id of the policy decision that accepted the feedback."""
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        decision_id: _builtins.str = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision_id", b"decision_id", "recorded_at", b"recorded_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitFeedbackResponse: _TypeAlias = SubmitFeedbackResponse  # noqa: Y015

@@ -54,6 +54,16 @@ class ExplanationServiceStub:
                 request_serializer=desiderata_dot_v1_dot_explanation__service__pb2.GetCapabilitiesRequest.SerializeToString,
                 response_deserializer=desiderata_dot_v1_dot_explanation__service__pb2.GetCapabilitiesResponse.FromString,
                 _registered_method=True)
+        self.GetGlobalSummary = channel.unary_unary(
+                '/desiderata.v1.ExplanationService/GetGlobalSummary',
+                request_serializer=desiderata_dot_v1_dot_explanation__service__pb2.GetGlobalSummaryRequest.SerializeToString,
+                response_deserializer=desiderata_dot_v1_dot_explanation__service__pb2.GetGlobalSummaryResponse.FromString,
+                _registered_method=True)
+        self.SubmitFeedback = channel.unary_unary(
+                '/desiderata.v1.ExplanationService/SubmitFeedback',
+                request_serializer=desiderata_dot_v1_dot_explanation__service__pb2.SubmitFeedbackRequest.SerializeToString,
+                response_deserializer=desiderata_dot_v1_dot_explanation__service__pb2.SubmitFeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class ExplanationServiceServicer:
@@ -88,6 +98,21 @@ class ExplanationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetGlobalSummary(self, request, context):
+        """Global view of a model: mean |attribution| per feature and predicted class
+        over a sample of its training reference.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitFeedback(self, request, context):
+        """Feedback on an explanation (dynamic consumption: it may change the model).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExplanationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +135,16 @@ def add_ExplanationServiceServicer_to_server(servicer, server):
                     servicer.GetCapabilities,
                     request_deserializer=desiderata_dot_v1_dot_explanation__service__pb2.GetCapabilitiesRequest.FromString,
                     response_serializer=desiderata_dot_v1_dot_explanation__service__pb2.GetCapabilitiesResponse.SerializeToString,
+            ),
+            'GetGlobalSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGlobalSummary,
+                    request_deserializer=desiderata_dot_v1_dot_explanation__service__pb2.GetGlobalSummaryRequest.FromString,
+                    response_serializer=desiderata_dot_v1_dot_explanation__service__pb2.GetGlobalSummaryResponse.SerializeToString,
+            ),
+            'SubmitFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitFeedback,
+                    request_deserializer=desiderata_dot_v1_dot_explanation__service__pb2.SubmitFeedbackRequest.FromString,
+                    response_serializer=desiderata_dot_v1_dot_explanation__service__pb2.SubmitFeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +255,60 @@ class ExplanationService:
             '/desiderata.v1.ExplanationService/GetCapabilities',
             desiderata_dot_v1_dot_explanation__service__pb2.GetCapabilitiesRequest.SerializeToString,
             desiderata_dot_v1_dot_explanation__service__pb2.GetCapabilitiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGlobalSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/desiderata.v1.ExplanationService/GetGlobalSummary',
+            desiderata_dot_v1_dot_explanation__service__pb2.GetGlobalSummaryRequest.SerializeToString,
+            desiderata_dot_v1_dot_explanation__service__pb2.GetGlobalSummaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/desiderata.v1.ExplanationService/SubmitFeedback',
+            desiderata_dot_v1_dot_explanation__service__pb2.SubmitFeedbackRequest.SerializeToString,
+            desiderata_dot_v1_dot_explanation__service__pb2.SubmitFeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

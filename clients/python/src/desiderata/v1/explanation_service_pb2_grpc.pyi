@@ -43,6 +43,12 @@ class ExplanationServiceStub:
     """
     GetCapabilities: _grpc.UnaryUnaryMultiCallable[_explanation_service_pb2.GetCapabilitiesRequest, _explanation_service_pb2.GetCapabilitiesResponse]
     """What this caller may ask of a model."""
+    GetGlobalSummary: _grpc.UnaryUnaryMultiCallable[_explanation_service_pb2.GetGlobalSummaryRequest, _explanation_service_pb2.GetGlobalSummaryResponse]
+    """Global view of a model: mean |attribution| per feature and predicted class
+    over a sample of its training reference.
+    """
+    SubmitFeedback: _grpc.UnaryUnaryMultiCallable[_explanation_service_pb2.SubmitFeedbackRequest, _explanation_service_pb2.SubmitFeedbackResponse]
+    """Feedback on an explanation (dynamic consumption: it may change the model)."""
 
 @_typing.type_check_only
 class ExplanationServiceAsyncStub(ExplanationServiceStub):
@@ -57,6 +63,12 @@ class ExplanationServiceAsyncStub(ExplanationServiceStub):
     """
     GetCapabilities: _aio.UnaryUnaryMultiCallable[_explanation_service_pb2.GetCapabilitiesRequest, _explanation_service_pb2.GetCapabilitiesResponse]  # type: ignore[assignment]
     """What this caller may ask of a model."""
+    GetGlobalSummary: _aio.UnaryUnaryMultiCallable[_explanation_service_pb2.GetGlobalSummaryRequest, _explanation_service_pb2.GetGlobalSummaryResponse]  # type: ignore[assignment]
+    """Global view of a model: mean |attribution| per feature and predicted class
+    over a sample of its training reference.
+    """
+    SubmitFeedback: _aio.UnaryUnaryMultiCallable[_explanation_service_pb2.SubmitFeedbackRequest, _explanation_service_pb2.SubmitFeedbackResponse]  # type: ignore[assignment]
+    """Feedback on an explanation (dynamic consumption: it may change the model)."""
 
 class ExplanationServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -92,5 +104,23 @@ class ExplanationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_explanation_service_pb2.GetCapabilitiesResponse, _abc.Awaitable[_explanation_service_pb2.GetCapabilitiesResponse]]:
         """What this caller may ask of a model."""
+
+    @_abc_1.abstractmethod
+    def GetGlobalSummary(
+        self,
+        request: _explanation_service_pb2.GetGlobalSummaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_explanation_service_pb2.GetGlobalSummaryResponse, _abc.Awaitable[_explanation_service_pb2.GetGlobalSummaryResponse]]:
+        """Global view of a model: mean |attribution| per feature and predicted class
+        over a sample of its training reference.
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitFeedback(
+        self,
+        request: _explanation_service_pb2.SubmitFeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_explanation_service_pb2.SubmitFeedbackResponse, _abc.Awaitable[_explanation_service_pb2.SubmitFeedbackResponse]]:
+        """Feedback on an explanation (dynamic consumption: it may change the model)."""
 
 def add_ExplanationServiceServicer_to_server(servicer: ExplanationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -20,11 +20,13 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import { Timestamp } from "../../google/protobuf/timestamp.js";
 import {
   Budget,
   Consumption,
   consumptionFromJSON,
   consumptionToJSON,
+  Disclosure,
   Explanation,
   ExplanationKind,
   explanationKindFromJSON,
@@ -41,6 +43,45 @@ export const protobufFileName = "desiderata/v1/explanation_service.proto";
  * ExplanationService: explanations of deployed models, served at the fidelity
  * the caller's policy allows.
  */
+
+export enum FeedbackVerdict {
+  FEEDBACK_VERDICT_UNSPECIFIED = 0,
+  FEEDBACK_VERDICT_AGREE = 1,
+  FEEDBACK_VERDICT_DISAGREE = 2,
+  UNRECOGNIZED = -1,
+}
+
+export function feedbackVerdictFromJSON(object: any): FeedbackVerdict {
+  switch (object) {
+    case 0:
+    case "FEEDBACK_VERDICT_UNSPECIFIED":
+      return FeedbackVerdict.FEEDBACK_VERDICT_UNSPECIFIED;
+    case 1:
+    case "FEEDBACK_VERDICT_AGREE":
+      return FeedbackVerdict.FEEDBACK_VERDICT_AGREE;
+    case 2:
+    case "FEEDBACK_VERDICT_DISAGREE":
+      return FeedbackVerdict.FEEDBACK_VERDICT_DISAGREE;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return FeedbackVerdict.UNRECOGNIZED;
+  }
+}
+
+export function feedbackVerdictToJSON(object: FeedbackVerdict): string {
+  switch (object) {
+    case FeedbackVerdict.FEEDBACK_VERDICT_UNSPECIFIED:
+      return "FEEDBACK_VERDICT_UNSPECIFIED";
+    case FeedbackVerdict.FEEDBACK_VERDICT_AGREE:
+      return "FEEDBACK_VERDICT_AGREE";
+    case FeedbackVerdict.FEEDBACK_VERDICT_DISAGREE:
+      return "FEEDBACK_VERDICT_DISAGREE";
+    case FeedbackVerdict.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
 
 export interface ExplainRequest {
   /** Model name. */
@@ -125,6 +166,56 @@ export interface GetCapabilitiesResponse {
   capabilities: KindCapability[];
   budget: Budget | undefined;
   policyVersion: string;
+}
+
+export interface GetGlobalSummaryRequest {
+  model: string;
+  modelVersion: string;
+  purpose: string;
+}
+
+/** How much one feature matters on average. */
+export interface FeatureImportance {
+  feature: string;
+  displayName: string;
+  /** Mean |attribution| (units of the class probability). */
+  meanAbsAttribution: number;
+  /** Share of the summed mean |attribution| over all features. */
+  share: number;
+}
+
+export interface ClassSummary {
+  /** Predicted class the rows are grouped by. */
+  classLabel: string;
+  rows: number;
+  features: FeatureImportance[];
+}
+
+export interface GetGlobalSummaryResponse {
+  model: string;
+  modelVersion: string;
+  method: string;
+  classes: ClassSummary[];
+  disclosure: Disclosure | undefined;
+}
+
+export interface SubmitFeedbackRequest {
+  model: string;
+  /** Disclosure.decision_id of the explanation the feedback is about. */
+  decisionId: string;
+  explanationId: string;
+  verdict: FeedbackVerdict;
+  /** Features that should matter / should not matter. */
+  shouldMatter: string[];
+  shouldNotMatter: string[];
+  text: string;
+  purpose: string;
+}
+
+export interface SubmitFeedbackResponse {
+  /** Id of the policy decision that accepted the feedback. */
+  decisionId: string;
+  recordedAt: Date | undefined;
 }
 
 function createBaseExplainRequest(): ExplainRequest {
@@ -1233,6 +1324,783 @@ export const GetCapabilitiesResponse: MessageFns<GetCapabilitiesResponse> = {
   },
 };
 
+function createBaseGetGlobalSummaryRequest(): GetGlobalSummaryRequest {
+  return { model: "", modelVersion: "", purpose: "" };
+}
+
+export const GetGlobalSummaryRequest: MessageFns<GetGlobalSummaryRequest> = {
+  encode(message: GetGlobalSummaryRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    if (message.modelVersion !== "") {
+      writer.uint32(18).string(message.modelVersion);
+    }
+    if (message.purpose !== "") {
+      writer.uint32(26).string(message.purpose);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetGlobalSummaryRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetGlobalSummaryRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.modelVersion = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.purpose = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetGlobalSummaryRequest {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      modelVersion: isSet(object.modelVersion)
+        ? globalThis.String(object.modelVersion)
+        : isSet(object.model_version)
+        ? globalThis.String(object.model_version)
+        : "",
+      purpose: isSet(object.purpose) ? globalThis.String(object.purpose) : "",
+    };
+  },
+
+  toJSON(message: GetGlobalSummaryRequest): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.modelVersion !== "") {
+      obj.modelVersion = message.modelVersion;
+    }
+    if (message.purpose !== "") {
+      obj.purpose = message.purpose;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetGlobalSummaryRequest>, I>>(base?: I): GetGlobalSummaryRequest {
+    return GetGlobalSummaryRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetGlobalSummaryRequest>, I>>(object: I): GetGlobalSummaryRequest {
+    const message = createBaseGetGlobalSummaryRequest();
+    message.model = object.model ?? "";
+    message.modelVersion = object.modelVersion ?? "";
+    message.purpose = object.purpose ?? "";
+    return message;
+  },
+};
+
+function createBaseFeatureImportance(): FeatureImportance {
+  return { feature: "", displayName: "", meanAbsAttribution: 0, share: 0 };
+}
+
+export const FeatureImportance: MessageFns<FeatureImportance> = {
+  encode(message: FeatureImportance, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.feature !== "") {
+      writer.uint32(10).string(message.feature);
+    }
+    if (message.displayName !== "") {
+      writer.uint32(18).string(message.displayName);
+    }
+    if (message.meanAbsAttribution !== 0) {
+      writer.uint32(25).double(message.meanAbsAttribution);
+    }
+    if (message.share !== 0) {
+      writer.uint32(33).double(message.share);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FeatureImportance {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFeatureImportance();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.feature = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.displayName = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.meanAbsAttribution = reader.double();
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.share = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FeatureImportance {
+    return {
+      feature: isSet(object.feature) ? globalThis.String(object.feature) : "",
+      displayName: isSet(object.displayName)
+        ? globalThis.String(object.displayName)
+        : isSet(object.display_name)
+        ? globalThis.String(object.display_name)
+        : "",
+      meanAbsAttribution: isSet(object.meanAbsAttribution)
+        ? globalThis.Number(object.meanAbsAttribution)
+        : isSet(object.mean_abs_attribution)
+        ? globalThis.Number(object.mean_abs_attribution)
+        : 0,
+      share: isSet(object.share) ? globalThis.Number(object.share) : 0,
+    };
+  },
+
+  toJSON(message: FeatureImportance): unknown {
+    const obj: any = {};
+    if (message.feature !== "") {
+      obj.feature = message.feature;
+    }
+    if (message.displayName !== "") {
+      obj.displayName = message.displayName;
+    }
+    if (message.meanAbsAttribution !== 0) {
+      obj.meanAbsAttribution = floatToJson(message.meanAbsAttribution);
+    }
+    if (message.share !== 0) {
+      obj.share = floatToJson(message.share);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FeatureImportance>, I>>(base?: I): FeatureImportance {
+    return FeatureImportance.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FeatureImportance>, I>>(object: I): FeatureImportance {
+    const message = createBaseFeatureImportance();
+    message.feature = object.feature ?? "";
+    message.displayName = object.displayName ?? "";
+    message.meanAbsAttribution = object.meanAbsAttribution ?? 0;
+    message.share = object.share ?? 0;
+    return message;
+  },
+};
+
+function createBaseClassSummary(): ClassSummary {
+  return { classLabel: "", rows: 0, features: [] };
+}
+
+export const ClassSummary: MessageFns<ClassSummary> = {
+  encode(message: ClassSummary, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.classLabel !== "") {
+      writer.uint32(10).string(message.classLabel);
+    }
+    if (message.rows !== 0) {
+      writer.uint32(16).uint32(message.rows);
+    }
+    for (const v of message.features) {
+      FeatureImportance.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClassSummary {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClassSummary();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.classLabel = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.rows = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.features.push(FeatureImportance.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClassSummary {
+    return {
+      classLabel: isSet(object.classLabel)
+        ? globalThis.String(object.classLabel)
+        : isSet(object.class_label)
+        ? globalThis.String(object.class_label)
+        : "",
+      rows: isSet(object.rows) ? globalThis.Number(object.rows) : 0,
+      features: globalThis.Array.isArray(object?.features)
+        ? object.features.map((e: any) => FeatureImportance.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ClassSummary): unknown {
+    const obj: any = {};
+    if (message.classLabel !== "") {
+      obj.classLabel = message.classLabel;
+    }
+    if (message.rows !== 0) {
+      obj.rows = Math.round(message.rows);
+    }
+    if (message.features?.length) {
+      obj.features = message.features.map((e) => FeatureImportance.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClassSummary>, I>>(base?: I): ClassSummary {
+    return ClassSummary.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClassSummary>, I>>(object: I): ClassSummary {
+    const message = createBaseClassSummary();
+    message.classLabel = object.classLabel ?? "";
+    message.rows = object.rows ?? 0;
+    message.features = object.features?.map((e) => FeatureImportance.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseGetGlobalSummaryResponse(): GetGlobalSummaryResponse {
+  return { model: "", modelVersion: "", method: "", classes: [], disclosure: undefined };
+}
+
+export const GetGlobalSummaryResponse: MessageFns<GetGlobalSummaryResponse> = {
+  encode(message: GetGlobalSummaryResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    if (message.modelVersion !== "") {
+      writer.uint32(18).string(message.modelVersion);
+    }
+    if (message.method !== "") {
+      writer.uint32(26).string(message.method);
+    }
+    for (const v of message.classes) {
+      ClassSummary.encode(v!, writer.uint32(34).fork()).join();
+    }
+    if (message.disclosure !== undefined) {
+      Disclosure.encode(message.disclosure, writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetGlobalSummaryResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetGlobalSummaryResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.modelVersion = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.method = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.classes.push(ClassSummary.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.disclosure = Disclosure.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetGlobalSummaryResponse {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      modelVersion: isSet(object.modelVersion)
+        ? globalThis.String(object.modelVersion)
+        : isSet(object.model_version)
+        ? globalThis.String(object.model_version)
+        : "",
+      method: isSet(object.method) ? globalThis.String(object.method) : "",
+      classes: globalThis.Array.isArray(object?.classes)
+        ? object.classes.map((e: any) => ClassSummary.fromJSON(e))
+        : [],
+      disclosure: isSet(object.disclosure) ? Disclosure.fromJSON(object.disclosure) : undefined,
+    };
+  },
+
+  toJSON(message: GetGlobalSummaryResponse): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.modelVersion !== "") {
+      obj.modelVersion = message.modelVersion;
+    }
+    if (message.method !== "") {
+      obj.method = message.method;
+    }
+    if (message.classes?.length) {
+      obj.classes = message.classes.map((e) => ClassSummary.toJSON(e));
+    }
+    if (message.disclosure !== undefined) {
+      obj.disclosure = Disclosure.toJSON(message.disclosure);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetGlobalSummaryResponse>, I>>(base?: I): GetGlobalSummaryResponse {
+    return GetGlobalSummaryResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetGlobalSummaryResponse>, I>>(object: I): GetGlobalSummaryResponse {
+    const message = createBaseGetGlobalSummaryResponse();
+    message.model = object.model ?? "";
+    message.modelVersion = object.modelVersion ?? "";
+    message.method = object.method ?? "";
+    message.classes = object.classes?.map((e) => ClassSummary.fromPartial(e)) || [];
+    message.disclosure = (object.disclosure !== undefined && object.disclosure !== null)
+      ? Disclosure.fromPartial(object.disclosure)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSubmitFeedbackRequest(): SubmitFeedbackRequest {
+  return {
+    model: "",
+    decisionId: "",
+    explanationId: "",
+    verdict: 0,
+    shouldMatter: [],
+    shouldNotMatter: [],
+    text: "",
+    purpose: "",
+  };
+}
+
+export const SubmitFeedbackRequest: MessageFns<SubmitFeedbackRequest> = {
+  encode(message: SubmitFeedbackRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    if (message.decisionId !== "") {
+      writer.uint32(18).string(message.decisionId);
+    }
+    if (message.explanationId !== "") {
+      writer.uint32(26).string(message.explanationId);
+    }
+    if (message.verdict !== 0) {
+      writer.uint32(32).int32(message.verdict);
+    }
+    for (const v of message.shouldMatter) {
+      writer.uint32(42).string(v!);
+    }
+    for (const v of message.shouldNotMatter) {
+      writer.uint32(50).string(v!);
+    }
+    if (message.text !== "") {
+      writer.uint32(58).string(message.text);
+    }
+    if (message.purpose !== "") {
+      writer.uint32(66).string(message.purpose);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SubmitFeedbackRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSubmitFeedbackRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.decisionId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.explanationId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.verdict = reader.int32() as any;
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.shouldMatter.push(reader.string());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.shouldNotMatter.push(reader.string());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.text = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.purpose = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SubmitFeedbackRequest {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      decisionId: isSet(object.decisionId)
+        ? globalThis.String(object.decisionId)
+        : isSet(object.decision_id)
+        ? globalThis.String(object.decision_id)
+        : "",
+      explanationId: isSet(object.explanationId)
+        ? globalThis.String(object.explanationId)
+        : isSet(object.explanation_id)
+        ? globalThis.String(object.explanation_id)
+        : "",
+      verdict: isSet(object.verdict) ? feedbackVerdictFromJSON(object.verdict) : 0,
+      shouldMatter: globalThis.Array.isArray(object?.shouldMatter)
+        ? object.shouldMatter.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.should_matter)
+        ? object.should_matter.map((e: any) => globalThis.String(e))
+        : [],
+      shouldNotMatter: globalThis.Array.isArray(object?.shouldNotMatter)
+        ? object.shouldNotMatter.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.should_not_matter)
+        ? object.should_not_matter.map((e: any) => globalThis.String(e))
+        : [],
+      text: isSet(object.text) ? globalThis.String(object.text) : "",
+      purpose: isSet(object.purpose) ? globalThis.String(object.purpose) : "",
+    };
+  },
+
+  toJSON(message: SubmitFeedbackRequest): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.decisionId !== "") {
+      obj.decisionId = message.decisionId;
+    }
+    if (message.explanationId !== "") {
+      obj.explanationId = message.explanationId;
+    }
+    if (message.verdict !== 0) {
+      obj.verdict = feedbackVerdictToJSON(message.verdict);
+    }
+    if (message.shouldMatter?.length) {
+      obj.shouldMatter = message.shouldMatter;
+    }
+    if (message.shouldNotMatter?.length) {
+      obj.shouldNotMatter = message.shouldNotMatter;
+    }
+    if (message.text !== "") {
+      obj.text = message.text;
+    }
+    if (message.purpose !== "") {
+      obj.purpose = message.purpose;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SubmitFeedbackRequest>, I>>(base?: I): SubmitFeedbackRequest {
+    return SubmitFeedbackRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SubmitFeedbackRequest>, I>>(object: I): SubmitFeedbackRequest {
+    const message = createBaseSubmitFeedbackRequest();
+    message.model = object.model ?? "";
+    message.decisionId = object.decisionId ?? "";
+    message.explanationId = object.explanationId ?? "";
+    message.verdict = object.verdict ?? 0;
+    message.shouldMatter = object.shouldMatter?.map((e) => e) || [];
+    message.shouldNotMatter = object.shouldNotMatter?.map((e) => e) || [];
+    message.text = object.text ?? "";
+    message.purpose = object.purpose ?? "";
+    return message;
+  },
+};
+
+function createBaseSubmitFeedbackResponse(): SubmitFeedbackResponse {
+  return { decisionId: "", recordedAt: undefined };
+}
+
+export const SubmitFeedbackResponse: MessageFns<SubmitFeedbackResponse> = {
+  encode(message: SubmitFeedbackResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.decisionId !== "") {
+      writer.uint32(10).string(message.decisionId);
+    }
+    if (message.recordedAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.recordedAt), writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SubmitFeedbackResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSubmitFeedbackResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.decisionId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.recordedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SubmitFeedbackResponse {
+    return {
+      decisionId: isSet(object.decisionId)
+        ? globalThis.String(object.decisionId)
+        : isSet(object.decision_id)
+        ? globalThis.String(object.decision_id)
+        : "",
+      recordedAt: isSet(object.recordedAt)
+        ? fromJsonTimestamp(object.recordedAt)
+        : isSet(object.recorded_at)
+        ? fromJsonTimestamp(object.recorded_at)
+        : undefined,
+    };
+  },
+
+  toJSON(message: SubmitFeedbackResponse): unknown {
+    const obj: any = {};
+    if (message.decisionId !== "") {
+      obj.decisionId = message.decisionId;
+    }
+    if (message.recordedAt !== undefined) {
+      obj.recordedAt = message.recordedAt.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<SubmitFeedbackResponse>, I>>(base?: I): SubmitFeedbackResponse {
+    return SubmitFeedbackResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<SubmitFeedbackResponse>, I>>(object: I): SubmitFeedbackResponse {
+    const message = createBaseSubmitFeedbackResponse();
+    message.decisionId = object.decisionId ?? "";
+    message.recordedAt = object.recordedAt ?? undefined;
+    return message;
+  },
+};
+
 export type ExplanationServiceService = typeof ExplanationServiceService;
 export const ExplanationServiceService = {
   /** Explains an instance the caller supplies. */
@@ -1283,6 +2151,33 @@ export const ExplanationServiceService = {
       Buffer.from(GetCapabilitiesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetCapabilitiesResponse => GetCapabilitiesResponse.decode(value),
   },
+  /**
+   * Global view of a model: mean |attribution| per feature and predicted class
+   * over a sample of its training reference.
+   */
+  getGlobalSummary: {
+    path: "/desiderata.v1.ExplanationService/GetGlobalSummary" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetGlobalSummaryRequest): Buffer =>
+      Buffer.from(GetGlobalSummaryRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetGlobalSummaryRequest => GetGlobalSummaryRequest.decode(value),
+    responseSerialize: (value: GetGlobalSummaryResponse): Buffer =>
+      Buffer.from(GetGlobalSummaryResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetGlobalSummaryResponse => GetGlobalSummaryResponse.decode(value),
+  },
+  /** Feedback on an explanation (dynamic consumption: it may change the model). */
+  submitFeedback: {
+    path: "/desiderata.v1.ExplanationService/SubmitFeedback" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: SubmitFeedbackRequest): Buffer =>
+      Buffer.from(SubmitFeedbackRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SubmitFeedbackRequest => SubmitFeedbackRequest.decode(value),
+    responseSerialize: (value: SubmitFeedbackResponse): Buffer =>
+      Buffer.from(SubmitFeedbackResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SubmitFeedbackResponse => SubmitFeedbackResponse.decode(value),
+  },
 } as const;
 
 export interface ExplanationServiceServer extends UntypedServiceImplementation {
@@ -1297,6 +2192,13 @@ export interface ExplanationServiceServer extends UntypedServiceImplementation {
   explainStream: handleServerStreamingCall<ExplainStreamRequest, ExplainStreamResponse>;
   /** What this caller may ask of a model. */
   getCapabilities: handleUnaryCall<GetCapabilitiesRequest, GetCapabilitiesResponse>;
+  /**
+   * Global view of a model: mean |attribution| per feature and predicted class
+   * over a sample of its training reference.
+   */
+  getGlobalSummary: handleUnaryCall<GetGlobalSummaryRequest, GetGlobalSummaryResponse>;
+  /** Feedback on an explanation (dynamic consumption: it may change the model). */
+  submitFeedback: handleUnaryCall<SubmitFeedbackRequest, SubmitFeedbackResponse>;
 }
 
 export interface ExplanationServiceClient extends Client {
@@ -1361,6 +2263,41 @@ export interface ExplanationServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetCapabilitiesResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * Global view of a model: mean |attribution| per feature and predicted class
+   * over a sample of its training reference.
+   */
+  getGlobalSummary(
+    request: GetGlobalSummaryRequest,
+    callback: (error: ServiceError | null, response: GetGlobalSummaryResponse) => void,
+  ): ClientUnaryCall;
+  getGlobalSummary(
+    request: GetGlobalSummaryRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetGlobalSummaryResponse) => void,
+  ): ClientUnaryCall;
+  getGlobalSummary(
+    request: GetGlobalSummaryRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetGlobalSummaryResponse) => void,
+  ): ClientUnaryCall;
+  /** Feedback on an explanation (dynamic consumption: it may change the model). */
+  submitFeedback(
+    request: SubmitFeedbackRequest,
+    callback: (error: ServiceError | null, response: SubmitFeedbackResponse) => void,
+  ): ClientUnaryCall;
+  submitFeedback(
+    request: SubmitFeedbackRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: SubmitFeedbackResponse) => void,
+  ): ClientUnaryCall;
+  submitFeedback(
+    request: SubmitFeedbackRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: SubmitFeedbackResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const ExplanationServiceClient = makeGenericClientConstructor(
@@ -1371,6 +2308,10 @@ export const ExplanationServiceClient = makeGenericClientConstructor(
   service: typeof ExplanationServiceService;
   serviceName: string;
 };
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 
@@ -1383,6 +2324,28 @@ export type DeepPartial<T> = T extends Builtin ? T
 type KeysOfUnion<T> = T extends T ? keyof T : never;
 export type Exact<P, I extends P> = P extends Builtin ? P
   : P & { [K in keyof P]: Exact<P[K], I[K]> } & { [K in Exclude<keyof I, KeysOfUnion<P>>]: never };
+
+function toTimestamp(date: Date): Timestamp {
+  const seconds = Math.trunc(date.getTime() / 1_000);
+  const nanos = (date.getTime() % 1_000) * 1_000_000;
+  return { seconds, nanos };
+}
+
+function fromTimestamp(t: Timestamp): Date {
+  let millis = (t.seconds || 0) * 1_000;
+  millis += (t.nanos || 0) / 1_000_000;
+  return new globalThis.Date(millis);
+}
+
+function fromJsonTimestamp(o: any): Date {
+  if (o instanceof globalThis.Date) {
+    return o;
+  } else if (typeof o === "string") {
+    return new globalThis.Date(o);
+  } else {
+    return fromTimestamp(Timestamp.fromJSON(o));
+  }
+}
 
 function isSet(value: any): boolean {
   return value !== null && value !== undefined;

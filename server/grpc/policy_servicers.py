@@ -1,0 +1,140 @@
+"""Servicers of the policy-governed RPCs: AuditService, and ExplanationService's
+GetGlobalSummary and SubmitFeedback (mixed into the explanation servicer).
+Thin: convert, call `PolicyServices`, convert back."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from grpc import aio
+
+from desiderata.policy.audit import AuditFilter
+from desiderata.policy.feedback import Verdict
+from desiderata.server.errors import InvalidArgument
+from desiderata.server.grpc.interceptors import current_principal
+from desiderata.server.policy_services import FeedbackRequest, PolicyServices
+from desiderata.v1 import audit_service_pb2 as au
+from desiderata.v1 import audit_service_pb2_grpc as au_grpc
+from desiderata.v1 import explanation_service_pb2 as es
+from desiderata.v1 import types_pb2 as pb
+
+if TYPE_CHECKING:
+    Ctx = aio.ServicerContext[Any, Any]
+else:
+    Ctx = aio.ServicerContext
+
+__all__ = ["AuditServicer", "feedback_request", "global_summary_response"]
+
+VERDICTS: dict[int, Verdict] = {es.FEEDBACK_VERDICT_AGREE: "agree", es.FEEDBACK_VERDICT_DISAGREE: "disagree"}
+
+
+def _iso(ts: Any) -> str:
+    if not ts.seconds and not ts.nanos:
+        return ""
+    return str(ts.ToDatetime(tzinfo=UTC).isoformat())
+
+
+def _required(value: str, field: str) -> str:
+    if not value:
+        raise InvalidArgument.single(field, "required")
+    return value
+
+
+class AuditServicer(au_grpc.AuditServiceServicer):
+    """AuditService over `PolicyServices` (Cedar action ``audit/read``)."""
+
+    def __init__(self, services: PolicyServices) -> None:
+        self._services = services
+
+    async def QueryAudit(self, request: au.QueryAuditRequest, context: Ctx) -> au.QueryAuditResponse:
+        outcome = {au.AUDIT_OUTCOME_ALLOWED: True, au.AUDIT_OUTCOME_DENIED: False}.get(request.outcome)
+        filters = AuditFilter(
+            principal=request.principal,
+            role=request.role,
+            purpose="",
+            allowed=outcome,
+            decision_id=request.decision_id,
+            since=_iso(request.since),
+            until=_iso(request.until),
+        )
+        page = self._services.query_audit(
+            current_principal.get(),
+            _required(request.model, "model"),
+            _required(request.purpose, "purpose"),
+            filters,
+            request.page_size,
+            request.page_token,
+        )
+        out = au.QueryAuditResponse(next_page_token=page.next_page_token)
+        for stored in page.records:
+            r = stored.record
+            entry = out.entries.add(
+                seq=stored.seq,
+                decision_id=r.decision_id,
+                principal=r.principal,
+                role=r.role,
+                purpose=r.purpose,
+                consumption=r.consumption,
+                model=r.model,
+                model_version=r.model_version,
+                policy_version=r.policy_version,
+                action=r.action,
+                allowed=r.allowed,
+                tier=r.tier,
+                privacy_charge=r.privacy_charge,
+                reasons=list(r.reasons),
+                request_id=r.request_id,
+                hash=stored.hash,
+            )
+            entry.time.FromDatetime(datetime.fromisoformat(r.time))
+        return out
+
+    async def VerifyAudit(self, request: au.VerifyAuditRequest, context: Ctx) -> au.VerifyAuditResponse:
+        result = self._services.verify_audit(
+            current_principal.get(), _required(request.model, "model"), _required(request.purpose, "purpose")
+        )
+        return au.VerifyAuditResponse(ok=result.ok, records=result.records, problem=result.problem)
+
+
+def feedback_request(request: es.SubmitFeedbackRequest) -> FeedbackRequest:
+    verdict = VERDICTS.get(request.verdict)
+    if verdict is None:
+        raise InvalidArgument.single("verdict", "must be AGREE or DISAGREE")
+    return FeedbackRequest(
+        model=_required(request.model, "model"),
+        decision_id=_required(request.decision_id, "decision_id"),
+        explanation_id=request.explanation_id,
+        verdict=verdict,
+        should_matter=tuple(request.should_matter),
+        should_not_matter=tuple(request.should_not_matter),
+        text=request.text,
+        purpose=request.purpose,
+    )
+
+
+def global_summary_response(services: PolicyServices, summary: Any, decision: Any) -> es.GetGlobalSummaryResponse:
+    handle = services.pipeline.models.resolve(summary.model, summary.model_version)
+    labels = {f.name: f.label for f in handle.card.features}
+    out = es.GetGlobalSummaryResponse(model=summary.model, model_version=summary.model_version, method=summary.method)
+    for view in summary.classes:
+        total = float(view.mean_abs.sum())
+        cls = out.classes.add(class_label=view.label, rows=view.rows)
+        for i in sorted(range(len(summary.features)), key=lambda j: -float(view.mean_abs[j])):
+            name = summary.features[i]
+            cls.features.add(
+                feature=name,
+                display_name=labels.get(name, name),
+                mean_abs_attribution=float(view.mean_abs[i]),
+                share=float(view.mean_abs[i]) / total if total > 0 else 0.0,
+            )
+    out.disclosure.CopyFrom(
+        pb.Disclosure(
+            tier=decision.tier,
+            decision_id=decision.decision_id,
+            policy_version=decision.policy_version,
+            reasons=list(decision.reasons),
+            rounding=decision.profile.rounding if decision.profile else 0.0,
+        )
+    )
+    return out

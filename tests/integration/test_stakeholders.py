@@ -1,0 +1,164 @@
+"""Each stakeholder row of the shipped policy bundle, through the real server on
+the demo model, with roles from real (demo) credentials (issue 4)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from desiderata.client import AsyncClient, DesiderataRpcError
+from desiderata.server.grpc.app import build_server
+from desiderata.v1 import audit_service_pb2 as au
+from desiderata.v1 import audit_service_pb2_grpc as au_grpc
+from desiderata.v1 import explanation_service_pb2 as es
+from desiderata.v1 import types_pb2 as pb
+from tests.integration.conftest import Running, settings_for
+
+APPLICANT = {
+    "seniority": 2,
+    "home": "rent",
+    "time": 60,
+    "age": 30,
+    "marital": "single",
+    "records": True,
+    "job": "partime",
+    "expenses": 60.0,
+    "income": 80.0,
+    "assets": 0.0,
+    "debt": 0.0,
+    "amount": 1500.0,
+    "price": 1600.0,
+}
+KEY = {role: f"demo-{role}-key" for role in ("ml_engineer", "domain_expert", "end_user", "regulator", "executive")}
+
+
+@pytest.fixture
+async def demo(tmp_path: Path) -> AsyncIterator[Running]:
+    app = build_server(settings_for(None, tmp_path, auth={"api_keys": [], "demo_keys": True}))
+    await app.start()
+    try:
+        yield Running(app, app.address)
+    finally:
+        await app.stop(0.5)
+
+
+def client(demo: Running, role: str) -> AsyncClient:
+    return AsyncClient(demo.address, api_key=KEY[role])
+
+
+async def denied(coro: object) -> DesiderataRpcError:
+    with pytest.raises(DesiderataRpcError) as info:
+        await coro  # type: ignore[misc]
+    assert info.value.code == grpc.StatusCode.PERMISSION_DENIED, info.value
+    return info.value
+
+
+async def test_ml_engineer_gets_full_fidelity_for_debugging(demo: Running) -> None:
+    async with client(demo, "ml_engineer") as eng:
+        ex = await eng.explain("credit", APPLICANT, purpose="debugging")
+        caps = await eng.capabilities("credit", purpose="debugging")
+    assert ex.disclosure.tier == "feature_attribution/full"
+    assert len(ex.feature_attribution.attributions) == 13 and not ex.disclosure.redacted_features
+    assert ex.disclosure.reasons == ["engineer.full_fidelity"]
+    kinds = {c.kind: c.tier for c in caps.capabilities}
+    assert kinds[pb.EXPLANATION_KIND_FEATURE_ATTRIBUTION] == "feature_attribution/full"
+    assert kinds[pb.EXPLANATION_KIND_COUNTERFACTUAL] == "counterfactual/full"
+
+
+async def test_loan_officer_gets_a_redacted_rounded_summary(demo: Running) -> None:
+    async with client(demo, "domain_expert") as officer:
+        ex = await officer.explain("credit", APPLICANT, purpose="transparency")
+        await denied(officer.explain("credit", APPLICANT, purpose="debugging"))
+    shown = [a.feature for a in ex.feature_attribution.attributions]
+    assert ex.disclosure.tier == "feature_attribution/summary" and ex.disclosure.top_k == 5
+    assert len(shown) <= 5 and not {"age", "marital"} & set(shown)
+    assert set(ex.disclosure.redacted_features) == {"age", "marital"}
+    for a in ex.feature_attribution.attributions:
+        assert abs(a.value * 100 - round(a.value * 100)) < 1e-6  # quantised to 0.01
+
+
+async def test_end_user_gets_a_narrative_of_their_own_decision_only(demo: Running) -> None:
+    async with client(demo, "ml_engineer") as eng:
+        own = await eng.predict("credit", APPLICANT, subject_id="applicant-0001")
+        other = await eng.predict("credit", APPLICANT, subject_id="applicant-0002")
+    async with client(demo, "end_user") as user:
+        ex = await user.explain_decision(own.decision_id, purpose="transparency")
+        err = await denied(user.explain_decision(other.decision_id, purpose="transparency"))
+        submitted = await denied(user.explain("credit", APPLICANT, purpose="transparency"))
+    assert ex.disclosure.tier == "feature_attribution/narrative" and ex.disclosure.narrative_only
+    assert not ex.feature_attribution.attributions  # sentences, not numbers
+    assert 1 <= len(ex.narrative) <= 4 and all(s.endswith(".") for s in ex.narrative)
+    assert "end_user.own_decisions_only" in err.details.metadata["reasons"]
+    assert "end_user.no_submitted_instances" in submitted.details.metadata["reasons"]
+    # The denial is audited: a regulator finds it.
+    async with grpc.aio.insecure_channel(demo.address) as channel:
+        stub = au_grpc.AuditServiceStub(channel)
+        page = await stub.QueryAudit(
+            au.QueryAuditRequest(model="credit", purpose="audit", decision_id=err.details.metadata["decision_id"]),
+            metadata=(("authorization", f"Bearer {KEY['regulator']}"),),
+        )
+    assert len(page.entries) == 1 and not page.entries[0].allowed and page.entries[0].role == "end_user"
+
+
+async def test_regulator_reads_the_audit_log_and_global_summaries(demo: Running) -> None:
+    async with client(demo, "ml_engineer") as eng:
+        await eng.explain("credit", APPLICANT, purpose="debugging")
+    async with client(demo, "regulator") as reg:
+        await denied(reg.explain("credit", APPLICANT, purpose="audit"))
+        summary = await reg.explanations.GetGlobalSummary(
+            es.GetGlobalSummaryRequest(model="credit", purpose="transparency"), metadata=reg._creds.metadata()
+        )
+    async with grpc.aio.insecure_channel(demo.address) as channel:
+        stub = au_grpc.AuditServiceStub(channel)
+        md = (("authorization", f"Bearer {KEY['regulator']}"),)
+        first = await stub.QueryAudit(au.QueryAuditRequest(model="credit", purpose="audit", page_size=1), metadata=md)
+        second = await stub.QueryAudit(
+            au.QueryAuditRequest(model="credit", purpose="audit", page_size=1, page_token=first.next_page_token),
+            metadata=md,
+        )
+        verified = await stub.VerifyAudit(au.VerifyAuditRequest(model="credit", purpose="audit"), metadata=md)
+    assert first.entries[0].role == "ml_engineer" and first.entries[0].allowed
+    assert second.entries[0].seq == first.entries[0].seq + 1
+    assert verified.ok and verified.records >= 3
+    assert {c.class_label for c in summary.classes} <= {"good", "bad"} and summary.classes
+    assert len(summary.classes[0].features) == 13 and summary.disclosure.tier == "global/summary"
+
+
+async def test_executive_gets_global_summaries_only(demo: Running) -> None:
+    async with client(demo, "executive") as exe:
+        summary = await exe.explanations.GetGlobalSummary(
+            es.GetGlobalSummaryRequest(model="credit", purpose="monitoring"), metadata=exe._creds.metadata()
+        )
+        await denied(exe.explain("credit", APPLICANT, purpose="monitoring"))
+        caps = await exe.capabilities("credit", purpose="monitoring")
+    assert summary.classes and not caps.capabilities
+    async with grpc.aio.insecure_channel(demo.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await au_grpc.AuditServiceStub(channel).QueryAudit(
+                au.QueryAuditRequest(model="credit", purpose="audit"),
+                metadata=(("authorization", f"Bearer {KEY['executive']}"),),
+            )
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_feedback_needs_dynamic_consumption(demo: Running, tmp_path: Path) -> None:
+    request = es.SubmitFeedbackRequest(
+        model="credit",
+        decision_id="dec_x",
+        verdict=es.FEEDBACK_VERDICT_DISAGREE,
+        should_not_matter=["age"],
+        text="age should not drive this",
+        purpose="debugging",
+    )
+    async with client(demo, "ml_engineer") as eng:
+        ok = await eng.explanations.SubmitFeedback(request, metadata=eng._creds.metadata())
+    assert ok.decision_id.startswith("dec_")
+    async with client(demo, "executive") as exe:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await exe.explanations.SubmitFeedback(request, metadata=exe._creds.metadata())
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    stored = demo.app.pipeline.feedback.all("credit")
+    assert [f.should_not_matter for f in stored] == [("age",)]
