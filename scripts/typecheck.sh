@@ -9,7 +9,7 @@ tree="$(mktemp -d)"
 trap 'rm -rf "$tree"' EXIT
 mkdir -p "$tree/desiderata"
 for part in server policy explainers; do ln -s "$root/$part" "$tree/desiderata/$part"; done
-for part in v1 client; do ln -s "$root/clients/python/src/desiderata/$part" "$tree/desiderata/$part"; done
+for part in v1 oip client; do ln -s "$root/clients/python/src/desiderata/$part" "$tree/desiderata/$part"; done
 cd "$tree"
 "$py" -m mypy --config-file "$root/pyproject.toml" --cache-dir "$root/.mypy_cache" \
   -p desiderata.server -p desiderata.policy -p desiderata.explainers -p desiderata.client "$@"

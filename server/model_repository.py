@@ -161,6 +161,12 @@ class ModelRepository:
             raise ModelNotFound(f"model {name!r} has no version {version!r}")
         return versions[version]
 
+    def versions(self, name: str) -> list[str]:
+        """Every loaded version of `name` (NOT_FOUND when unknown)."""
+        if name not in self._models:
+            raise ModelNotFound(f"no model named {name!r}")
+        return sorted(self._models[name])
+
     def served(self) -> list[ModelHandle]:
         """The served version of each model, by name."""
         return [self._models[n][self._latest[n]] for n in sorted(self._models)]

@@ -1,6 +1,7 @@
 """build_server(): the gRPC application assembled from settings.
 
-Services: desiderata.v1 ExplanationService and ModelService, standard health
+Services: desiderata.v1 ExplanationService and ModelService, the Open Inference
+Protocol (inference.GRPCInferenceService, server/grpc/oip.py), standard health
 checking (grpc.health.v1) and server reflection. Interceptors, outermost
 first: request id / error boundary, then authentication. TLS or mTLS when
 certificate paths are configured; message-size limits from settings.
@@ -21,6 +22,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 import desiderata.explainers  # noqa: F401  (registers the built-in methods)
+from desiderata.oip import grpc_predict_v2_pb2_grpc as oip_grpc
 from desiderata.policy.audit import AuditLog
 from desiderata.policy.audit_sqlite import SqliteAuditLog
 from desiderata.policy.extraction_monitor import ExtractionMonitor
@@ -31,6 +33,7 @@ from desiderata.policy.ledger_sqlite import SqliteLedger
 from desiderata.policy.store import PolicyStore, default_bundle_dir
 from desiderata.server.config import DEMO_KEYS, Settings
 from desiderata.server.decision_store import SqliteDecisionStore
+from desiderata.server.grpc import oip
 from desiderata.server.grpc.interceptors import AuthInterceptor, RequestIdInterceptor
 from desiderata.server.grpc.policy_servicers import AuditServicer
 from desiderata.server.grpc.servicers import ExplanationServicer, ModelServicer
@@ -52,6 +55,7 @@ SERVICE_NAMES = (
     explanation_service_pb2.DESCRIPTOR.services_by_name["ExplanationService"].full_name,
     model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
     audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+    oip.SERVICE_NAME,
 )
 
 
@@ -172,6 +176,9 @@ def build_server(settings: Settings) -> App:
     audit_service_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(services), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(
         ModelServicer(pipeline, settings.server.default_deadline_s), server
+    )
+    oip_grpc.add_GRPCInferenceServiceServicer_to_server(
+        oip.InferenceServicer(pipeline, settings.server.default_deadline_s), server
     )
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
