@@ -99,11 +99,13 @@ class KernelShap(AttributionExplainer):
         v_empty, f_x = float(ends[0]), float(ends[1])
         if d == 1:
             return Computed(np.array([f_x - v_empty]), f_x, v_empty, game.evaluations, np.zeros(1))
-        n_pairs = DEFAULT_PAIRS if not params.max_samples else params.max_samples // (2 * b)
+        # The budget counts every model row, the two end coalitions included.
+        spent = game.evaluations
+        n_pairs = DEFAULT_PAIRS if not params.max_samples else (params.max_samples - spent) // (2 * b)
         if n_pairs < 2:
             raise InvalidArgument.single(
                 "params.attribution.max_samples",
-                f"kernel_shap needs at least {4 * b} model rows with this {b}-row background",
+                f"kernel_shap needs at least {spent + 4 * b} model rows with this {b}-row background",
             )
         rng = ctx.rng()
         coalitions = sample_kernel_coalitions(d, n_pairs, rng)

@@ -187,6 +187,8 @@ class ExplainSettings(BaseModel):
     """Most players exact Shapley enumerates (2^d coalitions)."""
     background_size: int = Field(default=100, ge=1, le=10_000)
     """Rows of the k-means background summarised from the training reference."""
+    answer_cache_size: int = Field(default=1024, ge=0)
+    """Raw explanations kept for identical requests (LRU); 0 disables the answer cache."""
 
 
 class PolicySettings(BaseModel):

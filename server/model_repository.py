@@ -19,6 +19,7 @@ import structlog
 import torch
 
 from desiderata.explainers.base import Reference
+from desiderata.server.artifact import load_exported_module
 from desiderata.server.errors import ModelNotFound
 from desiderata.server.model_card import FeatureSchema, ModelCard, load_card
 
@@ -106,7 +107,7 @@ def load_model(directory: Path) -> ModelHandle:
     if card.artifact_sha256 and _sha256(artifact) != card.artifact_sha256:
         raise ValueError(f"{artifact}: SHA-256 does not match the card (artifact changed?)")
     try:
-        module = torch.export.load(str(artifact)).module()
+        module = load_exported_module(artifact)
     except Exception as exc:
         raise ValueError(f"{artifact}: not a loadable torch.export program: {exc}") from exc
     handle = ModelHandle(card=card, directory=directory, module=module, ref=_load_reference(directory, card))

@@ -32,6 +32,7 @@ from desiderata.policy.feedback import FeedbackStore
 from desiderata.policy.guard import Admission, Budget, PrivacyGuard
 from desiderata.policy.model import Consumption, Principal
 from desiderata.policy.store import PolicyStore
+from desiderata.server.answer_cache import AnswerCache
 from desiderata.server.config import ExplainSettings
 from desiderata.server.decision_store import DecisionRecord, DecisionStore, new_record_id, utcnow
 from desiderata.server.errors import (
@@ -83,9 +84,11 @@ class Pipeline:
     settings: ExplainSettings = field(default_factory=ExplainSettings)
     workers: int = 2
     _pool: ThreadPoolExecutor = field(init=False)
+    answers: AnswerCache = field(init=False)
 
     def __post_init__(self) -> None:
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="desiderata-worker")
+        self.answers = AnswerCache(self.settings.answer_cache_size)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -326,10 +329,24 @@ class Pipeline:
 
         cancel = threading.Event()
         ctx = ExplainContext(seed=seed, deadline=deadline, cancel=cancel, progress=on_progress if stream_ok else None)
+        # Raw answers only, after admission: noise, disclosure and charging still apply to a hit.
+        key = self.answers.key(
+            model=handle.name,
+            version=handle.version,
+            x=x,
+            method=method,
+            params=params,
+            seed=seed,
+            tier=decision.tier,
+            profile=profile,
+        )
 
         def work() -> tuple[Explanation, Disclosed]:
             try:
-                raw = explainer.explain(handle, x, params, ctx)
+                raw = self.answers.get(key)
+                if raw is None:
+                    raw = explainer.explain(handle, x, params, ctx)
+                    self.answers.put(key, raw)
                 return raw, disclose(raw, profile, handle.card, call.locale, self.guard, admission)
             except DesiderataError:
                 raise

@@ -1,0 +1,167 @@
+"""Every attribution method through the real server on the built-in credit demo:
+all features attributed, honest quality figures, anytime streaming, and the
+bad-input statuses of the attribution family (issue 3)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from itertools import pairwise
+from pathlib import Path
+
+import grpc
+import pytest
+
+from desiderata.client import AsyncClient, DesiderataRpcError
+from desiderata.client._requests import Requests
+from desiderata.server.demo_data import read_credit_csv
+from desiderata.server.grpc.app import build_server
+from desiderata.v1 import types_pb2 as pb
+from tests.integration.conftest import Running, settings_for
+from tests.support.tiny_model import INSTANCE, build_tiny_repo
+
+CREDIT = read_credit_csv().rows[0]
+FEATURES = set(CREDIT)
+
+SHAPLEY = {"exact_shapley", "kernel_shap", "permutation_shapley"}
+PATH = {"integrated_gradients", "expected_gradients"}
+SAMPLING = {"kernel_shap", "permutation_shapley", "lime", "smoothgrad"}
+METHODS = sorted(
+    {"integrated_gradients", "exact_shapley", "kernel_shap", "permutation_shapley"}
+    | {"gradient_x_input", "smoothgrad", "expected_gradients", "lime"}
+)
+
+
+async def _serve(models: Path | None, state: Path, **extra: object) -> AsyncIterator[Running]:
+    app = build_server(settings_for(models, state, **extra))
+    await app.start()
+    try:
+        yield Running(app, app.address)
+    finally:
+        await app.stop(0.5)
+
+
+@pytest.fixture
+async def demo(tmp_path: Path) -> AsyncIterator[AsyncClient]:
+    async for running in _serve(None, tmp_path):
+        async with AsyncClient(running.address, api_key="k-eng") as client:
+            yield client
+
+
+@pytest.fixture
+async def strict_demo(tmp_path: Path) -> AsyncIterator[AsyncClient]:
+    """The demo with tighter limits than its 13 players and the default budget."""
+    async for running in _serve(None, tmp_path, explain={"max_exact_players": 10, "max_samples": 100_000}):
+        async with AsyncClient(running.address, api_key="k-eng") as client:
+            yield client
+
+
+def _params(method: str, **extra: object) -> pb.ExplanationParams:
+    return Requests.attribution_params(method=method, seed=7, **extra)
+
+
+@pytest.mark.parametrize("method", METHODS)
+async def test_every_method_attributes_all_features_with_honest_quality(demo: AsyncClient, method: str) -> None:
+    ex = await demo.explain("credit", CREDIT, purpose="debugging", params=_params(method))
+    fa, q = ex.feature_attribution, ex.quality
+    assert ex.method == method
+    assert {a.feature for a in fa.attributions} == FEATURES
+    assert q.model_evaluations > 0 and q.compute_ms > 0
+    # The completeness gap is reported, and it is the gap of the values actually served.
+    assert q.HasField("completeness_gap") and q.HasField("relative_completeness_gap")
+    gap = sum(a.value for a in fa.attributions) - (fa.output - fa.baseline_output)
+    assert abs(abs(gap) - abs(q.completeness_gap)) <= 1e-6 + 1e-6 * abs(fa.output - fa.baseline_output)
+    if method in SHAPLEY:  # efficiency holds by construction
+        assert q.relative_completeness_gap <= 1e-9
+    if method in PATH:  # within the target, or says it is not
+        assert q.relative_completeness_gap <= 1e-3 or (not q.converged and q.warnings)
+    if method in SAMPLING:  # error bars on the estimate and on every feature
+        assert q.HasField("relative_std_error") and 0 < q.relative_std_error < 1
+        assert all(a.HasField("std_error") and a.std_error > 0 for a in fa.attributions)
+    else:
+        assert not q.HasField("relative_std_error")
+
+
+async def test_same_seed_same_answer_across_calls(demo: AsyncClient) -> None:
+    a = await demo.explain("credit", CREDIT, purpose="debugging", params=_params("kernel_shap"))
+    b = await demo.explain("credit", CREDIT, purpose="debugging", params=_params("kernel_shap"))
+    values = [[v.value for v in e.feature_attribution.attributions] for e in (a, b)]
+    assert values[0] == values[1]
+
+
+async def test_stream_refines_with_shrinking_error_then_final(demo: AsyncClient) -> None:
+    target = 0.005
+    items = [
+        r
+        async for r in demo.explain_stream(
+            "credit",
+            CREDIT,
+            purpose="debugging",
+            params=_params("permutation_shapley", target_std_error=target),
+        )
+    ]
+    assert len(items) >= 3
+    assert items[-1].final and not any(r.final for r in items[:-1])
+    errors = [r.explanation.quality.relative_std_error for r in items]
+    assert all(r.explanation.quality.HasField("relative_std_error") for r in items)
+    assert all(later < earlier for earlier, later in pairwise(errors))
+    final = items[-1].explanation
+    assert final.quality.converged and final.quality.relative_std_error <= target
+    assert {a.feature for a in final.feature_attribution.attributions} == FEATURES
+
+
+async def test_deadline_too_short_is_deadline_exceeded_after_refinements(demo: AsyncClient) -> None:
+    await demo.explain("credit", CREDIT, purpose="debugging", params=_params("gradient_x_input"))  # warm
+    items: list[object] = []
+    with pytest.raises(DesiderataRpcError) as info:
+        async for r in demo.explain_stream(
+            "credit",
+            CREDIT,
+            purpose="debugging",
+            timeout_s=0.5,
+            params=_params("permutation_shapley", target_std_error=1e-6),
+        ):
+            assert not r.final
+            items.append(r)
+    assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert len(items) >= 2  # the best estimates so far reached the caller before the deadline
+
+
+async def test_too_many_players_for_exact_shapley(strict_demo: AsyncClient) -> None:
+    with pytest.raises(DesiderataRpcError) as info:
+        await strict_demo.explain("credit", CREDIT, purpose="debugging", params=_params("exact_shapley"))
+    err = info.value
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+    ((field, text),) = err.details.field_violations
+    assert field == "params.attribution.method" and "at most 10 players" in text and "13" in text
+
+
+async def test_sample_budget_above_the_configured_maximum(strict_demo: AsyncClient) -> None:
+    with pytest.raises(DesiderataRpcError) as info:
+        await strict_demo.explain(
+            "credit", CREDIT, purpose="debugging", params=_params("kernel_shap", max_samples=200_000)
+        )
+    err = info.value
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+    ((field, text),) = err.details.field_violations
+    assert field == "params.attribution.max_samples" and "100000" in text
+    # At the limit it is served.
+    ok = await strict_demo.explain(
+        "credit", CREDIT, purpose="debugging", params=_params("kernel_shap", max_samples=100_000)
+    )
+    assert ok.quality.model_evaluations <= 100_000
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "gradient_x_input", "smoothgrad", "expected_gradients"])
+async def test_gradients_of_a_non_differentiable_model(tmp_path: Path, method: str) -> None:
+    repo = build_tiny_repo(tmp_path / "models", card_overrides={"differentiable": False})
+    async for running in _serve(repo, tmp_path / "state"):
+        async with AsyncClient(running.address, api_key="k-eng") as client:
+            with pytest.raises(DesiderataRpcError) as info:
+                await client.explain("tiny", INSTANCE, purpose="debugging", params=_params(method))
+            err = info.value
+            assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+            ((field, text),) = err.details.field_violations
+            assert field == "params.attribution.method" and "needs gradients" in text
+            # A black-box method still serves the same model.
+            ok = await client.explain("tiny", INSTANCE, purpose="debugging", params=_params("exact_shapley"))
+            assert {a.feature for a in ok.feature_attribution.attributions} == set(INSTANCE)
