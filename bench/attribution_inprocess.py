@@ -25,8 +25,6 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.unit.explainers.attribution_models import Softmax2, TorchModel, numeric
-
 from desiderata.explainers._attribution import CoalitionGame
 from desiderata.explainers.background import Background
 from desiderata.explainers.base import ExplainContext
@@ -35,6 +33,7 @@ from desiderata.explainers.kernel_shap import KernelShap
 from desiderata.explainers.shapley_exact import ExactShapley
 from desiderata.explainers.shapley_permutation import PermutationShapley
 from desiderata.explainers.types import AttributionParams, AttributionResult
+from tests.unit.explainers.attribution_models import Softmax2, TorchModel, numeric
 
 warnings.filterwarnings("ignore")
 

@@ -22,15 +22,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.unit.explainers._cf_models import credit_model
-from tests.unit.explainers._dice_adapter import DiceOver
-
 from desiderata.explainers.base import ExplainContext
 from desiderata.explainers.counterfactual_constraints import build_feasible_set
 from desiderata.explainers.counterfactual_genetic import GeneticCounterfactual
 from desiderata.explainers.counterfactual_gradient import GradientCounterfactual
 from desiderata.explainers.robustness import RobustnessL2
 from desiderata.explainers.types import CounterfactualParams, RobustnessParams
+from tests.unit.explainers._cf_models import credit_model
+from tests.unit.explainers._dice_adapter import DiceOver
 
 
 def main() -> None:

@@ -17,14 +17,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.unit.explainers._credit import FakeModel, credit, mlp, reference, train_full_batch
-
 from desiderata.explainers._ihvp import lissa, top_eigenvalue
 from desiderata.explainers._loss_grads import LossGrad
 from desiderata.explainers.base import ExplainContext
 from desiderata.explainers.influence import explain_samples, get_index
 from desiderata.explainers.influence_config import InfluenceConfig
 from desiderata.explainers.types import SampleImportanceParams
+from tests.unit.explainers._credit import FakeModel, credit, mlp, reference, train_full_batch
 
 
 def main() -> None:

@@ -144,9 +144,7 @@ class AttributionExplainer(Explainer):
     def __init__(self, limits: AttributionLimits | None = None) -> None:
         self.limits = limits or AttributionLimits()
 
-    def explain(
-        self, model: ExplainableModel, x: np.ndarray, params: Any, ctx: ExplainContext
-    ) -> Explanation:
+    def explain(self, model: ExplainableModel, x: np.ndarray, params: Any, ctx: ExplainContext) -> Explanation:
         background = None
         if self.capabilities.needs_background:
             background = summarize(model, self.limits.background_size)
@@ -204,9 +202,7 @@ class AttributionExplainer(Explainer):
         if target is None:
             target = int(np.argmax(model.predict_proba(x[None, :])[0]))
         elif not 0 <= target < model.n_classes:
-            raise InvalidArgument.single(
-                "params.attribution.target_class", f"must be in [0, {model.n_classes})"
-            )
+            raise InvalidArgument.single("params.attribution.target_class", f"must be in [0, {model.n_classes})")
         started = time.perf_counter()
         computed = self._compute(model, x, params, ctx, target, background)
         return self._finish(model, x, params, ctx, target, background, computed, started)

@@ -125,15 +125,11 @@ class LossGrad:
         """Per-sample loss gradients, ``(n, n_columns), (n,)`` → ``(n, p)``."""
         xt, yt = self._as_tensors(x, y)
         if xt.ndim != 2 or yt.shape != (xt.shape[0],):
-            raise ValueError(
-                f"expected rows (n, d) and labels (n,), got {tuple(xt.shape)}, {tuple(yt.shape)}"
-            )
+            raise ValueError(f"expected rows (n, d) and labels (n,), got {tuple(xt.shape)}, {tuple(yt.shape)}")
         out: torch.Tensor = vmap(grad(self._loss_one), in_dims=(None, 0, 0))(self.theta, xt, yt)
         return out
 
-    def iter_grads(
-        self, x: np.ndarray, y: np.ndarray, chunk: int = 1024
-    ) -> Iterator[tuple[int, torch.Tensor]]:
+    def iter_grads(self, x: np.ndarray, y: np.ndarray, chunk: int = 1024) -> Iterator[tuple[int, torch.Tensor]]:
         """Per-sample gradients ``(≤chunk, p)`` of successive row chunks, with their start row."""
         for start in range(0, len(x), chunk):
             yield start, self.grads(x[start : start + chunk], y[start : start + chunk])

@@ -56,9 +56,7 @@ class Background:
             raise InvalidArgument.single("background", "rows must be finite")
         w = np.ones(rows.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
         if w.shape != (rows.shape[0],) or np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
-            raise InvalidArgument.single(
-                "background.weights", "one finite non-negative weight per row, not all zero"
-            )
+            raise InvalidArgument.single("background.weights", "one finite non-negative weight per row, not all zero")
         return Background(rows, w / w.sum())
 
     @property

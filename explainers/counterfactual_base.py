@@ -81,9 +81,7 @@ class CounterfactualSearch(Explainer):
             ``(candidates (n, n_columns) in the feasible set, model rows evaluated, converged)``.
         """
 
-    def explain(
-        self, model: ExplainableModel, x: np.ndarray, params: Any, ctx: ExplainContext
-    ) -> Explanation:
+    def explain(self, model: ExplainableModel, x: np.ndarray, params: Any, ctx: ExplainContext) -> Explanation:
         if not isinstance(params, CounterfactualParams):
             raise TypeError(f"{self.name} needs CounterfactualParams")
         started = time.perf_counter()
@@ -110,9 +108,7 @@ class CounterfactualSearch(Explainer):
             "seed": ctx.seed,
         }
         index = (
-            reference_index(reference, fs.scale, self.options.off_manifold_quantile)
-            if reference is not None
-            else None
+            reference_index(reference, fs.scale, self.options.off_manifold_quantile) if reference is not None else None
         )
 
         def answer(result: CounterfactualResult, quality: Quality) -> Explanation:

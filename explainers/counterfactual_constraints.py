@@ -98,9 +98,7 @@ class FeasibleSet:
     @property
     def category_slices(self) -> list[slice]:
         return [
-            sl
-            for spec, sl in zip(self.schema.features, self.schema.slices, strict=True)
-            if spec.type == "category"
+            sl for spec, sl in zip(self.schema.features, self.schema.slices, strict=True) if spec.type == "category"
         ]
 
     def project(self, z: np.ndarray) -> np.ndarray:

@@ -58,9 +58,7 @@ class GeneticCounterfactual(CounterfactualSearch):
         self.population, self.generations = population, generations
         self.elite, self.mutation, self.patience = elite, mutation, patience
 
-    def _resample(
-        self, fs: FeasibleSet, model: ExplainableModel, n: int, rng: np.random.Generator
-    ) -> np.ndarray:
+    def _resample(self, fs: FeasibleSet, model: ExplainableModel, n: int, rng: np.random.Generator) -> np.ndarray:
         """n candidate rows whose every actionable feature is drawn anew, ``(n, n_columns)``."""
         ref = model.reference()
         if ref is not None and len(ref.x):

@@ -51,9 +51,7 @@ class GradientCounterfactual(CounterfactualSearch):
 
     name = "counterfactual_gradient"
     version = "1"
-    capabilities = Capabilities(
-        kind=Kind.COUNTERFACTUAL, white_box=True, needs_background=True, streaming=True
-    )
+    capabilities = Capabilities(kind=Kind.COUNTERFACTUAL, white_box=True, needs_background=True, streaming=True)
 
     def __init__(
         self,
@@ -98,9 +96,7 @@ class GradientCounterfactual(CounterfactualSearch):
             if not masks[i].any():
                 masks[i] = free
         scale, x0 = fs.scale, fs.x0
-        start = fs.project(
-            x0 + masks * rng.normal(0.0, 0.05, (n, cols)) * scale * (np.arange(n) > 0)[:, None]
-        )
+        start = fs.project(x0 + masks * rng.normal(0.0, 0.05, (n, cols)) * scale * (np.arange(n) > 0)[:, None])
         u = torch.tensor((start - x0) / scale, dtype=torch.float64, requires_grad=True)
         mask_t = torch.as_tensor(masks, dtype=torch.float64)
         scale_t, x0_t = torch.as_tensor(scale), torch.as_tensor(x0)

@@ -38,9 +38,7 @@ MAX_ROWS_PER_PASS = 1 << 14
 def _module(model: ExplainableModel) -> torch.nn.Module:
     module = model.torch_module()
     if module is None:
-        raise InvalidArgument.single(
-            "params.attribution.method", "gradient methods need a differentiable model"
-        )
+        raise InvalidArgument.single("params.attribution.method", "gradient methods need a differentiable model")
     return module
 
 
@@ -158,9 +156,7 @@ class ExpectedGradients(AttributionExplainer):
         bg, w = background.x, background.weights
         rows = bg.shape[0] * steps
         if params.max_samples and rows > params.max_samples:
-            raise InvalidArgument.single(
-                "params.attribution.max_samples", f"expected_gradients needs {rows} rows here"
-            )
+            raise InvalidArgument.single("params.attribution.max_samples", f"expected_gradients needs {rows} rows here")
         diff = x[None, :] - bg  # (b, n_columns)
         path = bg[:, None, :] + alphas[None, :, None] * diff[:, None, :]  # (b, steps, n_columns)
         ctx.check()

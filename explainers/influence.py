@@ -155,9 +155,7 @@ def _page(params: SampleImportanceParams, n: int) -> tuple[int, int, int]:
             "params.sample_importance.page_token", "not a token from a previous page"
         ) from None
     if offset < 0 or offset > top_k:
-        raise InvalidArgument.single(
-            "params.sample_importance.page_token", "not a token from a previous page"
-        )
+        raise InvalidArgument.single("params.sample_importance.page_token", "not a token from a previous page")
     top_k = min(top_k, n)
     size = params.page_size or top_k
     return top_k, offset, size
@@ -257,9 +255,7 @@ class _SampleImportance(Explainer):
     def __init__(self, include_rows: bool = False) -> None:
         self.include_rows = include_rows
 
-    def explain(
-        self, model: ExplainableModel, x: np.ndarray, params: Any, ctx: ExplainContext
-    ) -> Explanation:
+    def explain(self, model: ExplainableModel, x: np.ndarray, params: Any, ctx: ExplainContext) -> Explanation:
         if not isinstance(params, SampleImportanceParams):
             raise TypeError(f"{self.name} needs SampleImportanceParams")
         return explain_samples(model, x, params, ctx, self.name, self.include_rows)

@@ -213,9 +213,7 @@ def _factors(
     if solver == "exact":
         low = inverse_sqrt_factor(g.hessian(hx, hy, cfg.chunk_rows), cfg.damping)
     else:
-        low = arnoldi(
-            lambda v: g.hvp(v, hx, hy, cfg.chunk_rows), g.p, cfg.arnoldi_iters, cfg.rank, cfg.damping, rng
-        )
+        low = arnoldi(lambda v: g.hvp(v, hx, hy, cfg.chunk_rows), g.p, cfg.arnoldi_iters, cfg.rank, cfg.damping, rng)
     progress("hessian", 1, 1)
     meta: dict[str, object] = {
         "solver": solver,

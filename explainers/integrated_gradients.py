@@ -27,13 +27,18 @@ __all__ = ["RULES", "IntegratedGradients", "group_sum", "quadrature"]
 
 RULES = ("gauss_legendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
 DEFAULT_STEPS = 64
+DEFAULT_RULE = "riemann_trapezoid"
 MAX_STEPS = 4096
-ADAPTIVE_MAX_STEPS = 512
+ADAPTIVE_MAX_STEPS = 4096
 TARGET_RELATIVE_GAP = 1e-3
 
 
 def quadrature(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Points α in [0, 1] and weights of a quadrature rule (captum's conventions).
+    """Points α in [0, 1] and weights of a quadrature rule.
+
+    The points are captum's; so are the weights, except the trapezoid rule's,
+    which are the textbook 1/(n−1) (end points halved) so that they sum to 1 —
+    captum's sum to (n−1)/n.
 
     Args:
         rule: one of `RULES`.
@@ -98,7 +103,7 @@ class IntegratedGradients(Explainer):
             raise InvalidArgument.single(
                 "params.attribution.method", "integrated_gradients needs gradients; this model is black-box"
             )
-        rule = params.integration_rule or "gauss_legendre"
+        rule = params.integration_rule or DEFAULT_RULE
         if rule not in RULES:
             raise InvalidArgument.single(
                 "params.attribution.integration_rule", f"unknown rule {rule!r}; one of {list(RULES)}"
@@ -121,7 +126,7 @@ class IntegratedGradients(Explainer):
             cols, f_x, f_b = _integrate(module, x, b, target, rule, steps)
             evaluations += steps + 2
             gap = abs(float(cols.sum()) - (f_x - f_b))
-            rel = gap / max(abs(f_x - f_b), 1e-12)
+            rel = gap / max(abs(f_x - f_b), float(np.abs(group_sum(cols, model.schema.groups)).sum()), 1e-12)
             if not adaptive or rel <= TARGET_RELATIVE_GAP or steps >= ADAPTIVE_MAX_STEPS:
                 break
             steps *= 2

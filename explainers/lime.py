@@ -28,9 +28,7 @@ __all__ = ["DEFAULT_LIME_SAMPLES", "Lime", "weighted_linear_fit"]
 DEFAULT_LIME_SAMPLES = 1000
 
 
-def weighted_linear_fit(
-    z: np.ndarray, y: np.ndarray, weights: np.ndarray
-) -> tuple[np.ndarray, float, np.ndarray]:
+def weighted_linear_fit(z: np.ndarray, y: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
     """Weighted least squares with intercept.
 
     Args:

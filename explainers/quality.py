@@ -85,9 +85,7 @@ def infidelity(
     return float(np.mean((predicted - actual) ** 2))
 
 
-def _background(
-    explainer: AttributionExplainer, model: ExplainableModel, background: Background | None
-) -> Background:
+def _background(explainer: AttributionExplainer, model: ExplainableModel, background: Background | None) -> Background:
     return background if background is not None else summarize(model, explainer.limits.background_size)
 
 

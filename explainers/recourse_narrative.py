@@ -23,11 +23,7 @@ TIME_UNITS = ("months", "month", "years", "year", "weeks", "week", "days", "day"
 
 
 def _amount(spec: FeatureSpec, value: float) -> str:
-    text = (
-        f"{value:,.0f}"
-        if spec.type == "integer" or abs(value) >= 100
-        else f"{value:,.2f}".rstrip("0").rstrip(".")
-    )
+    text = f"{value:,.0f}" if spec.type == "integer" or abs(value) >= 100 else f"{value:,.2f}".rstrip("0").rstrip(".")
     if not spec.unit:
         return text
     return f"{spec.unit}{text}" if spec.unit_prefix else f"{text} {spec.unit}"

@@ -78,9 +78,7 @@ class _Problem:
 def _problem(model: ExplainableModel, x: np.ndarray, name: str) -> _Problem:
     module = model.torch_module()
     if module is None:
-        raise InvalidArgument.single(
-            "params.robustness.norm", f"{name} needs gradients; this model is black-box"
-        )
+        raise InvalidArgument.single("params.robustness.norm", f"{name} needs gradients; this model is black-box")
     x = np.asarray(x, dtype=np.float64)
     fs = build_feasible_set(model.schema, x, (), model.reference())
     movable = ~fs.frozen & ~fs.boolean
@@ -122,9 +120,7 @@ def _deepfool(p: _Problem, mask: np.ndarray, ctx: ExplainContext, steps: int = 5
     return u * hi_t, evals + 31
 
 
-def _result(
-    model: ExplainableModel, p: _Problem, u: np.ndarray, norm: str, distance: float
-) -> RobustnessResult:
+def _result(model: ExplainableModel, p: _Problem, u: np.ndarray, norm: str, distance: float) -> RobustnessResult:
     if len(u) == 0:
         return RobustnessResult(False, float("inf"), norm, (), None)
     x = p.x0 + u[0] * p.scale
@@ -143,9 +139,7 @@ class RobustnessL2(Explainer):
     version = "1"
     capabilities = Capabilities(kind=Kind.ROBUSTNESS, white_box=True, needs_background=True)
 
-    def explain(
-        self, model: ExplainableModel, x: np.ndarray, params: Any, ctx: ExplainContext
-    ) -> Explanation:
+    def explain(self, model: ExplainableModel, x: np.ndarray, params: Any, ctx: ExplainContext) -> Explanation:
         if not isinstance(params, RobustnessParams):
             raise TypeError(f"{self.name} needs RobustnessParams")
         started = time.perf_counter()
@@ -156,9 +150,7 @@ class RobustnessL2(Explainer):
             model_evaluations=evals, compute_ms=(time.perf_counter() - started) * 1e3, converged=len(u) > 0
         )
         used = {"norm": "l2", "original_class": p.original}
-        return Explanation(
-            Kind.ROBUSTNESS, self.name, self.version, used, _result(model, p, u, "l2", dist), quality
-        )
+        return Explanation(Kind.ROBUSTNESS, self.name, self.version, used, _result(model, p, u, "l2", dist), quality)
 
 
 class RobustnessL0(Explainer):
@@ -168,9 +160,7 @@ class RobustnessL0(Explainer):
     version = "1"
     capabilities = Capabilities(kind=Kind.ROBUSTNESS, white_box=True, needs_background=True)
 
-    def explain(
-        self, model: ExplainableModel, x: np.ndarray, params: Any, ctx: ExplainContext
-    ) -> Explanation:
+    def explain(self, model: ExplainableModel, x: np.ndarray, params: Any, ctx: ExplainContext) -> Explanation:
         if not isinstance(params, RobustnessParams):
             raise TypeError(f"{self.name} needs RobustnessParams")
         started = time.perf_counter()
@@ -200,9 +190,7 @@ class RobustnessL0(Explainer):
             model_evaluations=evals, compute_ms=(time.perf_counter() - started) * 1e3, converged=len(u) > 0
         )
         used = {"norm": "l0", "original_class": p.original, "ranking": "abs_gradient_x_room"}
-        return Explanation(
-            Kind.ROBUSTNESS, self.name, self.version, used, _result(model, p, u, "l0", count), quality
-        )
+        return Explanation(Kind.ROBUSTNESS, self.name, self.version, used, _result(model, p, u, "l0", count), quality)
 
 
 @dataclass(frozen=True)

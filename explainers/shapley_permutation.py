@@ -242,9 +242,7 @@ class _Moments:
         my, mc = self.y.sum(0) / n, self.c.sum(0) / n
         var_c = self.cc / n - mc**2
         cov = self.yc / n - my * mc
-        beta = np.where(
-            var_c > 1e-12 * np.maximum(self.cc / n, 1e-300), cov / np.where(var_c > 0, var_c, 1), 0
-        )
+        beta = np.where(var_c > 1e-12 * np.maximum(self.cc / n, 1e-300), cov / np.where(var_c > 0, var_c, 1), 0)
         var = np.maximum(self.yy / n - my**2 - beta * cov, 0.0)  # residual variance per player
         share = var / var.sum() if var.sum() > 0 else np.full(var.shape, 1.0 / var.shape[0])
         per_stream = n // k

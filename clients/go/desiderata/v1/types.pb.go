@@ -1757,7 +1757,7 @@ type Quality struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// |sum(attributions) - (f(x) - f(baseline))|.
 	CompletenessGap *float64 `protobuf:"fixed64,1,opt,name=completeness_gap,json=completenessGap,proto3,oneof" json:"completeness_gap,omitempty"`
-	// completeness_gap / max(|f(x) - f(baseline)|, tiny).
+	// completeness_gap / max(|f(x) - f(baseline)|, L1 norm of the attributions).
 	RelativeCompletenessGap *float64 `protobuf:"fixed64,2,opt,name=relative_completeness_gap,json=relativeCompletenessGap,proto3,oneof" json:"relative_completeness_gap,omitempty"`
 	// Mean per-feature standard error relative to the attribution's L1 norm.
 	RelativeStdError *float64 `protobuf:"fixed64,3,opt,name=relative_std_error,json=relativeStdError,proto3,oneof" json:"relative_std_error,omitempty"`

@@ -802,7 +802,7 @@ class Quality(_message.Message):
     completeness_gap: _builtins.float
     """|sum(attributions) - (f(x) - f(baseline))|."""
     relative_completeness_gap: _builtins.float
-    """completeness_gap / max(|f(x) - f(baseline)|, tiny)."""
+    """completeness_gap / max(|f(x) - f(baseline)|, L1 norm of the attributions)."""
     relative_std_error: _builtins.float
     """Mean per-feature standard error relative to the attribution's L1 norm."""
     max_sensitivity: _builtins.float

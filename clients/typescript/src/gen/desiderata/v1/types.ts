@@ -421,7 +421,7 @@ export interface Quality {
   completenessGap?:
     | number
     | undefined;
-  /** completeness_gap / max(|f(x) - f(baseline)|, tiny). */
+  /** completeness_gap / max(|f(x) - f(baseline)|, L1 norm of the attributions). */
   relativeCompletenessGap?:
     | number
     | undefined;
