@@ -23,14 +23,15 @@ import numpy as np
 import structlog
 
 from desiderata.explainers import registry
-from desiderata.explainers.base import ExplainContext, Kind
-from desiderata.explainers.types import AttributionParams, CounterfactualParams, Explanation
+from desiderata.explainers.base import ExplainContext
+from desiderata.explainers.types import Explanation
 from desiderata.policy.accounting import epsilon_from_rho
 from desiderata.policy.audit import AuditLog, AuditRecord, utc_now
 from desiderata.policy.decision import Decision, PolicyInput
 from desiderata.policy.feedback import FeedbackStore
 from desiderata.policy.guard import Admission, Budget, PrivacyGuard
 from desiderata.policy.model import Consumption, Principal
+from desiderata.policy.profiles import DisclosureProfile
 from desiderata.policy.store import PolicyStore
 from desiderata.server.answer_cache import AnswerCache
 from desiderata.server.config import ExplainSettings
@@ -41,11 +42,11 @@ from desiderata.server.errors import (
     FieldViolation,
     InternalError,
     InvalidArgument,
-    NotImplementedYet,
     PermissionDenied,
     Unavailable,
     UnknownPurpose,
 )
+from desiderata.server.method_choice import resolve_method
 from desiderata.server.model_card import FeatureValue
 from desiderata.server.model_repository import ModelHandle, ModelRepository
 from desiderata.server.served import ExplainCall, KindCapability, ServedExplanation, served_explanation
@@ -237,48 +238,6 @@ class Pipeline:
             )
         return decision
 
-    def _resolve_params(self, handle: ModelHandle, call: ExplainCall, decision: Decision) -> tuple[str, Any]:
-        """The method to run and its parameters with class labels mapped to indices."""
-        params = call.params
-        target: int | None = None
-        if call.target_label:
-            if call.target_label not in handle.card.class_names:
-                name = "target_class" if call.kind is Kind.FEATURE_ATTRIBUTION else "desired_class"
-                raise InvalidArgument.single(
-                    f"params.{call.kind.value}.{name}", f"unknown class; one of {handle.card.class_names}"
-                )
-            target = handle.card.class_names.index(call.target_label)
-        if isinstance(params, AttributionParams):
-            params = dataclasses.replace(params, target_class=target)
-            if params.steps > self.settings.max_steps:
-                raise InvalidArgument.single("params.attribution.steps", f"at most {self.settings.max_steps}")
-        elif isinstance(params, CounterfactualParams):
-            params = dataclasses.replace(params, desired_class=target)
-        profile = decision.profile
-        if profile is None:
-            raise InternalError("an allowed decision without a profile")
-        method = getattr(params, "method", "") or getattr(params, "norm", "")
-        method = method or (profile.methods[0] if profile.methods else "")
-        method = _METHOD_ALIASES.get((call.kind, method), method)
-        if not method:
-            method = registry.default_method(call.kind) or ""
-            if call.kind is Kind.COUNTERFACTUAL and handle.torch_module() is None:
-                method = "counterfactual_genetic"
-        if not method:
-            raise NotImplementedYet(f"no {call.kind.value} method is available on this server yet")
-        cls = registry.get(method, f"params.{call.kind.value}.method")
-        if cls.capabilities.kind is not call.kind:
-            raise InvalidArgument.single(
-                f"params.{call.kind.value}.method", f"{method!r} is a {cls.capabilities.kind.value} method"
-            )
-        if profile.methods and method not in profile.methods:
-            raise PermissionDenied(
-                f"method {method!r} is not allowed at tier {decision.tier!r}",
-                decision_id=decision.decision_id,
-                reasons=decision.reasons,
-            )
-        return method, params
-
     # ----------------------------------------------------------- explanations
 
     async def explain(
@@ -288,11 +247,75 @@ class Pipeline:
         deadline: float | None,
         progress: Callable[[ServedExplanation], None] | None = None,
     ) -> ServedExplanation:
-        """Explains a submitted instance or a recorded decision for `principal`."""
-        # 1 resolve
+        """Explains a submitted instance or a recorded decision for `principal`.
+
+        Two trips to the worker pool: (1) resolve, decide, predict and admit; (2)
+        explain, disclose, commit, audit. The event loop only waits.
+        """
+        cancel = threading.Event()
+        p = await self._off_loop(lambda: self._prepare(principal, call), deadline, cancel)
+        profile, admission, handle = p.profile, p.admission, p.handle
+        explainer = build_explainer(registry.get(p.method), profile, self.settings)
+        seed = admission.explainer_seed if profile.privacy.noisy else call.seed
+        stream_ok = progress is not None and not profile.privacy.noisy
+        recorded = p.record.decision_id if p.record else ""
+
+        def serve(ex: Explanation, shown: Disclosed, budget: Budget | None, charge: float) -> ServedExplanation:
+            return served_explanation(handle, p.probs, ex, shown, p.decision, budget, charge, recorded)
+
+        def on_progress(ex: Explanation) -> None:
+            if progress is not None:
+                progress(serve(ex, disclose(ex, profile, handle.card, call.locale), None, 0.0))
+
+        ctx = ExplainContext(seed=seed, deadline=deadline, cancel=cancel, progress=on_progress if stream_ok else None)
+        # Raw answers only, after admission: noise, disclosure and charging still apply to a hit.
+        key = self.answers.key(
+            model=handle.name,
+            version=handle.version,
+            x=p.x,
+            method=p.method,
+            params=p.params,
+            seed=seed,
+            tier=p.decision.tier,
+            profile=profile,
+        )
+
+        def work() -> ServedExplanation:
+            try:
+                raw = self.answers.get(key)
+                if raw is None:
+                    raw = explainer.explain(handle, p.x, p.params, ctx)
+                    self.answers.put(key, raw)
+                shown = disclose(raw, profile, handle.card, call.locale, self.guard, admission)
+                ctx.check()  # a caller that went away, or a passed deadline, is not charged
+                self.guard.commit(admission)
+            except BaseException as exc:
+                self.guard.release(admission)
+                if isinstance(exc, DesiderataError) or not isinstance(exc, Exception):
+                    raise
+                log.exception("explainer_failed", method=p.method, model=handle.name)
+                raise InternalError("explainer failed") from exc
+            privacy = profile.privacy
+            charge = epsilon_from_rho(privacy.rho_per_query, privacy.delta) if privacy.noisy else 0.0
+            self.audit_decision(principal, handle, call.kind.value, call.purpose, call.consumption, p.decision, charge)
+            budget = self.guard.remaining(principal.id, handle.name, privacy)
+            log.info(
+                "explanation_served",
+                decision_id=p.decision.decision_id,
+                method=p.method,
+                model=handle.name,
+                compute_ms=round(raw.quality.compute_ms, 3),
+                noised=shown.noised,
+            )
+            return serve(raw, shown, budget, charge)
+
+        return await self._off_loop(work, deadline, cancel)
+
+    def _prepare(self, principal: Principal, call: ExplainCall) -> _Prepared:
+        """Resolve, decide (denials audited), predict and admit (budget reserved before any work)."""
         record: DecisionRecord | None = None
         if call.decision_id:
-            record = await self._off_loop(lambda: self.decisions.get(call.decision_id), deadline)
+            record = self.decisions.get(call.decision_id)
             own = bool(principal.subject_id) and principal.subject_id == record.subject_id
             handle = self.models.resolve(record.model, record.model_version)
             features = record.features
@@ -304,81 +327,16 @@ class Pipeline:
             handle.schema.validate(call.features)
             features = call.features
         self.check_purpose(call.purpose)
-        # 2 decide (denials are audited inside)
         decision = self._decide(principal, handle, call, own)
-        method, params = self._resolve_params(handle, call, decision)
-        profile = decision.profile
-        if profile is None:
+        method, params = resolve_method(handle, call, decision, self.settings)
+        if decision.profile is None:
             raise InternalError("an allowed decision without a profile")
         x = handle.schema.encode(features)
-        probs = await self._off_loop(lambda: handle.predict_proba(x[None, :])[0], deadline)
-        # 3 admit: rate, monitor, budget reserved before any explainer work
-        admission = await self._admit(principal, handle, call, decision, method, params, x, probs, deadline)
-        explainer = build_explainer(registry.get(method), profile, self.settings)
-        seed = admission.explainer_seed if profile.privacy.noisy else call.seed
-        stream_ok = progress is not None and not profile.privacy.noisy
+        probs = handle.predict_proba(x[None, :])[0]
+        admission = self._admit(principal, handle, call, decision, method, params, x, probs)
+        return _Prepared(record, handle, decision, decision.profile, method, params, x, probs, admission)
 
-        def serve(ex: Explanation, shown: Disclosed, budget: Budget | None, charge: float) -> ServedExplanation:
-            return served_explanation(
-                handle, probs, ex, shown, decision, budget, charge, record.decision_id if record else ""
-            )
-
-        def on_progress(ex: Explanation) -> None:
-            if progress is not None:
-                progress(serve(ex, disclose(ex, profile, handle.card, call.locale), None, 0.0))
-
-        cancel = threading.Event()
-        ctx = ExplainContext(seed=seed, deadline=deadline, cancel=cancel, progress=on_progress if stream_ok else None)
-        # Raw answers only, after admission: noise, disclosure and charging still apply to a hit.
-        key = self.answers.key(
-            model=handle.name,
-            version=handle.version,
-            x=x,
-            method=method,
-            params=params,
-            seed=seed,
-            tier=decision.tier,
-            profile=profile,
-        )
-
-        def work() -> tuple[Explanation, Disclosed]:
-            try:
-                raw = self.answers.get(key)
-                if raw is None:
-                    raw = explainer.explain(handle, x, params, ctx)
-                    self.answers.put(key, raw)
-                return raw, disclose(raw, profile, handle.card, call.locale, self.guard, admission)
-            except DesiderataError:
-                raise
-            except Exception as exc:
-                log.exception("explainer_failed", method=method, model=handle.name)
-                raise InternalError("explainer failed") from exc
-
-        # 4 explain, 5 disclose; 6 commit and audit — the budget is returned on any failure
-        try:
-            raw, shown = await self._off_loop(work, deadline, cancel)
-            await self._off_loop(lambda: self.guard.commit(admission), None)
-        except BaseException:
-            await asyncio.shield(self._off_loop(lambda: self.guard.release(admission), None))
-            raise
-        charge = (
-            epsilon_from_rho(profile.privacy.rho_per_query, profile.privacy.delta) if profile.privacy.noisy else 0.0
-        )
-        self.audit_decision(principal, handle, call.kind.value, call.purpose, call.consumption, decision, charge)
-        budget = await self._off_loop(
-            lambda: self.guard.remaining(principal.id, handle.name, profile.privacy), deadline
-        )
-        log.info(
-            "explanation_served",
-            decision_id=decision.decision_id,
-            method=method,
-            model=handle.name,
-            compute_ms=round(raw.quality.compute_ms, 3),
-            noised=shown.noised,
-        )
-        return serve(raw, shown, budget, charge)
-
-    async def _admit(
+    def _admit(
         self,
         principal: Principal,
         handle: ModelHandle,
@@ -388,15 +346,12 @@ class Pipeline:
         params: Any,
         x: np.ndarray,
         probs: np.ndarray,
-        deadline: float | None,
     ) -> Admission:
         profile = decision.profile
         if profile is None:
             raise InternalError("an allowed decision without a profile")
-        label = int(np.argmax(probs))
-
-        def admit() -> Admission:
-            return self.guard.admit(
+        try:
+            admission = self.guard.admit(
                 principal.id,
                 handle.name,
                 handle.version,
@@ -404,35 +359,29 @@ class Pipeline:
                 x,
                 method=method,
                 method_params=params_dict(params),
-                label=label,
+                label=int(np.argmax(probs)),
             )
-
-        try:
-            admission = await self._off_loop(admit, deadline)
         except PermissionDenied as exc:  # the extraction monitor blocked this caller: audit it
             denied = dataclasses.replace(decision, allowed=False, reasons=(*decision.reasons, *exc.reasons))
             self.audit_decision(principal, handle, call.kind.value, call.purpose, call.consumption, denied)
             raise PermissionDenied(exc.message, decision_id=decision.decision_id, reasons=exc.reasons) from None
-        if admission.downgrade_to:
-            # The monitor moved the caller to a stricter tier: nothing is held yet.
-            stricter = self.policy.pdp.bundle.profiles.get(admission.downgrade_to)
-            if stricter is None:
-                raise InternalError(f"downgrade tier {admission.downgrade_to!r} has no profile")
-            log.warning("extraction_monitor_downgrade", principal=principal.id, tier=stricter.tier)
-            return await self._off_loop(
-                lambda: self.guard.admit(
-                    principal.id,
-                    handle.name,
-                    handle.version,
-                    stricter.privacy,
-                    x,
-                    method=method,
-                    method_params=params_dict(params),
-                    observe=False,
-                ),
-                deadline,
-            )
-        return admission
+        if not admission.downgrade_to:
+            return admission
+        # The monitor moved the caller to a stricter tier: nothing is held yet.
+        stricter = self.policy.pdp.bundle.profiles.get(admission.downgrade_to)
+        if stricter is None:
+            raise InternalError(f"downgrade tier {admission.downgrade_to!r} has no profile")
+        log.warning("extraction_monitor_downgrade", principal=principal.id, tier=stricter.tier)
+        return self.guard.admit(
+            principal.id,
+            handle.name,
+            handle.version,
+            stricter.privacy,
+            x,
+            method=method,
+            method_params=params_dict(params),
+            observe=False,
+        )
 
     def capabilities(
         self, principal: Principal, model: str, version: str, purpose: str, consumption: Consumption
@@ -462,11 +411,16 @@ class Pipeline:
         return handle, out, budget, self.policy.version
 
 
-_METHOD_ALIASES = {
-    (Kind.COUNTERFACTUAL, "gradient"): "counterfactual_gradient",
-    (Kind.COUNTERFACTUAL, "genetic"): "counterfactual_genetic",
-    (Kind.ROBUSTNESS, "l2"): "robustness_l2",
-    (Kind.ROBUSTNESS, "l0"): "robustness_l0",
-    (Kind.SAMPLE_IMPORTANCE, "nearest_neighbors"): "nearest_neighbours",
-}
-"""Short wire names of methods."""
+@dataclass(frozen=True)
+class _Prepared:
+    """What the first worker trip of `Pipeline.explain` hands to the second."""
+
+    record: DecisionRecord | None
+    handle: ModelHandle
+    decision: Decision
+    profile: DisclosureProfile
+    method: str
+    params: Any
+    x: np.ndarray
+    probs: np.ndarray
+    admission: Admission
