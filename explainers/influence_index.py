@@ -52,16 +52,21 @@ Progress = Callable[[str, int, int], None]
 
 
 def robust_threshold(scores: np.ndarray, k: float) -> float:
-    """exp(median + k · 1.4826 · MAD) of the log scores: a robust outlier cut.
+    """(median + k · 1.4826 · MAD)³ of the cube roots of the scores: a robust outlier cut.
 
-    On the log scale because self-influence is positive and heavy-tailed
-    (well-fitted points have near-zero gradients): on the raw scale the MAD
-    is tiny and ~40% of the credit data was flagged.
+    Self-influence is a quadratic form of a gradient (roughly a scaled
+    chi-square), so its cube root is close to normal (Wilson–Hilferty) and a
+    median/MAD cut there behaves. The two obvious scales do not: on the raw
+    scale the MAD is tiny and ~27% of the credit data was flagged; on the log
+    scale the many well-fitted points (near-zero gradients) stretch the MAD so
+    far that nothing was flagged, not even a planted mislabelled row. With
+    k = 3.5 on the demo credit data ~1.2% of points are flagged by influence
+    (the planted mislabelled row among them) and ~1.4% by neighbour distance.
     """
-    logs = np.log(np.maximum(scores, 1e-300))
-    med = float(np.median(logs))
-    mad = float(np.median(np.abs(logs - med))) * 1.4826
-    return float(np.exp(med + k * mad))
+    roots = np.cbrt(np.maximum(scores, 0.0))
+    med = float(np.median(roots))
+    mad = float(np.median(np.abs(roots - med))) * 1.4826
+    return float((med + k * mad) ** 3)
 
 
 def params_digest(module: torch.nn.Module) -> str:
