@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -134,7 +136,7 @@ class SampleIndex:
         """Writes the index atomically (temp file, then rename)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, Any] = {f"factor_{i}": a.numpy() for i, a in enumerate(self.factors)}
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp.npz")  # concurrent writers
         arrays.update(
             train=self.train,
             self_influence=self.self_influence,
@@ -218,9 +220,7 @@ def _factors(
     if solver == "exact":
         low = inverse_sqrt_factor(g.hessian(hx, hy, cfg.chunk_rows), cfg.damping)
     else:
-        low = arnoldi(
-            lambda v: g.hvp(v, hx, hy, cfg.chunk_rows), g.p, cfg.arnoldi_iters, cfg.rank, cfg.damping, rng
-        )
+        low = arnoldi(lambda v: g.hvp(v, hx, hy, cfg.chunk_rows), g.p, cfg.arnoldi_iters, cfg.rank, cfg.damping, rng)
     progress("hessian", 1, 1)
     meta: dict[str, object] = {
         "solver": solver,

@@ -35,6 +35,7 @@ from desiderata.server.grpc.interceptors import AuthInterceptor, RequestIdInterc
 from desiderata.server.grpc.servicers import ExplanationServicer, ModelServicer
 from desiderata.server.model_repository import BUILTIN_DEMO, ModelRepository
 from desiderata.server.pipeline import Pipeline
+from desiderata.server.precompute import Precompute, assign_index_dirs, start_precompute
 from desiderata.v1 import (
     explanation_service_pb2,
     explanation_service_pb2_grpc,
@@ -65,10 +66,14 @@ class App:
         return f"{self.host}:{self.port}"
 
     host: str = "127.0.0.1"
+    precompute_at_start: bool = True
+    precompute: Precompute | None = None
 
     async def start(self) -> None:
         self.pipeline.policy.start()
         await self.server.start()
+        if self.precompute_at_start:
+            self.precompute = start_precompute(self.pipeline.models.served())
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -127,6 +132,7 @@ def build_pipeline(settings: Settings) -> tuple[Pipeline, bool]:
     torch.set_num_threads(settings.models.torch_threads)
     repo = ModelRepository(Path(settings.models.path or BUILTIN_DEMO), skip_broken=settings.models.skip_broken)
     state = settings.store.state_dir
+    assign_index_dirs(repo.handles(), state)
     state.mkdir(parents=True, exist_ok=True)
     policy = PolicyStore(settings.policy.bundle_dir or default_bundle_dir(), settings.policy.reload_interval_s)
     pipeline = Pipeline(
@@ -184,4 +190,5 @@ def build_server(settings: Settings) -> App:
         health=health_servicer,
         demo=demo_keys,
         host=settings.server.host,
+        precompute_at_start=settings.models.precompute,
     )
