@@ -84,11 +84,28 @@ class Precompute:
     progress: dict[str, tuple[str, int, int]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     done: threading.Event = field(default_factory=threading.Event)
+    cancelled: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
 
     def wait(self, timeout: float | None = None) -> bool:
-        """True once every model is over (ready or failed)."""
+        """True once every model is over (ready, failed or cancelled)."""
         return self.done.wait(timeout)
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Cancels at the next progress step (a chunk of rows) and waits; True when the thread ended.
+
+        A daemon thread still inside torch when the interpreter exits aborts
+        the process, so the server stops this before it returns.
+        """
+        self.cancelled.set()
+        if self.thread is not None:
+            self.thread.join(timeout)
+            return not self.thread.is_alive()
+        return True
+
+
+class _Cancelled(Exception):
+    pass
 
 
 def _run(handles: list[tuple[ModelHandle, tuple[str, ...]]], state: Precompute) -> None:
@@ -98,6 +115,8 @@ def _run(handles: list[tuple[ModelHandle, tuple[str, ...]]], state: Precompute) 
             last: dict[str, float] = {}
 
             def report(stage: str, done: int, total: int, key: str = key, last: dict[str, float] = last) -> None:
+                if state.cancelled.is_set():
+                    raise _Cancelled
                 state.progress[key] = (stage, done, total)
                 now = time.monotonic()
                 if done >= total or now - last.get(stage, 0.0) >= LOG_EVERY_S:
@@ -107,6 +126,10 @@ def _run(handles: list[tuple[ModelHandle, tuple[str, ...]]], state: Precompute) 
             started = time.perf_counter()
             try:
                 built = precompute(handle, methods, report)
+            except _Cancelled:
+                state.progress[key] = ("cancelled", 0, 0)
+                log.info("precompute_cancelled", model=key)
+                return
             except Exception as exc:  # a model without what a method needs must not stop the others
                 state.errors[key] = str(exc)
                 state.progress[key] = ("failed", 0, 0)

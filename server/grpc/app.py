@@ -8,6 +8,7 @@ certificate paths are configured; message-size limits from settings.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from dataclasses import dataclass
@@ -81,6 +82,8 @@ class App:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace_s)
+        if self.precompute is not None:
+            await asyncio.to_thread(self.precompute.stop, 30.0)
         self.pipeline.policy.stop()
         self.pipeline.close()
 
