@@ -58,6 +58,12 @@ class CounterfactualOptions:
     off_manifold_quantile: float = 0.95
 
 
+MARGIN = 1e-4
+"""Least lead of the new class's probability: float32 evaluations of one row
+alone and in a batch differ by ~1e-7, and on the demo a counterfactual found at
+p = 0.50000006 in a batch was a tie when the caller re-checked it alone."""
+
+
 class Outcome:
     """Which predictions count as a flipped outcome.
 
@@ -66,14 +72,18 @@ class Outcome:
         desired: class wanted, or None for any class other than `original`.
     """
 
-    def __init__(self, original: int, desired: int | None) -> None:
+    def __init__(self, original: int, desired: int | None, margin: float = MARGIN) -> None:
         self.original = original
         self.desired = desired
+        self.margin = margin
 
     def valid(self, probs: np.ndarray) -> np.ndarray:
-        """Bool ``(n,)`` from probabilities ``(n, n_classes)``."""
+        """Bool ``(n,)`` from probabilities ``(n, n_classes)``: the new class wins by `margin`."""
         pred = np.argmax(probs, axis=1)
-        return np.asarray(pred == self.desired if self.desired is not None else pred != self.original)
+        ok = pred == self.desired if self.desired is not None else pred != self.original
+        top = probs[np.arange(len(probs)), pred]
+        rest = np.where(np.eye(probs.shape[1], dtype=bool)[pred], -np.inf, probs).max(axis=1)
+        return np.asarray(ok & (top - rest >= self.margin))
 
 
 class ReferenceIndex:
@@ -220,6 +230,25 @@ def _blend(fs: FeasibleSet, z: np.ndarray, t: np.ndarray, numeric: np.ndarray) -
     return fs.finalize(out)
 
 
+def _as_served(fs: FeasibleSet, z: np.ndarray) -> np.ndarray:
+    """The rows exactly as a caller will rebuild them: the instance with only the
+    reported changes, through decode and encode.
+
+    Validity is checked on these, not on the search's rows: on the demo a
+    genetic candidate sat at p = 0.50000006 and unchanged features that
+    differed from the instance below the change threshold (or float rounding
+    through decode) flipped it back when the caller re-checked it.
+    """
+    x0 = fs.schema.decode(fs.x0)
+    changed = fs.changed_features(z)
+    out = np.empty_like(z)
+    for i in range(len(z)):
+        row = fs.schema.decode(z[i])
+        moved = {spec.name: row[spec.name] for j, spec in enumerate(fs.schema.features) if changed[i, j]}
+        out[i] = fs.schema.encode(x0 | moved)
+    return out
+
+
 def select(
     model: ExplainableModel,
     fs: FeasibleSet,
@@ -243,7 +272,7 @@ def select(
     Returns:
         ``(counterfactuals, model rows evaluated, candidates dropped as training rows)``.
     """
-    z = fs.finalize(z)
+    z = _as_served(fs, fs.finalize(z))
     probs = model.predict_proba(z)
     keep = fs.contains(z) & outcome.valid(probs)
     dropped = 0

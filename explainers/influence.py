@@ -60,9 +60,18 @@ _ENCODED = torch.nn.Identity()
 
 
 def _model_dir(model: ExplainableModel) -> Path | None:
-    """The model folder when the handle exposes one (attribute ``model_dir``)."""
-    value = getattr(model, "model_dir", None)
+    """The model folder when the handle exposes one (attribute ``model_dir``, else ``directory``)."""
+    value = getattr(model, "model_dir", None) or getattr(model, "directory", None)
     return Path(value) if value is not None else None
+
+
+def _cache_dir(model: ExplainableModel) -> Path | None:
+    """Where indexes persist: the handle's ``index_dir`` when set, else ``<model_dir>/.influence``."""
+    value = getattr(model, "index_dir", None)
+    if value is not None:
+        return Path(value)
+    model_dir = _model_dir(model)
+    return None if model_dir is None else model_dir / ".influence"
 
 
 def _check_model(model: ExplainableModel, method: str) -> None:
@@ -98,8 +107,9 @@ def get_index(
 ) -> SampleIndex:
     """The model's index for a method: in memory, else on disk, else built (and persisted).
 
-    Persisted under ``<model_dir>/.influence/`` when the model exposes
-    ``model_dir``; otherwise it lives in memory only.
+    Persisted under the model's ``index_dir`` when it has one, else under
+    ``<model_dir>/.influence/`` when it exposes a folder; otherwise it lives
+    in memory only.
 
     Args:
         model: the served model.
@@ -123,7 +133,7 @@ def get_index(
         ref = model.reference()
         if ref is None:  # checked above; keeps the type narrow
             raise FailedPrecondition(f"{method} needs the training reference")
-        cache = None if model_dir is None else model_dir / ".influence"
+        cache = _cache_dir(model)
         index = load_or_build_index(module, ref, method, subset, settings, cache, model_dir, progress)
         _INDEXES[key] = index
         return index

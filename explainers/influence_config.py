@@ -57,7 +57,7 @@ class InfluenceConfig(BaseModel):
     chunk_rows: int = Field(default=1024, gt=0)
     """Rows per gradient chunk: bounds the memory of precomputation."""
     outlier_mad_k: float = Field(default=3.5, gt=0)
-    """A point is an outlier when its log score exceeds median + k · 1.4826 · MAD (of the logs)."""
+    """A point is an outlier when the cube root of its score exceeds median + k · 1.4826 · MAD (of the roots)."""
     global_queries: int = Field(default=256, gt=0)
     """Reference rows (a seeded sample) over which each point's mean |influence| is taken."""
     tracin_max_dim: int = Field(default=4096, gt=0)

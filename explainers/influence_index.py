@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,16 +54,21 @@ Progress = Callable[[str, int, int], None]
 
 
 def robust_threshold(scores: np.ndarray, k: float) -> float:
-    """exp(median + k · 1.4826 · MAD) of the log scores: a robust outlier cut.
+    """(median + k · 1.4826 · MAD)³ of the cube roots of the scores: a robust outlier cut.
 
-    On the log scale because self-influence is positive and heavy-tailed
-    (well-fitted points have near-zero gradients): on the raw scale the MAD
-    is tiny and ~40% of the credit data was flagged.
+    Self-influence is a quadratic form of a gradient (roughly a scaled
+    chi-square), so its cube root is close to normal (Wilson–Hilferty) and a
+    median/MAD cut there behaves. The two obvious scales do not: on the raw
+    scale the MAD is tiny and ~27% of the credit data was flagged; on the log
+    scale the many well-fitted points (near-zero gradients) stretch the MAD so
+    far that nothing was flagged, not even a planted mislabelled row. With
+    k = 3.5 on the demo credit data ~1.2% of points are flagged by influence
+    (the planted mislabelled row among them) and ~1.4% by neighbour distance.
     """
-    logs = np.log(np.maximum(scores, 1e-300))
-    med = float(np.median(logs))
-    mad = float(np.median(np.abs(logs - med))) * 1.4826
-    return float(np.exp(med + k * mad))
+    roots = np.cbrt(np.maximum(scores, 0.0))
+    med = float(np.median(roots))
+    mad = float(np.median(np.abs(roots - med))) * 1.4826
+    return float((med + k * mad) ** 3)
 
 
 def params_digest(module: torch.nn.Module) -> str:
@@ -129,7 +136,7 @@ class SampleIndex:
         """Writes the index atomically (temp file, then rename)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays: dict[str, Any] = {f"factor_{i}": a.numpy() for i, a in enumerate(self.factors)}
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp.npz")  # concurrent writers
         arrays.update(
             train=self.train,
             self_influence=self.self_influence,

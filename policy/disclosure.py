@@ -160,7 +160,10 @@ def _other(r: Result, p: DisclosureProfile, redacted: set[str], notes: list[str]
         )
         return CounterfactualResult(cfs, r.reason_none)
     if isinstance(r, SampleImportanceResult):
-        samples = sorted(r.samples, key=lambda s: -abs(s.influence))
+        # the explainer's ranking stands: by influence (supporting first), by relative
+        # influence when asked, by -distance for neighbours; re-sorting by |influence|
+        # put the farthest neighbours and the most opposing points first
+        samples = list(r.samples)
         if p.top_k and len(samples) > p.top_k:
             notes.append(f"only the {p.top_k} most influential samples are shown")
             samples = samples[: p.top_k]

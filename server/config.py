@@ -159,6 +159,8 @@ class ModelsSettings(BaseModel):
     """Skip a model that fails to load (logged) instead of refusing to boot."""
     torch_threads: int = Field(default=1, ge=1, le=64)
     """Intra-op threads per model evaluation (workers run evaluations in parallel)."""
+    precompute: bool = True
+    """Build (or load) sample-importance indexes in the background at start (see server/precompute.py)."""
 
 
 class StoreSettings(BaseModel):

@@ -40,12 +40,15 @@ class ModelHandle:
         directory: the model's folder.
         module: the loaded program, float32 ``(n, n_columns)`` → probabilities ``(n, k)``.
         ref: training reference (encoded rows, labels, ids) or None.
+        index_dir: where precomputed sample-importance indexes persist (set by
+            `desiderata.server.precompute`); None means ``<directory>/.influence``.
     """
 
     card: ModelCard
     directory: Path
     module: torch.nn.Module
     ref: Reference | None = None
+    index_dir: Path | None = None
     schema: FeatureSchema = field(init=False)
 
     def __post_init__(self) -> None:
@@ -58,6 +61,11 @@ class ModelHandle:
     @property
     def version(self) -> str:
         return self.card.version
+
+    @property
+    def model_dir(self) -> Path:
+        """The model folder (``influence.yaml`` and TracIn checkpoints are read from it)."""
+        return self.directory
 
     @property
     def n_classes(self) -> int:
@@ -167,6 +175,10 @@ class ModelRepository:
         if name not in self._models:
             raise ModelNotFound(f"no model named {name!r}")
         return sorted(self._models[name])
+
+    def handles(self) -> list[ModelHandle]:
+        """Every loaded version of every model."""
+        return [h for versions in self._models.values() for h in versions.values()]
 
     def served(self) -> list[ModelHandle]:
         """The served version of each model, by name."""

@@ -9,6 +9,7 @@ certificate paths are configured; message-size limits from settings.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from desiderata.server.grpc.servicers import ExplanationServicer, ModelServicer
 from desiderata.server.model_repository import BUILTIN_DEMO, ModelRepository
 from desiderata.server.pipeline import Pipeline
 from desiderata.server.policy_services import PolicyServices
+from desiderata.server.precompute import Precompute, assign_index_dirs, start_precompute
 from desiderata.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
@@ -74,10 +76,14 @@ class App:
         return f"{self.host}:{self.port}"
 
     host: str = "127.0.0.1"
+    precompute_at_start: bool = True
+    precompute: Precompute | None = None
 
     async def start(self) -> None:
         self.pipeline.policy.start()
         await self.server.start()
+        if self.precompute_at_start:
+            self.precompute = start_precompute(self.pipeline.models.served())
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -85,6 +91,8 @@ class App:
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace_s)
+        if self.precompute is not None:
+            await asyncio.to_thread(self.precompute.stop, 30.0)
         self.pipeline.policy.stop()
         self.pipeline.close()
 
@@ -136,6 +144,7 @@ def build_pipeline(settings: Settings) -> tuple[Pipeline, bool]:
     torch.set_num_threads(settings.models.torch_threads)
     repo = ModelRepository(Path(settings.models.path or BUILTIN_DEMO), skip_broken=settings.models.skip_broken)
     state = settings.store.state_dir
+    assign_index_dirs(repo.handles(), state)
     state.mkdir(parents=True, exist_ok=True)
     policy = PolicyStore(settings.policy.bundle_dir or default_bundle_dir(), settings.policy.reload_interval_s)
     pipeline = Pipeline(
@@ -198,4 +207,5 @@ def build_server(settings: Settings) -> App:
         health=health_servicer,
         demo=demo_keys,
         host=settings.server.host,
+        precompute_at_start=settings.models.precompute,
     )

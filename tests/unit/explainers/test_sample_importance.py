@@ -120,7 +120,7 @@ def test_outliers_relative_ranking_rows_and_aggregate(tmp_path: Path) -> None:
     from tests.unit.explainers._credit import train_full_batch
 
     train_full_batch(module, x, y, l2=1e-3, steps=60)
-    (tmp_path / "influence.yaml").write_text("outlier_mad_k: 1.5\n")
+    (tmp_path / "influence.yaml").write_text("outlier_mad_k: 3.5\n")
     model = FakeModel(module, reference(x, y), data.card, model_dir=tmp_path)
     query = data.raw_x[N + 11]
     base = explain_samples(model, query, SampleImportanceParams(top_k=100), ExplainContext(), "influence")
@@ -135,17 +135,17 @@ def test_outliers_relative_ranking_rows_and_aggregate(tmp_path: Path) -> None:
         model.ref,
         "influence",
         "last_layer",
-        InfluenceConfig(outlier_mad_k=1.5),
+        InfluenceConfig(outlier_mad_k=3.5),
         tmp_path / ".influence",
     )
-    logs = np.log(idx.self_influence)
-    cut = np.exp(np.median(logs) + 1.5 * 1.4826 * np.median(np.abs(logs - np.median(logs))))
-    assert cut == pytest.approx(robust_threshold(idx.self_influence, 1.5))
+    roots = np.cbrt(idx.self_influence)
+    cut = (np.median(roots) + 3.5 * 1.4826 * np.median(np.abs(roots - np.median(roots)))) ** 3
+    assert cut == pytest.approx(robust_threshold(idx.self_influence, 3.5))
     assert [s.outlier for s in samples] == list(self_inf > cut)
-    # the cut flags a small tail; the mislabelled extreme point sits above the median
-    # (not necessarily beyond the cut: credit_data has many naturally misfit rows)
+    # the cut flags a tail (wide on this briefly trained model: many rows are still misfit)
+    # and the mislabelled extreme point is in it
     assert 0 < idx.outliers.mean() < 0.25
-    assert idx.self_influence[0] > np.median(idx.self_influence)
+    assert idx.outliers[0]
 
     kept = explain_samples(
         model, query, SampleImportanceParams(top_k=100, exclude_outliers=True), ExplainContext(), "influence"

@@ -133,11 +133,17 @@ def test_redaction_by_name_and_counterfactual_changes() -> None:
 
 def test_sample_rows_withheld_and_top_k() -> None:
     samples = tuple(
-        InfluentialSample(f"row{i}", "good", float(i), 0.1 * i, 1.0, False, {"income": 1.0}) for i in range(5)
-    )
+        InfluentialSample(f"row{i}", "good", float(i), 0.1 * i, 1.0, False, {"income": 1.0}) for i in (4, 3, 2, 1, 0)
+    )  # ranked by the explainer
     ex = Explanation(Kind.SAMPLE_IMPORTANCE, "tracin", "1", {}, SampleImportanceResult(samples))
     out, applied = apply_disclosure(ex, DisclosureProfile(tier="sample_importance/ids", top_k=2), CARD)
     assert isinstance(out.result, SampleImportanceResult)
     assert [s.sample_id for s in out.result.samples] == ["row4", "row3"]
     assert all(s.row is None for s in out.result.samples)
     assert any("rows withheld" in n for n in applied.notes)
+    # the explainer's ranking is kept: nearest neighbours (influence = -distance) stay nearest first
+    near = tuple(InfluentialSample(f"n{i}", "good", -float(i), 0.0, 1.0, False) for i in range(4))
+    ex = Explanation(Kind.SAMPLE_IMPORTANCE, "nearest_neighbours", "1", {}, SampleImportanceResult(near))
+    out, _ = apply_disclosure(ex, DisclosureProfile(tier="sample_importance/ids", top_k=2), CARD)
+    assert isinstance(out.result, SampleImportanceResult)
+    assert [s.sample_id for s in out.result.samples] == ["n0", "n1"]
