@@ -108,9 +108,11 @@ class ProgramModule(torch.nn.Module):
         self._dtype = placeholder.meta["val"].dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 2 or x.shape[1] != self.n_columns or x.dtype != self._dtype:
+        # Any floating dtype: functional calls (influence functions) run the graph in float64
+        # with float64 weights; a dtype that does not match the weights fails inside the graph.
+        if x.dim() != 2 or x.shape[1] != self.n_columns or not x.is_floating_point():
             raise ValueError(
-                f"expected a {self._dtype} tensor of shape (n, {self.n_columns}), got {x.dtype} {tuple(x.shape)}"
+                f"expected a floating tensor of shape (n, {self.n_columns}), got {x.dtype} {tuple(x.shape)}"
             )
         state = [table[name] for table, name in self._slots]
         out: tuple[torch.Tensor, ...] = self._graph(*state, x)

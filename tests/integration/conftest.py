@@ -25,15 +25,21 @@ class Running:
     address: str
 
 
-def settings_for(models: Path | None, state: Path, **extra: object) -> Settings:
+def settings_for(repo: Path | None, state: Path, **extra: object) -> Settings:
+    """Settings of a test server; sample-importance precomputation is off unless asked for."""
     cfg: dict[str, object] = {
         "server": {"port": 0, "max_receive_message_bytes": 64 * 1024},
         "auth": {"api_keys": KEYS},
         "store": {"state_dir": str(state)},
         "logging": {"format": "json", "level": "warning"},
     }
-    if models is not None:
-        cfg["models"] = {"path": str(models)}
+    model_cfg: dict[str, object] = {"precompute": False}
+    if repo is not None:
+        model_cfg["path"] = str(repo)
+    extra_models = extra.pop("models", {})
+    if isinstance(extra_models, dict):
+        model_cfg.update(extra_models)
+    cfg["models"] = model_cfg
     cfg.update(extra)
     return Settings.load(None, **cfg)
 

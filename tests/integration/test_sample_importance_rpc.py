@@ -102,7 +102,7 @@ async def test_tracin_without_checkpoints_is_failed_precondition(demo_server: Ru
 
 
 async def test_precomputed_at_start_and_persisted_for_a_restart(state_dir: Path) -> None:
-    settings = settings_for(None, state_dir)
+    settings = settings_for(None, state_dir, models={"precompute": True})
     folder = state_dir / "influence" / "credit" / "1"
     for _ in range(2):
         app = build_server(settings)
