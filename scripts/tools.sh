@@ -68,6 +68,9 @@ _install_buf() {
 _install_buf
 _install_go_tool protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go "$PROTOC_GEN_GO_VERSION"
 _install_go_tool protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc "$PROTOC_GEN_GO_GRPC_VERSION"
+# Probes of the README's grpcurl example and of health checking (tests/integration/test_grpcurl.py).
+_install_go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl v1.9.3
+_install_go_tool grpc-health-probe github.com/grpc-ecosystem/grpc-health-probe v0.4.61
 
 export PATH="$DESIDERATA_TOOLS_BIN:$PATH"
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then echo "$DESIDERATA_TOOLS_BIN"; fi
