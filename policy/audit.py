@@ -213,6 +213,35 @@ def check_page_size(page_size: int) -> int:
     return page_size or 100
 
 
+def page_query(filters: AuditFilter, page_token: str, size: int, mark: str) -> tuple[str, list[object]]:
+    """The WHERE/ORDER/LIMIT tail of a page query and its parameters, for both SQL backends.
+
+    Args:
+        filters: the query's filters.
+        page_token: where the previous page ended.
+        size: records per page (one more is fetched to know whether a next page exists).
+        mark: the driver's placeholder ("?" for SQLite, "%s" for psycopg).
+    """
+    where: list[str] = [f"seq > {mark}"]
+    params: list[object] = [decode_page_token(page_token)]
+    for column, value in filters.equalities().items():
+        where.append(f"{column} = {mark}")
+        params.append(value)
+    if filters.since:
+        where.append(f"time >= {mark}")
+        params.append(filters.since)
+    if filters.until:
+        where.append(f"time < {mark}")
+        params.append(filters.until)
+    return f"WHERE {' AND '.join(where)} ORDER BY seq LIMIT {mark}", [*params, size + 1]
+
+
+def to_page(rows: list[StoredRecord], size: int) -> AuditPage:
+    """A page from up to size + 1 rows (the extra row only says there is more)."""
+    records = tuple(rows[:size])
+    return AuditPage(records, encode_page_token(records[-1].seq) if len(rows) > size else "")
+
+
 def verify_chain(rows: Iterable[StoredRecord], anchor: tuple[int, str] | None = None) -> VerifyResult:
     """Walks stored records in storage order and checks the chain.
 

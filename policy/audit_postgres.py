@@ -23,9 +23,9 @@ from desiderata.policy.audit import (
     AuditRecord,
     StoredRecord,
     check_page_size,
-    decode_page_token,
-    encode_page_token,
+    page_query,
     record_hash,
+    to_page,
 )
 from desiderata.policy.audit_sqlite import COLUMNS, record_params, row_to_stored
 
@@ -102,23 +102,10 @@ class PostgresAuditLog(AuditLog):
 
     def query(self, filters: AuditFilter, page_size: int = 100, page_token: str = "") -> AuditPage:
         size = check_page_size(page_size)
-        where: list[str] = ["seq > %s"]
-        params: list[object] = [decode_page_token(page_token)]
-        for column, value in filters.equalities().items():
-            where.append(f"{column} = %s")
-            params.append(value)
-        if filters.since:
-            where.append("time >= %s")
-            params.append(filters.since)
-        if filters.until:
-            where.append("time < %s")
-            params.append(filters.until)
-        sql = f"SELECT {COLUMNS} FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq LIMIT %s"
+        tail, params = page_query(filters, page_token, size, "%s")
         with self._lock, self._conn.transaction():
-            rows = self._conn.execute(sql, [*params, size + 1]).fetchall()
-        records = tuple(row_to_stored(r) for r in rows[:size])
-        token = encode_page_token(records[-1].seq) if len(rows) > size else ""
-        return AuditPage(records, token)
+            rows = self._conn.execute(f"SELECT {COLUMNS} FROM audit_log {tail}", params).fetchall()
+        return to_page([row_to_stored(r) for r in rows], size)
 
     def close(self) -> None:
         with self._lock:

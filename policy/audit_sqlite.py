@@ -24,9 +24,9 @@ from desiderata.policy.audit import (
     AuditRecord,
     StoredRecord,
     check_page_size,
-    decode_page_token,
-    encode_page_token,
+    page_query,
     record_hash,
+    to_page,
 )
 
 __all__ = ["COLUMNS", "SqliteAuditLog", "row_to_stored"]
@@ -150,23 +150,10 @@ class SqliteAuditLog(AuditLog):
 
     def query(self, filters: AuditFilter, page_size: int = 100, page_token: str = "") -> AuditPage:
         size = check_page_size(page_size)
-        where: list[str] = ["seq > ?"]
-        params: list[object] = [decode_page_token(page_token)]
-        for column, value in filters.equalities().items():
-            where.append(f"{column} = ?")
-            params.append(value)
-        if filters.since:
-            where.append("time >= ?")
-            params.append(filters.since)
-        if filters.until:
-            where.append("time < ?")
-            params.append(filters.until)
-        sql = f"SELECT {COLUMNS} FROM audit_log WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+        tail, params = page_query(filters, page_token, size, "?")
         with self._lock:
-            rows = self._conn.execute(sql, [*params, size + 1]).fetchall()
-        records = tuple(row_to_stored(r) for r in rows[:size])
-        token = encode_page_token(records[-1].seq) if len(rows) > size else ""
-        return AuditPage(records, token)
+            rows = self._conn.execute(f"SELECT {COLUMNS} FROM audit_log {tail}", params).fetchall()
+        return to_page([row_to_stored(r) for r in rows], size)
 
     def close(self) -> None:
         with self._lock:
