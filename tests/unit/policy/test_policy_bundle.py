@@ -47,9 +47,7 @@ def test_split_policies_tracks_lines_strings_and_comments() -> None:
 
 def test_syntax_error_names_file_and_line(bundle_dir: Path) -> None:
     path = bundle_dir / "guards.cedar"
-    path.write_text(
-        path.read_text() + '\n@id("broken")\nforbid (principal, action, resource) when { context. };\n'
-    )
+    path.write_text(path.read_text() + '\n@id("broken")\nforbid (principal, action, resource) when { context. };\n')
     problems = _problems(bundle_dir)
     line = _line_of(path, '@id("broken")')
     assert any(f == "guards.cedar" and ln == line and "syntax" in r for f, ln, r in problems), problems
@@ -57,9 +55,7 @@ def test_syntax_error_names_file_and_line(bundle_dir: Path) -> None:
 
 def test_unknown_attribute_is_refused_at_its_policy(bundle_dir: Path) -> None:
     path = bundle_dir / "guards.cedar"
-    path.write_text(
-        path.read_text().replace("when { !resource.dp_trained }", "when { !resource.dp_trainde }")
-    )
+    path.write_text(path.read_text().replace("when { !resource.dp_trained }", "when { !resource.dp_trainde }"))
     problems = _problems(bundle_dir)
     line = _line_of(path, '@id("samples.require_dp_outside_engineering")')
     assert any(f == "guards.cedar" and ln == line and "dp_trainde" in r for f, ln, r in problems), problems
@@ -152,9 +148,7 @@ def test_schema_must_declare_every_tier(bundle_dir: Path) -> None:
 
 def test_failing_case_refuses_the_bundle(bundle_dir: Path) -> None:
     path = bundle_dir / "stakeholders_test.yaml"
-    path.write_text(
-        path.read_text().replace("tier: feature_attribution/summary", "tier: feature_attribution/full")
-    )
+    path.write_text(path.read_text().replace("tier: feature_attribution/summary", "tier: feature_attribution/full"))
     problems = _problems(bundle_dir)
     line = _line_of(path, "name: loan officer gets summary attributions")
     assert any(f == "stakeholders_test.yaml" and ln == line and "expected tier" in r for f, ln, r in problems)

@@ -93,7 +93,8 @@ def test_missing_model_attribute_fails_closed(pdp: CedarPDP) -> None:
     assert not d.allowed and d.reasons == (EVALUATION_ERROR,) and d.errors
 
 
-def test_engine_exception_fails_closed(pdp: CedarPDP) -> None:
+def test_engine_exception_fails_closed() -> None:
+    pdp = CedarPDP(load_bundle(default_bundle_dir()))  # fresh: nothing remembered yet
     with mock.patch.object(cedarpy, "is_authorized_batch", side_effect=RuntimeError("boom")):
         d = pdp.decide(_ask(ENGINEER, Kind.FEATURE_ATTRIBUTION, "debugging"))
     assert not d.allowed and d.reasons == (EVALUATION_ERROR,)
@@ -122,9 +123,7 @@ def test_forbid_that_errors_at_runtime_denies_instead_of_being_skipped(bundle_di
 
 
 def test_capabilities_from_the_same_engine(pdp: CedarPDP) -> None:
-    caps = {
-        c.kind: c for c in pdp.capabilities(SUBJECT, "credit", CREDIT, "transparency", Consumption.STATIC)
-    }
+    caps = {c.kind: c for c in pdp.capabilities(SUBJECT, "credit", CREDIT, "transparency", Consumption.STATIC)}
     assert set(caps) == {Kind.FEATURE_ATTRIBUTION, Kind.COUNTERFACTUAL}
     fa = caps[Kind.FEATURE_ATTRIBUTION]
     assert fa.tier == "feature_attribution/narrative" and fa.profile.narrative_only and fa.profile.top_k == 3
@@ -146,3 +145,36 @@ def test_global_actions(pdp: CedarPDP) -> None:
     assert not pdp.authorize(Principal("e", "executive"), "audit/read", "credit", CREDIT, "audit").allowed
     with pytest.raises(InvalidArgument):
         pdp.authorize(reg, "feature_attribution/full", "credit", CREDIT, "audit")
+
+
+def test_remembered_decisions_equal_evaluated_ones_and_errors_are_not_remembered() -> None:
+    bundle = load_bundle(default_bundle_dir())
+    cached, fresh = CedarPDP(bundle), CedarPDP(bundle, cache_size=0)
+    asks = [
+        _ask(ENGINEER, Kind.FEATURE_ATTRIBUTION, "debugging"),
+        _ask(OFFICER, Kind.COUNTERFACTUAL, "recourse"),
+        _ask(SUBJECT, Kind.FEATURE_ATTRIBUTION, "transparency", own_decision=True, submitted_instance=False),
+        _ask(SUBJECT, Kind.FEATURE_ATTRIBUTION, "transparency", own_decision=False, submitted_instance=False),
+    ]
+    for ask in asks * 2:
+        a, b = cached.decide(ask), fresh.decide(ask)
+        assert (a.allowed, a.tier, a.reasons) == (b.allowed, b.tier, b.reasons)
+        assert a.decision_id != b.decision_id
+    with mock.patch.object(cedarpy, "is_authorized_batch", side_effect=AssertionError("must not evaluate")):
+        other_engineer = Principal("zed", "ml_engineer")  # same role and attributes: shared answer
+        assert cached.decide(_ask(other_engineer, Kind.FEATURE_ATTRIBUTION, "debugging")).allowed
+    broken = PolicyInput(
+        ENGINEER, "credit", {"domain": "credit"}, Kind.FEATURE_ATTRIBUTION, "debugging", Consumption.STATIC
+    )
+    assert cached.decide(broken).reasons == (EVALUATION_ERROR,)
+    assert cached.decide(broken).reasons == (EVALUATION_ERROR,)  # errors are evaluated again, never stored
+
+
+def test_a_policy_naming_a_user_makes_the_principal_id_part_of_the_key(bundle_dir: Path) -> None:
+    (bundle_dir / "banned.cedar").write_text(
+        '@id("banned.eve")\nforbid (principal == User::"eve", action, resource);\n'
+    )
+    pdp = CedarPDP(parse_bundle(bundle_dir))
+    assert pdp.decide(_ask(Principal("zed", "ml_engineer"), Kind.FEATURE_ATTRIBUTION, "debugging")).allowed
+    denied = pdp.decide(_ask(ENGINEER, Kind.FEATURE_ATTRIBUTION, "debugging"))
+    assert not denied.allowed and denied.reasons == ("banned.eve",)

@@ -28,9 +28,7 @@ def test_validate_and_test_pass_on_the_shipped_bundle() -> None:
 
 
 def test_validate_reports_file_line_and_reason(bundle_dir: Path) -> None:
-    (bundle_dir / "guards.cedar").write_text(
-        '@id("x")\nforbid (principal, action, resource) when { nope };\n'
-    )
+    (bundle_dir / "guards.cedar").write_text('@id("x")\nforbid (principal, action, resource) when { nope };\n')
     code, out = _run(run_validate, [str(bundle_dir)])
     assert code == 1 and "error: guards.cedar:1:" in out and "would be refused" in out
 

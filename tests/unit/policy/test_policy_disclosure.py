@@ -111,9 +111,7 @@ def test_unknown_locale_falls_back_to_english() -> None:
 
 
 def test_redaction_by_name_and_counterfactual_changes() -> None:
-    profile = DisclosureProfile(
-        tier="counterfactual/recourse", rounding=0.5, redacted_features=("@protected", "debt")
-    )
+    profile = DisclosureProfile(tier="counterfactual/recourse", rounding=0.5, redacted_features=("@protected", "debt"))
     assert redacted_names(profile, CARD) == ("age", "marital", "debt")
     cf = Counterfactual(
         (

@@ -76,9 +76,7 @@ def test_broken_edit_changes_nothing_and_is_logged(
     old_version = store.version
     # A permit without a passing test case: valid Cedar, but its cases now fail
     # (executives must not get single-instance attributions).
-    (bundle_dir / "oops.cedar").write_text(
-        '@id("oops")\npermit (principal in Role::"executive", action, resource);\n'
-    )
+    (bundle_dir / "oops.cedar").write_text('@id("oops")\npermit (principal in Role::"executive", action, resource);\n')
     _wait_for(lambda: store.last_error is not None)
     assert store.version == old_version
     assert not store.decide(EXEC_ASKS).allowed

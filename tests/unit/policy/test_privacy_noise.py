@@ -11,9 +11,7 @@ from desiderata.server.errors import InvalidArgument
 SECRET = b"0123456789abcdef-test-secret"
 
 
-def _key(
-    principal: str = "a", version: str = "v1", x: float = 1.0, method: str = "ig", steps: int = 64
-) -> bytes:
+def _key(principal: str = "a", version: str = "v1", x: float = 1.0, method: str = "ig", steps: int = 64) -> bytes:
     return query_key(SECRET, principal, version, np.array([x, 2.0, 3.0]), method, {"steps": steps}).noise_seed
 
 
