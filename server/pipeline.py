@@ -249,13 +249,29 @@ class Pipeline:
     ) -> ServedExplanation:
         """Explains a submitted instance or a recorded decision for `principal`.
 
-        Two trips to the worker pool: (1) resolve, decide, predict and admit; (2)
-        explain, disclose, commit, audit. The event loop only waits.
+        One trip to the worker pool does everything (resolve, decide, predict,
+        admit, explain, disclose, commit, audit); the event loop only waits. A
+        second trip cost a thread hand-off per request for no parallelism.
         """
         cancel = threading.Event()
-        p = await self._off_loop(lambda: self._prepare(principal, call), deadline, cancel)
+        work = lambda: self._explain(principal, call, deadline, cancel, progress)  # noqa: E731
+        return await self._off_loop(work, deadline, cancel)
+
+    def _explain(
+        self,
+        principal: Principal,
+        call: ExplainCall,
+        deadline: float | None,
+        cancel: threading.Event,
+        progress: Callable[[ServedExplanation], None] | None,
+    ) -> ServedExplanation:
+        p = self._prepare(principal, call)
         profile, admission, handle = p.profile, p.admission, p.handle
-        explainer = build_explainer(registry.get(p.method), profile, self.settings)
+        try:
+            explainer = build_explainer(registry.get(p.method), profile, self.settings)
+        except BaseException:
+            self.guard.release(admission)
+            raise
         seed = admission.explainer_seed if profile.privacy.noisy else call.seed
         stream_ok = progress is not None and not profile.privacy.noisy
         recorded = p.record.decision_id if p.record else ""
@@ -268,48 +284,44 @@ class Pipeline:
                 progress(serve(ex, disclose(ex, profile, handle.card, call.locale), None, 0.0))
 
         ctx = ExplainContext(seed=seed, deadline=deadline, cancel=cancel, progress=on_progress if stream_ok else None)
-        # Raw answers only, after admission: noise, disclosure and charging still apply to a hit.
-        key = self.answers.key(
-            model=handle.name,
-            version=handle.version,
-            x=p.x,
-            method=p.method,
-            params=p.params,
-            seed=seed,
-            tier=p.decision.tier,
-            profile=profile,
-        )
-
-        def work() -> ServedExplanation:
-            try:
-                raw = self.answers.get(key)
-                if raw is None:
-                    raw = explainer.explain(handle, p.x, p.params, ctx)
-                    self.answers.put(key, raw)
-                shown = disclose(raw, profile, handle.card, call.locale, self.guard, admission)
-                ctx.check()  # a caller that went away, or a passed deadline, is not charged
-                self.guard.commit(admission)
-            except BaseException as exc:
-                self.guard.release(admission)
-                if isinstance(exc, DesiderataError) or not isinstance(exc, Exception):
-                    raise
-                log.exception("explainer_failed", method=p.method, model=handle.name)
-                raise InternalError("explainer failed") from exc
-            privacy = profile.privacy
-            charge = epsilon_from_rho(privacy.rho_per_query, privacy.delta) if privacy.noisy else 0.0
-            self.audit_decision(principal, handle, call.kind.value, call.purpose, call.consumption, p.decision, charge)
-            budget = self.guard.remaining(principal.id, handle.name, privacy)
-            log.info(
-                "explanation_served",
-                decision_id=p.decision.decision_id,
-                method=p.method,
+        try:
+            # Raw answers only, after admission: noise, disclosure and charging still apply to a hit.
+            key = self.answers.key(
                 model=handle.name,
-                compute_ms=round(raw.quality.compute_ms, 3),
-                noised=shown.noised,
+                version=handle.version,
+                x=p.x,
+                method=p.method,
+                params=p.params,
+                seed=seed,
+                tier=p.decision.tier,
+                profile=profile,
             )
-            return serve(raw, shown, budget, charge)
-
-        return await self._off_loop(work, deadline, cancel)
+            raw = self.answers.get(key)
+            if raw is None:
+                raw = explainer.explain(handle, p.x, p.params, ctx)
+                self.answers.put(key, raw)
+            shown = disclose(raw, profile, handle.card, call.locale, self.guard, admission)
+            ctx.check()  # a caller that went away, or a passed deadline, is not charged
+            self.guard.commit(admission)
+        except BaseException as exc:
+            self.guard.release(admission)
+            if isinstance(exc, DesiderataError) or not isinstance(exc, Exception):
+                raise
+            log.exception("explainer_failed", method=p.method, model=handle.name)
+            raise InternalError("explainer failed") from exc
+        privacy = profile.privacy
+        charge = epsilon_from_rho(privacy.rho_per_query, privacy.delta) if privacy.noisy else 0.0
+        self.audit_decision(principal, handle, call.kind.value, call.purpose, call.consumption, p.decision, charge)
+        budget = self.guard.remaining(principal.id, handle.name, privacy)
+        log.info(
+            "explanation_served",
+            decision_id=p.decision.decision_id,
+            method=p.method,
+            model=handle.name,
+            compute_ms=round(raw.quality.compute_ms, 3),
+            noised=shown.noised,
+        )
+        return serve(raw, shown, budget, charge)
 
     def _prepare(self, principal: Principal, call: ExplainCall) -> _Prepared:
         """Resolve, decide (denials audited), predict and admit (budget reserved before any work)."""
@@ -413,7 +425,7 @@ class Pipeline:
 
 @dataclass(frozen=True)
 class _Prepared:
-    """What the first worker trip of `Pipeline.explain` hands to the second."""
+    """What resolve, decide, predict and admit hand to the explainer step."""
 
     record: DecisionRecord | None
     handle: ModelHandle
