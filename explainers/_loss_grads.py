@@ -126,6 +126,13 @@ class LossGrad:
         xt, yt = self._as_tensors(x, y)
         if xt.ndim != 2 or yt.shape != (xt.shape[0],):
             raise ValueError(f"expected rows (n, d) and labels (n,), got {tuple(xt.shape)}, {tuple(yt.shape)}")
+        if xt.shape[0] == 1:
+            # One row (a served query): its gradient is that of the summed loss, and plain
+            # autograd costs a quarter of vmap(grad(...))'s set-up for the same numbers.
+            with torch.enable_grad():  # like torch.func.grad, also inside a caller's no_grad block
+                theta = self.theta.clone().requires_grad_(True)
+                (one,) = torch.autograd.grad(self._loss_sum(theta, xt, yt), theta)
+            return one.unsqueeze(0)
         out: torch.Tensor = vmap(grad(self._loss_one), in_dims=(None, 0, 0))(self.theta, xt, yt)
         return out
 

@@ -106,6 +106,7 @@ class SampleIndex:
     factors: list[torch.Tensor] = field(default_factory=list)
     grads: list[LossGrad] = field(default_factory=list)
     _sq: np.ndarray | None = field(default=None, repr=False)
+    _t: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def outliers(self) -> np.ndarray:
@@ -120,12 +121,25 @@ class SampleIndex:
         return np.concatenate(parts, axis=1)
 
     def scores(self, q: np.ndarray) -> np.ndarray:
-        """Influence of every training row on each query, ``(m, r)`` → ``(m, n)``."""
-        dots = np.asarray(q.astype(np.float32) @ self.train.T, dtype=np.float64)
+        """Influence of every training row on each query, ``(m, r)`` → ``(m, n)``.
+
+        The product runs in torch over a view of `train` (no copy): numpy's
+        BLAS keeps its own thread pool, which the server's torch thread
+        setting does not bound, and on a busy machine its spinning threads
+        made this ``(n × r)`` product 30–70× slower (15 ms instead of 0.2 ms
+        at n = 10,000).
+        """
+        qt = torch.as_tensor(np.ascontiguousarray(q, dtype=np.float32))
+        dots = np.asarray((qt @ self._train_t().T).numpy(), dtype=np.float64)
         if self.method == "nearest_neighbours":
             d2 = (q**2).sum(1)[:, None] - 2.0 * dots + self._train_sq()[None, :]
             return np.asarray(-np.sqrt(np.maximum(d2, 0.0)), dtype=np.float64)
         return dots
+
+    def _train_t(self) -> torch.Tensor:
+        if self._t is None or self._t.data_ptr() != self.train.__array_interface__["data"][0]:
+            self._t = torch.as_tensor(self.train)  # shares memory with the array
+        return self._t
 
     def _train_sq(self) -> np.ndarray:
         if self._sq is None:
