@@ -278,7 +278,8 @@ def build_index(
         score = np.empty(n)
         for start in range(0, n, cfg.chunk_rows):
             d = -idx.scores(reps[start : start + cfg.chunk_rows].astype(np.float64))
-            score[start : start + len(d)] = np.sort(d, axis=1)[:, 1 : k + 1].mean(1)
+            nearest = np.sort(np.partition(d, k, axis=1)[:, : k + 1], axis=1)  # the same k + 1 values, sorted
+            score[start : start + len(d)] = nearest[:, 1 : k + 1].mean(1)
             report("neighbours", min(start + cfg.chunk_rows, n), n)
         idx.self_influence = score
         idx.global_mean_abs = np.abs(idx.scores(reps[query_rows].astype(np.float64))).mean(0)
