@@ -145,13 +145,22 @@ def precompute(
     methods: tuple[str, ...] = ("influence", "nearest_neighbours"),
     progress: Progress | None = None,
 ) -> dict[str, SampleIndex]:
-    """Builds (or loads) the indexes of a model at load time; TracIn only when checkpoints exist."""
+    """Builds (or loads) the indexes of a model at load time; TracIn only when checkpoints exist.
+
+    Gradient methods get the default subset and then every one listed in
+    ``precompute_subsets``; the result is keyed by method, with ``/<subset>``
+    appended for the extra subsets.
+    """
     settings = load_influence_config(_model_dir(model))
+    extra = [s for s in dict.fromkeys(settings.precompute_subsets) if s != settings.parameter_subset]
     out = {}
     for method in methods:
         if method == "tracin" and not settings.checkpoints:
             continue
         out[method] = get_index(model, method, "", progress, settings)
+        if method != "nearest_neighbours":
+            for subset in extra:
+                out[f"{method}/{subset}"] = get_index(model, method, subset, progress, settings)
     return out
 
 
