@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from desiderata.explainers import _loss_grads
 from desiderata.explainers._loss_grads import LossGrad
 from desiderata.explainers.influence import top_indices
 from desiderata.explainers.influence_index import SampleIndex
@@ -60,3 +61,15 @@ def test_scores_match_numpy() -> None:
             d2 = (q**2).sum(1)[:, None] - 2.0 * dots + (train.astype(np.float64) ** 2).sum(1)[None, :]
             expected = -np.sqrt(np.maximum(d2, 0.0))
         np.testing.assert_allclose(idx.scores(q), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_single_row_gradient_of_a_module_that_cannot_be_copied(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(_obj: object, _memo: object = None) -> object:
+        raise TypeError("not copyable")
+
+    g = LossGrad(mlp(6, hidden=5, seed=2), "all")
+    monkeypatch.setattr(_loss_grads.copy, "deepcopy", refuse)
+    x = np.random.default_rng(0).standard_normal((2, 6))
+    y = np.array([1, 0])
+    torch.testing.assert_close(g.grads(x[:1], y[:1])[0], g.grads(x, y)[0], rtol=1e-12, atol=1e-14)
+    assert g._copy is None
