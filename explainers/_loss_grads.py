@@ -14,6 +14,8 @@ vmapped tensor cannot index).
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -82,6 +84,8 @@ class LossGrad:
         self.numels = [state[n].numel() for n in self.names]
         self.theta = torch.cat([state[n].reshape(-1) for n in self.names])
         """The flat parameter subset at the module's values, shape ``(p,)``."""
+        self._copy: tuple[torch.nn.Module, list[torch.Tensor]] | None = None
+        self._copy_lock = threading.Lock()
 
     @property
     def p(self) -> int:
@@ -126,8 +130,49 @@ class LossGrad:
         xt, yt = self._as_tensors(x, y)
         if xt.ndim != 2 or yt.shape != (xt.shape[0],):
             raise ValueError(f"expected rows (n, d) and labels (n,), got {tuple(xt.shape)}, {tuple(yt.shape)}")
+        if xt.shape[0] == 1:
+            return self._one_row(xt, yt)
         out: torch.Tensor = vmap(grad(self._loss_one), in_dims=(None, 0, 0))(self.theta, xt, yt)
         return out
+
+    def _one_row(self, xt: torch.Tensor, yt: torch.Tensor) -> torch.Tensor:
+        """The gradient of one row (a served query), ``(1, p)``: the same numbers as the vmapped path.
+
+        A row's gradient is that of the summed loss, so plain autograd does:
+        over a private copy of the module at this object's dtype and values,
+        with the subset's parameters as leaves, which skips both vmap's set-up
+        and ``functional_call``'s per-call re-parametrisation (7 ms → under
+        1 ms on the demo MLP). A module that cannot be copied uses
+        ``functional_call``.
+        """
+        with torch.enable_grad():  # like torch.func.grad, also inside a caller's no_grad block
+            copied = self._module_copy()
+            if copied is None:
+                theta = self.theta.clone().requires_grad_(True)
+                (one,) = torch.autograd.grad(self._loss_sum(theta, xt, yt), theta)
+                return one.unsqueeze(0)
+            module, leaves = copied
+            probs = module(xt)
+            loss = -torch.log(probs.gather(1, yt.reshape(-1, 1)).clamp_min(LOG_FLOOR)).sum()
+            parts = torch.autograd.grad(loss, leaves)
+        return torch.cat([g.reshape(-1) for g in parts]).unsqueeze(0)
+
+    def _module_copy(self) -> tuple[torch.nn.Module, list[torch.Tensor]] | None:
+        with self._copy_lock:
+            if self._copy is None:
+                try:
+                    module = copy.deepcopy(self.module)
+                except Exception:
+                    return None
+                values = self._params(self.theta)
+                module.requires_grad_(False)
+                with torch.no_grad():
+                    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+                        if name in values:
+                            tensor.data = values[name].clone()
+                named = dict(module.named_parameters())
+                self._copy = (module, [named[n].requires_grad_(True) for n in self.names])
+            return self._copy
 
     def iter_grads(self, x: np.ndarray, y: np.ndarray, chunk: int = 1024) -> Iterator[tuple[int, torch.Tensor]]:
         """Per-sample gradients ``(≤chunk, p)`` of successive row chunks, with their start row."""

@@ -49,6 +49,7 @@ __all__ = [
     "explain_samples",
     "get_index",
     "precompute",
+    "top_indices",
 ]
 
 DEFAULT_TOP_K = 10
@@ -144,13 +145,22 @@ def precompute(
     methods: tuple[str, ...] = ("influence", "nearest_neighbours"),
     progress: Progress | None = None,
 ) -> dict[str, SampleIndex]:
-    """Builds (or loads) the indexes of a model at load time; TracIn only when checkpoints exist."""
+    """Builds (or loads) the indexes of a model at load time; TracIn only when checkpoints exist.
+
+    Gradient methods get the default subset and then every one listed in
+    ``precompute_subsets``; the result is keyed by method, with ``/<subset>``
+    appended for the extra subsets.
+    """
     settings = load_influence_config(_model_dir(model))
+    extra = [s for s in dict.fromkeys(settings.precompute_subsets) if s != settings.parameter_subset]
     out = {}
     for method in methods:
         if method == "tracin" and not settings.checkpoints:
             continue
         out[method] = get_index(model, method, "", progress, settings)
+        if method != "nearest_neighbours":
+            for subset in extra:
+                out[f"{method}/{subset}"] = get_index(model, method, subset, progress, settings)
     return out
 
 
@@ -169,6 +179,27 @@ def _page(params: SampleImportanceParams, n: int) -> tuple[int, int, int]:
     top_k = min(top_k, n)
     size = params.page_size or top_k
     return top_k, offset, size
+
+
+def top_indices(key: np.ndarray, k: int, candidates: np.ndarray | None = None) -> np.ndarray:
+    """The `k` indices of the largest `key` values among `candidates` (None: all), largest first.
+
+    The same indices, in the same order, as a stable descending sort of every
+    candidate cut at `k` (ties by index), in O(n) instead of O(n log n): a
+    partition finds the k-th value, then only the candidates at or above it
+    (k plus any ties) are sorted.
+    """
+    pool = key if candidates is None else key[candidates]
+    if k <= 0 or len(pool) == 0:
+        return np.empty(0, dtype=np.int64)
+    neg = -pool
+    kept = np.arange(len(pool))
+    if k < len(pool):
+        kth = neg[np.argpartition(neg, k - 1)[k - 1]]
+        if not np.isnan(kth):  # NaNs sort last; with fewer than k numbers sort everything
+            kept = np.flatnonzero(neg <= kth)
+    kept = kept[np.argsort(neg[kept], kind="stable")][:k]
+    return kept if candidates is None else candidates[kept]
 
 
 def explain_samples(
@@ -206,27 +237,24 @@ def explain_samples(
     predicted = int(np.argmax(model.predict_proba(x[None, :])[0]))
     q = index.query_vectors(module, x[None, :], np.array([predicted]))
     influence = index.scores(q)[0]
-    relative = influence / np.maximum(index.global_mean_abs, 1e-300)
-    key = relative if params.relative else influence
-    candidates = np.arange(len(key))
-    if params.exclude_outliers:
-        candidates = candidates[~index.outliers]
-    order = candidates[np.argsort(-key[candidates], kind="stable")]
-    top_k, offset, size = _page(params, len(order))
-    ranked = order[:top_k]
-    page = ranked[offset : offset + size]
     outliers = index.outliers
+    key = influence / np.maximum(index.global_mean_abs, 1e-300) if params.relative else influence
+    candidates = np.flatnonzero(~outliers) if params.exclude_outliers else None
+    top_k, offset, size = _page(params, len(key) if candidates is None else len(candidates))
+    ranked = top_indices(key, top_k, candidates)
+    page = ranked[offset : offset + size]
+    relative = influence[ranked] / np.maximum(index.global_mean_abs[ranked], 1e-300)
     samples = tuple(
         InfluentialSample(
             sample_id=ref.ids[i],
             label=model.card.class_names[int(ref.y[i])],
             influence=float(influence[i]),
-            relative_influence=float(relative[i]),
+            relative_influence=float(relative[j]),
             self_influence=float(index.self_influence[i]),
             outlier=bool(outliers[i]),
             row=model.schema.decode(ref.x[i]) if include_rows else None,
         )
-        for i in page
+        for j, i in enumerate(page, start=offset)
     )
     nxt = offset + size
     result = SampleImportanceResult(

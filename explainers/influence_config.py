@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import stat
 from pathlib import Path
 from typing import Literal
 
@@ -68,11 +69,21 @@ class InfluenceConfig(BaseModel):
     """Seed of every sample and projection drawn during precomputation."""
     checkpoints: list[Checkpoint] = Field(default_factory=list)
     """TracIn checkpoints in training order; empty disables TracIn."""
+    precompute_subsets: list[Literal["last_layer", "all"]] = Field(default_factory=list)
+    """Parameter subsets whose influence indexes are built at load besides `parameter_subset`."""
 
     def digest(self) -> str:
-        """A short hash of the settings that change a precomputed index."""
-        raw = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """A short hash of the settings that change a precomputed index.
+
+        Which subsets are built at load changes no index, so it is left out
+        (and indexes persisted before that setting existed stay valid).
+        """
+        raw = json.dumps(self.model_dump(mode="json", exclude={"precompute_subsets"}), sort_keys=True).encode()
         return hashlib.sha256(raw).hexdigest()[:12]
+
+
+_LOADED: dict[Path, tuple[tuple[int, int, int], InfluenceConfig]] = {}
+"""Parsed files by path, with the (mtime, size, inode) they were parsed at: every query reads the settings."""
 
 
 def load_influence_config(model_dir: Path | None) -> InfluenceConfig:
@@ -81,10 +92,25 @@ def load_influence_config(model_dir: Path | None) -> InfluenceConfig:
     Raises:
         ValueError: the file exists but is invalid (naming the file).
     """
-    if model_dir is None or not (model_dir / CONFIG_FILE).is_file():
-        return InfluenceConfig()
+    if model_dir is None:
+        return _DEFAULT
     path = model_dir / CONFIG_FILE
     try:
-        return InfluenceConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+        st = path.stat()
+    except OSError:
+        return _DEFAULT
+    if not stat.S_ISREG(st.st_mode):
+        return _DEFAULT
+    stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+    found = _LOADED.get(path)
+    if found is not None and found[0] == stamp:
+        return found[1]
+    try:
+        cfg = InfluenceConfig.model_validate(yaml.safe_load(path.read_text()) or {})
     except Exception as exc:
         raise ValueError(f"{path}: invalid influence settings: {exc}") from exc
+    _LOADED[path] = (stamp, cfg)
+    return cfg
+
+
+_DEFAULT = InfluenceConfig()

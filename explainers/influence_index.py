@@ -106,6 +106,7 @@ class SampleIndex:
     factors: list[torch.Tensor] = field(default_factory=list)
     grads: list[LossGrad] = field(default_factory=list)
     _sq: np.ndarray | None = field(default=None, repr=False)
+    _t: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def outliers(self) -> np.ndarray:
@@ -120,12 +121,32 @@ class SampleIndex:
         return np.concatenate(parts, axis=1)
 
     def scores(self, q: np.ndarray) -> np.ndarray:
-        """Influence of every training row on each query, ``(m, r)`` → ``(m, n)``."""
-        dots = np.asarray(q.astype(np.float32) @ self.train.T, dtype=np.float64)
+        """Influence of every training row on each query, ``(m, r)`` → ``(m, n)``.
+
+        The product runs in torch over a view of `train` (no copy): numpy's
+        BLAS keeps its own thread pool, which the server's torch thread
+        setting does not bound, and on a busy machine its spinning threads
+        made this ``(n × r)`` product 30–70× slower (15 ms instead of 0.2 ms
+        at n = 10,000).
+        """
+        qt = torch.as_tensor(np.ascontiguousarray(q, dtype=np.float32))
+        dots = np.asarray((qt @ self._train_t().T).numpy(), dtype=np.float64)
         if self.method == "nearest_neighbours":
-            d2 = (q**2).sum(1)[:, None] - 2.0 * dots + self._train_sq()[None, :]
-            return np.asarray(-np.sqrt(np.maximum(d2, 0.0)), dtype=np.float64)
+            # −√max(‖q‖² − 2 q·t + ‖t‖², 0) in place: the same numbers without five (m × n) temporaries,
+            # whose allocation dominated the neighbours build (1,024 × 10,000 per chunk).
+            d2 = dots
+            d2 *= -2.0
+            d2 += (q**2).sum(1)[:, None]
+            d2 += self._train_sq()[None, :]
+            np.maximum(d2, 0.0, out=d2)
+            np.sqrt(d2, out=d2)
+            return np.negative(d2, out=d2)
         return dots
+
+    def _train_t(self) -> torch.Tensor:
+        if self._t is None or self._t.data_ptr() != self.train.__array_interface__["data"][0]:
+            self._t = torch.as_tensor(self.train)  # shares memory with the array
+        return self._t
 
     def _train_sq(self) -> np.ndarray:
         if self._sq is None:
@@ -264,7 +285,8 @@ def build_index(
         score = np.empty(n)
         for start in range(0, n, cfg.chunk_rows):
             d = -idx.scores(reps[start : start + cfg.chunk_rows].astype(np.float64))
-            score[start : start + len(d)] = np.sort(d, axis=1)[:, 1 : k + 1].mean(1)
+            nearest = np.sort(np.partition(d, k, axis=1)[:, : k + 1], axis=1)  # the same k + 1 values, sorted
+            score[start : start + len(d)] = nearest[:, 1 : k + 1].mean(1)
             report("neighbours", min(start + cfg.chunk_rows, n), n)
         idx.self_influence = score
         idx.global_mean_abs = np.abs(idx.scores(reps[query_rows].astype(np.float64))).mean(0)

@@ -81,8 +81,10 @@ def aggregate_sentence(
         else _default_features(schema, max_features)
     )
     parts = [f"The {m} most influential {noun} were {', '.join(shares)}"]
-    decoded = [schema.decode(r) for r in rows]
+    column = {f.name: sl.start for f, sl in zip(schema.features, schema.slices, strict=True)}
     for spec in chosen:
-        values = np.array([float(d[spec.name]) for d in decoded])
+        # The decoded value of a number is its column; of an integer, the column rounded (as `decode`).
+        raw = np.asarray(rows, dtype=np.float64)[:, column[spec.name]]
+        values = np.array([float(round(float(v))) for v in raw]) if spec.type == "integer" else raw
         parts.append(f"median {spec.label} {format_value(float(np.median(values)), spec)}")
     return "; ".join(parts) + "."

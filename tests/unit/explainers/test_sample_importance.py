@@ -15,8 +15,8 @@ import yaml
 
 from desiderata.explainers import registry
 from desiderata.explainers.base import ExplainContext, Kind
-from desiderata.explainers.influence import explain_samples
-from desiderata.explainers.influence_config import InfluenceConfig
+from desiderata.explainers.influence import explain_samples, get_index, precompute
+from desiderata.explainers.influence_config import InfluenceConfig, load_influence_config
 from desiderata.explainers.influence_index import load_or_build_index, robust_threshold
 from desiderata.explainers.types import SampleImportanceParams, SampleImportanceResult
 from desiderata.server.errors import FailedPrecondition
@@ -242,3 +242,21 @@ def test_errors_name_what_is_missing() -> None:
 def test_registered_under_the_wire_names() -> None:
     assert registry.names(Kind.SAMPLE_IMPORTANCE) == ["influence", "nearest_neighbours", "tracin"]
     assert registry.default_method(Kind.SAMPLE_IMPORTANCE) == "influence"
+
+
+def test_precompute_builds_the_listed_subsets_and_settings_are_read_once(tmp_path: Path) -> None:
+    data = credit()
+    module = mlp(data.x.shape[1], 8, seed=4)
+    (tmp_path / "influence.yaml").write_text(yaml.safe_dump({"precompute_subsets": ["all", "last_layer"]}))
+    model = FakeModel(module, reference(data.x[:120], data.y[:120]), data.card, model_dir=tmp_path)
+    built = precompute(model, ("influence", "nearest_neighbours"))
+    assert sorted(built) == ["influence", "influence/all", "nearest_neighbours"]
+    assert built["influence"].subset == "last_layer" and built["influence/all"].subset == "all"
+    assert get_index(model, "influence", "all") is built["influence/all"]  # a request finds it built
+    assert {p.name.split("-")[1] for p in (tmp_path / ".influence").glob("influence-*.npz")} == {"last_layer", "all"}
+    first = load_influence_config(tmp_path)
+    assert load_influence_config(tmp_path) is first  # unchanged file: not parsed again
+    # which subsets are built at load changes no index, so it is not part of the settings digest
+    assert first.digest() == InfluenceConfig().digest()
+    (tmp_path / "influence.yaml").write_text(yaml.safe_dump({"damping": 0.5, "precompute_subsets": ["all"]}))
+    assert load_influence_config(tmp_path).damping == 0.5  # a changed file is read again
