@@ -158,7 +158,7 @@ class ModelsSettings(BaseModel):
     skip_broken: bool = False
     """Skip a model that fails to load (logged) instead of refusing to boot."""
     torch_threads: int = Field(default=1, ge=1, le=64)
-    """Intra-op threads per model evaluation (workers run evaluations in parallel)."""
+    """Intra-op threads per model evaluation and the cap on numpy BLAS threads (workers run in parallel)."""
     precompute: bool = True
     """Build (or load) sample-importance indexes in the background at start (see server/precompute.py)."""
 
