@@ -115,6 +115,16 @@ class ReferenceIndex:
             dist[torch.arange(len(sub)), torch.as_tensor(np.searchsorted(idx, sub))] = np.inf
             self.threshold[int(cls)] = float(np.quantile(dist.min(dim=1).values.numpy(), quantile))
 
+    def distances(self, z: np.ndarray) -> np.ndarray:
+        """Summed MAD-scaled ℓ1 distances of candidates ``(n, n_columns)`` to every row, ``(n, n_rows)``."""
+        zt = torch.as_tensor(z / self.scale, dtype=torch.float64)
+        return np.asarray(torch.cdist(zt, self.x, p=1).numpy())
+
+    def rows_equal(self, row: np.ndarray) -> np.ndarray:
+        """Which reference rows equal `row` ``(n_columns,)``, bool ``(n_rows,)``."""
+        own = torch.as_tensor(row / self.scale, dtype=torch.float64)
+        return np.asarray(((self.x - own).abs().sum(dim=1) <= 1e-12).numpy())
+
     def nearest(
         self, z: np.ndarray, n_features: int, cls: int | None = None, exclude: np.ndarray | None = None
     ) -> np.ndarray:
@@ -127,17 +137,19 @@ class ReferenceIndex:
             exclude: a row ``(n_columns,)`` to leave out wherever it occurs (the
                 instance's own record: being near it leaks nobody else's).
         """
-        keep = torch.ones(len(self.x), dtype=torch.bool)
+        skip = self.rows_equal(exclude) if exclude is not None else None
+        return self.nearest_in(self.distances(z), n_features, cls, skip)
+
+    def nearest_in(
+        self, dist: np.ndarray, n_features: int, cls: int | None = None, skip: np.ndarray | None = None
+    ) -> np.ndarray:
+        """`nearest` from a `distances` matrix, leaving out rows where `skip` ``(n_rows,)`` is True."""
+        keep = np.ones(dist.shape[1], bool) if skip is None else ~skip
         if cls is not None:
-            keep &= torch.as_tensor(self.y == cls)
-        if exclude is not None:
-            own = torch.as_tensor(exclude / self.scale, dtype=torch.float64)
-            keep &= (self.x - own).abs().sum(dim=1) > 1e-12
-        rows = self.x[keep]
-        if len(rows) == 0:
-            return np.full(len(z), np.inf)
-        zt = torch.as_tensor(z / self.scale, dtype=torch.float64)
-        return np.asarray(torch.cdist(zt, rows, p=1).min(dim=1).values.numpy()) / n_features
+            keep &= self.y == cls
+        if not keep.any():
+            return np.full(len(dist), np.inf)
+        return np.asarray(dist[:, keep].min(axis=1)) / n_features
 
 
 _INDEX_CACHE: list[tuple[np.ndarray, np.ndarray, float, ReferenceIndex]] = []
@@ -285,11 +297,14 @@ def select(
     z = _as_served(fs, fs.finalize(z))
     probs = model.predict_proba(z)
     keep = fs.contains(z) & outcome.valid(probs)
+    d = len(fs.schema.features)
     dropped = 0
+    dist_rows = index.distances(z[keep]) if index is not None else np.zeros((int(keep.sum()), 0))
     if index is not None and not options.allow_training_rows and keep.any():
-        near = index.nearest(z, len(fs.schema.features), exclude=fs.x0) < options.training_row_radius
-        dropped = int((keep & near).sum())
-        keep &= ~near
+        near = index.nearest_in(dist_rows, d, skip=index.rows_equal(fs.x0)) < options.training_row_radius
+        dropped = int(near.sum())
+        dist_rows = dist_rows[~near]
+        keep[np.flatnonzero(keep)[near]] = False
     z, probs = z[keep], probs[keep]
     if len(z) == 0:
         return (), len(keep), dropped
@@ -320,7 +335,7 @@ def select(
             if changed[i, j]
         )
         cls = int(np.argmax(probs[i]))
-        plaus = float(index.nearest(z[i : i + 1], len(fs.schema.features), cls)[0]) if index else float("nan")
+        plaus = float(index.nearest_in(dist_rows[i : i + 1], d, cls)[0]) if index else float("nan")
         off = bool(index is not None and plaus > index.threshold.get(cls, np.inf))
         out.append(
             Counterfactual(
