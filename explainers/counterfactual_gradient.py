@@ -49,6 +49,7 @@ class GradientCounterfactual(CounterfactualSearch):
         restarts: candidates per requested counterfactual.
         margin: κ, the log-probability margin first asked of the flipped class.
         overshoot: relative length added to each step (DeepFool's η).
+        patience: steps without a newly valid candidate, once k are found, before stopping.
     """
 
     name = "counterfactual_gradient"
@@ -63,11 +64,13 @@ class GradientCounterfactual(CounterfactualSearch):
         restarts: int = 8,
         margin: float = 0.02,
         overshoot: float = 0.02,
+        patience: int = 2,
     ) -> None:
         super().__init__(options)
-        if steps < 1 or restarts < 1 or margin <= 0 or overshoot < 0:
-            raise InvalidArgument.single("options", "steps and restarts must be ≥ 1, margin > 0, overshoot ≥ 0")
+        if min(steps, restarts, patience) < 1 or margin <= 0 or overshoot < 0:
+            raise InvalidArgument.single("options", "steps, restarts, patience must be ≥ 1, margin > 0, overshoot ≥ 0")
         self.steps, self.restarts, self.margin, self.overshoot = steps, restarts, margin, overshoot
+        self.patience = patience
 
     def _search(
         self,
@@ -99,7 +102,7 @@ class GradientCounterfactual(CounterfactualSearch):
         kappa = np.full(n, self.margin)
         best = np.full((n, len(x0)), np.nan)
         live = np.ones(n, bool)
-        evals = 0
+        evals, quiet = 0, 0
         if len(switched):  # a switch of category alone may already flip the outcome
             start = fs.finalize(x0 + u * scale)
             valid = outcome.valid(model.predict_proba(start))
@@ -129,6 +132,9 @@ class GradientCounterfactual(CounterfactualSearch):
             live[rows[~valid & ~moved & (gap >= 0)]] = False  # no room or no gradient left
             if valid.any():
                 report(best[np.isfinite(best[:, 0])])
+            quiet = 0 if valid.any() else quiet + 1
+            if quiet >= self.patience and np.isfinite(best[:, 0]).sum() >= k:
+                break  # the rest are stuck at a rounding or a bound
         found = np.isfinite(best[:, 0])
         return best[found], evals, bool(found.sum() >= k)
 
