@@ -120,18 +120,27 @@ def _boundary(p: _Problem, u: np.ndarray, grid: int = 64, rounds: int = 4) -> tu
     Each round evaluates `grid` points of the current bracket in one batched
     call and keeps the sub-interval before the first flipped point: four
     rounds of 64 narrow it to 64⁻⁴ ≈ 6e-8 of the move, float32's resolution
-    (24 bisection steps would take six times the calls). Returns
-    ``(t, rows evaluated)``.
+    (24 bisection steps would take six times the calls). A batch and a single
+    row differ in float32 by ~1e-7, so the answer is the finest round's point
+    that is flipped when evaluated alone, as the caller will evaluate it.
+    Returns ``(t, rows evaluated)``.
     """
     lo, hi = 0.0, 1.0
     steps = np.arange(1, grid + 1) / grid
+    found = [1.0]
     for _ in range(rounds):
         ts = lo + (hi - lo) * steps
         flips = p.flipped(ts[:, None] * u[None, :])
         flips[-1] = True  # hi: the flipped point itself, or the last round's
         first = int(np.argmax(flips))
         lo, hi = (ts[first - 1] if first else lo), ts[first]
-    return float(hi), grid * rounds
+        found.append(float(hi))
+    evals = grid * rounds
+    for t in reversed(found):
+        evals += 1
+        if p.flipped(t * u[None, :])[0]:
+            return t, evals
+    return 1.0, evals
 
 
 def _result(model: ExplainableModel, p: _Problem, u: np.ndarray, norm: str, distance: float) -> RobustnessResult:
