@@ -233,8 +233,8 @@ def refine(
     rounds = int(np.ceil(steps / np.log2(GRID)))
     grid = np.arange(1, GRID + 1) / GRID
     for _ in range(rounds):
-        t = (lo[:, None] + (hi - lo)[:, None] * grid[None, :]).ravel()
-        trial = _blend(fs, np.repeat(z, GRID, axis=0), t, numeric)
+        ts = (lo[:, None] + (hi - lo)[:, None] * grid[None, :]).ravel()
+        trial = _blend(fs, np.repeat(z, GRID, axis=0), ts, numeric)
         ok = (fs.contains(trial) & outcome.valid(model.predict_proba(trial))).reshape(len(z), GRID)
         evals += len(trial)
         ok[:, -1] = True  # hi itself is valid (the candidate, or the last round's point)
