@@ -233,8 +233,9 @@ def _l1_step(grad: np.ndarray, need: np.ndarray, u: np.ndarray, lo: np.ndarray, 
     r = np.take_along_axis(rate, order, axis=1)
     room_s = np.take_along_axis(room, order, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        gain = np.where(r > 0, r * room_s, 0.0)
-        before = np.cumsum(gain, axis=1) - gain
+        gain = np.where(r > 0, r * room_s, 0.0)  # +inf for a coordinate without a bound
+        before = np.cumsum(gain, axis=1)
+        before = np.concatenate([np.zeros((len(gain), 1)), before[:, :-1]], axis=1)  # exclusive: no inf − inf
         move = np.where(r > 0, np.clip((need[:, None] - before) / r, 0.0, room_s), 0.0)
     step = np.zeros_like(u)
     np.put_along_axis(step, order, move, axis=1)
