@@ -6,7 +6,8 @@ lie in the feasible set. This module then
 
 1. re-checks each with the model's own `predict_proba` (validity is a fact);
 2. shortens valid ones: greedily reverts features to the instance's values and
-   bisects continuous changes toward the instance while the outcome holds;
+   bisects continuous changes toward the instance while the outcome holds
+   (batched: a grid of points per candidate in each model call);
 3. drops candidates within `training_row_radius` of a training record (unless
    the caller's profile allows raw training rows): a counterfactual must never
    be a real person's record;

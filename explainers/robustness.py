@@ -6,8 +6,9 @@ in MAD units per feature (the same scale as counterfactuals), so "distance
 
 * `robustness_l2`: DeepFool (Moosavi-Dezfooli et al. 2016) in MAD-scaled
   coordinates — linearise the log-probability gap, step to its zero with a
-  small overshoot, clip to the card's ranges — then bisect along the found
-  direction to the boundary. On a linear model one step is exact.
+  small overshoot, clip to the card's ranges — then find the boundary along
+  the found direction (batched grid rounds, each one model call, to float32
+  resolution). On a linear model one step is exact.
 * `robustness_l0`: importance-guided, as Organization E does: rank features by
   |gradient| × the room they have to move in the helpful direction, and find
   the fewest top-ranked features whose joint extreme move flips the outcome
@@ -91,7 +92,7 @@ def _problem(model: ExplainableModel, x: np.ndarray, name: str) -> _Problem:
 
 
 def _deepfool(p: _Problem, mask: np.ndarray, ctx: ExplainContext, steps: int = 50) -> tuple[np.ndarray, int]:
-    """DeepFool restricted to columns in `mask`, then bisection; returns (u or empty, evaluations)."""
+    """DeepFool restricted to columns in `mask`, then `_boundary`; returns (u or empty, evaluations)."""
     u = np.zeros((1, len(p.x0)))
     evals = 0
     for _ in range(steps):
@@ -156,7 +157,7 @@ def _result(model: ExplainableModel, p: _Problem, u: np.ndarray, norm: str, dist
 
 
 class RobustnessL2(Explainer):
-    """Minimal ℓ2 flipping perturbation in MAD units (DeepFool + bisection)."""
+    """Minimal ℓ2 flipping perturbation in MAD units (DeepFool + boundary search)."""
 
     name = "robustness_l2"
     version = "1"
