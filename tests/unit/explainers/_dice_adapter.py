@@ -126,10 +126,17 @@ class DiceOver:
     def predict_proba(self, frame: Any) -> np.ndarray:
         return self.model.predict_proba(self.encode(frame))
 
-    def counterfactuals(self, i: int, k: int) -> np.ndarray:
-        """DiCE's counterfactuals of reference row i, encoded, ``(m, n_columns)``."""
+    def counterfactuals(self, i: int, k: int, **options: Any) -> np.ndarray:
+        """DiCE's counterfactuals of reference row i, encoded, ``(m, n_columns)``.
+
+        Args:
+            i: reference row.
+            k: counterfactuals wanted.
+            options: passed to ``generate_counterfactuals`` (e.g. posthoc_sparsity_algorithm).
+        """
         query = self.frame.iloc[[i]][self.cols]
         extra: dict[str, Any] = {"permitted_range": self.permitted} if self.permitted else {}
+        extra.update(options)
         res = self.dice.generate_counterfactuals(
             query, total_CFs=k, desired_class="opposite", features_to_vary=self.vary, verbose=False, **extra
         )
