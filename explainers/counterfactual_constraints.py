@@ -38,8 +38,12 @@ __all__ = ["DIRECTIONS", "FeasibleSet", "build_feasible_set", "mad_scale"]
 DIRECTIONS = ("any", "increase", "decrease")
 
 
+_SCALE_CACHE: list[tuple[FeatureSchema, np.ndarray, np.ndarray]] = []
+
+
 def mad_scale(schema: FeatureSchema, reference: Reference | None) -> np.ndarray:
-    """Per-column distance scale, shape ``(n_columns,)``.
+    """Per-column distance scale, shape ``(n_columns,)`` (cached per schema and
+    reference array: the medians cost more than a whole robustness search).
 
     Args:
         schema: the model's feature schema.
@@ -50,6 +54,18 @@ def mad_scale(schema: FeatureSchema, reference: Reference | None) -> np.ndarray:
         the standard deviation, then 1, when the MAD is 0); 2 for one-hot
         columns; 1 for booleans.
     """
+    if reference is not None:
+        for cached_schema, x, scale in _SCALE_CACHE:
+            if cached_schema is schema and x is reference.x:
+                return scale.copy()
+    scale = _mad_scale(schema, reference)
+    if reference is not None:
+        _SCALE_CACHE.append((schema, reference.x, scale.copy()))
+        del _SCALE_CACHE[:-8]
+    return scale
+
+
+def _mad_scale(schema: FeatureSchema, reference: Reference | None) -> np.ndarray:
     scale = np.ones(schema.n_columns)
     for spec, sl in zip(schema.features, schema.slices, strict=True):
         if spec.type == "category":
