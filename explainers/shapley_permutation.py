@@ -51,7 +51,7 @@ from desiderata.explainers.registry import register
 from desiderata.explainers.types import AttributionParams
 from desiderata.server.errors import InvalidArgument
 
-__all__ = ["DEFAULT_TARGET", "MIN_PER_STRATUM", "PermutationShapley", "Strata", "allocate", "column_ranks"]
+__all__ = ["DEFAULT_TARGET", "MIN_PER_STRATUM", "PermutationShapley", "Strata", "allocate", "player_columns"]
 
 DEFAULT_TARGET = 0.005
 """Relative standard error aimed at when the caller sets neither target nor budget."""
@@ -77,14 +77,15 @@ def allocate(weights: np.ndarray, n: int, first: bool, rng: np.random.Generator)
     return rng.permutation(np.concatenate([fixed, idx]))
 
 
-def column_ranks(groups: np.ndarray, ranks: np.ndarray) -> np.ndarray:
-    """Rank of the player owning each encoded column, ``(n, d)`` → ``(n, n_columns)``, C order.
+def player_columns(groups: np.ndarray) -> np.ndarray:
+    """Encoded columns of each player, ``(d, width)``, short groups padded by repeating their own columns.
 
-    Columns no player owns get rank d, so they always come from the background.
+    Writing x into a player's columns then needs one fancy index for all players
+    of a step; a repeated column is written twice with the same value.
     """
-    owned = np.asarray(groups.any(axis=0))
-    # A fancy index on axis 1 comes back column-major, and so would every array built from it.
-    return np.ascontiguousarray(np.where(owned[None, :], ranks[:, groups.argmax(axis=0)], groups.shape[0]))
+    owned = [np.flatnonzero(g) for g in groups]
+    width = max(c.shape[0] for c in owned)
+    return np.stack([np.resize(c, width) for c in owned])
 
 
 class Strata:
@@ -220,24 +221,34 @@ class PermutationShapley(AttributionExplainer):
         forward = rng.permuted(np.tile(np.arange(d), (n, 1)), axis=1)
         out = np.empty((n, d))
         per = max(1, min(CHUNK_ROWS, game.batch_rows) // (2 * (d - 1)))
+        columns = player_columns(game.groups)
         for start in range(0, n, per):
             out[start : start + per] = _pair_marginals(
-                game, f_x, f_b, forward[start : start + per], bg[start : start + per]
+                game, columns, f_x, f_b, forward[start : start + per], bg[start : start + per]
             )
         return out
 
 
 def _pair_marginals(
-    game: CoalitionGame, f_x: float, f_b: np.ndarray, forward: np.ndarray, bg: np.ndarray
+    game: CoalitionGame, columns: np.ndarray, f_x: float, f_b: np.ndarray, forward: np.ndarray, bg: np.ndarray
 ) -> np.ndarray:
-    """Mean marginals ``(k, d)`` of k forward orders ``(k, d)`` and their reverses, walked with rows ``bg``."""
+    """Mean marginals ``(k, d)`` of k forward orders ``(k, d)`` and their reverses, walked with rows ``bg``.
+
+    Args:
+        columns: `player_columns` of the game's players.
+    """
     k, d = forward.shape
     orders = np.concatenate([forward, forward[:, ::-1]])
-    rank = np.empty_like(orders)
-    rank[np.arange(2 * k)[:, None], orders] = np.arange(d)[None, :]
-    masks = column_ranks(game.groups, rank)[:, None, :] < np.arange(1, d)[None, :, None]
     bg2 = np.concatenate([bg, bg])
-    rows = np.where(masks, game.x[None, None, :], game.bg.x[bg2][:, None, :])  # (2k, d−1, n_columns)
+    # Each step copies the previous row and writes x into one player's columns: half the
+    # work of selecting every cell between x and the background row.
+    rows = np.empty((2 * k, d - 1, game.x.shape[0]))
+    current = game.bg.x[bg2]
+    at = np.arange(2 * k)[:, None]
+    for step in range(d - 1):
+        cols = columns[orders[:, step]]
+        current[at, cols] = game.x[cols]
+        rows[:, step] = current
     inner = game.f(rows.reshape(-1, game.x.shape[0])).reshape(2 * k, d - 1)
     walk = np.concatenate([f_b[bg2][:, None], inner, np.full((2 * k, 1), f_x)], axis=1)
     marg = np.empty((2 * k, d))
