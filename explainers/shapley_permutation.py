@@ -23,17 +23,21 @@ for every background row are computed once), and
 - standard errors from the within-row spread, ``Var φ̂_i = Σ_b w_b² s²_{b,i} / n_b``,
   pairs being independent given their rows.
 
-What was measured and not kept (same rows, same error): a linear control
-variate in ``x_i − b_i`` and a quadratic surrogate (useless once rows are
-stratified and pairs antithetic), Neyman allocation over rows (the within-row
-spread hardly varies), orthogonal blocks of orders (Mitchell et al. 2022; at
-most 1.05× with a different row per pair) and position stratification (10% of
-the within-row variance).
+Measured on that MLP and not kept: a linear control variate in ``x_i − b_i``
+and a quadratic surrogate (nothing left for them once rows are stratified and
+pairs antithetic: antithetic pairs are exact for a quadratic), a logit-additive
+surrogate (no gain), Neyman allocation over rows (the within-row spread hardly
+varies: 1.02×), orthogonal blocks of orders (Mitchell et al. 2022: ~1.05× with
+a different row per pair, 1.3× only when a whole block of d − 1 pairs walks
+one row, which stratification cannot afford), position stratification (10%
+of the within-row variance), and paired KernelSHAP per row (1.15–1.3× lower
+error per model row on one baseline's game, but a per-row regression is
+biased at the few hundred rows each background row gets).
 
 Batches are sized from the measured error: the first walks every row
 `MIN_PER_STRATUM` times, then each is as large as the target error predicts
-(s.e. ∝ 1/√n), so few Python round trips happen and every model call is
-large. Sampling stops at the target relative standard error (Σ s.e. / ‖φ‖₁),
+(s.e. ∝ 1/√n), so few Python round trips happen; rows are built and evaluated
+`CHUNK_ROWS` at a time. Sampling stops at the target relative standard error (Σ s.e. / ‖φ‖₁),
 at the row budget, or raises DEADLINE_EXCEEDED at the deadline; each batch's
 estimate is reported through ``ctx.progress`` (the anytime stream).
 """

@@ -141,3 +141,13 @@ def test_permutation_is_unbiased_over_seeds(mlp_model: TorchModel, setting) -> N
     z = (runs.mean(axis=0) - exact) / sem
     assert np.abs(z).max() < 4.0, z
     assert np.mean(z**2) < 2.5, z  # about 1 when unbiased (10 players)
+
+
+def test_zero_weight_background_rows_change_nothing(mlp_model: TorchModel, setting) -> None:
+    x, bg, exact = setting
+    padded = Background(np.concatenate([bg.x, bg.x[:3] + 5.0]), np.concatenate([bg.weights, np.zeros(3)]))
+    e = PermutationShapley().explain_with_background(
+        mlp_model, x, AttributionParams(target_class=1), ExplainContext(seed=3), padded
+    )
+    assert np.abs(_result(e).values - exact).sum() <= 0.01 * np.abs(exact).sum()
+    assert e.quality.relative_completeness_gap is not None and e.quality.relative_completeness_gap < 1e-9
