@@ -10,7 +10,9 @@ measures, p50 over distinct rows, each figure beside its in-process peer:
 
 - Shapley at ≤ 2% relative L1 error (permutation_shapley with a target std
   error) vs shap PermutationExplainer and KernelExplainer(l1_reg=False);
-  errors against a 2,000-permutation reference computed independently;
+  errors against a 2,000-permutation reference computed independently
+  (itself ~0.75% off, which the shown error includes; the default target
+  0.022 lands it under 2%), and the share of wall time spent in the model;
 - exact Shapley at d = 10 vs shap ExactExplainer;
 - Integrated Gradients (50 steps, Gauss–Legendre, zero baseline) vs captum;
 - IG calls/s with 16 concurrent clients vs a bare gRPC echo server;
@@ -141,6 +143,22 @@ async def closed_loop(call: Callable[[int], Awaitable[object]], clients: int, to
     return total / (time.perf_counter() - t)
 
 
+def timed_model(handle: object) -> Callable[[], float]:
+    """Times every `predict_proba` call of a served model (the worker pool is threads); returns the reader."""
+    spent = [0.0]
+    method = handle.predict_proba  # type: ignore[attr-defined]
+
+    def predict_proba(x: np.ndarray) -> np.ndarray:
+        t = time.perf_counter()
+        try:
+            return method(x)  # type: ignore[no-any-return]
+        finally:
+            spent[0] += time.perf_counter() - t
+
+    handle.predict_proba = predict_proba  # type: ignore[attr-defined]
+    return lambda: spent[0]
+
+
 def rss_mb() -> tuple[float, float]:
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
     return float(status["VmRSS"].split()[0]) / 1024, float(status["VmHWM"].split()[0]) / 1024
@@ -152,7 +170,12 @@ async def main() -> None:
     ap.add_argument("--shapley-rows", type=int, default=50, help="rows timed for Shapley at 2%% (slow peers)")
     ap.add_argument("--peer-rows", type=int, default=20, help="rows timed for shap Kernel and Exact")
     ap.add_argument("--err-rows", type=int, default=10, help="rows with a 2,000-permutation reference")
-    ap.add_argument("--target-se", type=float, default=0.02, help="permutation_shapley target_std_error")
+    ap.add_argument(
+        "--target-se",
+        type=float,
+        default=0.022,
+        help="permutation_shapley target_std_error (0.022: error about 1.85%%, the reference's own ~0.75%% included)",
+    )
     ap.add_argument("--requests", type=int, default=10_000, help="IG requests for the memory figure")
     ap.add_argument("--clients", type=int, default=16)
     args = ap.parse_args()
@@ -190,7 +213,12 @@ async def main() -> None:
         # ---------------------------------------------------------------- Shapley at ≤ 2%, d = 30
         d, model, bg = 30, models[30], backgrounds[30]
         xs = rows_of[d][: args.shapley_rows]
+        handle = app.pipeline.models.resolve(f"mlp{d}")
+        in_model = timed_model(handle)
+        started = time.perf_counter()
         ms, outs = await p50_rpc(explain(d, "permutation_shapley", target_std_error=args.target_se), xs)
+        model_share = in_model() / (time.perf_counter() - started)
+        del handle.predict_proba  # back to the class's method
         refs = [reference_phi(model, x, bg) for x in xs[: args.err_rows]]
         err = statistics.mean(rel_err(values(o, d), r) for o, r in zip(outs, refs, strict=False))
         evals = statistics.median(o.quality.model_evaluations for o in outs)  # type: ignore[attr-defined]
@@ -215,7 +243,8 @@ async def main() -> None:
         )
         print(
             f"    (ours: median {evals:,.0f} model rows, explainer {compute:.1f} ms of {ms:.1f} ms wall = "
-            f"{100 * compute / ms:.0f}%; shap Kernel over {min(args.peer_rows, len(xs))} rows)"
+            f"{100 * compute / ms:.0f}%, in the model {100 * model_share:.0f}% of all wall; "
+            f"shap Kernel over {min(args.peer_rows, len(xs))} rows)"
         )
 
         # ---------------------------------------------------------------- exact Shapley, d = 10
