@@ -125,6 +125,12 @@ class ExtractionMonitor:
             return MonitorVerdict("block", statistic, alarmed_now=alarmed_now)
         return MonitorVerdict("downgrade", statistic, params.downgrade_to, alarmed_now)
 
+    def alarmed(self, principal: str, model: str) -> bool:
+        """Whether (principal, model) is under a (sticky) alarm: every further query is
+        refused or downgraded, whatever it is."""
+        with self._lock:
+            return (principal, model) in self._alarmed
+
     def reset(self, principal: str, model: str) -> None:
         """Clears a principal's alarm and history (an operator decision, audited by the caller)."""
         with self._lock:
