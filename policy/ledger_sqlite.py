@@ -133,7 +133,7 @@ class SqliteLedger(BudgetLedger):
         if conn is not None and getattr(self._local, "pid", None) == os.getpid():
             return conn
         try:
-            conn = sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None, cached_statements=64)
+            conn = sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             # In WAL mode synchronous=NORMAL fsyncs only at checkpoints, not at every commit:
             # a committed transaction survives a crash of the application (the server being
