@@ -33,6 +33,7 @@ a store that cannot be reached raises `Unavailable`.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -46,6 +47,7 @@ __all__ = [
     "ReservationNotActive",
     "Usage",
     "budget_exhausted",
+    "new_reservation_id",
     "rate_limited",
     "subject",
 ]
@@ -126,6 +128,11 @@ class Usage:
     rho: float
     reserved_queries: int = 0
     reserved_rho: float = 0.0
+
+
+def new_reservation_id() -> str:
+    """A random reservation id, 32 hex digits (128 bits; a few µs cheaper than a uuid4 object)."""
+    return os.urandom(16).hex()
 
 
 def subject(principal: str, model: str) -> str:

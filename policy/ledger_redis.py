@@ -20,7 +20,6 @@ Keys, with ``B = "dsd:{<principal>|<model>}"`` (both URL-quoted):
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -39,6 +38,7 @@ from desiderata.policy.ledger import (
     budget_exhausted,
     check_rate,
     check_request,
+    new_reservation_id,
     rate_limited,
 )
 from desiderata.server.errors import Unavailable
@@ -200,7 +200,7 @@ class RedisLedger(BudgetLedger):
         check_request(queries, rho, ttl_s)
         if rate is not None:
             check_rate(rate.per_minute, rate.burst)
-        rid = uuid.uuid4().hex
+        rid = new_reservation_id()
         maxq = -1 if limits.max_queries is None else limits.max_queries
         maxrho = -1.0 if limits.max_rho is None else limits.max_rho
         args = [queries, repr(float(rho)), maxq, repr(float(maxrho)), repr(float(ttl_s)), rid]

@@ -27,7 +27,6 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -43,6 +42,7 @@ from desiderata.policy.ledger import (
     budget_exhausted,
     check_rate,
     check_request,
+    new_reservation_id,
     rate_limited,
 )
 from desiderata.server.errors import Unavailable
@@ -198,7 +198,7 @@ class SqliteLedger(BudgetLedger):
                     raise rate_limited(principal, model, rate, wait)
             if digest and answered:
                 conn.execute("COMMIT")
-                return Reservation(uuid.uuid4().hex, principal, model, 0, 0.0, now + ttl_s, free=True)
+                return Reservation(new_reservation_id(), principal, model, 0, 0.0, now + ttl_s, free=True)
             if expired:
                 conn.execute(_DELETE_EXPIRED, (principal, model, now))
             sq, sr = (0, 0.0) if sq is None else (int(sq), float(sr))
@@ -210,7 +210,7 @@ class SqliteLedger(BudgetLedger):
             if which:
                 conn.execute("COMMIT")  # keeps the token taken and the expired-reservation cleanup
                 raise budget_exhausted(principal, model, which, limits)
-            res = Reservation(uuid.uuid4().hex, principal, model, queries, rho, now + ttl_s)
+            res = Reservation(new_reservation_id(), principal, model, queries, rho, now + ttl_s)
             conn.execute(_HOLD, (res.id, principal, model, queries, rho, res.expires_at, digest))
             conn.execute("COMMIT")
             return res
