@@ -11,8 +11,15 @@ serves nothing, which is the fail-closed behaviour the design asks for.
 Why it is laid out for speed (the guard's budget is ≤ 0.3 ms per request):
 an admission is one transaction (token bucket, repeat check, spend and live
 reservations read by a single SELECT; expired reservations deleted only when
-there are some) and a commit is one more (``DELETE … RETURNING`` the
-reservation, add it to the spend). Tables are ``WITHOUT ROWID`` keyed by
+there are some), and a commit is one statement: inserting the reservation's
+id into ``commits`` fires a trigger that, inside that statement's own
+transaction and under the write lock, refuses a missing or expired
+reservation (``RAISE(ABORT)``), adds it to the spend, records its digest,
+deletes it and drops the ``commits`` row (``RAISE(IGNORE)`` keeps the
+changes made so far). Its clock is `ledger_now()`, the ledger's clock
+registered on each connection, read when the statement runs, so a commit
+that waited for the lock cannot charge a reservation that expired meanwhile
+and was given to another request. Tables are ``WITHOUT ROWID`` keyed by
 (principal, model, …), so each write touches one B-tree instead of a table
 plus its key index, which halves the pages a transaction appends to the WAL.
 Statements are prepared once per connection (the `sqlite3` statement cache,
@@ -64,6 +71,20 @@ CREATE TABLE IF NOT EXISTS answered (
 CREATE TABLE IF NOT EXISTS buckets (
   principal TEXT NOT NULL, model TEXT NOT NULL, tokens REAL NOT NULL, updated REAL NOT NULL,
   PRIMARY KEY (principal, model)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS commits (
+  principal TEXT NOT NULL, model TEXT NOT NULL, id TEXT NOT NULL,
+  PRIMARY KEY (principal, model, id)) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS charge_reservation BEFORE INSERT ON commits BEGIN
+  SELECT RAISE(ABORT, 'reservation_not_active') WHERE NOT EXISTS (SELECT 1 FROM reservations
+    WHERE principal=NEW.principal AND model=NEW.model AND id=NEW.id AND expires_at > ledger_now());
+  INSERT INTO spend SELECT principal, model, queries, rho FROM reservations
+    WHERE principal=NEW.principal AND model=NEW.model AND id=NEW.id
+    ON CONFLICT (principal, model) DO UPDATE SET queries = queries + excluded.queries, rho = rho + excluded.rho;
+  INSERT OR IGNORE INTO answered SELECT principal, model, digest FROM reservations
+    WHERE principal=NEW.principal AND model=NEW.model AND id=NEW.id AND digest <> '';
+  DELETE FROM reservations WHERE principal=NEW.principal AND model=NEW.model AND id=NEW.id;
+  SELECT RAISE(IGNORE);
+END;
 """
 
 # Everything an admission reads, in one statement: ?1 principal, ?2 model, ?3 now, ?4 digest.
@@ -87,14 +108,8 @@ _PUT_BUCKET = (
     " SET tokens = excluded.tokens, updated = excluded.updated"
 )
 _HOLD = "INSERT INTO reservations VALUES (?,?,?,?,?,?,?)"
-_TAKE_BACK = (
-    "DELETE FROM reservations WHERE principal=? AND model=? AND id=? RETURNING queries, rho, expires_at, digest"
-)
-_CHARGE = (
-    "INSERT INTO spend VALUES (?,?,?,?) ON CONFLICT (principal, model) DO UPDATE"
-    " SET queries = queries + excluded.queries, rho = rho + excluded.rho"
-)
-_ANSWERED = "INSERT OR IGNORE INTO answered VALUES (?,?,?)"
+_COMMIT = "INSERT INTO commits VALUES (?,?,?)"
+_NOT_ACTIVE = "reservation_not_active"
 _RELEASE = "DELETE FROM reservations WHERE principal=? AND model=? AND id=?"
 
 
@@ -134,6 +149,7 @@ class SqliteLedger(BudgetLedger):
             return conn
         try:
             conn = sqlite3.connect(self._path, timeout=self._timeout, isolation_level=None)
+            conn.create_function("ledger_now", 0, self._clock)  # the commit trigger's clock
             conn.execute("PRAGMA journal_mode=WAL")
             # In WAL mode synchronous=NORMAL fsyncs only at checkpoints, not at every commit:
             # a committed transaction survives a crash of the application (the server being
@@ -247,24 +263,14 @@ class SqliteLedger(BudgetLedger):
     def commit(self, reservation: Reservation) -> None:
         if reservation.free:
             return
-        p, m = reservation.principal, reservation.model
-        conn = self._begin()
         try:
-            rows = conn.execute(_TAKE_BACK, (p, m, reservation.id)).fetchall()
-            if not rows or float(rows[0][2]) <= self._clock():
-                conn.execute("COMMIT")  # an expired reservation is deleted all the same
-                raise ReservationNotActive("the budget reservation expired before the answer was ready")
-            queries, rho, _, digest = rows[0]
-            conn.execute(_CHARGE, (p, m, int(queries), float(rho)))
-            if digest:
-                conn.execute(_ANSWERED, (p, m, digest))
-            conn.execute("COMMIT")
+            self._conn().execute(_COMMIT, (reservation.principal, reservation.model, reservation.id))
+        except sqlite3.IntegrityError as exc:
+            if _NOT_ACTIVE not in str(exc):
+                raise Unavailable("the budget ledger is unavailable") from exc
+            raise ReservationNotActive("the budget reservation expired before the answer was ready") from None
         except sqlite3.Error as exc:
-            _rollback(conn)
             raise Unavailable("the budget ledger is unavailable") from exc
-        except BaseException:
-            _rollback(conn)  # never leave the thread's connection inside a transaction
-            raise
 
     def release(self, reservation: Reservation) -> None:
         if reservation.free:

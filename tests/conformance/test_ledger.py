@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from desiderata.policy.ledger import BudgetLedger, Limits, Rate, Reservation, ReservationNotActive
+from desiderata.policy.ledger import BudgetLedger, Limits, Rate, Reservation, ReservationNotActive, Usage
 from desiderata.policy.ledger_redis import RedisLedger
 from desiderata.policy.ledger_sqlite import SqliteLedger
 from desiderata.server.errors import BudgetExhausted, RateLimited, Unavailable
@@ -216,6 +216,43 @@ def test_32_threads_race_on_the_last_tokens(backend: tuple[str, str], ledger: Bu
     assert sorted(out) == ["limited"] * 27 + ["ok"] * 5
     u = ledger.usage(P, M)
     assert (u.queries, u.reserved_queries) == (5, 0)
+
+
+_ROWID_LAYOUT = """
+CREATE TABLE spend (principal TEXT NOT NULL, model TEXT NOT NULL, queries INTEGER NOT NULL, rho REAL NOT NULL,
+  PRIMARY KEY (principal, model));
+CREATE TABLE reservations (id TEXT PRIMARY KEY, principal TEXT NOT NULL, model TEXT NOT NULL,
+  queries INTEGER NOT NULL, rho REAL NOT NULL, expires_at REAL NOT NULL, digest TEXT NOT NULL);
+CREATE INDEX reservations_pm ON reservations (principal, model);
+CREATE TABLE answered (principal TEXT NOT NULL, model TEXT NOT NULL, digest TEXT NOT NULL,
+  PRIMARY KEY (principal, model, digest));
+CREATE TABLE buckets (principal TEXT NOT NULL, model TEXT NOT NULL, tokens REAL NOT NULL, updated REAL NOT NULL,
+  PRIMARY KEY (principal, model));
+INSERT INTO spend VALUES ('alice', 'credit', 1, 0.5);
+INSERT INTO answered VALUES ('alice', 'credit', 'd1');
+INSERT INTO reservations VALUES ('ghost', 'alice', 'credit', 1, 0.5, 1.0, 'd0');
+"""
+
+
+def test_sqlite_file_of_the_earlier_rowid_layout_keeps_working(tmp_path: Path) -> None:
+    """Files made before the WITHOUT ROWID layout keep their tables; every statement works on both."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_ROWID_LAYOUT)
+    led = SqliteLedger(path)
+    lim = Limits(max_queries=3)
+    assert led.usage(P, M) == Usage(1, 0.5, 0, 0.0)  # the expired ghost is not counted
+    assert led.reserve(P, M, queries=1, rho=0.5, limits=lim, ttl_s=30, digest="d1").free
+    led.commit(led.take_and_reserve(P, M, rate=Rate(60, 2), queries=1, rho=0.5, limits=lim, ttl_s=30, digest="d2"))
+    held = led.reserve(P, M, queries=1, rho=0.5, limits=lim, ttl_s=30, digest="d3")
+    with pytest.raises(BudgetExhausted):
+        led.reserve(P, M, queries=1, rho=0.5, limits=lim, ttl_s=30)
+    led.commit(held)
+    with pytest.raises(ReservationNotActive):
+        led.commit(Reservation("ghost", P, M, 1, 0.5, 1.0))
+    assert led.usage(P, M) == Usage(3, 1.5, 0, 0.0)
 
 
 _WORKER = textwrap.dedent(
