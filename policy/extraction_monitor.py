@@ -85,7 +85,7 @@ class _Series:
     def nearest(self, v: np.ndarray) -> float:
         """Minimum L2 distance from `v` to the kept queries (there is at least one)."""
         diff = self.rows[: self.count] - v
-        return math.sqrt(float(np.min(np.einsum("ij,ij->i", diff, diff))))
+        return math.sqrt(float(np.einsum("ij,ij->i", diff, diff).min()))
 
     def remember(self, v: np.ndarray) -> None:
         if self.count < self.limit:
