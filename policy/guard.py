@@ -9,11 +9,29 @@ coefficient ρ) — and raises when one fails, so refused requests cost nothing.
 `commit` charges the reservation (the answer may be served only after it
 succeeds); `release` returns it when the request fails. `remaining` reports
 the budget left for the disclosure block and GetCapabilities.
+
+Why the ledger is called before the monitor: the rate-limit token and the
+reservation are taken in one ledger round trip (`take_and_reserve`), and the
+monitor, which is in-process and cheap, looks at the query afterwards; when it
+refuses or downgrades a query that was just reserved, the reservation is
+released at once. The checks mean what they meant when each was a call of its
+own: a rate-limited query is not shown to the monitor, a blocked caller gets
+PERMISSION_DENIED even when its budget is spent too, and a caller already
+under a (sticky) alarm never holds budget at the tier it was moved away from.
+
+Fault injection, for tests only: with the environment variable
+``DESIDERATA_FAULT_INJECTION_HOLD_AFTER_ADMIT_S`` set to a number of seconds
+when the guard is built, `admit` sleeps that long after the reservation is
+made, so that a test can kill the server deterministically between reserve
+and commit. Unset (the default) it does nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,12 +40,15 @@ import numpy as np
 
 from desiderata.policy.accounting import PrivacySpend, rho_budget, spend
 from desiderata.policy.extraction_monitor import ExtractionMonitor, MonitorVerdict
-from desiderata.policy.ledger import BudgetLedger, Limits, Reservation, subject
+from desiderata.policy.ledger import BudgetLedger, Limits, Rate, Reservation, rate_limited
 from desiderata.policy.noise import NoiseInfo, QueryKey, clip_and_noise, query_key
 from desiderata.policy.privacy_params import PrivacyParams
-from desiderata.server.errors import InternalError, PermissionDenied, QuotaViolation, RateLimited
+from desiderata.server.errors import BudgetExhausted, InternalError, PermissionDenied, Unavailable
 
-__all__ = ["Admission", "Budget", "PrivacyGuard"]
+__all__ = ["FAULT_HOLD_AFTER_ADMIT_ENV", "Admission", "Budget", "PrivacyGuard"]
+
+FAULT_HOLD_AFTER_ADMIT_ENV = "DESIDERATA_FAULT_INJECTION_HOLD_AFTER_ADMIT_S"
+"""Test-only fault injection: seconds `admit` sleeps after reserving (unset: no sleep)."""
 
 
 @dataclass(frozen=True)
@@ -92,14 +113,29 @@ class PrivacyGuard:
         secret: server secret keying the noise (≥ 16 bytes; keep it stable across
             restarts and replicas, or repeats would get fresh noise).
         monitor: the extraction monitor; a fresh one when None.
+        hold_after_admit_s: TEST-ONLY fault injection: seconds to sleep after each
+            reservation, between reserve and commit; None reads
+            `FAULT_HOLD_AFTER_ADMIT_ENV` (unset means 0, no sleep).
     """
 
-    def __init__(self, ledger: BudgetLedger, secret: bytes, monitor: ExtractionMonitor | None = None) -> None:
+    def __init__(
+        self,
+        ledger: BudgetLedger,
+        secret: bytes,
+        monitor: ExtractionMonitor | None = None,
+        *,
+        hold_after_admit_s: float | None = None,
+    ) -> None:
         if len(secret) < 16:
             raise ValueError("the privacy secret must be at least 16 bytes")
         self._ledger = ledger
         self._secret = secret
         self._monitor = monitor or ExtractionMonitor()
+        if hold_after_admit_s is None:
+            hold_after_admit_s = float(os.environ.get(FAULT_HOLD_AFTER_ADMIT_ENV) or 0.0)
+        if hold_after_admit_s < 0.0:
+            raise ValueError(f"{FAULT_HOLD_AFTER_ADMIT_ENV} must be ≥ 0 seconds")
+        self._hold_s = hold_after_admit_s
 
     def admit(
         self,
@@ -133,39 +169,65 @@ class PrivacyGuard:
             BudgetExhausted: the query or ε budget would be exceeded.
             Unavailable: the ledger cannot be reached.
         """
-        if params.rate_per_minute is not None:
-            wait = self._ledger.take(principal, model, rate_per_minute=params.rate_per_minute, burst=params.burst)
-            if wait > 0.0:
-                raise RateLimited(
-                    "too many explanation requests; retry later",
-                    [QuotaViolation(subject(principal, model), f"{params.rate_per_minute:g} requests per minute")],
-                    retry_after_s=wait,
-                )
+        rate = None if params.rate_per_minute is None else Rate(params.rate_per_minute, params.burst)
         key = query_key(self._secret, principal, model_version, features, method, method_params or {})
+        monitored = observe and params.monitor.enabled
         verdict = MonitorVerdict("allow")
-        if observe:
+        if monitored and self._monitor.alarmed(principal, model):
+            # The alarm is sticky, so this query will be refused or downgraded: hold no budget.
+            if rate is not None:
+                wait = self._ledger.take(principal, model, rate_per_minute=rate.per_minute, burst=rate.burst)
+                if wait > 0.0:
+                    raise rate_limited(principal, model, rate, wait)
+                rate = None  # the token is taken
             verdict = self._monitor.observe(principal, model, features, params.monitor, label)
-        if verdict.action == "block":
-            raise PermissionDenied(
-                "explanations of this model are suspended for this caller", reasons=("extraction_monitor",)
-            )
-        if verdict.action == "downgrade":
-            return Admission(principal, model, model_version, params, None, key, verdict)
+            if verdict.action != "allow":
+                return self._refused(principal, model, model_version, params, key, verdict)
+            monitored = False  # reset meanwhile by an operator: observed already, go on
         limits = Limits(
             max_queries=params.lifetime_queries,
             max_rho=None if params.lifetime_epsilon is None else rho_budget(params.lifetime_epsilon, params.delta),
         )
         budgeted = params.noisy or params.lifetime_queries is not None
-        reservation = self._ledger.reserve(
-            principal,
-            model,
-            queries=1,
-            rho=params.rho_per_query,
-            limits=limits,
-            ttl_s=params.reservation_ttl_s,
-            digest=key.digest if budgeted else "",
-        )
+        try:
+            reservation = self._ledger.take_and_reserve(
+                principal,
+                model,
+                rate=rate,
+                queries=1,
+                rho=params.rho_per_query,
+                limits=limits,
+                ttl_s=params.reservation_ttl_s,
+                digest=key.digest if budgeted else "",
+            )
+        except BudgetExhausted:
+            # the monitor still sees a query that passed the rate limit, and its refusal wins
+            if monitored:
+                verdict = self._monitor.observe(principal, model, features, params.monitor, label)
+                if verdict.action != "allow":
+                    return self._refused(principal, model, model_version, params, key, verdict)
+            raise
+        if monitored:
+            verdict = self._monitor.observe(principal, model, features, params.monitor, label)
+            if verdict.action != "allow":
+                with contextlib.suppress(Unavailable):  # if the release is lost, the reservation expires
+                    self._ledger.release(reservation)
+                return self._refused(principal, model, model_version, params, key, verdict)
+        if self._hold_s > 0.0:
+            time.sleep(self._hold_s)  # test-only fault injection, see FAULT_HOLD_AFTER_ADMIT_ENV
         return Admission(principal, model, model_version, params, reservation, key, verdict)
+
+    @staticmethod
+    def _refused(
+        principal: str, model: str, model_version: str, params: PrivacyParams, key: QueryKey, verdict: MonitorVerdict
+    ) -> Admission:
+        """The monitor's refusal: PERMISSION_DENIED, or an admission holding nothing that
+        names the stricter tier to decide again at."""
+        if verdict.action == "block":
+            raise PermissionDenied(
+                "explanations of this model are suspended for this caller", reasons=("extraction_monitor",)
+            )
+        return Admission(principal, model, model_version, params, None, key, verdict)
 
     def noise(self, admission: Admission, values: np.ndarray) -> tuple[np.ndarray, NoiseInfo]:
         """Clips and noises an attribution vector with the query's keyed noise.

@@ -21,6 +21,11 @@ input, method and parameters) receive the same noisy answer; they reveal
 nothing new, so once a digest has been committed a reservation carrying it is
 *free* (charges no query and no ρ).
 
+Admission is one store round trip: `take_and_reserve` takes the rate-limit
+token and makes the reservation in one atomic step (one SQLite transaction,
+one Redis script), and `commit` is the second and last. The base class
+composes `take` and `reserve` for backends that have no such step.
+
 Backends: `SqliteLedger` (embedded default, WAL, BEGIN IMMEDIATE) and
 `RedisLedger` (server-side Lua scripts, shared by replicas). Both fail closed:
 a store that cannot be reached raises `Unavailable`.
@@ -28,18 +33,22 @@ a store that cannot be reached raises `Unavailable`.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from desiderata.server.errors import BudgetExhausted, QuotaViolation, Unavailable
+from desiderata.server.errors import BudgetExhausted, QuotaViolation, RateLimited, Unavailable
 
 __all__ = [
     "BudgetLedger",
     "Limits",
+    "Rate",
     "Reservation",
     "ReservationNotActive",
     "Usage",
     "budget_exhausted",
+    "new_reservation_id",
+    "rate_limited",
     "subject",
 ]
 
@@ -66,6 +75,19 @@ class Limits:
 
     max_queries: int | None = None
     max_rho: float | None = None
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A token bucket of one (principal, model) at one tier.
+
+    Args:
+        per_minute: refill rate, tokens per minute (> 0).
+        burst: bucket capacity (≥ 1); a new bucket starts full.
+    """
+
+    per_minute: float
+    burst: int
 
 
 @dataclass(frozen=True)
@@ -108,6 +130,11 @@ class Usage:
     reserved_rho: float = 0.0
 
 
+def new_reservation_id() -> str:
+    """A random reservation id, 32 hex digits (128 bits; a few µs cheaper than a uuid4 object)."""
+    return os.urandom(16).hex()
+
+
 def subject(principal: str, model: str) -> str:
     """The QuotaFailure subject of a (principal, model) budget."""
     return f"principal:{principal}/model:{model}"
@@ -126,6 +153,15 @@ def budget_exhausted(principal: str, model: str, which: str, limits: Limits) -> 
     return BudgetExhausted(
         "the explanation budget for this model is exhausted",
         [QuotaViolation(subject(principal, model), desc)],
+    )
+
+
+def rate_limited(principal: str, model: str, rate: Rate, wait_s: float) -> RateLimited:
+    """The error of a request refused by the token bucket; it may retry after `wait_s`."""
+    return RateLimited(
+        "too many explanation requests; retry later",
+        [QuotaViolation(subject(principal, model), f"{rate.per_minute:g} requests per minute")],
+        retry_after_s=wait_s,
     )
 
 
@@ -158,6 +194,38 @@ class BudgetLedger(ABC):
             BudgetExhausted: a cap would be exceeded (nothing is held).
             Unavailable: the store cannot be reached.
         """
+
+    def take_and_reserve(
+        self,
+        principal: str,
+        model: str,
+        *,
+        rate: Rate | None,
+        queries: int,
+        rho: float,
+        limits: Limits,
+        ttl_s: float,
+        digest: str = "",
+    ) -> Reservation:
+        """`take` then `reserve`, as one atomic step and one round trip where the backend can.
+
+        The token is taken first: a rate-limited request reserves nothing, and a
+        request refused for its budget has still used its token (as with two calls).
+
+        Args:
+            rate: the tier's token bucket, or None for no rate limit.
+            queries, rho, limits, ttl_s, digest: as for `reserve`.
+
+        Raises:
+            RateLimited: the bucket is empty (retry_after_s set; nothing is held).
+            BudgetExhausted: a cap would be exceeded (nothing is held).
+            Unavailable: the store cannot be reached.
+        """
+        if rate is not None:
+            wait = self.take(principal, model, rate_per_minute=rate.per_minute, burst=rate.burst)
+            if wait > 0.0:
+                raise rate_limited(principal, model, rate, wait)
+        return self.reserve(principal, model, queries=queries, rho=rho, limits=limits, ttl_s=ttl_s, digest=digest)
 
     @abstractmethod
     def commit(self, reservation: Reservation) -> None:

@@ -2,7 +2,11 @@
 
 Every operation is one server-side Lua script, and Redis runs a script
 atomically, so "drop expired reservations, sum spend and live reservations,
-check the caps, hold" is one indivisible step for all replicas. Time comes
+check the caps, hold" is one indivisible step for all replicas. An admission
+is one round trip: `take_and_reserve` runs the token bucket and the
+reservation in the same script, and `commit` is the second round trip; the
+scripts are sent once (``SCRIPT LOAD``) and then called by digest
+(``EVALSHA``), and reloaded by the client if the server lost them. Time comes
 from the Redis server (``TIME``), never from a replica's clock, so replicas
 with skewed clocks agree on expiry. All keys of one (principal, model) share a
 hash tag and therefore one cluster slot. Connection or timeout errors become
@@ -16,7 +20,8 @@ Keys, with ``B = "dsd:{<principal>|<model>}"`` (both URL-quoted):
 from __future__ import annotations
 
 import contextlib
-import uuid
+from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
@@ -26,12 +31,15 @@ from desiderata.policy.ledger import (
     RHO_TOLERANCE,
     BudgetLedger,
     Limits,
+    Rate,
     Reservation,
     ReservationNotActive,
     Usage,
     budget_exhausted,
     check_rate,
     check_request,
+    new_reservation_id,
+    rate_limited,
 )
 from desiderata.server.errors import Unavailable
 
@@ -52,10 +60,31 @@ local function live(reskey, now)
 end
 """
 
+_BUCKET = """
+local function bucket(key, rate, burst, now)
+  local b = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens = tonumber(b[1]) or burst
+  local ts = tonumber(b[2]) or now
+  tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+  local wait = 0
+  if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
+  redis.call('HSET', key, 'tokens', string.format('%.17g', tokens), 'ts', string.format('%.17g', now))
+  redis.call('PEXPIRE', key, math.ceil(1000 * (burst / rate + 1)))
+  return wait
+end
+"""
+
+# KEYS: spend, res, ans, bucket. ARGV: queries, rho, max queries (-1: none), max rho (-1: none),
+# ttl, id, digest ('-': none), rho tolerance, rate per minute (-1: no rate limit), burst.
 _RESERVE = (
     _NOW
     + _LIVE
+    + _BUCKET
     + """
+if tonumber(ARGV[9]) >= 0 then
+  local wait = bucket(KEYS[4], tonumber(ARGV[9]) / 60.0, tonumber(ARGV[10]), now)
+  if wait > 0 then return {'rate', string.format('%.17g', wait)} end
+end
 local q, rho = tonumber(ARGV[1]), tonumber(ARGV[2])
 local maxq, maxrho, ttl = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local id, digest = ARGV[6], ARGV[7]
@@ -91,17 +120,9 @@ return 'ok'
 
 _TAKE = (
     _NOW
+    + _BUCKET
     + """
-local rate, burst = tonumber(ARGV[1]) / 60.0, tonumber(ARGV[2])
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(b[1]) or burst
-local ts = tonumber(b[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-local wait = 0
-if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens), 'ts', string.format('%.17g', now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(1000 * (burst / rate + 1)))
-return string.format('%.17g', wait)
+return string.format('%.17g', bucket(KEYS[1], tonumber(ARGV[1]) / 60.0, tonumber(ARGV[2]), now))
 """
 )
 
@@ -114,6 +135,13 @@ return {redis.call('HGET', KEYS[1], 'q') or '0', redis.call('HGET', KEYS[1], 'rh
         string.format('%d', rq), string.format('%.17g', rr)}
 """
 )
+
+
+@lru_cache(maxsize=4096)
+def _keys(principal: str, model: str) -> tuple[str, str, str, str]:
+    """The spend, reservation, answered-digest and bucket keys of one (principal, model)."""
+    base = f"dsd:{{{quote(principal, safe='')}|{quote(model, safe='')}}}"
+    return f"{base}:spend", f"{base}:res", f"{base}:ans", f"{base}:bucket"
 
 
 class RedisLedger(BudgetLedger):
@@ -136,12 +164,7 @@ class RedisLedger(BudgetLedger):
         self._take = self._r.register_script(_TAKE)
         self._usage = self._r.register_script(_USAGE)
 
-    @staticmethod
-    def _keys(principal: str, model: str) -> list[str]:
-        base = f"dsd:{{{quote(principal, safe='')}|{quote(model, safe='')}}}"
-        return [f"{base}:spend", f"{base}:res", f"{base}:ans", f"{base}:bucket"]
-
-    def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+    def _call(self, script: Any, keys: Sequence[str], args: list[Any]) -> Any:
         try:
             return script(keys=keys, args=args)
         except redis.exceptions.RedisError as exc:
@@ -158,24 +181,45 @@ class RedisLedger(BudgetLedger):
         ttl_s: float,
         digest: str = "",
     ) -> Reservation:
+        return self.take_and_reserve(
+            principal, model, rate=None, queries=queries, rho=rho, limits=limits, ttl_s=ttl_s, digest=digest
+        )
+
+    def take_and_reserve(
+        self,
+        principal: str,
+        model: str,
+        *,
+        rate: Rate | None,
+        queries: int,
+        rho: float,
+        limits: Limits,
+        ttl_s: float,
+        digest: str = "",
+    ) -> Reservation:
         check_request(queries, rho, ttl_s)
-        rid = uuid.uuid4().hex
+        if rate is not None:
+            check_rate(rate.per_minute, rate.burst)
+        rid = new_reservation_id()
         maxq = -1 if limits.max_queries is None else limits.max_queries
         maxrho = -1.0 if limits.max_rho is None else limits.max_rho
         args = [queries, repr(float(rho)), maxq, repr(float(maxrho)), repr(float(ttl_s)), rid]
         args += [digest or "-", repr(RHO_TOLERANCE)]
-        status, expires = self._call(self._reserve, self._keys(principal, model)[:3], args)
+        args += [-1, 0] if rate is None else [repr(float(rate.per_minute)), rate.burst]
+        status, value = self._call(self._reserve, _keys(principal, model), args)
         status = status.decode()
+        if status == "ok":
+            return Reservation(rid, principal, model, queries, rho, float(value))
         if status == "free":
-            return Reservation(rid, principal, model, 0, 0.0, float(expires), free=True)
-        if status != "ok":
-            raise budget_exhausted(principal, model, status, limits)
-        return Reservation(rid, principal, model, queries, rho, float(expires))
+            return Reservation(rid, principal, model, 0, 0.0, float(value), free=True)
+        if status == "rate" and rate is not None:
+            raise rate_limited(principal, model, rate, float(value))
+        raise budget_exhausted(principal, model, status, limits)
 
     def commit(self, reservation: Reservation) -> None:
         if reservation.free:
             return
-        keys = self._keys(reservation.principal, reservation.model)[:3]
+        keys = _keys(reservation.principal, reservation.model)[:3]
         status = self._call(self._commit, keys, [reservation.id]).decode()
         if status != "ok":
             raise ReservationNotActive("the budget reservation expired before the answer was ready")
@@ -183,7 +227,7 @@ class RedisLedger(BudgetLedger):
     def release(self, reservation: Reservation) -> None:
         if reservation.free:
             return
-        key = self._keys(reservation.principal, reservation.model)[1]
+        key = _keys(reservation.principal, reservation.model)[1]
         try:
             self._r.hdel(key, reservation.id)
         except redis.exceptions.RedisError as exc:
@@ -191,11 +235,11 @@ class RedisLedger(BudgetLedger):
 
     def take(self, principal: str, model: str, *, rate_per_minute: float, burst: int) -> float:
         check_rate(rate_per_minute, burst)
-        key = self._keys(principal, model)[3]
+        key = _keys(principal, model)[3]
         return float(self._call(self._take, [key], [repr(float(rate_per_minute)), burst]))
 
     def usage(self, principal: str, model: str) -> Usage:
-        q, r, rq, rr = self._call(self._usage, self._keys(principal, model)[:2], [])
+        q, r, rq, rr = self._call(self._usage, _keys(principal, model)[:2], [])
         return Usage(int(q), float(r), int(rq), float(rr))
 
     def close(self) -> None:

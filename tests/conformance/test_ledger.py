@@ -2,7 +2,7 @@
 
 Each test runs against both backends through the `BudgetLedger` interface:
 atomic reserve/commit/release, expiry, exactly-once commit, free repeats,
-token buckets, fail-closed, a 32-way race on the last unit of budget (threads,
+token buckets, the one-round-trip take-and-reserve, fail-closed, a 32-way race on the last unit of budget (threads,
 and separate processes), and a SIGKILLed holder whose reservation returns.
 """
 
@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from desiderata.policy.ledger import BudgetLedger, Limits, Reservation, ReservationNotActive
+from desiderata.policy.ledger import BudgetLedger, Limits, Rate, Reservation, ReservationNotActive, Usage
 from desiderata.policy.ledger_redis import RedisLedger
 from desiderata.policy.ledger_sqlite import SqliteLedger
-from desiderata.server.errors import BudgetExhausted, Unavailable
+from desiderata.server.errors import BudgetExhausted, RateLimited, Unavailable
 
 P, M = "alice", "credit"
 BACKENDS = ["sqlite", pytest.param("redis", marks=pytest.mark.needs_redis)]
@@ -135,6 +135,32 @@ def test_token_bucket_bursts_then_refills(ledger: BudgetLedger) -> None:
     assert ledger.take("bob", M, rate_per_minute=rate, burst=3) == 0.0
 
 
+def test_take_and_reserve_is_one_step_with_two_refusals(ledger: BudgetLedger) -> None:
+    rate, lim = Rate(per_minute=600.0, burst=3), Limits(max_queries=2)
+
+    def admit(digest: str) -> Reservation:
+        return ledger.take_and_reserve(P, M, rate=rate, queries=1, rho=0.1, limits=lim, ttl_s=30, digest=digest)
+
+    ledger.commit(admit("d1"))
+    held = admit("d2")
+    assert ledger.usage(P, M).reserved_queries == 1
+    with pytest.raises(BudgetExhausted):  # the cap counts the live reservation; the token is used all the same
+        admit("d3")
+    with pytest.raises(RateLimited) as err:  # three tokens taken: the bucket is empty
+        admit("d1")
+    assert 0.0 < err.value.retry_after_s <= 0.1 + 1e-6
+    assert err.value.violations[0].subject == "principal:alice/model:credit"
+    ledger.commit(held)
+    u = ledger.usage(P, M)
+    assert (u.queries, u.rho, u.reserved_queries) == (2, pytest.approx(0.2), 0)
+    time.sleep(err.value.retry_after_s + 0.05)
+    assert admit("d1").free  # a committed repeat is free, after the rate check
+    with pytest.raises(RateLimited):
+        admit("d1")
+    unlimited = ledger.take_and_reserve("bob", M, rate=None, queries=1, rho=0.0, limits=lim, ttl_s=30)
+    assert not unlimited.free and ledger.usage("bob", M).reserved_queries == 1
+
+
 def test_unreachable_store_fails_closed(backend: tuple[str, str], tmp_path: Path) -> None:
     if backend[0] == "sqlite":
         with pytest.raises(Unavailable):
@@ -145,9 +171,11 @@ def test_unreachable_store_fails_closed(backend: tuple[str, str], tmp_path: Path
         dead.reserve(P, M, queries=1, rho=0.0, limits=Limits(), ttl_s=30)
     with pytest.raises(Unavailable):
         dead.take(P, M, rate_per_minute=60, burst=1)
+    with pytest.raises(Unavailable):
+        dead.take_and_reserve(P, M, rate=Rate(60, 1), queries=1, rho=0.0, limits=Limits(), ttl_s=30)
 
 
-def _race_threads(make: Callable[[], BudgetLedger], n: int, lim: Limits) -> list[str]:
+def _race_threads(make: Callable[[], BudgetLedger], n: int, lim: Limits, rate: Rate | None = None) -> list[str]:
     barrier = threading.Barrier(n)
     out: list[str] = []
     lock = threading.Lock()
@@ -156,11 +184,13 @@ def _race_threads(make: Callable[[], BudgetLedger], n: int, lim: Limits) -> list
         led = make()
         barrier.wait()
         try:
-            res = led.reserve(P, M, queries=1, rho=0.5, limits=lim, ttl_s=30)
+            res = led.take_and_reserve(P, M, rate=rate, queries=1, rho=0.5, limits=lim, ttl_s=30)
             led.commit(res)
             r = "ok"
         except BudgetExhausted:
             r = "refused"
+        except RateLimited:
+            r = "limited"
         with lock:
             out.append(r)
 
@@ -175,10 +205,54 @@ def _race_threads(make: Callable[[], BudgetLedger], n: int, lim: Limits) -> list
 def test_32_threads_race_on_the_last_unit(backend: tuple[str, str], ledger: BudgetLedger) -> None:
     lim = Limits(max_queries=5, max_rho=2.5)
     _spend(ledger, 4, lim, rho=0.5)
-    out = _race_threads(lambda: _open(*backend), 32, lim)
+    out = _race_threads(lambda: _open(*backend), 32, lim, Rate(per_minute=1.0, burst=100))
     assert sorted(out) == ["ok"] + ["refused"] * 31
     u = ledger.usage(P, M)
     assert (u.queries, u.rho, u.reserved_queries) == (5, pytest.approx(2.5), 0)
+
+
+def test_32_threads_race_on_the_last_tokens(backend: tuple[str, str], ledger: BudgetLedger) -> None:
+    out = _race_threads(lambda: _open(*backend), 32, Limits(), Rate(per_minute=0.001, burst=5))
+    assert sorted(out) == ["limited"] * 27 + ["ok"] * 5
+    u = ledger.usage(P, M)
+    assert (u.queries, u.reserved_queries) == (5, 0)
+
+
+_ROWID_LAYOUT = """
+CREATE TABLE spend (principal TEXT NOT NULL, model TEXT NOT NULL, queries INTEGER NOT NULL, rho REAL NOT NULL,
+  PRIMARY KEY (principal, model));
+CREATE TABLE reservations (id TEXT PRIMARY KEY, principal TEXT NOT NULL, model TEXT NOT NULL,
+  queries INTEGER NOT NULL, rho REAL NOT NULL, expires_at REAL NOT NULL, digest TEXT NOT NULL);
+CREATE INDEX reservations_pm ON reservations (principal, model);
+CREATE TABLE answered (principal TEXT NOT NULL, model TEXT NOT NULL, digest TEXT NOT NULL,
+  PRIMARY KEY (principal, model, digest));
+CREATE TABLE buckets (principal TEXT NOT NULL, model TEXT NOT NULL, tokens REAL NOT NULL, updated REAL NOT NULL,
+  PRIMARY KEY (principal, model));
+INSERT INTO spend VALUES ('alice', 'credit', 1, 0.5);
+INSERT INTO answered VALUES ('alice', 'credit', 'd1');
+INSERT INTO reservations VALUES ('ghost', 'alice', 'credit', 1, 0.5, 1.0, 'd0');
+"""
+
+
+def test_sqlite_file_of_the_earlier_rowid_layout_keeps_working(tmp_path: Path) -> None:
+    """Files made before the WITHOUT ROWID layout keep their tables; every statement works on both."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_ROWID_LAYOUT)
+    led = SqliteLedger(path)
+    lim = Limits(max_queries=3)
+    assert led.usage(P, M) == Usage(1, 0.5, 0, 0.0)  # the expired ghost is not counted
+    assert led.reserve(P, M, queries=1, rho=0.5, limits=lim, ttl_s=30, digest="d1").free
+    led.commit(led.take_and_reserve(P, M, rate=Rate(60, 2), queries=1, rho=0.5, limits=lim, ttl_s=30, digest="d2"))
+    held = led.reserve(P, M, queries=1, rho=0.5, limits=lim, ttl_s=30, digest="d3")
+    with pytest.raises(BudgetExhausted):
+        led.reserve(P, M, queries=1, rho=0.5, limits=lim, ttl_s=30)
+    led.commit(held)
+    with pytest.raises(ReservationNotActive):
+        led.commit(Reservation("ghost", P, M, 1, 0.5, 1.0))
+    assert led.usage(P, M) == Usage(3, 1.5, 0, 0.0)
 
 
 _WORKER = textwrap.dedent(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from desiderata.policy.extraction_monitor import ExtractionMonitor
 from desiderata.policy.guard import PrivacyGuard
+from desiderata.policy.ledger import Usage
 from desiderata.policy.ledger_redis import RedisLedger
 from desiderata.policy.ledger_sqlite import SqliteLedger
 from desiderata.policy.privacy_params import ExtractionMonitorParams, PrivacyParams
@@ -96,3 +98,53 @@ def test_unreachable_ledger_fails_closed() -> None:
     guard = PrivacyGuard(RedisLedger("redis://127.0.0.1:1/0", socket_timeout_s=0.2), SECRET)
     with pytest.raises(Unavailable):
         guard.admit("a", "m", "v1", PrivacyParams(lifetime_queries=3), np.zeros(2))
+
+
+def test_monitor_refusals_hold_nothing_and_win_over_an_empty_budget(tmp_path: Path) -> None:
+    """The ledger is asked before the monitor (one round trip for rate and budget);
+    the checks still mean what they did one by one."""
+    ledger = SqliteLedger(tmp_path / "l.db")
+    mon = ExtractionMonitor()
+    guard = PrivacyGuard(ledger, SECRET, mon)
+    mp = ExtractionMonitorParams(window=10, threshold=0.8, action="downgrade", downgrade_to="fa/summary")
+    params = PrivacyParams(lifetime_queries=100, monitor=mp)
+    probes = [np.eye(5)[i % 5] * (1 + 0.1 * (i // 5)) for i in range(40)]
+    for x in probes:
+        adm = guard.admit("thief", "m", "v1", params, x)
+        if adm.downgrade_to:
+            break
+        guard.commit(adm)
+    assert adm.downgrade_to and adm.reservation is None
+    assert ledger.usage("thief", "m").reserved_queries == 0  # the reservation made before the alarm is back
+    used = ledger.usage("thief", "m").queries
+    assert guard.admit("thief", "m", "v1", params, probes[0] * 3).downgrade_to  # sticky
+    assert ledger.usage("thief", "m") == Usage(used, 0.0, 0, 0.0)
+    # a blocked caller is told so even when its budget is spent as well
+    spent = PrivacyParams(lifetime_queries=0, monitor=ExtractionMonitorParams(window=10, threshold=0.8))
+    with pytest.raises(PermissionDenied):
+        for x in probes:
+            with pytest.raises(BudgetExhausted):
+                guard.admit("thief2", "m", "v1", spent, x)
+    # a rate-limited query is refused before the monitor sees it
+    limited = PrivacyParams(rate_per_minute=0.001, burst=1, monitor=ExtractionMonitorParams(window=10))
+    guard.release(guard.admit("u", "m", "v1", limited, np.ones(3)))
+    with pytest.raises(RateLimited):
+        guard.admit("u", "m", "v1", limited, np.zeros(3))
+    assert len(mon._series[("u", "m", -1)].history) == 1
+
+
+def test_fault_injection_hold_is_off_by_default_and_read_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from desiderata.policy.guard import FAULT_HOLD_AFTER_ADMIT_ENV
+
+    monkeypatch.delenv(FAULT_HOLD_AFTER_ADMIT_ENV, raising=False)
+    assert PrivacyGuard(SqliteLedger(tmp_path / "a.db"), SECRET)._hold_s == 0.0
+    monkeypatch.setenv(FAULT_HOLD_AFTER_ADMIT_ENV, "0.2")
+    guard = PrivacyGuard(SqliteLedger(tmp_path / "b.db"), SECRET)
+    started = time.monotonic()
+    adm = guard.admit("a", "m", "v1", PrivacyParams(lifetime_queries=1), np.zeros(2))
+    assert time.monotonic() - started >= 0.2 and adm.reservation is not None
+    monkeypatch.setenv(FAULT_HOLD_AFTER_ADMIT_ENV, "-1")
+    with pytest.raises(ValueError):
+        PrivacyGuard(SqliteLedger(tmp_path / "c.db"), SECRET)

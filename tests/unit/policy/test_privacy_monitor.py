@@ -4,6 +4,7 @@ alarms are sticky and state is bounded."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from desiderata.policy.extraction_monitor import ExtractionMonitor
 from desiderata.policy.privacy_params import ExtractionMonitorParams
@@ -61,3 +62,39 @@ def test_state_is_bounded() -> None:
     assert all(len(s.history) <= 7 and len(s.distances) <= 5 for s in series.values())
     off = ExtractionMonitorParams(enabled=False)
     assert ExtractionMonitor().observe("x", "m", np.zeros(3), off).action == "allow"
+
+
+def test_incremental_w_matches_scipy_shapiro() -> None:
+    """The sorted window and cached coefficients give scipy's Shapiro–Wilk W."""
+    from scipy import stats
+
+    from desiderata.policy.extraction_monitor import _shapiro_w
+
+    rng = np.random.default_rng(5)
+    for n in (3, 4, 5, 6, 7, 11, 50, 51, 400):
+        for x in (rng.normal(size=n), rng.exponential(size=n), np.abs(rng.normal(size=n)) ** 3):
+            assert _shapiro_w(sorted(x.tolist())) == pytest.approx(float(stats.shapiro(x).statistic), abs=1e-8)
+    assert _shapiro_w([2.0, 2.0, 2.0]) == 0.0
+
+
+def test_monitor_statistic_is_the_shapiro_w_of_the_last_window_of_nearest_distances() -> None:
+    """Same answers as the direct computation: nearest earlier query over the kept
+    history (a ring), then W over the last `window` distances."""
+    from scipy import stats
+
+    params = ExtractionMonitorParams(window=8, threshold=0.01, history=20)
+    rng = np.random.default_rng(11)
+    mon = ExtractionMonitor()
+    seen: list[np.ndarray] = []
+    distances: list[float] = []
+    for _ in range(70):
+        x = rng.normal(size=6)
+        if seen:
+            distances.append(float(np.min(np.linalg.norm(np.stack(seen[-20:]) - x, axis=1))))
+        seen.append(x)
+        verdict = mon.observe("u", "m", x, params)
+        if len(distances) >= 8:
+            expected = float(stats.shapiro(distances[-8:]).statistic)
+            assert verdict.statistic == pytest.approx(expected, abs=1e-8)
+        else:
+            assert verdict.statistic is None
