@@ -87,8 +87,10 @@ def accountant_from_history(history: Iterable[tuple[float, int]]) -> RDPAccounta
     return acc
 
 
+@lru_cache(maxsize=4096)
 def epsilon_from_rho(rho: float, delta: float) -> float:
-    """ε at δ of a composition whose RDP curve is ``ρ·α``, by the accountant's conversion.
+    """ε at δ of a composition whose RDP curve is ``ρ·α``, by the accountant's conversion
+    (cached: spends are multiples of a tier's per-query ρ, so the same values recur).
 
     Args:
         rho: summed ρ ≥ 0 (0 means nothing was released: ε = 0).
