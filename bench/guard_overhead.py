@@ -1,15 +1,16 @@
-"""Benchmark: latency the privacy guard adds per request (admit + noise + commit).
+"""Benchmark: latency the privacy guard adds per request (admit + noise + commit, and the
+budget left after the commit, which every answer's disclosure block carries).
 
 Why: the design promises the guard costs ≤ 0.3 ms p50 per request with the
 embedded SQLite ledger and ≤ 1 ms with Redis on loopback. This runs an
 end-user tier with every guard on (rate limit, query and ε budgets, keyed
 noise; monitor off, measured separately) against a fresh SQLite file and a
 private redis-server on a free loopback port, and prints p50/p90/p99 in ms.
-With Redis the guard costs two loopback round trips (admission, commit) plus
+With Redis the guard costs two loopback round trips (admission, commit with the budget left) plus
 the local work, so the PING round trip printed first is its floor; on this
 kind of virtual machine it varies 3x from minute to minute.
 ``--breakdown`` also prints the p50 of each step (query key, ledger admission,
-noise, ledger commit) so that a regression can be placed. The p99 is mostly
+noise, ledger commit and budget left) so that a regression can be placed. The p99 is mostly
 the scheduler on a busy machine: check ``uptime`` before trusting it.
 Run on demand: ``python bench/guard_overhead.py [--n 3000] [--only sqlite|redis] [--breakdown]``;
 never a timed test.
@@ -64,7 +65,7 @@ def run(ledger: BudgetLedger, params: PrivacyParams, n: int, d: int = 20) -> np.
         t0 = time.perf_counter()
         adm = guard.admit(f"p{i % 50}", "credit", "v1", params, xs[i], method="ig", method_params={"steps": 64})
         guard.noise(adm, attribution)
-        guard.commit(adm)
+        guard.commit_with_budget(adm, params)
         times[i] = (time.perf_counter() - t0) * 1e3
     return times
 
@@ -96,7 +97,7 @@ def breakdown(ledger: BudgetLedger, params: PrivacyParams, n: int, d: int = 20) 
         t2 = time.perf_counter()
         clip_and_noise(attribution, params.clip_norm, params.noise_multiplier, key.noise_seed)
         t3 = time.perf_counter()
-        ledger.commit(res)
+        ledger.commit_and_usage(res)
         t4 = time.perf_counter()
         for name, dt in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
             steps[name].append(dt * 1e3)

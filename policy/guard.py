@@ -40,7 +40,7 @@ import numpy as np
 
 from desiderata.policy.accounting import PrivacySpend, rho_budget, spend
 from desiderata.policy.extraction_monitor import ExtractionMonitor, MonitorVerdict
-from desiderata.policy.ledger import BudgetLedger, Limits, Rate, Reservation, rate_limited
+from desiderata.policy.ledger import BudgetLedger, Limits, Rate, Reservation, Usage, rate_limited
 from desiderata.policy.noise import NoiseInfo, QueryKey, clip_and_noise, query_key
 from desiderata.policy.privacy_params import PrivacyParams
 from desiderata.server.errors import BudgetExhausted, InternalError, PermissionDenied, Unavailable
@@ -256,6 +256,17 @@ class PrivacyGuard:
             raise InternalError("commit of an admission that holds no budget")
         self._ledger.commit(admission.reservation)
 
+    def commit_with_budget(self, admission: Admission, params: PrivacyParams) -> Budget:
+        """`commit`, returning the budget left after it (one ledger call with Redis).
+
+        Raises:
+            ReservationNotActive: the reservation expired or was released.
+            InternalError: the admission holds nothing (a downgrade not re-admitted).
+        """
+        if admission.reservation is None:
+            raise InternalError("commit of an admission that holds no budget")
+        return _budget(self._ledger.commit_and_usage(admission.reservation), params)
+
     def release(self, admission: Admission) -> None:
         """Returns the admission's budget (the request failed before an answer)."""
         if admission.reservation is not None:
@@ -263,9 +274,13 @@ class PrivacyGuard:
 
     def remaining(self, principal: str, model: str, params: PrivacyParams) -> Budget:
         """Budget left at a tier, for the disclosure block and GetCapabilities."""
-        u = self._ledger.usage(principal, model)
-        priv = spend(u.rho, params.delta, params.lifetime_epsilon, params.noise_multiplier)
-        k = params.lifetime_queries
-        q_left = None if k is None else max(0, k - u.queries)
-        bounds = [b for b in (q_left, priv.answers_remaining) if b is not None]
-        return Budget(u.queries, k, q_left, priv, min(bounds) if bounds else None)
+        return _budget(self._ledger.usage(principal, model), params)
+
+
+def _budget(u: Usage, params: PrivacyParams) -> Budget:
+    """The budget left at a tier after usage `u`."""
+    priv = spend(u.rho, params.delta, params.lifetime_epsilon, params.noise_multiplier)
+    k = params.lifetime_queries
+    q_left = None if k is None else max(0, k - u.queries)
+    bounds = [b for b in (q_left, priv.answers_remaining) if b is not None]
+    return Budget(u.queries, k, q_left, priv, min(bounds) if bounds else None)

@@ -236,6 +236,17 @@ class BudgetLedger(ABC):
             Unavailable: the store cannot be reached.
         """
 
+    def commit_and_usage(self, reservation: Reservation) -> Usage:
+        """`commit`, then the (principal, model) `usage` after it; backends whose calls
+        are round trips do both in one.
+
+        Raises:
+            ReservationNotActive: as `commit`.
+            Unavailable: the store cannot be reached.
+        """
+        self.commit(reservation)
+        return self.usage(reservation.principal, reservation.model)
+
     @abstractmethod
     def release(self, reservation: Reservation) -> None:
         """Returns a reservation's budget; idempotent."""

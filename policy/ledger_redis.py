@@ -4,7 +4,8 @@ Every operation is one server-side Lua script, and Redis runs a script
 atomically, so "drop expired reservations, sum spend and live reservations,
 check the caps, hold" is one indivisible step for all replicas. An admission
 is one round trip: `take_and_reserve` runs the token bucket and the
-reservation in the same script, and `commit` is the second round trip; the
+reservation in the same script, and `commit_and_usage` (the charge and the
+budget left, for the answer's disclosure block) is the second; the
 scripts are sent once (``SCRIPT LOAD``) and then called by digest
 (``EVALSHA``), and reloaded by the client if the server lost them. Time comes
 from the Redis server (``TIME``), never from a replica's clock, so replicas
@@ -118,6 +119,33 @@ return 'ok'
 """
 )
 
+# KEYS: spend, res, ans. ARGV: reservation id, or '-' for a free answer (nothing to charge).
+_COMMIT_USAGE = (
+    _NOW
+    + _LIVE
+    + """
+local status = 'ok'
+if ARGV[1] ~= '-' then
+  local entry = redis.call('HGET', KEYS[2], ARGV[1])
+  if not entry then status = 'missing' else
+    redis.call('HDEL', KEYS[2], ARGV[1])
+    local q, r, exp, digest = string.match(entry, '^(%S+) (%S+) (%S+) (%S+)')
+    if tonumber(exp) <= now then status = 'expired' else
+      local sq = tonumber(redis.call('HGET', KEYS[1], 'q') or '0')
+      local sr = tonumber(redis.call('HGET', KEYS[1], 'rho') or '0')
+      redis.call('HSET', KEYS[1], 'q', string.format('%d', sq + tonumber(q)),
+                 'rho', string.format('%.17g', sr + tonumber(r)))
+      if digest ~= '-' then redis.call('SADD', KEYS[3], digest) end
+    end
+  end
+end
+if status ~= 'ok' then return {status} end
+local rq, rr = live(KEYS[2], now)
+return {status, redis.call('HGET', KEYS[1], 'q') or '0', redis.call('HGET', KEYS[1], 'rho') or '0',
+        string.format('%d', rq), string.format('%.17g', rr)}
+"""
+)
+
 _TAKE = (
     _NOW
     + _BUCKET
@@ -163,6 +191,7 @@ class RedisLedger(BudgetLedger):
         self._commit = self._r.register_script(_COMMIT)
         self._take = self._r.register_script(_TAKE)
         self._usage = self._r.register_script(_USAGE)
+        self._commit_usage = self._r.register_script(_COMMIT_USAGE)
 
     def _call(self, script: Any, keys: Sequence[str], args: list[Any]) -> Any:
         try:
@@ -223,6 +252,14 @@ class RedisLedger(BudgetLedger):
         status = self._call(self._commit, keys, [reservation.id]).decode()
         if status != "ok":
             raise ReservationNotActive("the budget reservation expired before the answer was ready")
+
+    def commit_and_usage(self, reservation: Reservation) -> Usage:
+        keys = _keys(reservation.principal, reservation.model)[:3]
+        out = self._call(self._commit_usage, keys, ["-" if reservation.free else reservation.id])
+        if out[0].decode() != "ok":
+            raise ReservationNotActive("the budget reservation expired before the answer was ready")
+        q, r, rq, rr = out[1:]
+        return Usage(int(q), float(r), int(rq), float(rr))
 
     def release(self, reservation: Reservation) -> None:
         if reservation.free:

@@ -302,7 +302,7 @@ class Pipeline:
                 self.answers.put(key, raw)
             shown = disclose(raw, profile, handle.card, call.locale, self.guard, admission)
             ctx.check()  # a caller that went away, or a passed deadline, is not charged
-            self.guard.commit(admission)
+            budget = self.guard.commit_with_budget(admission, profile.privacy)
         except BaseException as exc:
             self.guard.release(admission)
             if isinstance(exc, DesiderataError) or not isinstance(exc, Exception):
@@ -312,7 +312,6 @@ class Pipeline:
         privacy = profile.privacy
         charge = epsilon_from_rho(privacy.rho_per_query, privacy.delta) if privacy.noisy else 0.0
         self.audit_decision(principal, handle, call.kind.value, call.purpose, call.consumption, p.decision, charge)
-        budget = self.guard.remaining(principal.id, handle.name, privacy)
         log.info(
             "explanation_served",
             decision_id=p.decision.decision_id,

@@ -71,6 +71,25 @@ def test_reserve_commit_charges_exactly_once(ledger: BudgetLedger) -> None:
     assert ledger.usage("bob", M).queries == 0  # budgets are per principal
 
 
+def test_commit_and_usage_is_commit_then_usage(ledger: BudgetLedger) -> None:
+    lim = Limits(max_queries=5, max_rho=2.0)
+    held = ledger.reserve(P, M, queries=1, rho=0.5, limits=lim, ttl_s=30)  # stays live
+    res = ledger.reserve(P, M, queries=1, rho=0.25, limits=lim, ttl_s=30, digest="d1")
+    u = ledger.commit_and_usage(res)
+    assert u == ledger.usage(P, M)
+    assert (u.queries, u.rho, u.reserved_queries, u.reserved_rho) == (1, pytest.approx(0.25), 1, pytest.approx(0.5))
+    with pytest.raises(ReservationNotActive):
+        ledger.commit_and_usage(res)  # charged exactly once
+    repeat = ledger.reserve(P, M, queries=1, rho=0.25, limits=lim, ttl_s=30, digest="d1")
+    assert repeat.free and ledger.commit_and_usage(repeat) == u  # an answered query is free
+    ledger.release(held)
+    gone = ledger.reserve(P, M, queries=1, rho=0.1, limits=lim, ttl_s=30)
+    ledger.release(gone)
+    with pytest.raises(ReservationNotActive):
+        ledger.commit_and_usage(gone)
+    assert ledger.usage(P, M).queries == 1
+
+
 def test_query_cap_refuses_and_holds_nothing(ledger: BudgetLedger) -> None:
     lim = Limits(max_queries=2)
     _spend(ledger, 2, lim)
