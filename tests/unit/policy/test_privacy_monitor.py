@@ -98,3 +98,18 @@ def test_monitor_statistic_is_the_shapiro_w_of_the_last_window_of_nearest_distan
             assert verdict.statistic == pytest.approx(expected, abs=1e-8)
         else:
             assert verdict.statistic is None
+
+
+def test_nearest_distance_is_exact_for_near_duplicates_far_from_the_origin() -> None:
+    """The ranking shortcut (‖r‖² − 2r·v) loses digits far from the origin; the
+    nearest distance must still be the directly measured one, duplicates included."""
+    from desiderata.policy.extraction_monitor import _Series
+
+    rng = np.random.default_rng(5)
+    series = _Series(history=300, window=10, dim=8)
+    kept = 1e6 + rng.normal(size=(300, 8))
+    for row in kept:
+        series.remember(row)
+    for probe in (kept[17], kept[42] + 1e-7, kept[99] + rng.normal(size=8) * 1e-3, 1e6 + rng.normal(size=8)):
+        direct = float(np.min(np.linalg.norm(kept - probe, axis=1)))
+        assert series.nearest(probe) == pytest.approx(direct, rel=1e-9, abs=1e-12)
