@@ -168,7 +168,6 @@ def rate_limited(principal: str, model: str, rate: Rate, wait_s: float) -> RateL
 class BudgetLedger(ABC):
     """One interface over every budget store; every method is atomic."""
 
-    @abstractmethod
     def reserve(
         self,
         principal: str,
@@ -181,7 +180,7 @@ class BudgetLedger(ABC):
         digest: str = "",
     ) -> Reservation:
         """Holds `queries` answers and `rho` privacy loss if committed + live
-        reservations + this request stay within `limits`.
+        reservations + this request stay within `limits` (`take_and_reserve` without a rate).
 
         Args:
             queries: answers to hold, ≥ 0 (1 per request).
@@ -194,7 +193,11 @@ class BudgetLedger(ABC):
             BudgetExhausted: a cap would be exceeded (nothing is held).
             Unavailable: the store cannot be reached.
         """
+        return self.take_and_reserve(
+            principal, model, rate=None, queries=queries, rho=rho, limits=limits, ttl_s=ttl_s, digest=digest
+        )
 
+    @abstractmethod
     def take_and_reserve(
         self,
         principal: str,
@@ -207,10 +210,11 @@ class BudgetLedger(ABC):
         ttl_s: float,
         digest: str = "",
     ) -> Reservation:
-        """`take` then `reserve`, as one atomic step and one round trip where the backend can.
+        """Takes a token from the rate bucket, then reserves as `reserve`: one atomic
+        step and one round trip.
 
         The token is taken first: a rate-limited request reserves nothing, and a
-        request refused for its budget has still used its token (as with two calls).
+        request refused for its budget has still used its token.
 
         Args:
             rate: the tier's token bucket, or None for no rate limit.
@@ -221,11 +225,6 @@ class BudgetLedger(ABC):
             BudgetExhausted: a cap would be exceeded (nothing is held).
             Unavailable: the store cannot be reached.
         """
-        if rate is not None:
-            wait = self.take(principal, model, rate_per_minute=rate.per_minute, burst=rate.burst)
-            if wait > 0.0:
-                raise rate_limited(principal, model, rate, wait)
-        return self.reserve(principal, model, queries=queries, rho=rho, limits=limits, ttl_s=ttl_s, digest=digest)
 
     @abstractmethod
     def commit(self, reservation: Reservation) -> None:

@@ -199,21 +199,6 @@ class RedisLedger(BudgetLedger):
         except redis.exceptions.RedisError as exc:
             raise Unavailable("the budget ledger is unavailable") from exc
 
-    def reserve(
-        self,
-        principal: str,
-        model: str,
-        *,
-        queries: int,
-        rho: float,
-        limits: Limits,
-        ttl_s: float,
-        digest: str = "",
-    ) -> Reservation:
-        return self.take_and_reserve(
-            principal, model, rate=None, queries=queries, rho=rho, limits=limits, ttl_s=ttl_s, digest=digest
-        )
-
     def take_and_reserve(
         self,
         principal: str,

@@ -171,21 +171,6 @@ class SqliteLedger(BudgetLedger):
             raise Unavailable("the budget ledger is unavailable") from exc
         return conn
 
-    def reserve(
-        self,
-        principal: str,
-        model: str,
-        *,
-        queries: int,
-        rho: float,
-        limits: Limits,
-        ttl_s: float,
-        digest: str = "",
-    ) -> Reservation:
-        return self.take_and_reserve(
-            principal, model, rate=None, queries=queries, rho=rho, limits=limits, ttl_s=ttl_s, digest=digest
-        )
-
     def take_and_reserve(
         self,
         principal: str,
