@@ -77,14 +77,14 @@ def test_broken_edit_changes_nothing_and_is_logged(
     # A permit without a passing test case: valid Cedar, but its cases now fail
     # (executives must not get single-instance attributions).
     (bundle_dir / "oops.cedar").write_text('@id("oops")\npermit (principal in Role::"executive", action, resource);\n')
-    _wait_for(lambda: store.last_error is not None)
+    _wait_for(lambda: store.last_error is not None, timeout=10.0)  # not a timing claim: room for a loaded CI
     assert store.version == old_version
     assert not store.decide(EXEC_ASKS).allowed
     assert any("reload refused" in r.message for r in caplog.records)
     # Fixing it makes the next poll load the good bundle again.
     (bundle_dir / "oops.cedar").unlink()
     (bundle_dir / "executive.cedar").write_text(NEW_POLICY.replace("robustness/full", "robustness/fulll"))
-    _wait_for(lambda: store.last_error is not None and "fulll" in str(store.last_error))
+    _wait_for(lambda: store.last_error is not None and "fulll" in str(store.last_error), timeout=10.0)
     assert store.version == old_version
 
 
