@@ -14,9 +14,9 @@ different queries share an encoding.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
+import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -66,6 +66,10 @@ def _field(b: bytes) -> bytes:
     return struct.pack(">Q", len(b)) + b
 
 
+_SEED_DOMAIN = _field(_DOMAIN + b"/seed")
+_DIGEST_DOMAIN = _field(_DOMAIN + b"/digest")
+
+
 def query_key(
     secret: bytes,
     principal_id: str,
@@ -86,20 +90,18 @@ def query_key(
     """
     if len(secret) < 16:
         raise ValueError("the noise secret must be at least 16 bytes")
-    x = np.ascontiguousarray(np.asarray(features, dtype="<f8") + 0.0)
-    msg = b"".join(
-        _field(part)
-        for part in (
-            principal_id.encode(),
-            model_version.encode(),
-            json.dumps(list(x.shape)).encode(),
-            x.tobytes(),
-            method.encode(),
-            json.dumps(dict(params), sort_keys=True, separators=(",", ":"), default=str).encode(),
-        )
+    x = np.asarray(features, dtype="<f8") + 0.0  # a new C-contiguous array
+    shape = "[" + ", ".join(map(str, x.shape)) + "]"  # == json.dumps(list(x.shape)), the v1 encoding
+    msg = (
+        _field(principal_id.encode())
+        + _field(model_version.encode())
+        + _field(shape.encode())
+        + _field(x.tobytes())
+        + _field(method.encode())
+        + _field(json.dumps(dict(params), sort_keys=True, separators=(",", ":"), default=str).encode())
     )
-    seed = hmac.new(secret, _field(_DOMAIN + b"/seed") + msg, hashlib.sha256).digest()
-    digest = hmac.new(secret, _field(_DOMAIN + b"/digest") + msg, hashlib.sha256).hexdigest()
+    seed = hmac.digest(secret, _SEED_DOMAIN + msg, "sha256")
+    digest = hmac.digest(secret, _DIGEST_DOMAIN + msg, "sha256").hex()
     return QueryKey(seed, digest)
 
 
@@ -116,9 +118,14 @@ def clip_l2(values: np.ndarray, clip_norm: float) -> tuple[np.ndarray, float]:
     if clip_norm <= 0.0:
         raise InvalidArgument.single("privacy.clip_norm", "must be > 0")
     v = np.asarray(values, dtype=np.float64)
-    if v.ndim != 1 or not np.all(np.isfinite(v)):
+    if v.ndim != 1:
         raise InvalidArgument.single("attribution.values", "must be a finite vector of shape (d,)")
-    norm = float(np.linalg.norm(v))
+    # np.linalg.norm of a real vector is exactly sqrt(v @ v); a finite square sum also
+    # proves every entry finite, so the elementwise check runs only when it is not.
+    sq = float(v.dot(v))
+    if not math.isfinite(sq) and not np.all(np.isfinite(v)):
+        raise InvalidArgument.single("attribution.values", "must be a finite vector of shape (d,)")
+    norm = math.sqrt(sq)
     return (v * (clip_norm / norm) if norm > clip_norm else v.copy()), norm
 
 

@@ -92,9 +92,7 @@ def test_append_chains_and_verifies(backend: Backend) -> None:
     first = backend.log.append(_record(1))
     second = backend.log.append(_record(2))
     assert (first.seq, second.seq) == (1, 2)
-    assert (
-        second.prev_hash == first.hash == record_hash(1, _record(1, time=first.record.time), first.prev_hash)
-    )
+    assert second.prev_hash == first.hash == record_hash(1, _record(1, time=first.record.time), first.prev_hash)
     result = backend.log.verify()
     assert result.ok and result.records == 2 and result.head_hash == second.hash
     stored = list(backend.log.iter_all())

@@ -274,6 +274,25 @@ def test_sqlite_file_of_the_earlier_rowid_layout_keeps_working(tmp_path: Path) -
     assert led.usage(P, M) == Usage(3, 1.5, 0, 0.0)
 
 
+@pytest.mark.needs_redis
+def test_redis_ledger_survives_a_lost_script_cache_and_a_dropped_connection(redis_url: str) -> None:
+    """SCRIPT FLUSH (a restarted or failed-over server) and a killed client connection:
+    the next calls still work, and a dropped connection is reported, never retried blindly."""
+    admin = redis.Redis.from_url(redis_url)
+    admin.flushdb()
+    led = RedisLedger(redis_url)
+    lim = Limits(max_queries=4)
+    led.commit(led.reserve(P, M, queries=1, rho=0.5, limits=lim, ttl_s=30))
+    admin.script_flush()
+    assert led.commit_and_usage(led.reserve(P, M, queries=1, rho=0.5, limits=lim, ttl_s=30)) == Usage(2, 1.0, 0, 0.0)
+    admin.client_kill_filter(_type="normal", skipme=True)  # drops the ledger's connection under it
+    with pytest.raises(Unavailable):
+        led.usage(P, M)
+    assert led.usage(P, M) == Usage(2, 1.0, 0, 0.0)  # a fresh connection on the next call
+    led.close()
+    admin.close()
+
+
 _WORKER = textwrap.dedent(
     """
     import sys, time
