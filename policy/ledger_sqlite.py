@@ -11,21 +11,24 @@ serves nothing, which is the fail-closed behaviour the design asks for.
 Why it is laid out for speed (the guard's budget is ≤ 0.3 ms per request):
 an admission is one transaction (token bucket, repeat check, spend and live
 reservations read by a single SELECT; expired reservations deleted only when
-there are some), and a commit is one statement: inserting the reservation's
-id into ``commits`` fires a trigger that, inside that statement's own
-transaction and under the write lock, refuses a missing or expired
-reservation (``RAISE(ABORT)``), adds it to the spend, records its digest,
-deletes it and drops the ``commits`` row (``RAISE(IGNORE)`` keeps the
-changes made so far). Its clock is `ledger_now()`, the ledger's clock
-registered on each connection, read when the statement runs, so a commit
-that waited for the lock cannot charge a reservation that expired meanwhile
-and was given to another request. Tables are ``WITHOUT ROWID`` keyed by
-(principal, model, …), so each write touches one B-tree instead of a table
+there are some), and a commit is one statement: it marks a live reservation
+settled (``UPDATE … WHERE expires_at > ledger_now()``; no row back means it
+was not live), and a trigger on that update, inside the statement's own
+transaction and under the write lock, adds it to the spend, records its digest
+and deletes it. The same statement returns the spend and live reservations
+around it (``RETURNING``), which is the budget left that every answer's
+disclosure block reports. `ledger_now()` is the ledger's clock registered on
+each connection, read when the statement runs, so a commit that waited for
+the lock cannot charge a reservation that expired meanwhile and was given
+to another request. Tables are ``WITHOUT ROWID`` keyed by (principal,
+model, …), so each write touches one B-tree instead of a table
 plus its key index, which halves the pages a transaction appends to the WAL.
 Statements are prepared once per connection (the `sqlite3` statement cache,
 keyed by the SQL text, which is why every statement is a module constant).
 Files made by earlier versions keep their rowid tables; every statement here
-works on both layouts.
+works on both layouts. The previous version's commit (an insert into
+``commits`` whose trigger charges) stays in the schema, so processes of both
+versions can share one file during an upgrade.
 """
 
 from __future__ import annotations
@@ -85,6 +88,14 @@ CREATE TRIGGER IF NOT EXISTS charge_reservation BEFORE INSERT ON commits BEGIN
   DELETE FROM reservations WHERE principal=NEW.principal AND model=NEW.model AND id=NEW.id;
   SELECT RAISE(IGNORE);
 END;
+-- the commit since version 2 (the insert into commits above is the previous version's)
+CREATE TRIGGER IF NOT EXISTS settle_reservation AFTER UPDATE OF expires_at ON reservations
+WHEN NEW.expires_at < 0 BEGIN
+  INSERT INTO spend VALUES (NEW.principal, NEW.model, NEW.queries, NEW.rho)
+    ON CONFLICT (principal, model) DO UPDATE SET queries = queries + excluded.queries, rho = rho + excluded.rho;
+  INSERT OR IGNORE INTO answered SELECT NEW.principal, NEW.model, NEW.digest WHERE NEW.digest <> '';
+  DELETE FROM reservations WHERE principal=NEW.principal AND model=NEW.model AND id=NEW.id;
+END;
 """
 
 # Everything an admission reads, in one statement: ?1 principal, ?2 model, ?3 now, ?4 digest.
@@ -108,8 +119,18 @@ _PUT_BUCKET = (
     " SET tokens = excluded.tokens, updated = excluded.updated"
 )
 _HOLD = "INSERT INTO reservations VALUES (?,?,?,?,?,?,?)"
-_COMMIT = "INSERT INTO commits VALUES (?,?,?)"
-_NOT_ACTIVE = "reservation_not_active"
+# Marks a live reservation settled (expires_at −1), which fires `settle_reservation`; no row
+# back means it was not live. RETURNING is computed before that AFTER trigger runs, so it
+# reads the spend before this charge and the live reservations without this one.
+# ?1 principal, ?2 model, ?3 reservation id.
+_COMMIT = """
+UPDATE reservations SET expires_at = -1 WHERE principal=?1 AND model=?2 AND id=?3 AND expires_at > ledger_now()
+RETURNING queries, rho,
+  (SELECT queries FROM spend WHERE principal=?1 AND model=?2),
+  (SELECT rho FROM spend WHERE principal=?1 AND model=?2),
+  (SELECT COALESCE(SUM(queries), 0) FROM reservations WHERE principal=?1 AND model=?2 AND expires_at > ledger_now()),
+  (SELECT COALESCE(SUM(rho), 0.0) FROM reservations WHERE principal=?1 AND model=?2 AND expires_at > ledger_now())
+"""
 _RELEASE = "DELETE FROM reservations WHERE principal=? AND model=? AND id=?"
 
 
@@ -246,16 +267,25 @@ class SqliteLedger(BudgetLedger):
         return wait
 
     def commit(self, reservation: Reservation) -> None:
+        if not reservation.free:
+            self._settle(reservation)
+
+    def commit_and_usage(self, reservation: Reservation) -> Usage:
         if reservation.free:
-            return
+            return self.usage(reservation.principal, reservation.model)
+        return self._settle(reservation)
+
+    def _settle(self, reservation: Reservation) -> Usage:
+        """Charges a live reservation in one statement; returns the usage after it."""
+        key = (reservation.principal, reservation.model, reservation.id)
         try:
-            self._conn().execute(_COMMIT, (reservation.principal, reservation.model, reservation.id))
-        except sqlite3.IntegrityError as exc:
-            if _NOT_ACTIVE not in str(exc):
-                raise Unavailable("the budget ledger is unavailable") from exc
-            raise ReservationNotActive("the budget reservation expired before the answer was ready") from None
+            rows = self._conn().execute(_COMMIT, key).fetchall()  # stepped to its end: the transaction ends
         except sqlite3.Error as exc:
             raise Unavailable("the budget ledger is unavailable") from exc
+        if not rows:
+            raise ReservationNotActive("the budget reservation expired before the answer was ready")
+        q, rho, sq, sr, rq, rr = rows[0]
+        return Usage((sq or 0) + q, (sr or 0.0) + rho, int(rq), float(rr))
 
     def release(self, reservation: Reservation) -> None:
         if reservation.free:

@@ -274,6 +274,30 @@ def test_sqlite_file_of_the_earlier_rowid_layout_keeps_working(tmp_path: Path) -
     assert led.usage(P, M) == Usage(3, 1.5, 0, 0.0)
 
 
+def test_sqlite_commit_of_the_previous_version_still_charges_once(tmp_path: Path) -> None:
+    """A process of the previous version commits by inserting into `commits`; on one shared
+    file both commits charge exactly once and neither can charge the other's reservation."""
+    import sqlite3
+
+    led = SqliteLedger(tmp_path / "shared.db")
+    old = sqlite3.connect(tmp_path / "shared.db", isolation_level=None)
+    old.create_function("ledger_now", 0, time.time)
+    lim = Limits(max_queries=3)
+    by_old = led.reserve(P, M, queries=1, rho=0.5, limits=lim, ttl_s=30, digest="d1")
+    old.execute("INSERT INTO commits VALUES (?,?,?)", (P, M, by_old.id))
+    with pytest.raises(ReservationNotActive):
+        led.commit(by_old)
+    by_new = led.reserve(P, M, queries=1, rho=0.5, limits=lim, ttl_s=30)
+    assert led.commit_and_usage(by_new) == Usage(2, 1.0, 0, 0.0)
+    with pytest.raises(sqlite3.IntegrityError, match="reservation_not_active"):
+        old.execute("INSERT INTO commits VALUES (?,?,?)", (P, M, by_new.id))
+    assert led.reserve(P, M, queries=1, rho=0.5, limits=lim, ttl_s=30, digest="d1").free
+    assert old.execute("SELECT COUNT(*) FROM commits").fetchone() == (0,)
+    assert led.usage(P, M) == Usage(2, 1.0, 0, 0.0)
+    old.close()
+    led.close()
+
+
 @pytest.mark.needs_redis
 def test_redis_ledger_survives_a_lost_script_cache_and_a_dropped_connection(redis_url: str) -> None:
     """SCRIPT FLUSH (a restarted or failed-over server) and a killed client connection:
