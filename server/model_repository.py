@@ -72,9 +72,14 @@ class ModelHandle:
         return len(self.card.class_names)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities of encoded rows, ``(n, n_columns)`` → ``(n, k)`` float64."""
+        """Class probabilities of encoded rows, ``(n, n_columns)`` → ``(n, k)`` float64,
+        evaluated in chunks of the module's `eval_rows` (see `artifact.eval_rows_for`)."""
+        xt = torch.as_tensor(np.atleast_2d(x), dtype=torch.float32)
+        step = int(getattr(self.module, "eval_rows", 1 << 15))
         with torch.inference_mode():
-            out = self.module(torch.as_tensor(np.atleast_2d(x), dtype=torch.float32))
+            if xt.shape[0] <= step:
+                return np.asarray(self.module(xt).double().numpy())
+            out = torch.cat([self.module(chunk) for chunk in torch.split(xt, step)])
         return np.asarray(out.double().numpy())
 
     def torch_module(self) -> torch.nn.Module | None:

@@ -58,3 +58,25 @@ def test_export_round_trip_of_a_fresh_module(tmp_path: Path) -> None:
     x = torch.randn(7, 5)
     torch.testing.assert_close(load_exported_module(path)(x), module(x), atol=1e-6, rtol=0)
     assert sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_evaluation_chunk_follows_the_widest_activation(tmp_path: Path) -> None:
+    from desiderata.server.artifact import EVAL_FLOATS, eval_rows_for
+
+    assert [eval_rows_for(w) for w in (1, 32, 64, 100, 256, 4096, 10**6)] == [32768, 8192, 4096, 2048, 1024, 256, 256]
+    for d, h in ((10, 64), (100, 256)):
+        layers = (torch.nn.Linear(d, h), torch.nn.ReLU(), torch.nn.Linear(h, 2), torch.nn.Softmax(-1))
+        export_probability_module(torch.nn.Sequential(*layers).eval(), n_columns=d, path=tmp_path / f"m{d}.pt2")
+        assert load_exported_module(tmp_path / f"m{d}.pt2").eval_rows == eval_rows_for(h) == EVAL_FLOATS // h
+
+
+def test_predictions_in_chunks_equal_one_call() -> None:
+    from desiderata.server.model_repository import load_model
+
+    handle = load_model(CREDIT_MODEL_DIR)
+    x = torch.randn(3 * handle.module.eval_rows + 7, 25, generator=torch.Generator().manual_seed(0)).double().numpy()
+    chunked = handle.predict_proba(x)
+    with torch.inference_mode():
+        whole = handle.module(torch.as_tensor(x, dtype=torch.float32)).double().numpy()
+    assert chunked.shape == (len(x), 2)
+    torch.testing.assert_close(torch.from_numpy(chunked), torch.from_numpy(whole), atol=1e-6, rtol=0)
