@@ -20,6 +20,7 @@ import torch
 
 from desiderata.explainers.base import Reference
 from desiderata.server.artifact import load_exported_module
+from desiderata.server.chunk_runner import SEQUENTIAL, ChunkRunner
 from desiderata.server.errors import ModelNotFound
 from desiderata.server.model_card import FeatureSchema, ModelCard, load_card
 
@@ -42,6 +43,8 @@ class ModelHandle:
         ref: training reference (encoded rows, labels, ids) or None.
         index_dir: where precomputed sample-importance indexes persist (set by
             `desiderata.server.precompute`); None means ``<directory>/.influence``.
+        runner: spreads the chunks of a large batch over threads (the server's is
+            shared by every model; a model loaded alone evaluates on the caller).
     """
 
     card: ModelCard
@@ -49,6 +52,7 @@ class ModelHandle:
     module: torch.nn.Module
     ref: Reference | None = None
     index_dir: Path | None = None
+    runner: ChunkRunner = SEQUENTIAL
     schema: FeatureSchema = field(init=False)
 
     def __post_init__(self) -> None:
@@ -76,11 +80,13 @@ class ModelHandle:
         evaluated in chunks of the module's `eval_rows` (see `artifact.eval_rows_for`)."""
         xt = torch.as_tensor(np.atleast_2d(x), dtype=torch.float32)
         step = int(getattr(self.module, "eval_rows", 1 << 15))
-        with torch.inference_mode():
-            if xt.shape[0] <= step:
-                return np.asarray(self.module(xt).double().numpy())
-            out = torch.cat([self.module(chunk) for chunk in torch.split(xt, step)])
-        return np.asarray(out.double().numpy())
+        if xt.shape[0] <= step:
+            return self._forward(xt)
+        return np.concatenate(self.runner.map(self._forward, torch.split(xt, step)))
+
+    def _forward(self, x: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():  # thread-local: entered on whichever thread runs the chunk
+            return np.asarray(self.module(x).double().numpy())
 
     def torch_module(self) -> torch.nn.Module | None:
         return self.module if self.card.differentiable else None
@@ -111,8 +117,13 @@ def _load_reference(directory: Path, card: ModelCard) -> Reference | None:
     return Reference(x=x, y=y, ids=ids)
 
 
-def load_model(directory: Path) -> ModelHandle:
-    """Loads and checks one model folder; raises ValueError naming what is wrong."""
+def load_model(directory: Path, runner: ChunkRunner = SEQUENTIAL) -> ModelHandle:
+    """Loads and checks one model folder; raises ValueError naming what is wrong.
+
+    Args:
+        directory: the model folder (card.yaml, artifact, reference).
+        runner: where the chunks of large batches are evaluated.
+    """
     card = load_card(directory / "card.yaml")
     artifact = directory / card.artifact
     if not artifact.is_file():
@@ -123,7 +134,9 @@ def load_model(directory: Path) -> ModelHandle:
         module = load_exported_module(artifact)
     except Exception as exc:
         raise ValueError(f"{artifact}: not a loadable torch.export program: {exc}") from exc
-    handle = ModelHandle(card=card, directory=directory, module=module, ref=_load_reference(directory, card))
+    handle = ModelHandle(
+        card=card, directory=directory, module=module, ref=_load_reference(directory, card), runner=runner
+    )
     probe = np.zeros((2, handle.schema.n_columns))
     try:
         out = handle.predict_proba(probe)
@@ -142,17 +155,19 @@ class ModelRepository:
     Args:
         path: the repository folder (one sub-folder per model).
         skip_broken: log and skip models that fail to load instead of raising.
+        runner: where every model evaluates the chunks of its large batches.
     """
 
-    def __init__(self, path: Path, *, skip_broken: bool = False) -> None:
+    def __init__(self, path: Path, *, skip_broken: bool = False, runner: ChunkRunner = SEQUENTIAL) -> None:
         if not path.is_dir():
             raise ValueError(f"model repository {path} is not a folder")
         self.path = path
+        self.runner = runner
         self._models: dict[str, dict[str, ModelHandle]] = {}
         self._latest: dict[str, str] = {}
         for directory in sorted(p for p in path.iterdir() if (p / "card.yaml").is_file()):
             try:
-                handle = load_model(directory)
+                handle = load_model(directory, runner)
             except ValueError as exc:
                 if not skip_broken:
                     raise

@@ -93,6 +93,7 @@ class Pipeline:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self.models.runner.shutdown()
         self.decisions.close()
         self.audit.close()
         self.feedback.close()

@@ -33,6 +33,7 @@ from desiderata.policy.guard import PrivacyGuard
 from desiderata.policy.ledger import BudgetLedger
 from desiderata.policy.ledger_sqlite import SqliteLedger
 from desiderata.policy.store import PolicyStore, default_bundle_dir
+from desiderata.server.chunk_runner import ChunkRunner
 from desiderata.server.config import DEMO_KEYS, Settings
 from desiderata.server.decision_store import SqliteDecisionStore
 from desiderata.server.grpc import oip
@@ -146,7 +147,11 @@ def build_pipeline(settings: Settings) -> tuple[Pipeline, bool]:
     # numpy's BLAS keeps its own thread pool; unlimited, it fought the workers (a 10,000 × r
     # product took 15 ms instead of 0.2 ms on a busy 2-core machine).
     threadpool_limits(settings.models.torch_threads, user_api="blas")
-    repo = ModelRepository(Path(settings.models.path or BUILTIN_DEMO), skip_broken=settings.models.skip_broken)
+    repo = ModelRepository(
+        Path(settings.models.path or BUILTIN_DEMO),
+        skip_broken=settings.models.skip_broken,
+        runner=ChunkRunner(settings.models.chunk_helpers),
+    )
     state = settings.store.state_dir
     assign_index_dirs(repo.handles(), state)
     state.mkdir(parents=True, exist_ok=True)
