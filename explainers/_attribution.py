@@ -93,6 +93,12 @@ class CoalitionGame:
         ctx: ExplainContext,
     ) -> None:
         self.model, self.x, self.bg, self.target = model, x, background, target
+        # Rows are assembled in the precision the model computes in (float32 for a served
+        # torch program: the same values its own cast would give, half the bytes to build and
+        # no conversion pass); a model that declares nothing gets float64.
+        dtype = np.dtype(getattr(model, "input_dtype", np.float64))
+        self.x_in: np.ndarray = x.astype(dtype)
+        self.bg_in: np.ndarray = background.x.astype(dtype)
         self.groups = player_matrix(model.schema.groups, model.schema.n_columns)
         self.d = self.groups.shape[0]
         self.batch_rows = batch_rows
@@ -116,20 +122,10 @@ class CoalitionGame:
         per = max(1, self.batch_rows // b)
         for start in range(0, masks.shape[0], per):
             cols = masks[start : start + per] @ self.groups  # (k, n_columns)
-            rows = np.where(cols[:, None, :], self.x[None, None, :], self.bg.x[None, :, :])
+            rows = np.where(cols[:, None, :], self.x_in[None, None, :], self.bg_in[None, :, :])
             fx = self.f(rows.reshape(-1, self.x.shape[0])).reshape(cols.shape[0], b)
             out[start : start + cols.shape[0]] = fx @ self.bg.weights
         return out
-
-    def rows_for(self, masks: np.ndarray, bg_index: np.ndarray) -> np.ndarray:
-        """One row per (mask, background row): x on the mask, that row elsewhere.
-
-        Args:
-            masks: player masks, shape ``(m, d)``.
-            bg_index: background row of each mask, shape ``(m,)``.
-        """
-        cols = masks @ self.groups
-        return np.where(cols, self.x[None, :], self.bg.x[bg_index])
 
 
 class AttributionExplainer(Explainer):

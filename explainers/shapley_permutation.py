@@ -246,12 +246,12 @@ def _pair_marginals(
     bg2 = np.concatenate([bg, bg])
     # Each step copies the previous row and writes x into one player's columns: half the
     # work of selecting every cell between x and the background row.
-    rows = np.empty((2 * k, d - 1, game.x.shape[0]))
-    current = game.bg.x[bg2]
+    rows = np.empty((2 * k, d - 1, game.x.shape[0]), dtype=game.x_in.dtype)
+    current = game.bg_in[bg2]
     at = np.arange(2 * k)[:, None]
     for step in range(d - 1):
         cols = columns[orders[:, step]]
-        current[at, cols] = game.x[cols]
+        current[at, cols] = game.x_in[cols]
         rows[:, step] = current
     inner = game.f(rows.reshape(-1, game.x.shape[0])).reshape(2 * k, d - 1)
     walk = np.concatenate([f_b[bg2][:, None], inner, np.full((2 * k, 1), f_x)], axis=1)

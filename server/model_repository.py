@@ -75,6 +75,11 @@ class ModelHandle:
     def n_classes(self) -> int:
         return len(self.card.class_names)
 
+    @property
+    def input_dtype(self) -> type[np.float32]:
+        """The program computes in float32: explainers may hand it float32 rows directly."""
+        return np.float32
+
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities of encoded rows, ``(n, n_columns)`` → ``(n, k)`` float64,
         evaluated in chunks of the module's `eval_rows` (see `artifact.eval_rows_for`)."""
