@@ -17,7 +17,7 @@ from grpc import aio
 
 from desiderata.policy.model import Consumption
 from desiderata.server.errors import InvalidArgument
-from desiderata.server.grpc import convert
+from desiderata.server.grpc import convert, render
 from desiderata.server.grpc.interceptors import current_principal
 from desiderata.server.grpc.policy_servicers import feedback_request, global_summary_response
 from desiderata.server.pipeline import Pipeline
@@ -83,7 +83,7 @@ class ExplanationServicer(es_grpc.ExplanationServiceServicer):
         served = await self._pipeline.explain(
             current_principal.get(), call, _deadline(context, self._default_deadline_s)
         )
-        return es.ExplainResponse(explanation=convert.explanation_to_proto(served))
+        return es.ExplainResponse(explanation=render.explanation_to_proto(served))
 
     async def ExplainDecision(self, request: es.ExplainDecisionRequest, context: Ctx) -> es.ExplainDecisionResponse:
         if not request.decision_id:
@@ -99,7 +99,7 @@ class ExplanationServicer(es_grpc.ExplanationServiceServicer):
         served = await self._pipeline.explain(
             current_principal.get(), call, _deadline(context, self._default_deadline_s)
         )
-        return es.ExplainDecisionResponse(explanation=convert.explanation_to_proto(served))
+        return es.ExplainDecisionResponse(explanation=render.explanation_to_proto(served))
 
     async def ExplainStream(
         self, request: es.ExplainStreamRequest, context: Ctx
@@ -134,7 +134,7 @@ class ExplanationServicer(es_grpc.ExplanationServiceServicer):
                 if getter in done:
                     iteration += 1
                     yield es.ExplainStreamResponse(
-                        explanation=convert.explanation_to_proto(getter.result()), iteration=iteration
+                        explanation=render.explanation_to_proto(getter.result()), iteration=iteration
                     )
                 else:
                     getter.cancel()
@@ -143,7 +143,7 @@ class ExplanationServicer(es_grpc.ExplanationServiceServicer):
             if not task.done():
                 task.cancel()
         yield es.ExplainStreamResponse(
-            explanation=convert.explanation_to_proto(final), iteration=iteration + 1, final=True
+            explanation=render.explanation_to_proto(final), iteration=iteration + 1, final=True
         )
 
     async def GetCapabilities(self, request: es.GetCapabilitiesRequest, context: Ctx) -> es.GetCapabilitiesResponse:
@@ -163,7 +163,7 @@ class ExplanationServicer(es_grpc.ExplanationServiceServicer):
             policy_version=policy_version,
         )
         if budget is not None:
-            out.budget.CopyFrom(convert.budget_to_proto(budget))
+            out.budget.CopyFrom(render.budget_to_proto(budget))
         for c in caps:
             out.capabilities.add(
                 kind=convert.KIND_TO_PROTO[c.kind],
@@ -208,7 +208,7 @@ class ModelServicer(ms_grpc.ModelServiceServicer):
         if not request.name:
             raise InvalidArgument.single("name", "required")
         handle = self._pipeline.models.resolve(request.name, request.version)
-        return ms.GetModelResponse(card=convert.card_to_proto(handle.card))
+        return ms.GetModelResponse(card=render.card_to_proto(handle.card))
 
     async def Predict(self, request: ms.PredictRequest, context: Ctx) -> ms.PredictResponse:
         if not request.model:
@@ -226,6 +226,6 @@ class ModelServicer(ms_grpc.ModelServiceServicer):
             decision_id=rec.decision_id,
             model=rec.model,
             model_version=rec.model_version,
-            prediction=convert.prediction_to_proto(handle.card, np.asarray(rec.probabilities)),
-            recorded_at=convert.timestamp(rec.created_at),
+            prediction=render.prediction_to_proto(handle.card, np.asarray(rec.probabilities)),
+            recorded_at=render.timestamp(rec.created_at),
         )
