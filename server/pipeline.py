@@ -26,7 +26,7 @@ from desiderata.explainers import registry
 from desiderata.explainers.base import ExplainContext
 from desiderata.explainers.types import Explanation
 from desiderata.policy.accounting import epsilon_from_rho
-from desiderata.policy.audit import AuditLog, AuditRecord, utc_now
+from desiderata.policy.audit import AuditLog
 from desiderata.policy.decision import Decision, PolicyInput
 from desiderata.policy.feedback import FeedbackStore
 from desiderata.policy.guard import Admission, Budget, PrivacyGuard
@@ -35,6 +35,7 @@ from desiderata.policy.profiles import DisclosureProfile
 from desiderata.policy.store import PolicyStore
 from desiderata.server.answer_cache import AnswerCache
 from desiderata.server.config import ExplainSettings
+from desiderata.server.decision_audit import audit_decision, model_attributes
 from desiderata.server.decision_store import DecisionRecord, DecisionStore, new_record_id, utcnow
 from desiderata.server.errors import (
     DeadlineExceeded,
@@ -43,7 +44,6 @@ from desiderata.server.errors import (
     InternalError,
     InvalidArgument,
     PermissionDenied,
-    Unavailable,
     UnknownPurpose,
 )
 from desiderata.server.method_choice import resolve_method
@@ -162,52 +162,11 @@ class Pipeline:
                 f"unknown purpose {purpose!r}", [FieldViolation("purpose", f"must be one of {sorted(known)}")]
             )
 
-    @staticmethod
-    def model_attributes(handle: ModelHandle) -> dict[str, str | bool | int | float]:
-        card = handle.card
-        return {"domain": card.domain, "dp_trained": card.privacy.dp_trained, "name": card.name}
-
-    def audit_decision(
-        self,
-        principal: Principal,
-        handle: ModelHandle,
-        action: str,
-        purpose: str,
-        consumption: Consumption,
-        decision: Decision,
-        charge: float = 0.0,
-    ) -> None:
-        """Appends one decision to the audit log; an unreachable log fails the request."""
-        record = AuditRecord(
-            decision_id=decision.decision_id,
-            time=utc_now(),
-            principal=principal.id,
-            role=principal.role,
-            purpose=purpose,
-            consumption=consumption.value,
-            model=handle.name,
-            model_version=handle.version,
-            policy_version=decision.policy_version,
-            action=action,
-            allowed=decision.allowed,
-            tier=decision.tier,
-            privacy_charge=charge,
-            reasons=decision.reasons,
-            request_id=structlog.contextvars.get_contextvars().get("request_id", ""),
-        )
-        try:
-            self.audit.append(record)
-        except DesiderataError:
-            raise
-        except Exception as exc:
-            log.error("audit_unavailable", error=exc.__class__.__name__)
-            raise Unavailable("the audit log is unavailable; no explanation is served unaudited") from exc
-
     def _decide(self, principal: Principal, handle: ModelHandle, call: ExplainCall, own: bool) -> Decision:
         request = PolicyInput(
             principal=principal,
             model=handle.name,
-            model_attributes=self.model_attributes(handle),
+            model_attributes=model_attributes(handle),
             kind=call.kind,
             purpose=call.purpose,
             consumption=call.consumption,
@@ -231,7 +190,7 @@ class Pipeline:
             policy_version=decision.policy_version,
         )
         if not decision.allowed or decision.profile is None:
-            self.audit_decision(principal, handle, call.kind.value, call.purpose, call.consumption, decision)
+            audit_decision(self.audit, principal, handle, call.kind.value, call.purpose, call.consumption, decision)
             raise PermissionDenied(
                 f"policy denies {call.kind.value} explanations to role {principal.role!r} for purpose {call.purpose!r}",
                 decision_id=decision.decision_id,
@@ -312,7 +271,9 @@ class Pipeline:
             raise InternalError("explainer failed") from exc
         privacy = profile.privacy
         charge = epsilon_from_rho(privacy.rho_per_query, privacy.delta) if privacy.noisy else 0.0
-        self.audit_decision(principal, handle, call.kind.value, call.purpose, call.consumption, p.decision, charge)
+        audit_decision(
+            self.audit, principal, handle, call.kind.value, call.purpose, call.consumption, p.decision, charge
+        )
         log.info(
             "explanation_served",
             decision_id=p.decision.decision_id,
@@ -375,7 +336,7 @@ class Pipeline:
             )
         except PermissionDenied as exc:  # the extraction monitor blocked this caller: audit it
             denied = dataclasses.replace(decision, allowed=False, reasons=(*decision.reasons, *exc.reasons))
-            self.audit_decision(principal, handle, call.kind.value, call.purpose, call.consumption, denied)
+            audit_decision(self.audit, principal, handle, call.kind.value, call.purpose, call.consumption, denied)
             raise PermissionDenied(exc.message, decision_id=decision.decision_id, reasons=exc.reasons) from None
         if not admission.downgrade_to:
             return admission
@@ -401,7 +362,7 @@ class Pipeline:
         """What `principal` may ask of a model, from the same decision point."""
         handle = self.models.resolve(model, version)
         self.check_purpose(purpose)
-        caps = self.policy.capabilities(principal, handle.name, self.model_attributes(handle), purpose, consumption)
+        caps = self.policy.capabilities(principal, handle.name, model_attributes(handle), purpose, consumption)
         out: list[KindCapability] = []
         budget: Budget | None = None
         for c in caps:

@@ -14,6 +14,7 @@ from desiderata.policy.audit import AuditFilter, AuditPage, VerifyResult
 from desiderata.policy.decision import Decision, PolicyInput
 from desiderata.policy.feedback import Feedback, Verdict
 from desiderata.policy.model import Consumption, Principal
+from desiderata.server.decision_audit import audit_decision, model_attributes
 from desiderata.server.errors import InvalidArgument, PermissionDenied
 from desiderata.server.global_views import GlobalSummaries, GlobalSummary
 from desiderata.server.pipeline import Pipeline
@@ -48,8 +49,8 @@ class PolicyServices:
         p = self.pipeline
         handle = p.models.resolve(model)
         p.check_purpose(purpose)
-        decision = p.policy.pdp.authorize(principal, action, handle.name, p.model_attributes(handle), purpose)
-        p.audit_decision(principal, handle, action, purpose, Consumption.STATIC, decision)
+        decision = p.policy.pdp.authorize(principal, action, handle.name, model_attributes(handle), purpose)
+        audit_decision(p.audit, principal, handle, action, purpose, Consumption.STATIC, decision)
         if not decision.allowed:
             raise PermissionDenied(
                 f"policy denies {action} to role {principal.role!r} for purpose {purpose!r}",
@@ -95,7 +96,7 @@ class PolicyServices:
             PolicyInput(
                 principal=principal,
                 model=handle.name,
-                model_attributes=p.model_attributes(handle),
+                model_attributes=model_attributes(handle),
                 kind=Kind.FEATURE_ATTRIBUTION,
                 purpose=request.purpose,
                 consumption=Consumption.DYNAMIC,
@@ -103,7 +104,7 @@ class PolicyServices:
                 submitted_instance=False,
             )
         )
-        p.audit_decision(principal, handle, "feedback", request.purpose, Consumption.DYNAMIC, decision)
+        audit_decision(p.audit, principal, handle, "feedback", request.purpose, Consumption.DYNAMIC, decision)
         if not decision.allowed:
             raise PermissionDenied(
                 "policy does not let this principal feed explanations back into the model (dynamic consumption)",

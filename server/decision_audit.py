@@ -1,0 +1,79 @@
+"""Every policy decision, allowed or denied, as one audit record; and the model
+attributes the policy decides on.
+
+Why a module of its own: explanations, global summaries, audit reads and
+feedback are decided by the same decision point and must be audited the same
+way, with the same fields, and fail the same way when the log is down: the
+request fails (UNAVAILABLE) and nothing is served unaudited.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from desiderata.policy.audit import AuditLog, AuditRecord, utc_now
+from desiderata.policy.decision import Decision
+from desiderata.policy.model import Consumption, Principal
+from desiderata.server.errors import DesiderataError, Unavailable
+from desiderata.server.model_repository import ModelHandle
+
+__all__ = ["audit_decision", "model_attributes"]
+
+log = structlog.get_logger("desiderata.audit")
+
+
+def model_attributes(handle: ModelHandle) -> dict[str, str | bool | int | float]:
+    """The model's attributes in a policy request (Cedar resource attributes)."""
+    card = handle.card
+    return {"domain": card.domain, "dp_trained": card.privacy.dp_trained, "name": card.name}
+
+
+def audit_decision(
+    audit: AuditLog,
+    principal: Principal,
+    handle: ModelHandle,
+    action: str,
+    purpose: str,
+    consumption: Consumption,
+    decision: Decision,
+    charge: float = 0.0,
+) -> None:
+    """Appends one decision to the audit log.
+
+    Args:
+        audit: the log.
+        principal: who asked.
+        handle: the model version the request resolved to.
+        action: the explanation kind or operation (e.g. ``feature_attribution``, ``feedback``).
+        purpose: the declared purpose.
+        consumption: static or dynamic.
+        decision: the policy decision, with its id, tier and reasons.
+        charge: ε charged for this answer (0 when nothing was).
+
+    Raises:
+        Unavailable: the log cannot be written.
+    """
+    record = AuditRecord(
+        decision_id=decision.decision_id,
+        time=utc_now(),
+        principal=principal.id,
+        role=principal.role,
+        purpose=purpose,
+        consumption=consumption.value,
+        model=handle.name,
+        model_version=handle.version,
+        policy_version=decision.policy_version,
+        action=action,
+        allowed=decision.allowed,
+        tier=decision.tier,
+        privacy_charge=charge,
+        reasons=decision.reasons,
+        request_id=structlog.contextvars.get_contextvars().get("request_id", ""),
+    )
+    try:
+        audit.append(record)
+    except DesiderataError:
+        raise
+    except Exception as exc:
+        log.error("audit_unavailable", error=exc.__class__.__name__)
+        raise Unavailable("the audit log is unavailable; no explanation is served unaudited") from exc
