@@ -13,6 +13,7 @@ permutation Shapley and LIME evaluate the model the same way.
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import abstractmethod
 from dataclasses import dataclass, field
@@ -104,6 +105,7 @@ class CoalitionGame:
         self.batch_rows = batch_rows
         self.ctx = ctx
         self.evaluations = 0
+        self._count = threading.Lock()  # `f` may run on several threads (`map_chunks`)
 
     def f(self, rows: np.ndarray) -> np.ndarray:
         """Target-class outputs of encoded rows, ``(n, n_columns)`` → ``(n,)``, in batches."""
@@ -112,7 +114,8 @@ class CoalitionGame:
             self.ctx.check()
             chunk = rows[start : start + self.batch_rows]
             out[start : start + chunk.shape[0]] = self.model.predict_proba(chunk)[:, self.target]
-        self.evaluations += rows.shape[0]
+        with self._count:
+            self.evaluations += rows.shape[0]
         return out
 
     def values(self, masks: np.ndarray) -> np.ndarray:

@@ -223,13 +223,18 @@ class PermutationShapley(AttributionExplainer):
         """
         n, d = bg.shape[0], game.d
         forward = rng.permuted(np.tile(np.arange(d), (n, 1)), axis=1)
-        out = np.empty((n, d))
         per = max(1, min(CHUNK_ROWS, game.batch_rows) // (2 * (d - 1)))
         columns = player_columns(game.groups)
-        for start in range(0, n, per):
-            out[start : start + per] = _pair_marginals(
-                game, columns, f_x, f_b, forward[start : start + per], bg[start : start + per]
-            )
+        starts = range(0, n, per)
+
+        def chunk(start: int) -> np.ndarray:
+            return _pair_marginals(game, columns, f_x, f_b, forward[start : start + per], bg[start : start + per])
+
+        # Chunks are independent (orders and rows drawn above), so a served model's runner may
+        # build and evaluate them on idle cores too; the result does not depend on which thread ran what.
+        runner = getattr(game.model, "runner", None)
+        parts = runner.map(chunk, starts) if runner is not None else [chunk(s) for s in starts]
+        out = np.concatenate(parts) if parts else np.empty((0, d))
         return out
 
 
