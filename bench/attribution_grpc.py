@@ -144,8 +144,10 @@ async def closed_loop(call: Callable[[int], Awaitable[object]], clients: int, to
 
 
 def timed_model(handle: object) -> Callable[[], float]:
-    """Times every `predict_proba` call of a served model (the worker pool is threads); returns the reader."""
-    spent = [0.0]
+    """Times every `predict_proba` call of a served model; returns the reader of the wall
+    time during which at least one call was running (calls on the worker, helper and
+    chunk threads overlap, and overlapping time is counted once)."""
+    intervals: list[tuple[float, float]] = []
     method = handle.predict_proba  # type: ignore[attr-defined]
 
     def predict_proba(x: np.ndarray) -> np.ndarray:
@@ -153,10 +155,18 @@ def timed_model(handle: object) -> Callable[[], float]:
         try:
             return method(x)  # type: ignore[no-any-return]
         finally:
-            spent[0] += time.perf_counter() - t
+            intervals.append((t, time.perf_counter()))  # list.append is atomic under the GIL
+
+    def covered() -> float:
+        total, end = 0.0, float("-inf")
+        for a, b in sorted(intervals):
+            if b > end:
+                total += b - max(a, end)
+                end = b
+        return total
 
     handle.predict_proba = predict_proba  # type: ignore[attr-defined]
-    return lambda: spent[0]
+    return covered
 
 
 def rss_mb() -> tuple[float, float]:
