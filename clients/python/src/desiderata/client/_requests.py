@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from desiderata.client._values import Value, instance
+from desiderata.client._values import Value, fill_instance
 from desiderata.v1 import explanation_service_pb2 as es
 from desiderata.v1 import model_service_pb2 as ms
 from desiderata.v1 import types_pb2 as pb
@@ -81,16 +81,17 @@ class Requests:
     ) -> es.ExplainRequest:
         if params is None and kind == pb.EXPLANATION_KIND_FEATURE_ATTRIBUTION:
             params = Requests.attribution_params(method=method)
-        return es.ExplainRequest(
+        req = es.ExplainRequest(
             model=model,
             model_version=model_version,
-            instance=instance(features),
             kind=kind,  # type: ignore[arg-type]
             purpose=purpose,
             consumption=CONSUMPTION[consumption],
             params=params,
             locale=locale,
         )
+        fill_instance(req.instance, features)
+        return req
 
     @staticmethod
     def explain_decision(
@@ -115,9 +116,9 @@ class Requests:
     def predict(
         model: str, features: Mapping[str, Value], subject_id: str, model_version: str = ""
     ) -> ms.PredictRequest:
-        return ms.PredictRequest(
-            model=model, model_version=model_version, instance=instance(features), subject_id=subject_id
-        )
+        req = ms.PredictRequest(model=model, model_version=model_version, subject_id=subject_id)
+        fill_instance(req.instance, features)
+        return req
 
     @staticmethod
     def capabilities(model: str, purpose: str, consumption: str = "static") -> es.GetCapabilitiesRequest:
