@@ -159,10 +159,10 @@ class ModelsSettings(BaseModel):
     """Skip a model that fails to load (logged) instead of refusing to boot."""
     torch_threads: int = Field(default=1, ge=1, le=64)
     """Intra-op threads per model evaluation and the cap on numpy BLAS threads (workers run in parallel)."""
-    chunk_helpers: int = Field(default_factory=lambda: min(3, max(0, (os.cpu_count() or 1) - 1)), ge=0, le=64)
+    chunk_helpers: int = Field(default_factory=lambda: min(3, max(0, len(os.sched_getaffinity(0)) - 1)), ge=0, le=64)
     """Threads (shared by all requests) that evaluate chunks of one large batch beside the worker that
     asked for it, so a lone exact-Shapley request uses idle cores; 0: every chunk on the worker.
-    Default: one less than the cores, at most 3."""
+    Default: one less than the CPUs this process may run on (its affinity mask), at most 3."""
     precompute: bool = True
     """Build (or load) sample-importance indexes in the background at start (see server/precompute.py)."""
 
