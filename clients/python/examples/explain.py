@@ -10,18 +10,8 @@ import sys
 from desiderata.client import Client, DesiderataRpcError
 
 APPLICANT = {
-    "seniority": 2,
-    "home": "rent",
-    "time": 60,
-    "age": 30,
-    "marital": "single",
-    "records": True,
-    "job": "partime",
-    "expenses": 60.0,
-    "income": 80.0,
-    "assets": 0.0,
-    "debt": 0.0,
-    "amount": 1500.0,
+    "seniority": 2, "home": "rent", "time": 60, "age": 30, "marital": "single", "records": True,
+    "job": "partime", "expenses": 60.0, "income": 80.0, "assets": 0.0, "debt": 0.0, "amount": 1500.0,
     "price": 1600.0,
 }
 
