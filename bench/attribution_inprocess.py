@@ -177,9 +177,7 @@ def main() -> None:
     model = mlp(10, 64, 10)
     bg = Background.of(model.reference().x[:100])  # type: ignore[union-attr]
     xs = model.reference().x[500 : 500 + args.instances]  # type: ignore[union-attr]
-    ex = shap.ExactExplainer(
-        lambda z: model.predict_proba(z)[:, 1], shap.maskers.Independent(bg.x, max_samples=100)
-    )
+    ex = shap.ExactExplainer(lambda z: model.predict_proba(z)[:, 1], shap.maskers.Independent(bg.x, max_samples=100))
     refs = [ours(ExactShapley, model, bg)(x) for x in xs]
     print("\n== exact Shapley, d = 10, 100-row background ==")
     run("desiderata exact_shapley", ours(ExactShapley, model, bg), xs, refs)
@@ -191,9 +189,7 @@ def main() -> None:
 
     def c_ig(x: np.ndarray) -> np.ndarray:
         return (
-            cig.attribute(
-                torch.tensor(x[None], dtype=torch.float32), target=1, n_steps=50, method="gausslegendre"
-            )[0]
+            cig.attribute(torch.tensor(x[None], dtype=torch.float32), target=1, n_steps=50, method="gausslegendre")[0]
             .detach()
             .double()
             .numpy()

@@ -42,10 +42,9 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.influence_bench import naive_lissa_ms
 from desiderata.client import AsyncClient
 from desiderata.client._requests import Requests
-from desiderata.explainers._ihvp import lissa, top_eigenvalue
-from desiderata.explainers._loss_grads import LossGrad
 from desiderata.explainers.base import ExplainContext
 from desiderata.explainers.influence import explain_samples, get_index
 from desiderata.explainers.types import SampleImportanceParams, SampleImportanceResult
@@ -121,34 +120,12 @@ def pct(values: list[float]) -> tuple[float, float]:
 
 
 def naive_lissa(handle: ModelHandle, subset: str, queries: np.ndarray, rng: np.random.Generator) -> list[float]:
-    """Per-query LiSSA solve, then every training gradient dotted with it, top 10 (ms per query)."""
+    """The naive peer (`influence_bench.naive_lissa_ms`) on the served model's reference (ms per query)."""
     ref = handle.reference()
     assert ref is not None
-    x, y = ref.x, ref.y
-    g = LossGrad(handle.module, subset)
+    rows = rng.choice(len(ref.x), 2000, replace=False)
     damping = float(SETTINGS["damping"])  # type: ignore[arg-type]
-    rows = rng.choice(len(x), 2000, replace=False)
-    top = top_eigenvalue(lambda v: g.hvp(v, x[rows], y[rows]), g.p, rng, iters=10)
-    scale = 1.5 * (top + damping)
-    out = []
-    for q in queries:
-        t = time.perf_counter()
-        pred = int(np.argmax(handle.predict_proba(q[None])[0]))
-        s = lissa(
-            lambda v, r: g.hvp(v, x[r], y[r]),
-            g.grads(q[None], np.array([pred]))[0],
-            len(x),
-            damping,
-            scale,
-            rng,
-            depth=100,
-            repeats=1,
-            batch_size=256,
-        )
-        scores = np.concatenate([(c @ s).numpy() for _, c in g.iter_grads(x, y, 2048)])
-        np.argsort(-scores)[:10]
-        out.append((time.perf_counter() - t) * 1e3)
-    return out
+    return naive_lissa_ms(handle.module, handle.predict_proba, ref.x, ref.y, subset, damping, rows, queries, rng)
 
 
 async def over_grpc(app: App, rows: list[dict[str, FeatureValue]], subset: str) -> tuple[list[float], list[Any]]:

@@ -234,8 +234,7 @@ class PermutationShapley(AttributionExplainer):
         # build and evaluate them on idle cores too; the result does not depend on which thread ran what.
         runner = getattr(game.model, "runner", None)
         parts = runner.map(chunk, starts) if runner is not None else [chunk(s) for s in starts]
-        out = np.concatenate(parts) if parts else np.empty((0, d))
-        return out
+        return np.concatenate(parts) if parts else np.empty((0, d))
 
 
 def _pair_marginals(
