@@ -37,6 +37,7 @@ __all__ = [
     "Explainer",
     "Kind",
     "Reference",
+    "target_gradients",
 ]
 
 
@@ -108,6 +109,36 @@ class ExplainableModel(Protocol):
     def reference(self) -> Reference | None:
         """The training reference, or None when the card declares none."""
         ...
+
+
+def target_gradients(model: ExplainableModel, rows: torch.Tensor, target: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of class `target`'s output at each row, and those outputs (float32, detached).
+
+    A served model evaluates them itself (its `target_gradients`, which fuses the
+    small calls of concurrent requests into one batch); any other differentiable
+    model through its module.
+
+    Args:
+        model: a differentiable model (`torch_module` not None).
+        rows: float32 encoded rows, shape ``(n, n_columns)``.
+        target: class index.
+
+    Returns:
+        ``(gradients (n, n_columns), outputs (n,))``.
+    """
+    own = getattr(model, "target_gradients", None)
+    if own is not None:
+        return own(rows, target)  # type: ignore[no-any-return]
+    module = model.torch_module()
+    if module is None:
+        raise TypeError("target_gradients needs a differentiable model")
+    import torch
+
+    x = rows.detach().requires_grad_(True)
+    with torch.enable_grad():
+        out = module(x)[:, target]
+        (g,) = torch.autograd.grad(out.sum(), x)
+    return g, out.detach()
 
 
 class Cancelled(DesiderataError):

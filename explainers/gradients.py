@@ -21,7 +21,7 @@ import torch
 
 from desiderata.explainers._attribution import AttributionExplainer, Computed
 from desiderata.explainers.background import Background
-from desiderata.explainers.base import Capabilities, ExplainableModel, ExplainContext, Kind
+from desiderata.explainers.base import Capabilities, ExplainableModel, ExplainContext, Kind, target_gradients
 from desiderata.explainers.integrated_gradients import group_sum, quadrature
 from desiderata.explainers.registry import register
 from desiderata.explainers.types import AttributionParams
@@ -35,18 +35,16 @@ DEFAULT_EG_STEPS = 16
 MAX_ROWS_PER_PASS = 1 << 14
 
 
-def _module(model: ExplainableModel) -> torch.nn.Module:
-    module = model.torch_module()
-    if module is None:
+def _require_gradients(model: ExplainableModel) -> None:
+    if model.torch_module() is None:
         raise InvalidArgument.single("params.attribution.method", "gradient methods need a differentiable model")
-    return module
 
 
-def input_gradients(module: torch.nn.Module, rows: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
+def input_gradients(model: ExplainableModel, rows: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
     """Gradients of the target output at each row, and the outputs.
 
     Args:
-        module: float32 module, ``(n, n_columns)`` → ``(n, n_classes)``.
+        model: a differentiable model (see `target_gradients`).
         rows: encoded rows, shape ``(n, n_columns)``.
         target: class index.
 
@@ -55,12 +53,10 @@ def input_gradients(module: torch.nn.Module, rows: np.ndarray, target: int) -> t
     """
     grads, outs = [], []
     for start in range(0, rows.shape[0], MAX_ROWS_PER_PASS):
-        t = torch.as_tensor(rows[start : start + MAX_ROWS_PER_PASS], dtype=torch.float32).requires_grad_(True)
-        with torch.enable_grad():
-            out = module(t)[:, target]
-            (g,) = torch.autograd.grad(out.sum(), t)
+        t = torch.as_tensor(rows[start : start + MAX_ROWS_PER_PASS], dtype=torch.float32)
+        g, out = target_gradients(model, t, target)
         grads.append(g.double().numpy())
-        outs.append(out.detach().double().numpy())
+        outs.append(out.double().numpy())
     return np.concatenate(grads), np.concatenate(outs)
 
 
@@ -91,8 +87,8 @@ class GradientXInput(AttributionExplainer):
         target: int,
         background: Background | None,
     ) -> Computed:
-        module = _module(model)
-        grads, outs = input_gradients(module, np.stack([x, np.zeros_like(x)]), target)
+        _require_gradients(model)
+        grads, outs = input_gradients(model, np.stack([x, np.zeros_like(x)]), target)
         values = group_sum(x * grads[0], model.schema.groups)
         return Computed(values, float(outs[0]), float(outs[1]), 2, used={"baseline": "zero"})
 
@@ -113,13 +109,13 @@ class SmoothGrad(AttributionExplainer):
         target: int,
         background: Background | None,
     ) -> Computed:
-        module = _module(model)
+        _require_gradients(model)
         n = params.max_samples or DEFAULT_NOISE_SAMPLES
         noisy = x[None, :] + smoothgrad_noise(model, n, ctx.rng())
         ctx.check()
-        grads, _ = input_gradients(module, noisy, target)
+        grads, _ = input_gradients(model, noisy, target)
         per_sample = group_sum(noisy * grads, model.schema.groups)  # (n, d)
-        _, ends = input_gradients(module, np.stack([x, np.zeros_like(x)]), target)
+        _, ends = input_gradients(model, np.stack([x, np.zeros_like(x)]), target)
         se = per_sample.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else None
         return Computed(
             per_sample.mean(axis=0),
@@ -149,7 +145,7 @@ class ExpectedGradients(AttributionExplainer):
     ) -> Computed:
         if background is None:
             raise InvalidArgument.single("background", "expected_gradients needs a background")
-        module = _module(model)
+        _require_gradients(model)
         rule = params.integration_rule or "gauss_legendre"
         steps = params.steps or DEFAULT_EG_STEPS
         alphas, weights = quadrature(rule, steps)
@@ -160,10 +156,10 @@ class ExpectedGradients(AttributionExplainer):
         diff = x[None, :] - bg  # (b, n_columns)
         path = bg[:, None, :] + alphas[None, :, None] * diff[:, None, :]  # (b, steps, n_columns)
         ctx.check()
-        grads, _ = input_gradients(module, path.reshape(rows, -1), target)
+        grads, _ = input_gradients(model, path.reshape(rows, -1), target)
         avg = np.einsum("k,bkc->bc", weights, grads.reshape(bg.shape[0], steps, -1))
         cols = w @ (diff * avg)
-        _, f_bg = input_gradients(module, np.concatenate([x[None, :], bg]), target)
+        _, f_bg = input_gradients(model, np.concatenate([x[None, :], bg]), target)
         gap_warning = []
         values = group_sum(cols, model.schema.groups)
         base = float(w @ f_bg[1:])

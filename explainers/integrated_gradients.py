@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from desiderata.explainers.base import Capabilities, ExplainableModel, ExplainContext, Explainer, Kind
+from desiderata.explainers.base import (
+    Capabilities,
+    ExplainableModel,
+    ExplainContext,
+    Explainer,
+    Kind,
+    target_gradients,
+)
 from desiderata.explainers.baselines import baseline_vector
 from desiderata.explainers.registry import register
 from desiderata.explainers.types import AttributionParams, AttributionResult, Explanation, Quality
@@ -89,7 +96,7 @@ def group_sum(columns: np.ndarray, groups: list[list[int]]) -> np.ndarray:
 
 
 def _integrate(
-    module: torch.nn.Module, x: np.ndarray, b: np.ndarray, target: int, rule: str, steps: int
+    model: ExplainableModel, x: np.ndarray, b: np.ndarray, target: int, rule: str, steps: int
 ) -> tuple[np.ndarray, float, float]:
     """Per-column IG, f(x) and f(b), in one forward/backward pass.
 
@@ -99,14 +106,10 @@ def _integrate(
     a, w = _path_tensors(rule, steps)
     xt = torch.as_tensor(x, dtype=torch.float32)
     bt = torch.as_tensor(b, dtype=torch.float32)
-    batch = torch.cat([bt + a * (xt - bt), xt[None], bt[None]]).requires_grad_(True)
-    with torch.enable_grad():
-        out = module(batch)[:, target]
-        grads = torch.autograd.grad(out.sum(), batch)[0]
+    grads, out = target_gradients(model, torch.cat([bt + a * (xt - bt), xt[None], bt[None]]), target)
     avg = (w * grads[:steps]).sum(0)
     attr = ((xt - bt) * avg).double().numpy()
-    ends = out.detach()
-    return attr, float(ends[steps]), float(ends[steps + 1])
+    return attr, float(out[steps]), float(out[steps + 1])
 
 
 class IntegratedGradients(Explainer):
@@ -119,8 +122,7 @@ class IntegratedGradients(Explainer):
     def explain(self, model: ExplainableModel, x: np.ndarray, params: Any, ctx: ExplainContext) -> Explanation:
         if not isinstance(params, AttributionParams):
             raise TypeError("IntegratedGradients needs AttributionParams")
-        module = model.torch_module()
-        if module is None:
+        if model.torch_module() is None:
             raise InvalidArgument.single(
                 "params.attribution.method", "integrated_gradients needs gradients; this model is black-box"
             )
@@ -144,7 +146,7 @@ class IntegratedGradients(Explainer):
         evaluations = 0
         while True:
             ctx.check()
-            cols, f_x, f_b = _integrate(module, x, b, target, rule, steps)
+            cols, f_x, f_b = _integrate(model, x, b, target, rule, steps)
             evaluations += steps + 2
             gap = abs(float(cols.sum()) - (f_x - f_b))
             rel = gap / max(abs(f_x - f_b), float(np.abs(group_sum(cols, model.schema.groups)).sum()), 1e-12)

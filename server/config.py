@@ -163,6 +163,14 @@ class ModelsSettings(BaseModel):
     """Threads (shared by all requests) that evaluate chunks of one large batch beside the worker that
     asked for it, so a lone exact-Shapley request uses idle cores; 0: every chunk on the worker.
     Default: one less than the CPUs this process may run on (its affinity mask), at most 3."""
+    fuse_rows: int = Field(default=0, ge=0, le=1 << 16)
+    """Most rows in one batch fused from the small evaluations (predictions, input gradients) that
+    concurrent requests make of one model (server/batch_fusion.py); a call runs at once when the
+    model is idle, so fusion adds no wait. 0 (the default): every call evaluates alone. Off by
+    default because it did not raise throughput where measured (IG, 16 clients, 2 cores; MLPs
+    30→64→64→2 and 100→1024→1024→2; 2–8 workers: within the run-to-run noise): requests spend most
+    of their time in Python under the GIL, so they seldom meet in the model (1.0–1.7 calls per
+    batch). bench/attribution_grpc.py prints the comparison; measure before turning it on."""
     precompute: bool = True
     """Build (or load) sample-importance indexes in the background at start (see server/precompute.py)."""
 

@@ -20,6 +20,7 @@ import torch
 
 from desiderata.explainers.base import Reference
 from desiderata.server.artifact import load_exported_module
+from desiderata.server.batch_fusion import FusedEvaluation
 from desiderata.server.chunk_runner import SEQUENTIAL, ChunkRunner
 from desiderata.server.errors import ModelNotFound
 from desiderata.server.model_card import FeatureSchema, ModelCard, load_card
@@ -30,6 +31,7 @@ BUILTIN_DEMO = Path(__file__).resolve().parent / "demo"
 """The embedded demo repository (a credit-risk classifier)."""
 
 log = structlog.get_logger("desiderata.models")
+_NO_TAGS = torch.empty(0, dtype=torch.int64)
 
 
 @dataclass
@@ -45,6 +47,8 @@ class ModelHandle:
             `desiderata.server.precompute`); None means ``<directory>/.influence``.
         runner: spreads the chunks of a large batch over threads (the server's is
             shared by every model; a model loaded alone evaluates on the caller).
+        fuse_rows: most rows of a batch fused from concurrent small calls (predictions
+            and input gradients, see `batch_fusion`); 0 evaluates every call alone.
     """
 
     card: ModelCard
@@ -53,10 +57,18 @@ class ModelHandle:
     ref: Reference | None = None
     index_dir: Path | None = None
     runner: ChunkRunner = SEQUENTIAL
+    fuse_rows: int = 0
     schema: FeatureSchema = field(init=False)
+    _fused_proba: FusedEvaluation | None = field(init=False, default=None, repr=False)
+    _fused_grads: FusedEvaluation | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.schema = FeatureSchema(self.card.features)
+        if self.fuse_rows > 0:
+            limit = min(self.fuse_rows, int(getattr(self.module, "eval_rows", 1 << 15)))
+            self._fused_proba = FusedEvaluation(self._proba_rows, limit)
+            if self.card.differentiable:
+                self._fused_grads = FusedEvaluation(self._gradient_rows, limit)
 
     @property
     def name(self) -> str:
@@ -84,6 +96,8 @@ class ModelHandle:
         """Class probabilities of encoded rows, ``(n, n_columns)`` → ``(n, k)`` float64,
         evaluated in chunks of the module's `eval_rows` (see `artifact.eval_rows_for`)."""
         xt = torch.as_tensor(np.atleast_2d(x), dtype=torch.float32)
+        if self._fused_proba is not None and xt.shape[0] <= self._fused_proba.max_rows:
+            return np.asarray(self._fused_proba(xt, _NO_TAGS)[0].numpy())
         step = int(getattr(self.module, "eval_rows", 1 << 15))
         if xt.shape[0] <= step:
             return self._forward(xt)
@@ -92,6 +106,41 @@ class ModelHandle:
     def _forward(self, x: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():  # thread-local: entered on whichever thread runs the chunk
             return np.asarray(self.module(x).double().numpy())
+
+    def _proba_rows(self, x: torch.Tensor, _tags: torch.Tensor) -> tuple[torch.Tensor]:
+        with torch.no_grad():  # not inference mode: its tensors may not be split outside it
+            return (self.module(x).double(),)
+
+    def target_gradients(self, rows: torch.Tensor, target: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradients of the target class's output at each row, and those outputs.
+
+        Small calls are fused with concurrent ones (see `batch_fusion`).
+
+        Args:
+            rows: float32 encoded rows, shape ``(n, n_columns)``.
+            target: class index.
+
+        Returns:
+            ``(gradients (n, n_columns), outputs (n,))``, float32, detached.
+        """
+        tags = torch.full((rows.shape[0],), target, dtype=torch.int64)
+        if self._fused_grads is None:
+            return self._gradient_rows(rows, tags)
+        grads, outs = self._fused_grads(rows, tags)
+        return grads, outs
+
+    def _gradient_rows(self, rows: torch.Tensor, tags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = rows.detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = self.module(x).gather(1, tags[:, None])[:, 0]
+            (g,) = torch.autograd.grad(out.sum(), x)
+        return g, out.detach()
+
+    @property
+    def fusion_stats(self) -> tuple[int, int]:
+        """(calls, batches) evaluated through fusion so far, predictions and gradients."""
+        fused = [f for f in (self._fused_proba, self._fused_grads) if f is not None]
+        return sum(f.calls for f in fused), sum(f.batches for f in fused)
 
     def torch_module(self) -> torch.nn.Module | None:
         return self.module if self.card.differentiable else None
@@ -122,12 +171,13 @@ def _load_reference(directory: Path, card: ModelCard) -> Reference | None:
     return Reference(x=x, y=y, ids=ids)
 
 
-def load_model(directory: Path, runner: ChunkRunner = SEQUENTIAL) -> ModelHandle:
+def load_model(directory: Path, runner: ChunkRunner = SEQUENTIAL, fuse_rows: int = 0) -> ModelHandle:
     """Loads and checks one model folder; raises ValueError naming what is wrong.
 
     Args:
         directory: the model folder (card.yaml, artifact, reference).
         runner: where the chunks of large batches are evaluated.
+        fuse_rows: `ModelHandle.fuse_rows` (0: no fusion of concurrent calls).
     """
     card = load_card(directory / "card.yaml")
     artifact = directory / card.artifact
@@ -140,7 +190,12 @@ def load_model(directory: Path, runner: ChunkRunner = SEQUENTIAL) -> ModelHandle
     except Exception as exc:
         raise ValueError(f"{artifact}: not a loadable torch.export program: {exc}") from exc
     handle = ModelHandle(
-        card=card, directory=directory, module=module, ref=_load_reference(directory, card), runner=runner
+        card=card,
+        directory=directory,
+        module=module,
+        ref=_load_reference(directory, card),
+        runner=runner,
+        fuse_rows=fuse_rows,
     )
     probe = np.zeros((2, handle.schema.n_columns))
     try:
@@ -161,9 +216,12 @@ class ModelRepository:
         path: the repository folder (one sub-folder per model).
         skip_broken: log and skip models that fail to load instead of raising.
         runner: where every model evaluates the chunks of its large batches.
+        fuse_rows: `ModelHandle.fuse_rows` of every model.
     """
 
-    def __init__(self, path: Path, *, skip_broken: bool = False, runner: ChunkRunner = SEQUENTIAL) -> None:
+    def __init__(
+        self, path: Path, *, skip_broken: bool = False, runner: ChunkRunner = SEQUENTIAL, fuse_rows: int = 0
+    ) -> None:
         if not path.is_dir():
             raise ValueError(f"model repository {path} is not a folder")
         self.path = path
@@ -172,7 +230,7 @@ class ModelRepository:
         self._latest: dict[str, str] = {}
         for directory in sorted(p for p in path.iterdir() if (p / "card.yaml").is_file()):
             try:
-                handle = load_model(directory, runner)
+                handle = load_model(directory, runner, fuse_rows)
             except ValueError as exc:
                 if not skip_broken:
                     raise

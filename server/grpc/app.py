@@ -151,6 +151,7 @@ def build_pipeline(settings: Settings) -> tuple[Pipeline, bool]:
         Path(settings.models.path or BUILTIN_DEMO),
         skip_broken=settings.models.skip_broken,
         runner=ChunkRunner(settings.models.chunk_helpers),
+        fuse_rows=settings.models.fuse_rows,
     )
     state = settings.store.state_dir
     assign_index_dirs(repo.handles(), state)
