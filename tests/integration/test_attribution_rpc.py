@@ -165,3 +165,35 @@ async def test_gradients_of_a_non_differentiable_model(tmp_path: Path, method: s
             # A black-box method still serves the same model.
             ok = await client.explain("tiny", INSTANCE, purpose="debugging", params=_params("exact_shapley"))
             assert {a.feature for a in ok.feature_attribution.attributions} == set(INSTANCE)
+
+
+async def test_fused_concurrent_gradient_requests_answer_as_unfused(tmp_path: Path) -> None:
+    """models.fuse_rows: concurrent requests share model batches, and every answer is the one
+    a server without fusion gives the same request."""
+    import asyncio
+
+    rows = read_credit_csv().rows[:6]
+    methods = ["integrated_gradients", "gradient_x_input", "smoothgrad", "expected_gradients"]
+    asks = [(row, m) for row in rows for m in methods]
+
+    def values(ex: pb.Explanation) -> dict[str, float]:
+        return {a.feature: a.value for a in ex.feature_attribution.attributions}
+
+    answers: dict[bool, list[dict[str, float]]] = {}
+    for fused in (False, True):
+        server = {"port": 0, "workers": 4}
+        models = {"fuse_rows": 1024 * fused}
+        app = build_server(settings_for(None, tmp_path / f"s{fused}", models=models, server=server))
+        await app.start()
+        try:
+            async with AsyncClient(app.address, api_key="k-eng") as client:
+                calls = [client.explain("credit", r, purpose="debugging", params=_params(m)) for r, m in asks]
+                answers[fused] = [values(ex) for ex in await asyncio.gather(*calls)]
+        finally:
+            await app.stop(0.5)
+        calls_made, batches = app.pipeline.models.resolve("credit").fusion_stats
+        assert (calls_made > 0) is fused and batches <= calls_made
+    for plain, fused_answer in zip(answers[False], answers[True], strict=True):
+        assert plain.keys() == fused_answer.keys()
+        scale = max(sum(abs(v) for v in plain.values()), 1e-9)
+        assert max(abs(plain[k] - fused_answer[k]) for k in plain) <= 1e-5 * scale
