@@ -144,11 +144,15 @@ class ModelCard(BaseModel):
     privacy: PrivacyFacts = PrivacyFacts()
     """DP facts of training."""
     artifact: str = "model.pt2"
-    """Artifact file relative to the model folder (a torch.export program)."""
+    """Artifact file relative to the model folder: a torch.export program (``.pt2``) or a
+    scikit-learn classifier saved with skops (``.skops``, see server/sklearn_artifact.py)."""
     artifact_sha256: str = ""
     """SHA-256 of the artifact; checked at load when set."""
+    trusted_types: list[str] = []
+    """For a ``.skops`` artifact: the types beyond skops' defaults that the operator reviewed
+    and allows to load (``skops.io.get_untrusted_types`` lists them); any other is refused."""
     differentiable: bool = True
-    """Whether gradients of the artifact are meaningful (white-box methods)."""
+    """Whether gradients of the artifact are meaningful (white-box methods); false for ``.skops``."""
     loss: str = "cross_entropy"
     """Training loss (influence functions need it)."""
 
@@ -161,6 +165,13 @@ class ModelCard(BaseModel):
             raise ValueError("a classifier needs at least two classes")
         if self.positive_class and self.positive_class not in self.class_names:
             raise ValueError(f"positive_class {self.positive_class!r} is not a class")
+        suffix = Path(self.artifact).suffix
+        if suffix not in (".pt2", ".skops"):
+            raise ValueError(f"artifact {self.artifact!r}: a .pt2 (torch.export) or .skops (scikit-learn) file")
+        if suffix == ".skops" and self.differentiable:
+            raise ValueError("a scikit-learn (.skops) model has no gradients: set differentiable: false")
+        if self.trusted_types and suffix != ".skops":
+            raise ValueError("trusted_types applies to .skops artifacts only")
         return self
 
 

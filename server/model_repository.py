@@ -2,7 +2,8 @@
 
 Each sub-folder holds a ``card.yaml`` and the artifact it names, a program
 saved with ``torch.export`` (``.pt2``) that maps float32 encoded rows to class
-probabilities. A broken model stops the boot with a clear message, or is
+probabilities, or a scikit-learn classifier saved with skops (``.skops``,
+black-box; see `sklearn_artifact`). A broken model stops the boot with a clear message, or is
 skipped with a logged error when ``models.skip_broken`` is set. Served models
 are `ModelHandle`s: batched, thread-safe prediction for the worker pool, the
 differentiable module for white-box explainers, and the training reference.
@@ -10,7 +11,6 @@ differentiable module for white-box explainers, and the training reference.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,11 +19,12 @@ import structlog
 import torch
 
 from desiderata.explainers.base import Reference
-from desiderata.server.artifact import load_exported_module
+from desiderata.server.artifact import load_exported_module, sha256_file
 from desiderata.server.batch_fusion import FusedEvaluation
 from desiderata.server.chunk_runner import SEQUENTIAL, ChunkRunner
 from desiderata.server.errors import ModelNotFound
 from desiderata.server.model_card import FeatureSchema, ModelCard, load_card
+from desiderata.server.sklearn_artifact import SKOPS_SUFFIX, load_skops_module
 
 __all__ = ["BUILTIN_DEMO", "ModelHandle", "ModelRepository", "load_model"]
 
@@ -149,14 +150,6 @@ class ModelHandle:
         return self.ref
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _load_reference(directory: Path, card: ModelCard) -> Reference | None:
     if card.training_data is None or not card.training_data.path:
         return None
@@ -171,6 +164,16 @@ def _load_reference(directory: Path, card: ModelCard) -> Reference | None:
     return Reference(x=x, y=y, ids=ids)
 
 
+def _load_program(artifact: Path, card: ModelCard) -> torch.nn.Module:
+    """The artifact as a module from float32 encoded rows to probabilities."""
+    if artifact.suffix == SKOPS_SUFFIX:
+        return load_skops_module(artifact, card.trusted_types, len(card.class_names))
+    try:
+        return load_exported_module(artifact)
+    except Exception as exc:
+        raise ValueError(f"{artifact}: not a loadable torch.export program: {exc}") from exc
+
+
 def load_model(directory: Path, runner: ChunkRunner = SEQUENTIAL, fuse_rows: int = 0) -> ModelHandle:
     """Loads and checks one model folder; raises ValueError naming what is wrong.
 
@@ -183,12 +186,9 @@ def load_model(directory: Path, runner: ChunkRunner = SEQUENTIAL, fuse_rows: int
     artifact = directory / card.artifact
     if not artifact.is_file():
         raise ValueError(f"{directory}: artifact {card.artifact} is missing")
-    if card.artifact_sha256 and _sha256(artifact) != card.artifact_sha256:
+    if card.artifact_sha256 and sha256_file(artifact) != card.artifact_sha256:
         raise ValueError(f"{artifact}: SHA-256 does not match the card (artifact changed?)")
-    try:
-        module = load_exported_module(artifact)
-    except Exception as exc:
-        raise ValueError(f"{artifact}: not a loadable torch.export program: {exc}") from exc
+    module = _load_program(artifact, card)
     handle = ModelHandle(
         card=card,
         directory=directory,

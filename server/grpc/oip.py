@@ -308,7 +308,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         return oip.ModelMetadataResponse(
             name=handle.name,
             versions=self._pipeline.models.versions(handle.name),
-            platform="pytorch_torch_export",
+            platform="sklearn_skops" if handle.card.artifact.endswith(".skops") else "pytorch_torch_export",
             inputs=[tm(name=f.name, datatype=_TYPE_TO_DATATYPE[f.type], shape=[-1]) for f in handle.card.features],
             outputs=[
                 tm(name="probabilities", datatype="FP64", shape=[-1, handle.n_classes]),
