@@ -184,8 +184,19 @@ class StoreSettings(BaseModel):
     """Folder of the embedded SQLite stores."""
     decisions_path: Path | None = None
     """Decision store file; default `<state_dir>/decisions.sqlite`."""
+    decisions_backend: Literal["sqlite", "postgres"] = "sqlite"
+    """Where Predict records decisions: SQLite (embedded, one replica) or PostgreSQL, which
+    every replica shares, so an end user's ExplainDecision finds the decision on any replica."""
+    decisions_postgres_dsn: str = ""
+    """libpq connection string of the PostgreSQL decision store."""
     feedback_path: Path | None = None
     """Feedback store file; default `<state_dir>/feedback.sqlite`."""
+
+    @model_validator(mode="after")
+    def _dsn(self) -> StoreSettings:
+        if self.decisions_backend == "postgres" and not self.decisions_postgres_dsn:
+            raise ValueError("store.decisions_postgres_dsn is required with store.decisions_backend=postgres")
+        return self
 
 
 class ExplainSettings(BaseModel):

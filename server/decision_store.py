@@ -3,7 +3,9 @@
 `Predict` records every decision (id, subject, model version, input, output,
 time); `ExplainDecision` reads it back, so an end user explains *their own*
 decision without submitting feature vectors. The embedded backend is SQLite
-in WAL mode; records are append-only.
+in WAL mode; PostgreSQL (`decision_store_postgres`) is the one that replicas
+share. Records are append-only in both (triggers refuse updates and deletes),
+and both pass the same conformance suite.
 """
 
 from __future__ import annotations
@@ -12,15 +14,16 @@ import json
 import sqlite3
 import threading
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from desiderata.server.errors import DecisionNotFound, Unavailable
+from desiderata.server.errors import DecisionNotFound, InternalError, Unavailable
 from desiderata.server.model_card import FeatureValue
 
-__all__ = ["DecisionRecord", "DecisionStore", "SqliteDecisionStore", "new_record_id"]
+__all__ = ["DecisionRecord", "DecisionStore", "SqliteDecisionStore", "decode_row", "encode_row", "new_record_id"]
 
 
 def new_record_id() -> str:
@@ -53,11 +56,47 @@ class DecisionRecord:
 
 
 class DecisionStore(Protocol):
+    """Where decisions are recorded. Errors: `Unavailable` when the store cannot be
+    reached, `DecisionNotFound` for an unknown id, `InternalError` for an id recorded twice."""
+
     def record(self, rec: DecisionRecord) -> None: ...
 
     def get(self, decision_id: str) -> DecisionRecord: ...
 
     def close(self) -> None: ...
+
+
+Row = tuple[str, str, str, str, str, str, str, str]
+"""decision_id, subject_id, principal_id, model, model_version, features JSON,
+probabilities JSON, created_at ISO 8601: the column order of every backend."""
+
+
+def encode_row(rec: DecisionRecord) -> Row:
+    """A record as stored; typed values survive the JSON round trip (bool before int, ints stay ints)."""
+    return (
+        rec.decision_id,
+        rec.subject_id,
+        rec.principal_id,
+        rec.model,
+        rec.model_version,
+        json.dumps(rec.features, sort_keys=True),
+        json.dumps(list(rec.probabilities)),
+        rec.created_at.isoformat(),
+    )
+
+
+def decode_row(row: Sequence[Any]) -> DecisionRecord:
+    """The record of a stored row (`Row` order)."""
+    return DecisionRecord(
+        decision_id=row[0],
+        subject_id=row[1],
+        principal_id=row[2],
+        model=row[3],
+        model_version=row[4],
+        features=json.loads(row[5]),
+        probabilities=tuple(json.loads(row[6])),
+        created_at=datetime.fromisoformat(row[7]),
+    )
 
 
 _SCHEMA = """
@@ -72,6 +111,10 @@ CREATE TABLE IF NOT EXISTS decisions (
     created_at    TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS decisions_subject ON decisions(subject_id);
+CREATE TRIGGER IF NOT EXISTS decisions_no_update BEFORE UPDATE ON decisions
+BEGIN SELECT RAISE(ABORT, 'decisions are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS decisions_no_delete BEFORE DELETE ON decisions
+BEGIN SELECT RAISE(ABORT, 'decisions are append-only'); END;
 """
 
 
@@ -92,20 +135,11 @@ class SqliteDecisionStore:
         self._db.executescript(_SCHEMA)
 
     def record(self, rec: DecisionRecord) -> None:
-        # Typed values survive the JSON round trip: bool before int, ints stay ints.
-        row = (
-            rec.decision_id,
-            rec.subject_id,
-            rec.principal_id,
-            rec.model,
-            rec.model_version,
-            json.dumps(rec.features, sort_keys=True),
-            json.dumps(list(rec.probabilities)),
-            rec.created_at.isoformat(),
-        )
         try:
             with self._lock:
-                self._db.execute("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+                self._db.execute("INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", encode_row(rec))
+        except sqlite3.IntegrityError:
+            raise InternalError(f"decision {rec.decision_id!r} is recorded already") from None
         except sqlite3.Error as exc:
             raise Unavailable(f"decision store unavailable: {exc.__class__.__name__}") from exc
 
@@ -117,16 +151,7 @@ class SqliteDecisionStore:
             raise Unavailable(f"decision store unavailable: {exc.__class__.__name__}") from exc
         if row is None:
             raise DecisionNotFound(f"no recorded decision {decision_id!r}")
-        return DecisionRecord(
-            decision_id=row[0],
-            subject_id=row[1],
-            principal_id=row[2],
-            model=row[3],
-            model_version=row[4],
-            features=json.loads(row[5]),
-            probabilities=tuple(json.loads(row[6])),
-            created_at=datetime.fromisoformat(row[7]),
-        )
+        return decode_row(row)
 
     def close(self) -> None:
         with self._lock:

@@ -35,7 +35,7 @@ from desiderata.policy.ledger_sqlite import SqliteLedger
 from desiderata.policy.store import PolicyStore, default_bundle_dir
 from desiderata.server.chunk_runner import ChunkRunner
 from desiderata.server.config import DEMO_KEYS, Settings
-from desiderata.server.decision_store import SqliteDecisionStore
+from desiderata.server.decision_store import DecisionStore, SqliteDecisionStore
 from desiderata.server.grpc import oip
 from desiderata.server.grpc.interceptors import AuthInterceptor, RequestIdInterceptor
 from desiderata.server.grpc.policy_servicers import AuditServicer
@@ -133,6 +133,15 @@ def _audit_log(settings: Settings) -> AuditLog:
     return SqliteAuditLog(settings.audit.sqlite_path or settings.store.state_dir / "audit.sqlite")
 
 
+def _decision_store(settings: Settings) -> DecisionStore:
+    store = settings.store
+    if store.decisions_backend == "postgres":
+        from desiderata.server.decision_store_postgres import PostgresDecisionStore
+
+        return PostgresDecisionStore(store.decisions_postgres_dsn)
+    return SqliteDecisionStore(store.decisions_path or store.state_dir / "decisions.sqlite")
+
+
 def _ledger(settings: Settings) -> BudgetLedger:
     if settings.privacy.ledger == "redis":
         from desiderata.policy.ledger_redis import RedisLedger
@@ -159,7 +168,7 @@ def build_pipeline(settings: Settings) -> tuple[Pipeline, bool]:
     policy = PolicyStore(settings.policy.bundle_dir or default_bundle_dir(), settings.policy.reload_interval_s)
     pipeline = Pipeline(
         models=repo,
-        decisions=SqliteDecisionStore(settings.store.decisions_path or state / "decisions.sqlite"),
+        decisions=_decision_store(settings),
         policy=policy,
         audit=_audit_log(settings),
         guard=PrivacyGuard(_ledger(settings), _secret(settings), ExtractionMonitor()),

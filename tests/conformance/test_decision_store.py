@@ -1,0 +1,158 @@
+"""Conformance of every decision-store backend: typed round trip, unknown and repeated
+ids, append-only rows, concurrent writers, and a lost connection. PostgreSQL runs as a
+real server."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from desiderata.server.decision_store import DecisionRecord, DecisionStore, SqliteDecisionStore, new_record_id
+from desiderata.server.decision_store_postgres import PostgresDecisionStore
+from desiderata.server.errors import DecisionNotFound, InternalError, Unavailable
+
+
+@dataclass
+class Backend:
+    store: DecisionStore
+    raw: Callable[[str], None]
+    """Runs SQL on a connection of its own, as another client of the same database would."""
+    reopen: Callable[[], DecisionStore]
+    """A second store over the same database (another replica, or a restart)."""
+
+
+def _sqlite(tmp_path: Path) -> Iterator[Backend]:
+    path = tmp_path / "decisions.db"
+    store = SqliteDecisionStore(path)
+
+    def raw(sql: str) -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute(sql)
+        finally:
+            conn.close()
+
+    yield Backend(store, raw, lambda: SqliteDecisionStore(path))
+    store.close()
+
+
+def _postgres(dsn: str) -> Iterator[Backend]:
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute("DROP TABLE IF EXISTS decisions CASCADE")
+    store = PostgresDecisionStore(dsn)
+
+    def raw(sql: str) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.encode())
+
+    yield Backend(store, raw, lambda: PostgresDecisionStore(dsn))
+    store.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.needs_postgres)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "sqlite":
+        yield from _sqlite(tmp_path)
+    else:
+        yield from _postgres(request.getfixturevalue("postgres_dsn"))
+
+
+def _record(i: int = 0, **kw: object) -> DecisionRecord:
+    fields: dict[str, object] = {
+        "decision_id": new_record_id(),
+        "subject_id": f"subject-{i}",
+        "principal_id": "risk-service",
+        "model": "credit",
+        "model_version": "3",
+        "features": {"age": 30 + i, "income": 1234.5, "home": "rent", "records": i % 2 == 0, "zero": 0.0},
+        "probabilities": (0.25, 0.75),
+        "created_at": datetime(2026, 11, 23, 1, 2, 3, 456789, tzinfo=UTC) + timedelta(seconds=i),
+    }
+    fields.update(kw)
+    return DecisionRecord(**fields)  # type: ignore[arg-type]
+
+
+def test_round_trip_keeps_every_type(backend: Backend) -> None:
+    rec = _record(1)
+    backend.store.record(rec)
+    got = backend.store.get(rec.decision_id)
+    assert got == rec
+    assert type(got.features["age"]) is int and type(got.features["records"]) is bool
+    assert type(got.features["income"]) is float and got.created_at.tzinfo is not None
+    reopened = backend.reopen()  # another replica, or the same one restarted, reads it too
+    try:
+        assert reopened.get(rec.decision_id) == rec
+    finally:
+        reopened.close()
+
+
+def test_unknown_id_is_not_found(backend: Backend) -> None:
+    with pytest.raises(DecisionNotFound, match="no recorded decision 'rec_missing'"):
+        backend.store.get("rec_missing")
+
+
+def test_a_recorded_decision_is_never_replaced(backend: Backend) -> None:
+    rec = _record(2)
+    backend.store.record(rec)
+    with pytest.raises(InternalError, match="recorded already"):
+        backend.store.record(_record(3, decision_id=rec.decision_id))
+    assert backend.store.get(rec.decision_id) == rec
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["UPDATE decisions SET subject_id = 'mallory'", "DELETE FROM decisions"],
+)
+def test_rows_are_append_only_for_every_client(backend: Backend, sql: str) -> None:
+    rec = _record(4)
+    backend.store.record(rec)
+    with pytest.raises((sqlite3.DatabaseError, psycopg.Error), match="append-only"):
+        backend.raw(sql)
+    assert backend.store.get(rec.decision_id) == rec
+
+
+def test_concurrent_writers_lose_nothing(backend: Backend) -> None:
+    records = [_record(i) for i in range(160)]
+    errors: list[BaseException] = []
+
+    def write(part: list[DecisionRecord]) -> None:
+        try:
+            for rec in part:
+                backend.store.record(rec)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(records[k::8],)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert all(backend.store.get(r.decision_id) == r for r in records)
+
+
+@pytest.mark.needs_postgres
+def test_postgres_lost_connection_fails_the_call_then_reconnects(postgres_dsn: str) -> None:
+    backend = next(_postgres(postgres_dsn))
+    rec = _record(5)
+    backend.store.record(rec)
+    backend.raw(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    with pytest.raises(Unavailable):
+        backend.store.get(rec.decision_id)
+    assert backend.store.get(rec.decision_id) == rec  # the next call opens a new connection
+    backend.store.close()
+
+
+def test_postgres_down_at_start_is_unavailable() -> None:
+    with pytest.raises(Unavailable):
+        PostgresDecisionStore("postgresql://nobody@127.0.0.1:1/none", connect_timeout_s=1)

@@ -1,0 +1,25 @@
+"""The Kubernetes example's configuration is one the server accepts, with the stores
+that replicas must share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from desiderata.server.config import Settings
+
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "kubernetes.yaml"
+
+
+def test_kubernetes_config_map_validates_and_shares_every_store() -> None:
+    docs = list(yaml.safe_load_all(DEPLOY.read_text()))
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
+    settings = Settings.load(None, **yaml.safe_load(config_map["data"]["config.yaml"]))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    assert deployment["spec"]["replicas"] > 1
+    # Replicas share budgets, audit chain, recorded decisions and the noise key.
+    assert settings.privacy.ledger == "redis"
+    assert settings.audit.backend == "postgres"
+    assert settings.store.decisions_backend == "postgres"
+    assert settings.privacy.secret_file is not None
