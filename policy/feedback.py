@@ -3,8 +3,9 @@
 Why: Bhatt et al. (section 5.1) distinguish static consumption from dynamic
 consumption, where stakeholders' feedback on an explanation flows back into
 the model. The pipeline stores feedback only after the PDP allowed dynamic
-consumption for the caller; this module keeps it in SQLite beside the
-decision it refers to and exports it as CSV or JSONL for a model update.
+consumption for the caller; this module validates it, keeps it in an
+append-only store (SQLite embedded; PostgreSQL, shared by replicas, in
+`feedback_postgres`) and exports it as CSV or JSONL for a model update.
 Feedback holds feature NAMES the caller flagged, never feature values.
 """
 
@@ -14,14 +15,15 @@ import csv
 import json
 import sqlite3
 import threading
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 from desiderata.policy.audit import utc_now
-from desiderata.server.errors import InvalidArgument
+from desiderata.server.errors import InvalidArgument, Unavailable
 
-__all__ = ["Feedback", "FeedbackStore"]
+__all__ = ["Feedback", "FeedbackStore", "SqliteFeedbackStore"]
 
 Verdict = Literal["agree", "disagree"]
 MAX_TEXT = 4000
@@ -58,19 +60,20 @@ class Feedback:
     time: str = ""
 
 
-class FeedbackStore:
-    """Feedback in one SQLite file.
+class FeedbackStore(ABC):
+    """Validated feedback, stored in submission order; backends store JSON bodies by model."""
 
-    Args:
-        path: database file (created if missing).
-    """
+    @abstractmethod
+    def _append(self, body: str, model: str) -> None:
+        """Stores one JSON body (raises `Unavailable` when the store cannot be reached)."""
 
-    def __init__(self, path: Path | str) -> None:
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS feedback (id INTEGER PRIMARY KEY, body TEXT NOT NULL, model TEXT NOT NULL)"
-        )
+    @abstractmethod
+    def _bodies(self, model: str) -> list[str]:
+        """JSON bodies in submission order, of `model` or of all ("")."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Releases the store."""
 
     def submit(self, fb: Feedback, known_features: frozenset[str]) -> Feedback:
         """Validates and stores feedback; returns it with its time.
@@ -92,10 +95,7 @@ class FeedbackStore:
         if not fb.decision_id:
             raise InvalidArgument.single("decision_id", "required")
         stored = Feedback(**{**asdict(fb), "time": utc_now()})
-        with self._lock:
-            self._conn.execute(
-                "INSERT INTO feedback (body, model) VALUES (?, ?)", (json.dumps(asdict(stored)), stored.model)
-            )
+        self._append(json.dumps(asdict(stored)), stored.model)
         return stored
 
     def all(self, model: str = "") -> list[Feedback]:
@@ -104,12 +104,8 @@ class FeedbackStore:
         Args:
             model: model name, or "" for all.
         """
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT body FROM feedback WHERE ? = '' OR model = ? ORDER BY id", (model, model)
-            ).fetchall()
         out = []
-        for (body,) in rows:
+        for body in self._bodies(model):
             d = json.loads(body)
             d["should_matter"], d["should_not_matter"] = (
                 tuple(d["should_matter"]),
@@ -144,6 +140,45 @@ class FeedbackStore:
             else:
                 raise InvalidArgument.single("format", "must be 'csv' or 'jsonl'")
         return len(rows)
+
+
+_SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS feedback (id INTEGER PRIMARY KEY, body TEXT NOT NULL, model TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS feedback_no_update BEFORE UPDATE ON feedback
+BEGIN SELECT RAISE(ABORT, 'feedback is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS feedback_no_delete BEFORE DELETE ON feedback
+BEGIN SELECT RAISE(ABORT, 'feedback is append-only'); END;
+"""
+
+
+class SqliteFeedbackStore(FeedbackStore):
+    """Feedback in one SQLite file.
+
+    Args:
+        path: database file (created if missing).
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._conn.executescript(_SQLITE_SCHEMA)
+
+    def _append(self, body: str, model: str) -> None:
+        try:
+            with self._lock:
+                self._conn.execute("INSERT INTO feedback (body, model) VALUES (?, ?)", (body, model))
+        except sqlite3.Error as exc:
+            raise Unavailable(f"feedback store unavailable: {exc.__class__.__name__}") from exc
+
+    def _bodies(self, model: str) -> list[str]:
+        try:
+            with self._lock:
+                rows = self._conn.execute(
+                    "SELECT body FROM feedback WHERE ? = '' OR model = ? ORDER BY id", (model, model)
+                ).fetchall()
+        except sqlite3.Error as exc:
+            raise Unavailable(f"feedback store unavailable: {exc.__class__.__name__}") from exc
+        return [str(body) for (body,) in rows]
 
     def close(self) -> None:
         """Closes the database."""

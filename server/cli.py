@@ -152,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _feedback_export(argv: list[str]) -> int:
-    from desiderata.policy.feedback import FeedbackStore
     from desiderata.server.config import Settings
+    from desiderata.server.stores import feedback_store
 
     parser = argparse.ArgumentParser(prog="desiderata feedback export")
     parser.add_argument("out", type=Path, help="output file")
@@ -162,7 +162,7 @@ def _feedback_export(argv: list[str]) -> int:
     parser.add_argument("--config", type=Path)
     args = parser.parse_args(argv)
     settings = Settings.load(args.config)
-    store = FeedbackStore(settings.store.feedback_path or settings.store.state_dir / "feedback.sqlite")
+    store = feedback_store(settings)
     try:
         n = store.export(args.out, args.format, args.model)
     finally:

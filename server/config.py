@@ -191,11 +191,18 @@ class StoreSettings(BaseModel):
     """libpq connection string of the PostgreSQL decision store."""
     feedback_path: Path | None = None
     """Feedback store file; default `<state_dir>/feedback.sqlite`."""
+    feedback_backend: Literal["sqlite", "postgres"] = "sqlite"
+    """Where SubmitFeedback stores feedback: SQLite (embedded, one replica) or PostgreSQL, which
+    every replica shares, so the export holds all of it and it outlives any replica."""
+    feedback_postgres_dsn: str = ""
+    """libpq connection string of the PostgreSQL feedback store."""
 
     @model_validator(mode="after")
     def _dsn(self) -> StoreSettings:
         if self.decisions_backend == "postgres" and not self.decisions_postgres_dsn:
             raise ValueError("store.decisions_postgres_dsn is required with store.decisions_backend=postgres")
+        if self.feedback_backend == "postgres" and not self.feedback_postgres_dsn:
+            raise ValueError("store.feedback_postgres_dsn is required with store.feedback_backend=postgres")
         return self
 
 

@@ -12,12 +12,11 @@ conformance suite as the SQLite default.
 
 from __future__ import annotations
 
-import threading
-
 import psycopg
 
+from desiderata.policy.postgres import PgConnection, create_schema
 from desiderata.server.decision_store import DecisionRecord, decode_row, encode_row
-from desiderata.server.errors import DecisionNotFound, InternalError, Unavailable
+from desiderata.server.errors import DecisionNotFound, InternalError
 
 __all__ = ["PostgresDecisionStore"]
 
@@ -60,61 +59,21 @@ class PostgresDecisionStore:
     """
 
     def __init__(self, dsn: str, *, connect_timeout_s: float = 5.0) -> None:
-        self._dsn = dsn
-        self._timeout = max(1, round(connect_timeout_s))
-        self._lock = threading.Lock()
-        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
-        with self._lock:
-            conn = self._connection()
-            try:
-                with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-                    conn.execute(_SCHEMA)
-            except psycopg.Error as exc:
-                self._drop()
-                raise Unavailable(f"decision store unavailable: {exc.__class__.__name__}") from exc
-
-    def _connection(self) -> psycopg.Connection[tuple[object, ...]]:
-        """The open connection, reopened after a failure (caller holds the lock)."""
-        if self._conn is None or self._conn.closed:
-            try:
-                self._conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=self._timeout)
-            except psycopg.Error as exc:
-                raise Unavailable(f"decision store unavailable: {exc.__class__.__name__}") from exc
-        return self._conn
-
-    def _drop(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._pg = PgConnection(dsn, "decision store", connect_timeout_s=connect_timeout_s)
+        create_schema(self._pg, _LOCK_KEY, _SCHEMA)
 
     def record(self, rec: DecisionRecord) -> None:
-        with self._lock:
-            conn = self._connection()
-            try:
-                conn.execute(
-                    f"INSERT INTO decisions ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", encode_row(rec)
-                )
-            except psycopg.errors.UniqueViolation:
-                raise InternalError(f"decision {rec.decision_id!r} is recorded already") from None
-            except psycopg.Error as exc:
-                self._drop()
-                raise Unavailable(f"decision store unavailable: {exc.__class__.__name__}") from exc
+        row = encode_row(rec)
+        try:
+            self._pg.run(lambda conn: conn.execute(_INSERT, row))
+        except psycopg.errors.UniqueViolation:
+            raise InternalError(f"decision {rec.decision_id!r} is recorded already") from None
 
     def get(self, decision_id: str) -> DecisionRecord:
-        with self._lock:
-            conn = self._connection()
-            try:
-                row = conn.execute(
-                    f"SELECT {_COLUMNS} FROM decisions WHERE decision_id = %s", (decision_id,)
-                ).fetchone()
-            except psycopg.Error as exc:
-                self._drop()
-                raise Unavailable(f"decision store unavailable: {exc.__class__.__name__}") from exc
+        row = self._pg.run(lambda conn: conn.execute(_SELECT, (decision_id,)).fetchone())
         if row is None:
             raise DecisionNotFound(f"no recorded decision {decision_id!r}")
         return decode_row(row)
 
     def close(self) -> None:
-        with self._lock:
-            self._drop()
+        self._pg.close()

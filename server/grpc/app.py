@@ -10,8 +10,6 @@ certificate paths are configured; message-size limits from settings.
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,17 +23,12 @@ from threadpoolctl import threadpool_limits
 
 import desiderata.explainers  # noqa: F401  (registers the built-in methods)
 from desiderata.oip import grpc_predict_v2_pb2_grpc as oip_grpc
-from desiderata.policy.audit import AuditLog
-from desiderata.policy.audit_sqlite import SqliteAuditLog
 from desiderata.policy.extraction_monitor import ExtractionMonitor
-from desiderata.policy.feedback import FeedbackStore
 from desiderata.policy.guard import PrivacyGuard
-from desiderata.policy.ledger import BudgetLedger
-from desiderata.policy.ledger_sqlite import SqliteLedger
 from desiderata.policy.store import PolicyStore, default_bundle_dir
+from desiderata.server import stores
 from desiderata.server.chunk_runner import ChunkRunner
 from desiderata.server.config import DEMO_KEYS, Settings
-from desiderata.server.decision_store import DecisionStore, SqliteDecisionStore
 from desiderata.server.grpc import oip
 from desiderata.server.grpc.interceptors import AuthInterceptor, RequestIdInterceptor
 from desiderata.server.grpc.policy_servicers import AuditServicer
@@ -111,45 +104,6 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-def _secret(settings: Settings) -> bytes:
-    """The noise key: configured file, or one created once in the state folder (mode 0600)."""
-    path = settings.privacy.secret_file or settings.store.state_dir / "noise.key"
-    if not path.exists() and settings.privacy.secret_file is None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(secrets.token_bytes(32))
-    key = path.read_bytes()
-    if len(key) < 16:
-        raise ValueError(f"privacy secret {path} is shorter than 16 bytes")
-    return key
-
-
-def _audit_log(settings: Settings) -> AuditLog:
-    if settings.audit.backend == "postgres":
-        from desiderata.policy.audit_postgres import PostgresAuditLog
-
-        return PostgresAuditLog(settings.audit.postgres_dsn)
-    return SqliteAuditLog(settings.audit.sqlite_path or settings.store.state_dir / "audit.sqlite")
-
-
-def _decision_store(settings: Settings) -> DecisionStore:
-    store = settings.store
-    if store.decisions_backend == "postgres":
-        from desiderata.server.decision_store_postgres import PostgresDecisionStore
-
-        return PostgresDecisionStore(store.decisions_postgres_dsn)
-    return SqliteDecisionStore(store.decisions_path or store.state_dir / "decisions.sqlite")
-
-
-def _ledger(settings: Settings) -> BudgetLedger:
-    if settings.privacy.ledger == "redis":
-        from desiderata.policy.ledger_redis import RedisLedger
-
-        return RedisLedger(settings.privacy.redis_url)
-    return SqliteLedger(settings.privacy.sqlite_path or settings.store.state_dir / "ledger.sqlite")
-
-
 def build_pipeline(settings: Settings) -> tuple[Pipeline, bool]:
     """Loads models, policy and stores (refusing to boot on any bad one); True when serving the demo."""
     torch.set_num_threads(settings.models.torch_threads)
@@ -168,11 +122,11 @@ def build_pipeline(settings: Settings) -> tuple[Pipeline, bool]:
     policy = PolicyStore(settings.policy.bundle_dir or default_bundle_dir(), settings.policy.reload_interval_s)
     pipeline = Pipeline(
         models=repo,
-        decisions=_decision_store(settings),
+        decisions=stores.decision_store(settings),
         policy=policy,
-        audit=_audit_log(settings),
-        guard=PrivacyGuard(_ledger(settings), _secret(settings), ExtractionMonitor()),
-        feedback=FeedbackStore(settings.store.feedback_path or state / "feedback.sqlite"),
+        audit=stores.audit_log(settings),
+        guard=PrivacyGuard(stores.ledger(settings), stores.noise_secret(settings), ExtractionMonitor()),
+        feedback=stores.feedback_store(settings),
         settings=settings.explain,
         workers=settings.server.workers,
     )

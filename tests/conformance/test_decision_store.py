@@ -17,6 +17,7 @@ import pytest
 from desiderata.server.decision_store import DecisionRecord, DecisionStore, SqliteDecisionStore, new_record_id
 from desiderata.server.decision_store_postgres import PostgresDecisionStore
 from desiderata.server.errors import DecisionNotFound, InternalError, Unavailable
+from tests.support.postgres_server import run_sql, terminate_other_connections
 
 
 @dataclass
@@ -44,15 +45,9 @@ def _sqlite(tmp_path: Path) -> Iterator[Backend]:
 
 
 def _postgres(dsn: str) -> Iterator[Backend]:
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute("DROP TABLE IF EXISTS decisions CASCADE")
+    run_sql(dsn, "DROP TABLE IF EXISTS decisions CASCADE")
     store = PostgresDecisionStore(dsn)
-
-    def raw(sql: str) -> None:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(sql.encode())
-
-    yield Backend(store, raw, lambda: PostgresDecisionStore(dsn))
+    yield Backend(store, lambda sql: run_sql(dsn, sql), lambda: PostgresDecisionStore(dsn))
     store.close()
 
 
@@ -143,10 +138,7 @@ def test_postgres_lost_connection_fails_the_call_then_reconnects(postgres_dsn: s
     backend = next(_postgres(postgres_dsn))
     rec = _record(5)
     backend.store.record(rec)
-    backend.raw(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-    )
+    terminate_other_connections(postgres_dsn)
     with pytest.raises(Unavailable):
         backend.store.get(rec.decision_id)
     assert backend.store.get(rec.decision_id) == rec  # the next call opens a new connection

@@ -65,17 +65,13 @@ def postgres_dsn() -> Iterator[str]:
     )
     opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
     subprocess.run(
-        _as_postgres(
-            str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start"
-        ),
+        _as_postgres(str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(root / "log"), "-w", "start"),
         check=True,
         capture_output=True,
     )
     try:
         subprocess.run(
-            _as_postgres(
-                str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "audit"
-            ),
+            _as_postgres(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "audit"),
             check=True,
             capture_output=True,
         )
@@ -86,3 +82,20 @@ def postgres_dsn() -> Iterator[str]:
             capture_output=True,
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+def run_sql(dsn: str, sql: str) -> None:
+    """Runs `sql` on a connection of its own (autocommit), as another client would."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.encode())
+
+
+def terminate_other_connections(dsn: str) -> None:
+    """Kills every other session on the database (a restart or failover, as clients see it)."""
+    run_sql(
+        dsn,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )

@@ -25,9 +25,7 @@ def _ensure_redis_server() -> str:
     exe = shutil.which("redis-server")
     if exe is None:
         subprocess.run(["apt-get", "update"], check=True, capture_output=True, timeout=300)
-        subprocess.run(
-            ["apt-get", "install", "-y", "redis-server"], check=True, capture_output=True, timeout=600
-        )
+        subprocess.run(["apt-get", "install", "-y", "redis-server"], check=True, capture_output=True, timeout=600)
         exe = shutil.which("redis-server")
     if exe is None:
         pytest.fail("redis-server could not be installed")

@@ -18,8 +18,9 @@ def test_kubernetes_config_map_validates_and_shares_every_store() -> None:
     settings = Settings.load(None, **yaml.safe_load(config_map["data"]["config.yaml"]))
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     assert deployment["spec"]["replicas"] > 1
-    # Replicas share budgets, audit chain, recorded decisions and the noise key.
+    # Replicas share budgets, audit chain, recorded decisions, feedback and the noise key.
     assert settings.privacy.ledger == "redis"
     assert settings.audit.backend == "postgres"
     assert settings.store.decisions_backend == "postgres"
+    assert settings.store.feedback_backend == "postgres"
     assert settings.privacy.secret_file is not None

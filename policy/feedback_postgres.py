@@ -1,0 +1,63 @@
+"""PostgreSQL feedback store: the one that server replicas share.
+
+Why: feedback submitted to any replica must land in one data set (the export
+that feeds a model update), and must survive the replica: a pod's local SQLite
+file goes with the pod. Rows are append-only (triggers refuse UPDATE, DELETE
+and TRUNCATE); a lost connection fails the call in flight with `Unavailable`
+and the next call reconnects (`PgConnection`). Same validation, export and
+conformance suite as the SQLite default.
+"""
+
+from __future__ import annotations
+
+from desiderata.policy.feedback import FeedbackStore
+from desiderata.policy.postgres import PgConnection, create_schema
+
+__all__ = ["PostgresFeedbackStore"]
+
+_LOCK_KEY = 0x66656564  # "feed": advisory lock taken while the schema is created
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS feedback (
+    id    BIGSERIAL PRIMARY KEY,
+    body  TEXT NOT NULL,
+    model TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_model ON feedback (model, id);
+CREATE OR REPLACE FUNCTION feedback_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'feedback is append-only'; END $$;
+DROP TRIGGER IF EXISTS feedback_append_only ON feedback;
+CREATE TRIGGER feedback_append_only BEFORE UPDATE OR DELETE ON feedback
+FOR EACH ROW EXECUTE FUNCTION feedback_refuse();
+DROP TRIGGER IF EXISTS feedback_no_truncate ON feedback;
+CREATE TRIGGER feedback_no_truncate BEFORE TRUNCATE ON feedback
+FOR EACH STATEMENT EXECUTE FUNCTION feedback_refuse();
+"""
+
+
+class PostgresFeedbackStore(FeedbackStore):
+    """Feedback in a PostgreSQL table.
+
+    Args:
+        dsn: libpq connection string.
+        connect_timeout_s: how long opening a connection may take before the store
+            counts as unavailable.
+    """
+
+    def __init__(self, dsn: str, *, connect_timeout_s: float = 5.0) -> None:
+        self._pg = PgConnection(dsn, "feedback store", connect_timeout_s=connect_timeout_s)
+        create_schema(self._pg, _LOCK_KEY, _SCHEMA)
+
+    def _append(self, body: str, model: str) -> None:
+        self._pg.run(lambda conn: conn.execute("INSERT INTO feedback (body, model) VALUES (%s, %s)", (body, model)))
+
+    def _bodies(self, model: str) -> list[str]:
+        rows = self._pg.run(
+            lambda conn: conn.execute(
+                "SELECT body FROM feedback WHERE %s = '' OR model = %s ORDER BY id", (model, model)
+            ).fetchall()
+        )
+        return [str(body) for (body,) in rows]
+
+    def close(self) -> None:
+        self._pg.close()

@@ -1,0 +1,136 @@
+"""Conformance of every feedback-store backend: validation, storage in submission
+order, export as CSV / JSONL, append-only rows, concurrent writers and a lost
+connection. PostgreSQL runs as a real server."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from desiderata.policy.feedback import Feedback, FeedbackStore, SqliteFeedbackStore
+from desiderata.policy.feedback_postgres import PostgresFeedbackStore
+from desiderata.server.errors import InvalidArgument, Unavailable
+from tests.support.postgres_server import run_sql, terminate_other_connections
+
+FEATURES = frozenset({"income", "age", "debt"})
+
+
+@dataclass
+class Backend:
+    store: FeedbackStore
+    raw: Callable[[str], None]
+    """Runs SQL on a connection of its own, as another client of the same database would."""
+
+
+def _sqlite(tmp_path: Path) -> Iterator[Backend]:
+    path = tmp_path / "fb.db"
+    store = SqliteFeedbackStore(path)
+
+    def raw(sql: str) -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute(sql)
+        finally:
+            conn.close()
+
+    yield Backend(store, raw)
+    store.close()
+
+
+def _postgres(dsn: str) -> Iterator[Backend]:
+    run_sql(dsn, "DROP TABLE IF EXISTS feedback CASCADE")
+    store = PostgresFeedbackStore(dsn)
+    yield Backend(store, lambda sql: run_sql(dsn, sql))
+    store.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.needs_postgres)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "sqlite":
+        yield from _sqlite(tmp_path)
+    else:
+        yield from _postgres(request.getfixturevalue("postgres_dsn"))
+
+
+def _fb(**kw: object) -> Feedback:
+    base = dict(decision_id="dec_1", explanation_id="ex_1", principal="lou", role="domain_expert",
+                model="credit", model_version="1", verdict="disagree", should_matter=("income",),
+                should_not_matter=("age",), text="age should not count")  # fmt: skip
+    base.update(kw)
+    return Feedback(**base)  # type: ignore[arg-type]
+
+
+def test_submit_and_export(backend: Backend, tmp_path: Path) -> None:
+    store = backend.store
+    stored = store.submit(_fb(), FEATURES)
+    store.submit(_fb(decision_id="dec_2", verdict="agree", should_not_matter=(), model="other"), FEATURES)
+    assert stored.time.endswith("Z")
+    assert store.all("credit") == [stored]
+    assert [f.decision_id for f in store.all()] == ["dec_1", "dec_2"]
+    assert store.export(tmp_path / "fb.jsonl", "jsonl") == 2
+    lines = [json.loads(x) for x in (tmp_path / "fb.jsonl").read_text().splitlines()]
+    assert lines[0]["should_not_matter"] == ["age"] and lines[1]["verdict"] == "agree"
+    assert store.export(tmp_path / "fb.csv", "csv", model="credit") == 1
+    with (tmp_path / "fb.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows[0]["should_matter"] == "income" and rows[0]["text"] == "age should not count"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"verdict": "maybe"},
+        {"should_matter": ("shoe_size",)},
+        {"should_matter": ("age",), "should_not_matter": ("age",)},
+        {"text": "x" * 5000},
+        {"decision_id": ""},
+    ],
+)
+def test_invalid_feedback_is_refused(backend: Backend, bad: dict[str, object]) -> None:
+    with pytest.raises(InvalidArgument):
+        backend.store.submit(_fb(**bad), FEATURES)
+    assert backend.store.all() == []
+
+
+@pytest.mark.parametrize("sql", ["UPDATE feedback SET body = '{}'", "DELETE FROM feedback"])
+def test_rows_are_append_only_for_every_client(backend: Backend, sql: str) -> None:
+    stored = backend.store.submit(_fb(), FEATURES)
+    with pytest.raises((sqlite3.DatabaseError, psycopg.Error), match="append-only"):
+        backend.raw(sql)
+    assert backend.store.all() == [stored]
+
+
+def test_concurrent_writers_lose_nothing(backend: Backend) -> None:
+    def write(k: int) -> None:
+        for i in range(20):
+            backend.store.submit(_fb(decision_id=f"dec_{k}_{i}"), FEATURES)
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [f.decision_id for f in backend.store.all()]
+    assert sorted(ids) == sorted(f"dec_{k}_{i}" for k in range(6) for i in range(20))
+    for k in range(6):  # each writer's submissions keep their order
+        mine = [i for i in ids if i.startswith(f"dec_{k}_")]
+        assert mine == [f"dec_{k}_{i}" for i in range(20)]
+
+
+@pytest.mark.needs_postgres
+def test_postgres_lost_connection_fails_the_call_then_reconnects(postgres_dsn: str) -> None:
+    backend = next(_postgres(postgres_dsn))
+    stored = backend.store.submit(_fb(), FEATURES)
+    terminate_other_connections(postgres_dsn)
+    with pytest.raises(Unavailable):
+        backend.store.all()
+    assert backend.store.all() == [stored]  # the next call opens a new connection
+    backend.store.close()
