@@ -4,16 +4,16 @@ Why: several server replicas must append to one chain and regulators query it
 at scale. Appends serialise on a transaction-scoped advisory lock, so reading
 the head and inserting the next link is atomic across replicas; triggers
 refuse UPDATE, DELETE and TRUNCATE (append-only for every client that does
-not drop them first, and `verify` catches those that do). Same interface and
-conformance suite as the SQLite default.
+not drop them first, and `verify` catches those that do). A lost connection
+(a restarted or failed-over server) fails the append in flight with
+`Unavailable` (that request is refused: nothing is served unaudited), and the next
+append reconnects (`PgConnection`). Same interface and conformance suite as
+the SQLite default.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-
-import psycopg
 
 from desiderata.policy.audit import (
     GENESIS_HASH,
@@ -28,6 +28,7 @@ from desiderata.policy.audit import (
     to_page,
 )
 from desiderata.policy.audit_sqlite import COLUMNS, record_params, row_to_stored
+from desiderata.policy.postgres import Conn, PgConnection, create_schema
 
 __all__ = ["PostgresAuditLog"]
 
@@ -73,40 +74,39 @@ class PostgresAuditLog(AuditLog):
 
     Args:
         dsn: libpq connection string, e.g. ``postgresql://u@127.0.0.1:5432/db``.
+        connect_timeout_s: how long opening a connection may take before the log
+            counts as unavailable.
     """
 
-    def __init__(self, dsn: str) -> None:
-        self._lock = threading.Lock()
-        self._conn = psycopg.connect(dsn, autocommit=False)
-        with self._conn.transaction():
-            self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-            self._conn.execute(_SCHEMA)
+    def __init__(self, dsn: str, *, connect_timeout_s: float = 5.0) -> None:
+        self._pg = PgConnection(dsn, "audit log", connect_timeout_s=connect_timeout_s)
+        create_schema(self._pg, _LOCK_KEY, _SCHEMA)
 
     def append(self, record: AuditRecord) -> StoredRecord:
-        with self._lock, self._conn.transaction():
-            self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-            head = self._conn.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = (int(head[0]) + 1, str(head[1])) if head else (1, GENESIS_HASH)
-            digest = record_hash(seq, record, prev)
-            placeholders = ", ".join(["%s"] * 18)
-            self._conn.execute(
-                f"INSERT INTO audit_log ({COLUMNS}) VALUES ({placeholders})",
-                record_params(seq, record, prev, digest),
-            )
-        return StoredRecord(seq, record, prev, digest)
+        def link(conn: Conn) -> StoredRecord:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+                head = conn.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+                seq, prev = (int(str(head[0])) + 1, str(head[1])) if head else (1, GENESIS_HASH)
+                digest = record_hash(seq, record, prev)
+                placeholders = ", ".join(["%s"] * 18)
+                conn.execute(
+                    f"INSERT INTO audit_log ({COLUMNS}) VALUES ({placeholders})",
+                    record_params(seq, record, prev, digest),
+                )
+            return StoredRecord(seq, record, prev, digest)
+
+        return self._pg.run(link)
 
     def iter_all(self) -> Iterator[StoredRecord]:
-        with self._lock, self._conn.transaction():
-            rows = self._conn.execute(f"SELECT {COLUMNS} FROM audit_log ORDER BY seq").fetchall()
+        rows = self._pg.run(lambda conn: conn.execute(f"SELECT {COLUMNS} FROM audit_log ORDER BY seq").fetchall())
         return (row_to_stored(r) for r in rows)
 
     def query(self, filters: AuditFilter, page_size: int = 100, page_token: str = "") -> AuditPage:
         size = check_page_size(page_size)
         tail, params = page_query(filters, page_token, size, "%s")
-        with self._lock, self._conn.transaction():
-            rows = self._conn.execute(f"SELECT {COLUMNS} FROM audit_log {tail}", params).fetchall()
+        rows = self._pg.run(lambda conn: conn.execute(f"SELECT {COLUMNS} FROM audit_log {tail}", params).fetchall())
         return to_page([row_to_stored(r) for r in rows], size)
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._pg.close()

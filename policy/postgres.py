@@ -18,7 +18,7 @@ import psycopg
 
 from desiderata.server.errors import Unavailable
 
-__all__ = ["PgConnection"]
+__all__ = ["Conn", "PgConnection", "create_schema"]
 
 T = TypeVar("T")
 Conn = psycopg.Connection[tuple[object, ...]]

@@ -15,7 +15,8 @@ import pytest
 from desiderata.policy.audit import AuditFilter, AuditLog, AuditRecord, record_hash, utc_now
 from desiderata.policy.audit_postgres import PostgresAuditLog
 from desiderata.policy.audit_sqlite import SqliteAuditLog
-from desiderata.server.errors import InvalidArgument
+from desiderata.server.errors import InvalidArgument, Unavailable
+from tests.support.postgres_server import run_sql, terminate_other_connections
 
 
 @dataclass
@@ -23,6 +24,8 @@ class Backend:
     log: AuditLog
     tamper: Callable[[str], None]
     """Runs raw SQL as an attacker with database access (append-only triggers off)."""
+    raw: Callable[[str], None]
+    """Runs raw SQL as another client of the database (triggers in place)."""
 
 
 def _sqlite(tmp_path: Path) -> Iterator[Backend]:
@@ -36,21 +39,25 @@ def _sqlite(tmp_path: Path) -> Iterator[Backend]:
         conn.executescript(sql)
         conn.close()
 
-    yield Backend(log, tamper)
+    def raw(sql: str) -> None:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute(sql)
+        finally:
+            conn.close()
+
+    yield Backend(log, tamper, raw)
     log.close()
 
 
 def _postgres(dsn: str) -> Iterator[Backend]:
-    with psycopg.connect(dsn, autocommit=True) as admin:
-        admin.execute("DROP TABLE IF EXISTS audit_log CASCADE")
+    run_sql(dsn, "DROP TABLE IF EXISTS audit_log CASCADE")
     log = PostgresAuditLog(dsn)
 
     def tamper(sql: str) -> None:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("ALTER TABLE audit_log DISABLE TRIGGER USER")
-            conn.execute(sql.encode())
+        run_sql(dsn, "ALTER TABLE audit_log DISABLE TRIGGER USER;" + sql)
 
-    yield Backend(log, tamper)
+    yield Backend(log, tamper, lambda sql: run_sql(dsn, sql))
     log.close()
 
 
@@ -101,13 +108,10 @@ def test_append_chains_and_verifies(backend: Backend) -> None:
 
 def test_append_only_at_the_database(backend: Backend) -> None:
     _fill(backend.log, 2)
-    conn = backend.log._conn  # the log's own connection, triggers in place
-    with pytest.raises((sqlite3.DatabaseError, psycopg.Error), match="append-only"):
-        if isinstance(conn, sqlite3.Connection):
-            conn.execute("UPDATE audit_log SET tier = 'x' WHERE seq = 1")
-        else:
-            with conn.transaction():
-                conn.execute("DELETE FROM audit_log WHERE seq = 1")
+    for sql in ("UPDATE audit_log SET tier = 'x' WHERE seq = 1", "DELETE FROM audit_log WHERE seq = 1"):
+        with pytest.raises((sqlite3.DatabaseError, psycopg.Error), match="append-only"):
+            backend.raw(sql)
+    assert backend.log.verify().ok and backend.log.verify().records == 2
 
 
 @pytest.mark.parametrize(
@@ -187,3 +191,16 @@ def test_bad_pagination_input_is_invalid_argument(backend: Backend) -> None:
         backend.log.query(AuditFilter(), page_token="not-a-token")
     with pytest.raises(InvalidArgument):
         backend.log.query(AuditFilter(), page_size=5000)
+
+
+@pytest.mark.needs_postgres
+def test_postgres_lost_connection_fails_the_append_then_reconnects(postgres_dsn: str) -> None:
+    backend = next(_postgres(postgres_dsn))
+    backend.log.append(_record(1))
+    terminate_other_connections(postgres_dsn)  # a restarted or failed-over server
+    with pytest.raises(Unavailable):
+        backend.log.append(_record(2))
+    stored = backend.log.append(_record(3))  # the next append opens a new connection
+    assert stored.seq == 2 and [r.record.decision_id for r in backend.log.iter_all()] == ["dec_1", "dec_3"]
+    assert backend.log.verify().ok
+    backend.log.close()
