@@ -6,6 +6,7 @@
     desiderata policy validate|test|explain DIR ...
     desiderata audit verify --sqlite FILE | --postgres DSN
     desiderata feedback export OUT [--format jsonl|csv]
+    desiderata model check DIR
 
 `serve` with no arguments serves the built-in demo and prints where it listens
 and one demo key per stakeholder role.
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("policy", "policy owners' tools: validate DIR | test DIR | explain DIR ..."),
         ("audit", "audit log tools: verify --sqlite FILE | --postgres DSN"),
         ("feedback", "feedback tools: export OUT [--format jsonl|csv]"),
+        ("model", "model folder tools: check DIR (a model folder or a repository of them)"),
     ):
         tool = sub.add_parser(name, help=help_text, add_help=False)
         tool.add_argument("tool")
@@ -171,8 +173,43 @@ def _feedback_export(argv: list[str]) -> int:
     return 0
 
 
+def _model_check(argv: list[str]) -> int:
+    """Loads a model folder (or every folder of a repository) as the server would, and says
+    what it found or why the server would refuse it."""
+    from desiderata.server.model_repository import load_model
+
+    parser = argparse.ArgumentParser(prog="desiderata model check")
+    parser.add_argument("dir", type=Path, help="a model folder (card.yaml) or a repository of them")
+    args = parser.parse_args(argv)
+    folders = (
+        [args.dir] if (args.dir / "card.yaml").is_file() else sorted(p.parent for p in args.dir.glob("*/card.yaml"))
+    )
+    if not folders:
+        print(f"desiderata model check: no card.yaml in {args.dir} or its sub-folders", file=sys.stderr)
+        return 1
+    failed = 0
+    for folder in folders:
+        try:
+            handle = load_model(folder)
+        except ValueError as exc:
+            failed += 1
+            print(f"FAIL {folder}: {exc}")
+            continue
+        card, ref = handle.card, handle.reference()
+        kind = "scikit-learn (skops)" if card.artifact.endswith(".skops") else "torch.export program"
+        print(
+            f"OK   {folder}: {card.name} {card.version}, {kind}, {len(card.features)} features "
+            f"({handle.schema.n_columns} columns), classes {card.class_names}, "
+            f"{'white' if card.differentiable else 'black'}-box, "
+            f"reference {'none' if ref is None else f'{len(ref.x)} rows'}"
+            + (f", trusted types {card.trusted_types}" if card.trusted_types else "")
+        )
+    return 1 if failed else 0
+
+
 def _tool(args: argparse.Namespace) -> int:
-    """`policy ...`, `audit verify ...` and `feedback export ...`: argument parsing is theirs."""
+    """`policy ...`, `audit verify ...`, `feedback export ...` and `model check ...`: argument
+    parsing is theirs."""
     from desiderata.policy import cli as policy_cli
 
     table = {
@@ -181,6 +218,7 @@ def _tool(args: argparse.Namespace) -> int:
         ("policy", "explain"): policy_cli.run_explain,
         ("audit", "verify"): policy_cli.run_audit_verify,
         ("feedback", "export"): _feedback_export,
+        ("model", "check"): _model_check,
     }
     run = table.get((args.command, args.tool))
     if run is None:

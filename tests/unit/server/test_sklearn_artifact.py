@@ -64,3 +64,18 @@ def test_trusted_types_only_for_skops(tmp_path: Path) -> None:
     model, x = fit_classifier()
     with pytest.raises(ValueError, match=r"trusted_types applies to \.skops artifacts only"):
         load_model(write_sklearn_model(tmp_path / "gbm", model, x, artifact="model.pt2", differentiable=True))
+
+
+def test_model_check_names_the_types_to_review_then_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from desiderata.server.cli import main
+
+    model, x = fit_classifier()
+    write_sklearn_model(tmp_path / "repo" / "gbm", model, x, trusted_types=[])
+    assert main(["model", "check", str(tmp_path / "repo")]) == 1
+    failed = capsys.readouterr().out  # the card does not trust the tree type yet
+    assert failed.startswith("FAIL ") and "['sklearn.tree._tree.Tree']" in failed
+    card = tmp_path / "repo" / "gbm" / "card.yaml"
+    card.write_text(card.read_text().replace("trusted_types: []", "trusted_types: [sklearn.tree._tree.Tree]"))
+    assert main(["model", "check", str(tmp_path / "repo" / "gbm")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("OK ") and "scikit-learn (skops)" in out and "black-box" in out and "100 rows" in out
