@@ -28,7 +28,7 @@ from desiderata.policy.audit import (
     to_page,
 )
 from desiderata.policy.audit_sqlite import COLUMNS, record_params, row_to_stored
-from desiderata.policy.postgres import Conn, PgConnection, create_schema
+from desiderata.policy.postgres import Conn, PgConnection, append_only, create_schema
 
 __all__ = ["PostgresAuditLog"]
 
@@ -58,15 +58,7 @@ CREATE TABLE IF NOT EXISTS audit_log (
 CREATE INDEX IF NOT EXISTS audit_log_principal ON audit_log (principal, seq);
 CREATE INDEX IF NOT EXISTS audit_log_model ON audit_log (model, seq);
 CREATE INDEX IF NOT EXISTS audit_log_decision ON audit_log (decision_id);
-CREATE OR REPLACE FUNCTION audit_log_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN RAISE EXCEPTION 'audit_log is append-only'; END $$;
-DROP TRIGGER IF EXISTS audit_log_append_only ON audit_log;
-CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
-FOR EACH ROW EXECUTE FUNCTION audit_log_refuse();
-DROP TRIGGER IF EXISTS audit_log_no_truncate ON audit_log;
-CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
-FOR EACH STATEMENT EXECUTE FUNCTION audit_log_refuse();
-"""
+""" + append_only("audit_log", "audit_log is append-only")
 
 
 class PostgresAuditLog(AuditLog):

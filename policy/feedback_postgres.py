@@ -11,7 +11,7 @@ conformance suite as the SQLite default.
 from __future__ import annotations
 
 from desiderata.policy.feedback import FeedbackStore
-from desiderata.policy.postgres import PgConnection, create_schema
+from desiderata.policy.postgres import PgConnection, append_only, create_schema
 
 __all__ = ["PostgresFeedbackStore"]
 
@@ -24,15 +24,7 @@ CREATE TABLE IF NOT EXISTS feedback (
     model TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feedback_model ON feedback (model, id);
-CREATE OR REPLACE FUNCTION feedback_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN RAISE EXCEPTION 'feedback is append-only'; END $$;
-DROP TRIGGER IF EXISTS feedback_append_only ON feedback;
-CREATE TRIGGER feedback_append_only BEFORE UPDATE OR DELETE ON feedback
-FOR EACH ROW EXECUTE FUNCTION feedback_refuse();
-DROP TRIGGER IF EXISTS feedback_no_truncate ON feedback;
-CREATE TRIGGER feedback_no_truncate BEFORE TRUNCATE ON feedback
-FOR EACH STATEMENT EXECUTE FUNCTION feedback_refuse();
-"""
+""" + append_only("feedback", "feedback is append-only")
 
 
 class PostgresFeedbackStore(FeedbackStore):

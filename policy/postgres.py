@@ -18,7 +18,7 @@ import psycopg
 
 from desiderata.server.errors import Unavailable
 
-__all__ = ["Conn", "PgConnection", "create_schema"]
+__all__ = ["Conn", "PgConnection", "append_only", "create_schema"]
 
 T = TypeVar("T")
 Conn = psycopg.Connection[tuple[object, ...]]
@@ -84,3 +84,18 @@ def create_schema(pg: PgConnection, lock_key: int, schema: str) -> None:
             conn.execute(schema.encode())
 
     pg.run(create)
+
+
+def append_only(table: str, message: str) -> str:
+    """SQL that makes `table` append-only for every client: triggers refuse UPDATE,
+    DELETE and TRUNCATE with `message` (idempotent, so it runs at every start)."""
+    return f"""
+CREATE OR REPLACE FUNCTION {table}_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION '{message}'; END $$;
+DROP TRIGGER IF EXISTS {table}_append_only ON {table};
+CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}
+FOR EACH ROW EXECUTE FUNCTION {table}_refuse();
+DROP TRIGGER IF EXISTS {table}_no_truncate ON {table};
+CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}
+FOR EACH STATEMENT EXECUTE FUNCTION {table}_refuse();
+"""

@@ -23,7 +23,15 @@ from typing import Any, Protocol
 from desiderata.server.errors import DecisionNotFound, InternalError, Unavailable
 from desiderata.server.model_card import FeatureValue
 
-__all__ = ["DecisionRecord", "DecisionStore", "SqliteDecisionStore", "decode_row", "encode_row", "new_record_id"]
+__all__ = [
+    "TABLE",
+    "DecisionRecord",
+    "DecisionStore",
+    "SqliteDecisionStore",
+    "decode_row",
+    "encode_row",
+    "new_record_id",
+]
 
 
 def new_record_id() -> str:
@@ -99,7 +107,7 @@ def decode_row(row: Sequence[Any]) -> DecisionRecord:
     )
 
 
-_SCHEMA = """
+TABLE = """
 CREATE TABLE IF NOT EXISTS decisions (
     decision_id   TEXT PRIMARY KEY,
     subject_id    TEXT NOT NULL,
@@ -110,7 +118,11 @@ CREATE TABLE IF NOT EXISTS decisions (
     probabilities TEXT NOT NULL,
     created_at    TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS decisions_subject ON decisions(subject_id);
+CREATE INDEX IF NOT EXISTS decisions_subject ON decisions (subject_id);
+"""
+"""The decisions table of every backend (`Row` order)."""
+
+_SQLITE_TRIGGERS = """
 CREATE TRIGGER IF NOT EXISTS decisions_no_update BEFORE UPDATE ON decisions
 BEGIN SELECT RAISE(ABORT, 'decisions are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS decisions_no_delete BEFORE DELETE ON decisions
@@ -132,7 +144,7 @@ class SqliteDecisionStore:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(TABLE + _SQLITE_TRIGGERS)
 
     def record(self, rec: DecisionRecord) -> None:
         try:

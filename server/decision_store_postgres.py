@@ -14,35 +14,15 @@ from __future__ import annotations
 
 import psycopg
 
-from desiderata.policy.postgres import PgConnection, create_schema
-from desiderata.server.decision_store import DecisionRecord, decode_row, encode_row
+from desiderata.policy.postgres import PgConnection, append_only, create_schema
+from desiderata.server.decision_store import TABLE, DecisionRecord, decode_row, encode_row
 from desiderata.server.errors import DecisionNotFound, InternalError
 
 __all__ = ["PostgresDecisionStore"]
 
 _LOCK_KEY = 0x64656369  # "deci": advisory lock taken while the schema is created
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS decisions (
-    decision_id   TEXT PRIMARY KEY,
-    subject_id    TEXT NOT NULL,
-    principal_id  TEXT NOT NULL,
-    model         TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    features      TEXT NOT NULL,
-    probabilities TEXT NOT NULL,
-    created_at    TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS decisions_subject ON decisions (subject_id);
-CREATE OR REPLACE FUNCTION decisions_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN RAISE EXCEPTION 'decisions are append-only'; END $$;
-DROP TRIGGER IF EXISTS decisions_append_only ON decisions;
-CREATE TRIGGER decisions_append_only BEFORE UPDATE OR DELETE ON decisions
-FOR EACH ROW EXECUTE FUNCTION decisions_refuse();
-DROP TRIGGER IF EXISTS decisions_no_truncate ON decisions;
-CREATE TRIGGER decisions_no_truncate BEFORE TRUNCATE ON decisions
-FOR EACH STATEMENT EXECUTE FUNCTION decisions_refuse();
-"""
+_SCHEMA = TABLE + append_only("decisions", "decisions are append-only")
 
 _COLUMNS = "decision_id, subject_id, principal_id, model, model_version, features, probabilities, created_at"
 _INSERT = f"INSERT INTO decisions ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"

@@ -17,6 +17,8 @@ from desiderata.policy.audit_postgres import PostgresAuditLog
 from desiderata.policy.audit_sqlite import SqliteAuditLog
 from desiderata.server.errors import InvalidArgument, Unavailable
 from tests.support.postgres_server import run_sql, terminate_other_connections
+from tests.support.raw_sql import run_sqlite
+from tests.support.sql_backends import SQL_BACKENDS, open_backend
 
 
 @dataclass
@@ -33,20 +35,10 @@ def _sqlite(tmp_path: Path) -> Iterator[Backend]:
     log = SqliteAuditLog(path)
 
     def tamper(sql: str) -> None:
-        conn = sqlite3.connect(path, isolation_level=None)
-        conn.execute("DROP TRIGGER IF EXISTS audit_log_no_update")
-        conn.execute("DROP TRIGGER IF EXISTS audit_log_no_delete")
-        conn.executescript(sql)
-        conn.close()
+        drop = "DROP TRIGGER IF EXISTS audit_log_no_update; DROP TRIGGER IF EXISTS audit_log_no_delete;"
+        run_sqlite(path, drop + sql, script=True)
 
-    def raw(sql: str) -> None:
-        conn = sqlite3.connect(path, isolation_level=None)
-        try:
-            conn.execute(sql)
-        finally:
-            conn.close()
-
-    yield Backend(log, tamper, raw)
+    yield Backend(log, tamper, lambda sql: run_sqlite(path, sql))
     log.close()
 
 
@@ -61,12 +53,9 @@ def _postgres(dsn: str) -> Iterator[Backend]:
     log.close()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.needs_postgres)])
+@pytest.fixture(params=SQL_BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "sqlite":
-        yield from _sqlite(tmp_path)
-    else:
-        yield from _postgres(request.getfixturevalue("postgres_dsn"))
+    yield from open_backend(request, tmp_path, _sqlite, _postgres)
 
 
 def _record(i: int, **kw: object) -> AuditRecord:

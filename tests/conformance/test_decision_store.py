@@ -18,6 +18,8 @@ from desiderata.server.decision_store import DecisionRecord, DecisionStore, Sqli
 from desiderata.server.decision_store_postgres import PostgresDecisionStore
 from desiderata.server.errors import DecisionNotFound, InternalError, Unavailable
 from tests.support.postgres_server import run_sql, terminate_other_connections
+from tests.support.raw_sql import run_sqlite
+from tests.support.sql_backends import SQL_BACKENDS, open_backend
 
 
 @dataclass
@@ -33,14 +35,7 @@ def _sqlite(tmp_path: Path) -> Iterator[Backend]:
     path = tmp_path / "decisions.db"
     store = SqliteDecisionStore(path)
 
-    def raw(sql: str) -> None:
-        conn = sqlite3.connect(path, isolation_level=None)
-        try:
-            conn.execute(sql)
-        finally:
-            conn.close()
-
-    yield Backend(store, raw, lambda: SqliteDecisionStore(path))
+    yield Backend(store, lambda sql: run_sqlite(path, sql), lambda: SqliteDecisionStore(path))
     store.close()
 
 
@@ -51,12 +46,9 @@ def _postgres(dsn: str) -> Iterator[Backend]:
     store.close()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.needs_postgres)])
+@pytest.fixture(params=SQL_BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "sqlite":
-        yield from _sqlite(tmp_path)
-    else:
-        yield from _postgres(request.getfixturevalue("postgres_dsn"))
+    yield from open_backend(request, tmp_path, _sqlite, _postgres)
 
 
 def _record(i: int = 0, **kw: object) -> DecisionRecord:

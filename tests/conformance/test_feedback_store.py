@@ -19,6 +19,8 @@ from desiderata.policy.feedback import Feedback, FeedbackStore, SqliteFeedbackSt
 from desiderata.policy.feedback_postgres import PostgresFeedbackStore
 from desiderata.server.errors import InvalidArgument, Unavailable
 from tests.support.postgres_server import run_sql, terminate_other_connections
+from tests.support.raw_sql import run_sqlite
+from tests.support.sql_backends import SQL_BACKENDS, open_backend
 
 FEATURES = frozenset({"income", "age", "debt"})
 
@@ -34,14 +36,7 @@ def _sqlite(tmp_path: Path) -> Iterator[Backend]:
     path = tmp_path / "fb.db"
     store = SqliteFeedbackStore(path)
 
-    def raw(sql: str) -> None:
-        conn = sqlite3.connect(path, isolation_level=None)
-        try:
-            conn.execute(sql)
-        finally:
-            conn.close()
-
-    yield Backend(store, raw)
+    yield Backend(store, lambda sql: run_sqlite(path, sql))
     store.close()
 
 
@@ -52,12 +47,9 @@ def _postgres(dsn: str) -> Iterator[Backend]:
     store.close()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.needs_postgres)])
+@pytest.fixture(params=SQL_BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "sqlite":
-        yield from _sqlite(tmp_path)
-    else:
-        yield from _postgres(request.getfixturevalue("postgres_dsn"))
+    yield from open_backend(request, tmp_path, _sqlite, _postgres)
 
 
 def _fb(**kw: object) -> Feedback:
