@@ -1,6 +1,6 @@
-"""Two replicas behind one load balancer share the PostgreSQL decision store: a
-decision recorded through one is explained to its subject through the other, and
-another subject is refused on either."""
+"""Replicas: they share the PostgreSQL decision store (a decision recorded through
+one is explained to its subject through the other, and another subject is refused
+on either), and a round_robin client spreads its calls over them."""
 
 from __future__ import annotations
 
@@ -15,9 +15,8 @@ from desiderata.server.grpc.app import App, build_server
 from tests.integration.conftest import settings_for
 from tests.support.tiny_model import INSTANCE
 
-pytestmark = pytest.mark.needs_postgres
 
-
+@pytest.mark.needs_postgres
 async def test_a_decision_recorded_on_one_replica_is_explained_on_another(
     tiny_repo: Path, tmp_path: Path, postgres_dsn: str
 ) -> None:
@@ -43,3 +42,31 @@ async def test_a_decision_recorded_on_one_replica_is_explained_on_another(
     finally:
         for app in replicas:
             await app.stop(0.5)
+
+
+@pytest.mark.parametrize(("policy", "spread"), [("round_robin", True), ("", False)])
+async def test_round_robin_clients_spread_calls_over_replicas(
+    tiny_repo: Path, tmp_path: Path, policy: str, spread: bool
+) -> None:
+    replicas: list[App] = []
+    for name in ("a", "b"):
+        app = build_server(settings_for(tiny_repo, tmp_path / name))
+        await app.start()
+        replicas.append(app)
+    try:
+        target = "ipv4:" + ",".join(app.address for app in replicas)
+        async with AsyncClient(target, api_key="k-eng", load_balancing=policy) as client:
+            for _ in range(8):
+                await client.explain("tiny", INSTANCE, purpose="debugging")
+        served = [sum(1 for _ in app.pipeline.audit.iter_all()) for app in replicas]
+    finally:
+        for app in replicas:
+            await app.stop(0.5)
+    assert sum(served) == 8
+    # round_robin: both replicas serve; gRPC's default (pick_first): one connection, one replica
+    assert (min(served) > 0) is spread
+
+
+def test_unknown_load_balancing_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="load_balancing must be one of"):
+        AsyncClient("127.0.0.1:1", load_balancing="random")

@@ -24,3 +24,9 @@ def test_kubernetes_config_map_validates_and_shares_every_store() -> None:
     assert settings.store.decisions_backend == "postgres"
     assert settings.store.feedback_backend == "postgres"
     assert settings.privacy.secret_file is not None
+
+
+def test_a_headless_service_lets_clients_balance_calls() -> None:
+    services = [d for d in yaml.safe_load_all(DEPLOY.read_text()) if d["kind"] == "Service"]
+    headless = [s["metadata"]["name"] for s in services if s["spec"].get("clusterIP") == "None"]
+    assert headless == ["desiderata-headless"]

@@ -9,7 +9,7 @@ import grpc
 from grpc import aio
 
 from desiderata.client._errors import DesiderataRpcError
-from desiderata.client._requests import Credentials, Requests, channel_credentials
+from desiderata.client._requests import Credentials, Requests, channel_credentials, channel_options
 from desiderata.client._values import Value
 from desiderata.v1 import explanation_service_pb2 as es
 from desiderata.v1 import explanation_service_pb2_grpc as es_grpc
@@ -24,10 +24,12 @@ class AsyncClient:
     """An asyncio desiderata client; same methods as `Client`, awaited.
 
     Args:
-        address: "host:port" of the server.
+        address: "host:port" of the server, or any gRPC target ("dns:///name:port", "ipv4:a:p,b:p").
         api_key: API key, sent as a bearer token.
         credentials: full credential settings (TLS, mTLS); overrides `api_key`.
         timeout_s: default deadline of every call, in seconds.
+        load_balancing: "round_robin" spreads calls over every address `address`
+            resolves to (see `channel_options`); "" keeps gRPC's default (one connection).
     """
 
     def __init__(
@@ -37,10 +39,12 @@ class AsyncClient:
         api_key: str | None = None,
         credentials: Credentials | None = None,
         timeout_s: float = 10.0,
+        load_balancing: str = "",
     ) -> None:
         self._creds = credentials or Credentials(api_key=api_key)
         tls = channel_credentials(self._creds)
-        self.channel = aio.secure_channel(address, tls) if tls else aio.insecure_channel(address)
+        options = channel_options(load_balancing)
+        self.channel = aio.secure_channel(address, tls, options) if tls else aio.insecure_channel(address, options)
         self.explanations = es_grpc.ExplanationServiceStub(self.channel)
         self.models = ms_grpc.ModelServiceStub(self.channel)
         self.timeout_s = timeout_s

@@ -49,6 +49,26 @@ def channel_credentials(creds: Credentials) -> grpc.ChannelCredentials | None:
     )
 
 
+LOAD_BALANCING = ("", "pick_first", "round_robin")
+
+
+def channel_options(load_balancing: str) -> list[tuple[str, str]]:
+    """Channel options for a load-balancing policy.
+
+    gRPC keeps one HTTP/2 connection per channel, so a load balancer in front of
+    several replicas spreads connections, not calls. With ``round_robin`` and an
+    address that resolves to every replica (``dns:///desiderata-headless:50051``
+    for a headless Kubernetes Service, or ``ipv4:10.0.0.1:50051,10.0.0.2:50051``)
+    the channel connects to all of them and spreads the calls itself.
+
+    Args:
+        load_balancing: "" (gRPC's default, pick_first), "pick_first" or "round_robin".
+    """
+    if load_balancing not in LOAD_BALANCING:
+        raise ValueError(f"load_balancing must be one of {LOAD_BALANCING}, not {load_balancing!r}")
+    return [("grpc.lb_policy_name", load_balancing)] if load_balancing else []
+
+
 class Requests:
     """Builds the v1 request messages from plain values."""
 
