@@ -31,6 +31,12 @@ export const DEFAULT_TIMEOUT_MS = 30_000;
 export interface ClientOptions extends ConnectionOptions {
   /** Deadline of calls that set none, in milliseconds (default 30 s). */
   timeoutMs?: number;
+  /**
+   * gRPC load-balancing policy: "round_robin" spreads calls over every address the
+   * target resolves to (e.g. "dns:///desiderata-headless:50051"); unset keeps gRPC's
+   * default, one connection ("pick_first").
+   */
+  loadBalancing?: "pick_first" | "round_robin";
 }
 
 export interface CallSettings {
@@ -57,12 +63,19 @@ export class DesiderataClient {
   readonly models: ModelServiceClient;
   private readonly timeoutMs: number;
 
-  /** @param address "host:port" */
+  /** @param address "host:port", or any gRPC target ("dns:///name:port", "ipv4:a:p,b:p") */
   constructor(address: string, options: ClientOptions = {}) {
     const { credentials, interceptors } = channelCredentials(options);
-    this.explanations = new ExplanationServiceClient(address, credentials, { interceptors });
+    const policy = options.loadBalancing;
+    if (policy !== undefined && policy !== "pick_first" && policy !== "round_robin") {
+      throw new Error(`loadBalancing must be "round_robin" or "pick_first", not ${JSON.stringify(policy)}`);
+    }
+    const channel = policy
+      ? { "grpc.service_config": JSON.stringify({ loadBalancingConfig: [{ [policy]: {} }] }) }
+      : {};
+    this.explanations = new ExplanationServiceClient(address, credentials, { interceptors, ...channel });
     // Same address, credentials and options: grpc-js shares the subchannel.
-    this.models = new ModelServiceClient(address, credentials, { interceptors });
+    this.models = new ModelServiceClient(address, credentials, { interceptors, ...channel });
     this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   }
 

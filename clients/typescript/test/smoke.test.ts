@@ -55,6 +55,25 @@ describe("desiderata TypeScript SDK against a real server", () => {
     server?.stop();
   });
 
+  test("a round_robin client reaches the server through an address list", async () => {
+    const balanced = new DesiderataClient(`ipv4:${server.address}`, {
+      apiKey: ML_ENGINEER_KEY,
+      insecure: true,
+      timeoutMs: 60_000,
+      loadBalancing: "round_robin",
+    });
+    try {
+      const { explanation } = await balanced.explain({ ...attribution, instance: { features: applicant() } });
+      assert.ok((explanation?.featureAttribution?.attributions.length ?? 0) > 0);
+    } finally {
+      balanced.close();
+    }
+    assert.throws(
+      () => new DesiderataClient("x", { insecure: true, loadBalancing: "random" as "round_robin" }),
+      /loadBalancing must be/,
+    );
+  });
+
   test("Explain returns feature attributions with a policy decision", async () => {
     const { explanation } = await engineer.explain({ ...attribution, instance: { features: applicant() } });
     assert.equal(explanation?.kind, ExplanationKind.EXPLANATION_KIND_FEATURE_ATTRIBUTION);

@@ -75,6 +75,7 @@ public final class DesiderataClient implements AutoCloseable {
     private String apiKey;
     private ChannelCredentials transport = TlsChannelCredentials.create();
     private Duration timeout = DEFAULT_TIMEOUT;
+    private String loadBalancing;
 
     private Builder(String target) {
       this.target = Objects.requireNonNull(target, "target");
@@ -104,10 +105,27 @@ public final class DesiderataClient implements AutoCloseable {
       return this;
     }
 
+    /**
+     * gRPC load-balancing policy: {@code "round_robin"} spreads calls over every address the
+     * target resolves to (e.g. {@code dns:///desiderata-headless:50051}); unset keeps gRPC's
+     * default, one connection ({@code "pick_first"}).
+     */
+    public Builder loadBalancing(String policy) {
+      if (!"round_robin".equals(policy) && !"pick_first".equals(policy)) {
+        throw new IllegalArgumentException("loadBalancing must be round_robin or pick_first, not " + policy);
+      }
+      this.loadBalancing = policy;
+      return this;
+    }
+
     public DesiderataClient build() {
       ChannelCredentials creds =
           apiKey == null ? transport : CompositeChannelCredentials.create(transport, new ApiKeyCredentials(apiKey));
-      return new DesiderataClient(Grpc.newChannelBuilder(target, creds).build(), timeout);
+      var channel = Grpc.newChannelBuilder(target, creds);
+      if (loadBalancing != null) {
+        channel.defaultLoadBalancingPolicy(loadBalancing);
+      }
+      return new DesiderataClient(channel.build(), timeout);
     }
   }
 }

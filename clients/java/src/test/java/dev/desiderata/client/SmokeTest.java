@@ -58,6 +58,21 @@ class SmokeTest {
   }
 
   @Test
+  void roundRobinClientsReachTheServerThroughTheDnsResolver() throws Exception {
+    try (var balanced =
+        DesiderataClient.builder("dns:///" + server.address)
+            .plaintext()
+            .apiKey(ML_ENGINEER_KEY)
+            .loadBalancing("round_robin")
+            .defaultTimeout(Duration.ofSeconds(60))
+            .build()) {
+      var explanation = balanced.explanations().explain(attribution(Explain.applicant())).getExplanation();
+      assertFalse(explanation.getFeatureAttribution().getAttributionsList().isEmpty());
+    }
+    assertThrows(IllegalArgumentException.class, () -> DesiderataClient.builder("x").loadBalancing("random"));
+  }
+
+  @Test
   void explainReturnsAttributionsWithADecision() {
     var explanation = engineer.explanations().explain(attribution(Explain.applicant())).getExplanation();
     assertEquals(ExplanationKind.EXPLANATION_KIND_FEATURE_ATTRIBUTION, explanation.getKind());
