@@ -72,6 +72,10 @@ class FeedbackStore(ABC):
         """JSON bodies in submission order, of `model` or of all ("")."""
 
     @abstractmethod
+    def ping(self) -> None:
+        """One cheap read (raises `Unavailable` when the store cannot be reached)."""
+
+    @abstractmethod
     def close(self) -> None:
         """Releases the store."""
 
@@ -179,6 +183,13 @@ class SqliteFeedbackStore(FeedbackStore):
         except sqlite3.Error as exc:
             raise Unavailable(f"feedback store unavailable: {exc.__class__.__name__}") from exc
         return [str(body) for (body,) in rows]
+
+    def ping(self) -> None:
+        try:
+            with self._lock:
+                self._conn.execute("SELECT 1 FROM feedback LIMIT 1").fetchall()
+        except sqlite3.Error as exc:
+            raise Unavailable(f"feedback store unavailable: {exc.__class__.__name__}") from exc
 
     def close(self) -> None:
         """Closes the database."""

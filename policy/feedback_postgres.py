@@ -51,5 +51,8 @@ class PostgresFeedbackStore(FeedbackStore):
         )
         return [str(body) for (body,) in rows]
 
+    def ping(self) -> None:
+        self._pg.run(lambda conn: conn.execute("SELECT 1 FROM feedback LIMIT 1").fetchall())
+
     def close(self) -> None:
         self._pg.close()

@@ -272,6 +272,11 @@ class PrivacyGuard:
         if admission.reservation is not None:
             self._ledger.release(admission.reservation)
 
+    @property
+    def ledger(self) -> BudgetLedger:
+        """The budget ledger (for readiness probes)."""
+        return self._ledger
+
     def remaining(self, principal: str, model: str, params: PrivacyParams) -> Budget:
         """Budget left at a tier, for the disclosure block and GetCapabilities."""
         return _budget(self._ledger.usage(principal, model), params)

@@ -89,6 +89,9 @@ class ServerSettings(BaseModel):
     """On SIGTERM/SIGINT, in-flight calls get this long to finish."""
     default_deadline_s: float = Field(default=30.0, gt=0)
     """Deadline applied to calls that arrive without one."""
+    readiness_interval_s: float = Field(default=5.0, ge=0)
+    """How often the stores (ledger, audit log, decisions, feedback) are probed; while one cannot be
+    reached, gRPC health says NOT_SERVING (server/readiness.py). 0 disables the probes."""
     tls: TlsSettings = TlsSettings()
     """TLS / mTLS certificates."""
 

@@ -10,7 +10,8 @@ certificate paths are configured; message-size limits from settings.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -37,6 +38,7 @@ from desiderata.server.model_repository import BUILTIN_DEMO, ModelRepository
 from desiderata.server.pipeline import Pipeline
 from desiderata.server.policy_services import PolicyServices
 from desiderata.server.precompute import Precompute, assign_index_dirs, start_precompute
+from desiderata.server.readiness import store_checks, watch_readiness
 from desiderata.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
@@ -54,6 +56,10 @@ SERVICE_NAMES = (
     audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     oip.SERVICE_NAME,
 )
+
+LIVENESS = "liveness"
+"""Health service name that says SERVING while the process serves, whatever its stores
+(for liveness probes: a store outage must not get the replica restarted)."""
 
 
 @dataclass
@@ -73,17 +79,28 @@ class App:
     host: str = "127.0.0.1"
     precompute_at_start: bool = True
     precompute: Precompute | None = None
+    readiness_interval_s: float = 0.0
+    _readiness: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     async def start(self) -> None:
         self.pipeline.policy.start()
         await self.server.start()
         if self.precompute_at_start:
             self.precompute = start_precompute(self.pipeline.models.served())
-        for name in ("", *SERVICE_NAMES):
+        for name in ("", LIVENESS, *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.readiness_interval_s > 0:
+            checks = store_checks(self.pipeline)
+            self._readiness = asyncio.create_task(
+                watch_readiness(self.health, SERVICE_NAMES, checks, self.readiness_interval_s)
+            )
 
     async def stop(self, grace_s: float) -> None:
-        for name in ("", *SERVICE_NAMES):
+        if self._readiness is not None:
+            self._readiness.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._readiness
+        for name in ("", LIVENESS, *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace_s)
         if self.precompute is not None:
@@ -181,4 +198,5 @@ def build_server(settings: Settings) -> App:
         demo=demo_keys,
         host=settings.server.host,
         precompute_at_start=settings.models.precompute,
+        readiness_interval_s=settings.server.readiness_interval_s,
     )

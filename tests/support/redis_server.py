@@ -32,12 +32,18 @@ def _ensure_redis_server() -> str:
     return exe
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of a real, private redis-server; no persistence."""
+def start_redis_server(workdir: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """Starts a real, private redis-server (no persistence) and waits until it answers PING.
+
+    Args:
+        workdir: its working folder.
+        port: the loopback port (a free one when None; reuse one to "restart" a server).
+
+    Returns:
+        ``(process, url)``; stop it with `stop_redis_server`.
+    """
     exe = _ensure_redis_server()
-    workdir: Path = tmp_path_factory.mktemp("redis")
-    port = _free_port()
+    port = port or _free_port()
     proc = subprocess.Popen(
         [
             exe,
@@ -65,19 +71,32 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         for _ in range(200):
             try:
                 client.ping()
-                break
+                return proc, url
             except redis.exceptions.ConnectionError:
                 if proc.poll() is not None:
                     pytest.fail("redis-server exited at start")
                 time.sleep(0.025)
-        else:
-            pytest.fail("redis-server did not answer PING")
-        yield url
+        stop_redis_server(proc)
+        pytest.fail("redis-server did not answer PING")
     finally:
         client.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+
+
+def stop_redis_server(proc: subprocess.Popen[bytes]) -> None:
+    """Terminates a server started by `start_redis_server` (killed after 10 s)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real, private redis-server; no persistence."""
+    proc, url = start_redis_server(tmp_path_factory.mktemp("redis"))
+    try:
+        yield url
+    finally:
+        stop_redis_server(proc)

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from desiderata.server.config import Settings
+from desiderata.server.grpc.app import LIVENESS
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "kubernetes.yaml"
 
@@ -30,3 +31,10 @@ def test_a_headless_service_lets_clients_balance_calls() -> None:
     services = [d for d in yaml.safe_load_all(DEPLOY.read_text()) if d["kind"] == "Service"]
     headless = [s["metadata"]["name"] for s in services if s["spec"].get("clusterIP") == "None"]
     assert headless == ["desiderata-headless"]
+
+
+def test_liveness_probes_ignore_store_outages() -> None:
+    deployment = next(d for d in yaml.safe_load_all(DEPLOY.read_text()) if d["kind"] == "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["livenessProbe"]["grpc"]["service"] == LIVENESS  # stays SERVING in an outage
+    assert "service" not in container["readinessProbe"]["grpc"]  # "" follows the stores
