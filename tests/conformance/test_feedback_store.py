@@ -126,3 +126,23 @@ def test_postgres_lost_connection_fails_the_call_then_reconnects(postgres_dsn: s
         backend.store.all()
     assert backend.store.all() == [stored]  # the next call opens a new connection
     backend.store.close()
+
+
+@pytest.mark.needs_postgres
+def test_cli_exports_what_the_configured_store_holds(postgres_dsn: str, tmp_path: Path) -> None:
+    from desiderata.server.cli import main
+
+    backend = next(_postgres(postgres_dsn))
+    backend.store.submit(_fb(), FEATURES)
+    backend.store.submit(_fb(decision_id="dec_2", model="other"), FEATURES)
+    backend.store.close()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "store:\n"
+        f"  state_dir: {tmp_path / 'state'}\n"
+        "  feedback_backend: postgres\n"
+        f"  feedback_postgres_dsn: {postgres_dsn}\n"
+    )
+    out = tmp_path / "feedback.jsonl"
+    assert main(["feedback", "export", str(out), "--config", str(config), "--model", "credit"]) == 0
+    assert [json.loads(line)["decision_id"] for line in out.read_text().splitlines()] == ["dec_1"]
