@@ -14,6 +14,8 @@ import pytest
 from desiderata.client import AsyncClient, DesiderataRpcError
 from desiderata.client._requests import Requests
 from desiderata.explainers.background import summarize
+from desiderata.oip import grpc_predict_v2_pb2 as oip
+from desiderata.oip import grpc_predict_v2_pb2_grpc as oip_grpc
 from desiderata.server.grpc.app import build_server
 from desiderata.v1 import types_pb2 as pb
 from tests.integration.conftest import Running, settings_for
@@ -92,3 +94,18 @@ async def test_black_box_counterfactuals_flip_the_estimators_decision(gbm: Runni
         for change in cf.changes:
             moved[int(change.feature[1:])] = change.to_value.number
         assert cf.valid and MODEL.predict(moved[None].astype(np.float32))[0] == 1  # re-checked on the estimator
+
+
+async def test_predictions_are_recorded_and_the_platform_is_named(gbm: Running) -> None:
+    x = ROWS[0]
+    async with AsyncClient(gbm.address, api_key="k-eng") as client:
+        rec = await client.predict("gbm", _row(x), subject_id="alice")
+    expected = MODEL.predict_proba(x[None].astype(np.float32))[0]
+    assert [p.probability for p in rec.prediction.probabilities] == pytest.approx(expected.tolist(), abs=1e-12)
+    assert rec.prediction.label == ("yes" if expected[1] > expected[0] else "no")
+    async with grpc.aio.insecure_channel(gbm.address) as channel:
+        stub = oip_grpc.GRPCInferenceServiceStub(channel)
+        meta = await stub.ModelMetadata(
+            oip.ModelMetadataRequest(name="gbm"), metadata=(("authorization", "Bearer k-eng"),)
+        )
+    assert meta.platform == "sklearn_skops" and [t.name for t in meta.inputs] == [f"x{i}" for i in range(D)]
