@@ -10,8 +10,9 @@ victim predict the same class. Unguarded explanations give a far better
 surrogate per query; guarded (clip C, noise z via the PrivacyGuard, budget K)
 the advantage falls to within noise of predictions alone, both for a naive
 attacker (fitting the noisy gradients at full weight hurts it) and for one
-that down-weights them by the expected noise energy. The curves are
-printed (pytest -s).
+that down-weights them by the expected noise energy. The curves (means
+over three surrogate initialisations and noise secrets) are printed
+(pytest -s).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from desiderata.policy.privacy_params import PrivacyParams
 D, H = 50, 16
 COUNTS = (25, 50, 100, 200)
 SECRET = b"attack-test-secret-0123456789"
+REPEATS = 3
 
 
 def _net(seed: int) -> torch.nn.Module:
@@ -72,30 +74,44 @@ def test_explanations_help_extraction_only_when_unguarded(tmp_path: Path) -> Non
     raw = _grad(victim, x_all).double().numpy()
     c = float(np.median(np.linalg.norm(raw, axis=1)))
     params = PrivacyParams(clip_norm=c, noise_multiplier=2.0, lifetime_queries=max(COUNTS))
-    guard = PrivacyGuard(SqliteLedger(tmp_path / "l.db"), SECRET)
+    exact = torch.as_tensor(raw, dtype=torch.float32)
+    # a noise-aware attacker down-weights the gradient term by the expected noise energy d·z²
+    aware = 1.0 / (1.0 + D * params.noise_multiplier**2)
+    names = ("predictions only", "+ explanations", "+ guarded expl. (naive)", "+ guarded expl. (aware)")
+    # One surrogate trained on 25 answers is a noisy figure (its initialisation alone moves it by
+    # several points), so every curve is the mean over REPEATS surrogate initialisations, each
+    # guarded one drawing its noise under its own server secret; repeat r of every curve starts
+    # from the same initialisation, and the guarded advantage is judged on those paired differences.
+    runs: dict[str, np.ndarray] = {k: np.empty((REPEATS, len(COUNTS))) for k in names}
+    for r in range(REPEATS):
+        noisy = _guarded_answers(tmp_path / f"l{r}.db", SECRET + bytes([r]), params, x_all, raw)
+        for j, n in enumerate(COUNTS):
+            x, p, seed = x_all[:n], prob[:n], n + 7919 * r
+            runs[names[0]][r, j] = _agreement(victim, _surrogate(x, p, None, seed), x_test)
+            runs[names[1]][r, j] = _agreement(victim, _surrogate(x, p, exact[:n], seed), x_test)
+            runs[names[2]][r, j] = _agreement(victim, _surrogate(x, p, noisy[:n], seed), x_test)
+            runs[names[3]][r, j] = _agreement(victim, _surrogate(x, p, noisy[:n], seed, aware), x_test)
+    head = f"[surrogate extraction, d={D} h={H}, guarded z=2 C={c:.3g} K={max(COUNTS)}, mean of {REPEATS}]"
+    print(f"\n{head} agreement at {COUNTS} queries:")
+    for name, run in runs.items():
+        print(f"  {name:<24} " + "  ".join(f"{a:.3f}" for a in run.mean(axis=0)))
+    plain, expl, naive, aware_runs = runs.values()
+    gain = (expl - plain).mean(axis=0)
+    assert np.all(gain >= 0.03) and float(gain.mean()) >= 0.05
+    for guarded in (naive, aware_runs):
+        diff = guarded - plain  # (REPEATS, counts), paired by initialisation
+        se = diff.std(axis=0, ddof=1) / np.sqrt(REPEATS) + np.sqrt(0.5 / len(x_test) / REPEATS)
+        assert np.all(diff.mean(axis=0) <= np.maximum(0.03, 3 * se)), diff  # no advantage left
+
+
+def _guarded_answers(
+    path: Path, secret: bytes, params: PrivacyParams, x_all: torch.Tensor, raw: np.ndarray
+) -> torch.Tensor:
+    """The K gradient answers as the PrivacyGuard serves them under one server secret, ``(K, D)``."""
+    guard = PrivacyGuard(SqliteLedger(path), secret)
     noised = []
     for xi, gi in zip(x_all.double().numpy(), raw, strict=True):
         adm = guard.admit("eve", "relu", "v1", params, xi, method="gradient")
         noised.append(guard.noise(adm, gi)[0])
         guard.commit(adm)
-    noisy = torch.as_tensor(np.stack(noised), dtype=torch.float32)
-    exact = torch.as_tensor(raw, dtype=torch.float32)
-    # a noise-aware attacker down-weights the gradient term by the expected noise energy d·z²
-    aware = 1.0 / (1.0 + D * params.noise_multiplier**2)
-    names = ("predictions only", "+ explanations", "+ guarded expl. (naive)", "+ guarded expl. (aware)")
-    curves: dict[str, list[float]] = {k: [] for k in names}
-    for n in COUNTS:
-        x, p = x_all[:n], prob[:n]
-        curves["predictions only"].append(_agreement(victim, _surrogate(x, p, None, n), x_test))
-        curves["+ explanations"].append(_agreement(victim, _surrogate(x, p, exact[:n], n), x_test))
-        curves[names[2]].append(_agreement(victim, _surrogate(x, p, noisy[:n], n), x_test))
-        curves[names[3]].append(_agreement(victim, _surrogate(x, p, noisy[:n], n, aware), x_test))
-    head = f"[surrogate extraction, d={D} h={H}, guarded z=2 C={c:.3g} K={max(COUNTS)}]"
-    print(f"\n{head} agreement at {COUNTS} queries:")
-    for name, curve in curves.items():
-        print(f"  {name:<24} " + "  ".join(f"{a:.3f}" for a in curve))
-    plain, expl, naive, aware_curve = (np.array(v) for v in curves.values())
-    assert np.all(expl - plain >= 0.03) and float(np.mean(expl - plain)) >= 0.05
-    se = np.sqrt(0.25 / len(x_test))  # binomial standard error of one agreement figure
-    tol = max(0.03, 4 * se)
-    assert np.all(naive - plain <= tol) and np.all(aware_curve - plain <= tol)  # no advantage left
+    return torch.as_tensor(np.stack(noised), dtype=torch.float32)

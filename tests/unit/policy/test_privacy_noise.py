@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
-from desiderata.policy.noise import clip_and_noise, clip_l2, query_key
+from desiderata.policy.noise import clip_and_noise, clip_l2, keyed_generator, query_key
 from desiderata.server.errors import InvalidArgument
 
 SECRET = b"0123456789abcdef-test-secret"
@@ -25,6 +27,21 @@ def test_identical_queries_get_identical_noise_and_others_do_not() -> None:
     neg_zero = query_key(SECRET, "a", "v1", np.array([-0.0]), "ig", {})
     assert neg_zero == query_key(SECRET, "a", "v1", np.array([0.0]), "ig", {})
     assert query_key(b"another-secret-0123", "a", "v1", np.array([0.0]), "ig", {}) != neg_zero
+
+
+def test_keyed_noise_depends_on_the_key_alone_not_on_the_thread_or_earlier_draws() -> None:
+    v = np.array([0.3, -0.2, 0.1, 0.5])
+    first, _ = clip_and_noise(v, 1.0, 2.0, _key())
+    keyed_generator(_key(x=9.0)).integers(0, 2**31, dtype=np.uint32)  # leaves half a 64-bit word cached
+    again, _ = clip_and_noise(v, 1.0, 2.0, _key())
+    elsewhere: list[np.ndarray] = []
+    t = threading.Thread(target=lambda: elsewhere.append(clip_and_noise(v, 1.0, 2.0, _key())[0]))
+    t.start()
+    t.join()
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(first, elsewhere[0])
+    with pytest.raises(ValueError):
+        keyed_generator(b"too short")
 
 
 def test_clip_bounds_the_norm() -> None:
