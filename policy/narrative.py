@@ -43,21 +43,31 @@ class LocaleTemplates(BaseModel):
     outcomes: dict[str, str] = Field(default_factory=dict)
 
 
-@functools.cache
 def load_locale(locale: str) -> LocaleTemplates:
     """Templates of a locale ("en", "de-DE" tries "de-DE", "de", then "en").
+
+    The tag comes from the caller, so it is only ever compared with the names of
+    the shipped template files, never made into a path, and nothing is cached per tag.
 
     Args:
         locale: BCP-47-ish locale tag.
     """
     tag = locale.replace("_", "-")
+    shipped = _shipped_locales()
     for name in (tag, tag.split("-")[0], DEFAULT_LOCALE):
-        if not name.replace("-", "").isalnum():
-            continue
-        path = _LOCALES / f"{name}.yaml"
-        if path.is_file():
-            return LocaleTemplates.model_validate(yaml.safe_load(path.read_text()))
-    raise FileNotFoundError(f"no narrative templates for {locale!r} and no English fallback")
+        if name in shipped:
+            return _templates(name)
+    raise FileNotFoundError(f"no narrative templates for {locale[:40]!r} and no English fallback")
+
+
+@functools.cache
+def _shipped_locales() -> frozenset[str]:
+    return frozenset(p.stem for p in _LOCALES.glob("*.yaml"))
+
+
+@functools.cache
+def _templates(name: str) -> LocaleTemplates:
+    return LocaleTemplates.model_validate(yaml.safe_load((_LOCALES / f"{name}.yaml").read_text()))
 
 
 def _percent(share: float) -> str:

@@ -9,6 +9,7 @@ back, domain answers → messages, is `render`.
 from __future__ import annotations
 
 import math
+import re
 
 from desiderata.explainers.base import Kind
 from desiderata.explainers.types import (
@@ -70,6 +71,10 @@ def features_from_proto(instance: pb.Instance, prefix: str = "instance") -> dict
     return out
 
 
+LOCALE_TAG = re.compile(r"[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8}){0,3}")
+"""What `ExplainRequest.locale` may be: a BCP 47 language tag (language and up to three subtags)."""
+
+
 def explain_call(
     *,
     kind: int,
@@ -99,6 +104,8 @@ def explain_call(
         problems.append(FieldViolation("consumption", "unknown consumption mode"))
     if decision_id == "" and not model:
         problems.append(FieldViolation("model", "required"))
+    if locale and not LOCALE_TAG.fullmatch(locale):
+        problems.append(FieldViolation("locale", "not a language tag such as en or de-DE"))
     features = None
     if instance is not None:
         try:

@@ -29,10 +29,13 @@ __all__ = ["AuditServicer", "feedback_request", "global_summary_response"]
 VERDICTS: dict[int, Verdict] = {es.FEEDBACK_VERDICT_AGREE: "agree", es.FEEDBACK_VERDICT_DISAGREE: "disagree"}
 
 
-def _iso(ts: Any) -> str:
+def _iso(ts: Any, field: str) -> str:
     if not ts.seconds and not ts.nanos:
         return ""
-    return str(ts.ToDatetime(tzinfo=UTC).isoformat())
+    try:
+        return str(ts.ToDatetime(tzinfo=UTC).isoformat())
+    except ValueError as exc:  # outside 0001-01-01 .. 9999-12-31, or nanos out of range
+        raise InvalidArgument.single(field, "not a valid timestamp (years 1 to 9999)") from exc
 
 
 def _required(value: str, field: str) -> str:
@@ -55,8 +58,8 @@ class AuditServicer(au_grpc.AuditServiceServicer):
             purpose="",
             allowed=outcome,
             decision_id=request.decision_id,
-            since=_iso(request.since),
-            until=_iso(request.until),
+            since=_iso(request.since, "since"),
+            until=_iso(request.until, "until"),
         )
         page = self._services.query_audit(
             current_principal.get(),

@@ -93,6 +93,27 @@ async def test_unknown_method_and_bad_steps(eng: AsyncClient) -> None:
     assert dict(err.details.field_violations) == {"params.attribution.steps": "at most 4096"}
 
 
+@pytest.mark.parametrize("locale", ["x" * 5000, "../../etc/passwd", "en US", "\u00e9\u00e9"])
+async def test_a_locale_that_is_not_a_language_tag(eng: AsyncClient, locale: str) -> None:
+    err = await _error(eng.explain("tiny", INSTANCE, purpose="debugging", locale=locale))
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert dict(err.details.field_violations) == {"locale": "not a language tag such as en or de-DE"}
+
+
+async def test_an_audit_query_with_an_impossible_timestamp(tiny_server: Running, eng: AsyncClient) -> None:
+    from desiderata.v1 import audit_service_pb2 as aus
+    from desiderata.v1 import audit_service_pb2_grpc as aus_grpc
+
+    request = aus.QueryAuditRequest(model="tiny", purpose="audit")
+    request.since.seconds = 2**40  # past 9999-12-31
+    async with grpc.aio.insecure_channel(tiny_server.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await aus_grpc.AuditServiceStub(channel).QueryAudit(request, metadata=(("x-api-key", "k-eng"),))
+    err = DesiderataRpcError.from_rpc_error(info.value)
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in err.details.field_violations] == ["since"]
+
+
 async def test_malformed_message_is_invalid_argument(tiny_server: Running, eng: AsyncClient) -> None:
     async with grpc.aio.insecure_channel(tiny_server.address) as channel:
         raw = channel.unary_unary("/desiderata.v1.ExplanationService/Explain")

@@ -19,12 +19,11 @@ from desiderata.oip import grpc_predict_v2_pb2 as oip
 from desiderata.oip import grpc_predict_v2_pb2_grpc as oip_grpc
 from desiderata.server.grpc.app import build_server
 from desiderata.server.model_card import FeatureValue
-from desiderata.server.model_repository import ModelHandle
 from tests.integration.conftest import Running, settings_for
+from tests.support.oip_requests import Tensor, infer_request
 from tests.support.tiny_model import INSTANCE
 
 ENG = (("authorization", "Bearer k-eng"),)
-Tensor = oip.ModelInferRequest.InferInputTensor
 
 
 @pytest.fixture
@@ -37,34 +36,6 @@ async def demo_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
         await app.stop(0.5)
 
 
-def _tensor(handle: ModelHandle, name: str, values: list[FeatureValue]) -> Tensor:
-    kind = handle.schema.by_name[name].type
-    t = Tensor(name=name, shape=[len(values)])
-    if kind == "category":
-        t.datatype = "BYTES"
-        t.contents.bytes_contents.extend(str(v).encode() for v in values)
-    elif kind == "boolean":
-        t.datatype = "BOOL"
-        t.contents.bool_contents.extend(bool(v) for v in values)
-    elif kind == "integer":
-        t.datatype = "INT64"
-        t.contents.int64_contents.extend(int(v) for v in values)
-    else:
-        t.datatype = "FP64"
-        t.contents.fp64_contents.extend(float(v) for v in values)
-    return t
-
-
-def _request(
-    handle: ModelHandle, rows: list[Mapping[str, FeatureValue]], subject: str | None = "alice"
-) -> oip.ModelInferRequest:
-    req = oip.ModelInferRequest(model_name=handle.name, id="req-1")
-    if subject is not None:
-        req.parameters["subject_id"].string_param = subject
-    req.inputs.extend(_tensor(handle, n, [r[n] for r in rows]) for n in handle.schema.names)
-    return req
-
-
 def _outputs(resp: oip.ModelInferResponse) -> dict[str, oip.ModelInferResponse.InferOutputTensor]:
     return {t.name: t for t in resp.outputs}
 
@@ -74,7 +45,7 @@ async def _infer_and_compare(running: Running, model: str, rows: list[Mapping[st
     handle = running.app.pipeline.models.resolve(model)
     async with grpc.aio.insecure_channel(running.address) as channel:
         stub = oip_grpc.GRPCInferenceServiceStub(channel)
-        resp = await stub.ModelInfer(_request(handle, rows), metadata=ENG)
+        resp = await stub.ModelInfer(infer_request(handle, rows), metadata=ENG)
     assert resp.model_name == model and resp.model_version == handle.version and resp.id == "req-1"
     out = _outputs(resp)
     probs = out["probabilities"]
@@ -156,7 +127,7 @@ async def test_encoded_input_and_raw_contents(tiny_server: Running) -> None:
         encoded.inputs.add(name="input", datatype="FP64", shape=[1, handle.schema.n_columns])
         encoded.raw_input_contents.append(x.astype("<f8").tobytes())
         a = await stub.ModelInfer(encoded, metadata=ENG)
-        raw = _request(handle, [INSTANCE])
+        raw = infer_request(handle, [INSTANCE])
         for t in raw.inputs:  # the same instance as raw contents, BYTES length-prefixed
             if t.datatype == "BYTES":
                 raw.raw_input_contents.append(
@@ -186,20 +157,20 @@ async def _error(running: Running, req: oip.ModelInferRequest, key: str = "k-eng
 async def test_bad_inputs_are_invalid_argument_with_field_violations(tiny_server: Running) -> None:
     handle = tiny_server.app.pipeline.models.resolve("tiny")
 
-    e = await _error(tiny_server, _request(handle, [INSTANCE], subject=None))
+    e = await _error(tiny_server, infer_request(handle, [INSTANCE], subject=None))
     assert e.code == grpc.StatusCode.INVALID_ARGUMENT
     assert [f for f, _ in e.details.field_violations] == ["parameters[subject_id]"]
 
-    unknown = _request(handle, [INSTANCE])
+    unknown = infer_request(handle, [INSTANCE])
     unknown.model_name = "nope"
     assert (await _error(tiny_server, unknown)).code == grpc.StatusCode.NOT_FOUND
 
-    bad = _request(handle, [{**INSTANCE, "x1": 99.0, "color": "purple"}])
+    bad = infer_request(handle, [{**INSTANCE, "x1": 99.0, "color": "purple"}])
     e = await _error(tiny_server, bad)
     assert e.code == grpc.StatusCode.INVALID_ARGUMENT
     assert {f for f, _ in e.details.field_violations} == {"inputs[x1][0]", "inputs[color][0]"}
 
-    wrong = _request(handle, [INSTANCE])
+    wrong = infer_request(handle, [INSTANCE])
     del wrong.inputs[3]  # flag missing
     wrong.inputs[2].CopyFrom(Tensor(name="color", datatype="FP32", shape=[1]))  # a category needs BYTES
     wrong.inputs[2].contents.fp32_contents.append(1.0)
@@ -218,7 +189,7 @@ async def test_bad_inputs_are_invalid_argument_with_field_violations(tiny_server
     assert e.code == grpc.StatusCode.INVALID_ARGUMENT and e.details.field_violations[0][0] == "inputs[input][0]"
 
     # end users may not submit feature vectors for prediction, here as in Predict
-    assert (await _error(tiny_server, _request(handle, [INSTANCE]), key="k-alice")).code == (
+    assert (await _error(tiny_server, infer_request(handle, [INSTANCE]), key="k-alice")).code == (
         grpc.StatusCode.PERMISSION_DENIED
     )
 

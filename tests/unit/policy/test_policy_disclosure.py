@@ -18,7 +18,7 @@ from desiderata.explainers.types import (
     SampleImportanceResult,
 )
 from desiderata.policy.disclosure import apply_disclosure, redacted_names
-from desiderata.policy.narrative import load_locale, render_narrative
+from desiderata.policy.narrative import _shipped_locales, _templates, load_locale, render_narrative
 from desiderata.policy.profiles import DisclosureProfile
 from desiderata.policy.store import default_bundle_dir, load_bundle
 from desiderata.server.model_card import FeatureSpec, ModelCard
@@ -108,6 +108,10 @@ def test_direction_follows_the_positive_class_when_explaining_bad() -> None:
 def test_unknown_locale_falls_back_to_english() -> None:
     assert load_locale("xx-YY") == load_locale("en")
     assert load_locale("../../etc") == load_locale("en")
+    assert load_locale("x" * 5000) == load_locale("en")  # never a file name (ENAMETOOLONG)
+    for i in range(500):  # caller-chosen tags are not cached one by one
+        load_locale(f"zz-Q{i}")
+    assert _templates.cache_info().currsize <= len(_shipped_locales())
 
 
 def test_redaction_by_name_and_counterfactual_changes() -> None:
