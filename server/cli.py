@@ -53,6 +53,10 @@ def _serve(args: argparse.Namespace) -> int:
         await app.start()
         log.info("listening", address=app.address, models=[m.name for m in app.pipeline.models.served()])
         print(f"desiderata listening on {app.address}", flush=True)
+        if app.metrics_endpoint is not None:
+            where = f"{app.metrics_address[0]}:{app.metrics_endpoint.port}"
+            log.info("metrics", address=where)
+            print(f"metrics (Prometheus) on http://{where}/metrics", flush=True)
         if app.demo:
             print("demo keys (public, for the built-in demo only; send as 'authorization: Bearer <key>'):")
             for key in DEMO_KEYS:

@@ -289,6 +289,19 @@ class LoggingSettings(BaseModel):
     """Minimum level."""
 
 
+class MetricsSettings(BaseModel):
+    """Prometheus metrics on their own HTTP port (server/metrics.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    """Serve metrics; off by default so that a server binds no port it was not asked to."""
+    host: str = "127.0.0.1"
+    """Interface of the metrics endpoint; "0.0.0.0" to let a Prometheus in the cluster scrape it."""
+    port: int = Field(default=9464, ge=0, le=65535)
+    """Port of the metrics endpoint (9464, the usual Prometheus exporter port); 0 picks a free one."""
+
+
 class Settings(BaseSettings):
     """All settings of a desiderata server."""
 
@@ -312,6 +325,8 @@ class Settings(BaseSettings):
     """Budgets and noise."""
     logging: LoggingSettings = LoggingSettings()
     """Logs."""
+    metrics: MetricsSettings = MetricsSettings()
+    """Prometheus metrics."""
 
     @classmethod
     def settings_customise_sources(

@@ -47,6 +47,7 @@ from desiderata.server.errors import (
     UnknownPurpose,
 )
 from desiderata.server.method_choice import resolve_method
+from desiderata.server.metrics import Metrics
 from desiderata.server.model_card import FeatureValue
 from desiderata.server.model_repository import ModelHandle, ModelRepository
 from desiderata.server.served import ExplainCall, KindCapability, ServedExplanation, served_explanation
@@ -74,6 +75,7 @@ class Pipeline:
         feedback: the store of dynamic-consumption feedback.
         settings: explainer limits.
         workers: threads for model evaluation and explainers.
+        metrics: where served explanations are counted; None counts nothing.
     """
 
     models: ModelRepository
@@ -84,6 +86,7 @@ class Pipeline:
     feedback: FeedbackStore
     settings: ExplainSettings = field(default_factory=ExplainSettings)
     workers: int = 2
+    metrics: Metrics | None = None
     _pool: ThreadPoolExecutor = field(init=False)
     answers: AnswerCache = field(init=False)
 
@@ -257,6 +260,7 @@ class Pipeline:
                 profile=profile,
             )
             raw = self.answers.get(key)
+            cached = raw is not None
             if raw is None:
                 raw = explainer.explain(handle, p.x, p.params, ctx)
                 self.answers.put(key, raw)
@@ -274,6 +278,17 @@ class Pipeline:
         audit_decision(
             self.audit, principal, handle, call.kind.value, call.purpose, call.consumption, p.decision, charge
         )
+        if self.metrics is not None:
+            self.metrics.explanation(
+                model=handle.name,
+                kind=call.kind.value,
+                method=p.method,
+                tier=p.decision.tier,
+                noised=shown.noised,
+                cached=cached,
+                seconds=raw.quality.compute_ms / 1e3,
+                rows=raw.quality.model_evaluations,
+            )
         log.info(
             "explanation_served",
             decision_id=p.decision.decision_id,

@@ -62,14 +62,26 @@ def failing(checks: Sequence[Check]) -> list[str]:
 
 
 async def watch_readiness(
-    health: HealthServicer, services: Sequence[str], checks: Sequence[Check], interval_s: float
+    health: HealthServicer,
+    services: Sequence[str],
+    checks: Sequence[Check],
+    interval_s: float,
+    on_probe: Callable[[list[str], list[str]], None] | None = None,
 ) -> None:
     """Probes `checks` every `interval_s` seconds until cancelled, keeping the health status
-    of the server ("") and of `services` in step with them."""
+    of the server ("") and of `services` in step with them.
+
+    Args:
+        on_probe: called after each probe with every store's name and the failing ones
+            (the metrics' store gauges).
+    """
     serving = True
+    names = [name for name, _ in checks]
     while True:
         await asyncio.sleep(interval_s)
         down = await asyncio.to_thread(failing, checks)
+        if on_probe is not None:
+            on_probe(names, down)
         if bool(down) == (not serving):
             continue
         serving = not down

@@ -2,7 +2,8 @@
 
 Services: desiderata.v1 ExplanationService and ModelService, the Open Inference
 Protocol (inference.GRPCInferenceService, server/grpc/oip.py), standard health
-checking (grpc.health.v1) and server reflection. Interceptors, outermost
+checking (grpc.health.v1) and server reflection; Prometheus metrics on their
+own HTTP port when enabled (server/metrics.py). Interceptors, outermost
 first: request id / error boundary, then authentication. TLS or mTLS when
 certificate paths are configured; message-size limits from settings.
 """
@@ -34,11 +35,12 @@ from desiderata.server.grpc import oip
 from desiderata.server.grpc.interceptors import AuthInterceptor, RequestIdInterceptor
 from desiderata.server.grpc.policy_servicers import AuditServicer
 from desiderata.server.grpc.servicers import ExplanationServicer, ModelServicer
+from desiderata.server.metrics import Metrics, MetricsEndpoint
 from desiderata.server.model_repository import BUILTIN_DEMO, ModelRepository
 from desiderata.server.pipeline import Pipeline
 from desiderata.server.policy_services import PolicyServices
 from desiderata.server.precompute import Precompute, assign_index_dirs, start_precompute
-from desiderata.server.readiness import store_checks, watch_readiness
+from desiderata.server.readiness import failing, store_checks, watch_readiness
 from desiderata.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
@@ -80,10 +82,17 @@ class App:
     precompute_at_start: bool = True
     precompute: Precompute | None = None
     readiness_interval_s: float = 0.0
+    metrics: Metrics | None = None
+    metrics_address: tuple[str, int] = ("127.0.0.1", 0)
+    metrics_endpoint: MetricsEndpoint | None = None
     _readiness: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     async def start(self) -> None:
         self.pipeline.policy.start()
+        if self.metrics is not None:
+            checks = store_checks(self.pipeline)
+            self.metrics.stores([n for n, _ in checks], await asyncio.to_thread(failing, checks))
+            self.metrics_endpoint = self.metrics.serve(*self.metrics_address)
         await self.server.start()
         if self.precompute_at_start:
             self.precompute = start_precompute(self.pipeline.models.served())
@@ -91,8 +100,9 @@ class App:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.readiness_interval_s > 0:
             checks = store_checks(self.pipeline)
+            on_probe = None if self.metrics is None else self.metrics.stores
             self._readiness = asyncio.create_task(
-                watch_readiness(self.health, SERVICE_NAMES, checks, self.readiness_interval_s)
+                watch_readiness(self.health, SERVICE_NAMES, checks, self.readiness_interval_s, on_probe)
             )
 
     async def stop(self, grace_s: float) -> None:
@@ -107,6 +117,8 @@ class App:
             await asyncio.to_thread(self.precompute.stop, 30.0)
         self.pipeline.policy.stop()
         self.pipeline.close()
+        if self.metrics_endpoint is not None:
+            await asyncio.to_thread(self.metrics_endpoint.stop)
 
 
 def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -121,7 +133,7 @@ def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-def build_pipeline(settings: Settings) -> tuple[Pipeline, bool]:
+def build_pipeline(settings: Settings, metrics: Metrics | None = None) -> tuple[Pipeline, bool]:
     """Loads models, policy and stores (refusing to boot on any bad one); True when serving the demo."""
     torch.set_num_threads(settings.models.torch_threads)
     # numpy's BLAS keeps its own thread pool; unlimited, it fought the workers (a 10,000 × r
@@ -146,13 +158,15 @@ def build_pipeline(settings: Settings) -> tuple[Pipeline, bool]:
         feedback=stores.feedback_store(settings),
         settings=settings.explain,
         workers=settings.server.workers,
+        metrics=metrics,
     )
     return pipeline, settings.models.path is None
 
 
 def build_server(settings: Settings) -> App:
     """Loads the models, policy and stores, and binds the port (not started yet)."""
-    pipeline, demo = build_pipeline(settings)
+    metrics = Metrics() if settings.metrics.enabled else None
+    pipeline, demo = build_pipeline(settings, metrics)
     services = PolicyServices(pipeline)
     keys = list(settings.auth.api_keys)
     demo_keys = settings.auth.demo_keys if settings.auth.demo_keys is not None else demo
@@ -166,7 +180,7 @@ def build_server(settings: Settings) -> App:
         ("grpc.so_reuseport", 0),
     ]
     server = aio.server(
-        interceptors=[RequestIdInterceptor(), AuthInterceptor(keys)],
+        interceptors=[RequestIdInterceptor(metrics), AuthInterceptor(keys)],
         options=options,
     )
     explanation_service_pb2_grpc.add_ExplanationServiceServicer_to_server(
@@ -199,4 +213,6 @@ def build_server(settings: Settings) -> App:
         host=settings.server.host,
         precompute_at_start=settings.models.precompute,
         readiness_interval_s=settings.server.readiness_interval_s,
+        metrics=metrics,
+        metrics_address=(settings.metrics.host, settings.metrics.port),
     )

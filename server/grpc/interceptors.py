@@ -43,6 +43,8 @@ current_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("c
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 if TYPE_CHECKING:
+    from desiderata.server.metrics import Metrics
+
     Ctx = aio.ServicerContext[Any, Any]
     Handler = grpc.RpcMethodHandler[Any, Any]
     _Interceptor = aio.ServerInterceptor[Any, Any]
@@ -116,10 +118,15 @@ class _Wrapped:
 
 
 class RequestIdInterceptor(_Interceptor):
-    """Request ids, the error boundary and access logs (outermost interceptor)."""
+    """Request ids, the error boundary, access logs and RPC metrics (outermost interceptor).
 
-    def __init__(self) -> None:
+    Args:
+        metrics: where each finished call is counted; None counts nothing.
+    """
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
         self._wrapped = _Wrapped()
+        self._metrics = metrics
 
     async def intercept_service(
         self,
@@ -130,10 +137,10 @@ class RequestIdInterceptor(_Interceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        return self._wrapped.get(method, handler, lambda: self._wrap(method, handler))
+        return self._wrapped.get(method, handler, lambda: self._wrap(method, handler, self._metrics))
 
     @staticmethod
-    def _wrap(method: str, handler: Handler) -> Handler:
+    def _wrap(method: str, handler: Handler, metrics: Metrics | None) -> Handler:
 
         def wrap(behavior: Behavior, streaming: bool) -> Behavior:
             async def begin(context: Ctx) -> tuple[str, float]:
@@ -143,10 +150,18 @@ class RequestIdInterceptor(_Interceptor):
                 context.set_trailing_metadata((("x-request-id", rid),))
                 return rid, time.perf_counter()
 
-            async def fail(context: Ctx, rid: str, exc: BaseException) -> None:
+            def done(code: str, started: float, exc: BaseException | None = None) -> float:
+                seconds = time.perf_counter() - started
+                if metrics is not None:
+                    error = "" if exc is None else exc.code if isinstance(exc, DesiderataError) else "internal"
+                    metrics.rpc(method, code, seconds, error)
+                return seconds
+
+            async def fail(context: Ctx, rid: str, started: float, exc: BaseException) -> None:
                 if not isinstance(exc, DesiderataError):
                     log.exception("unhandled_error", method=method)
                 status = to_grpc_status(exc, rid)
+                done(status.code.name, started, exc)
                 log.info("rpc", method=method, code=status.code.name)
                 await context.abort(
                     status.code, status.details, (*tuple(status.trailing_metadata), ("x-request-id", rid))
@@ -166,9 +181,9 @@ class RequestIdInterceptor(_Interceptor):
                     except aio.AbortError:
                         raise
                     except Exception as exc:
-                        await fail(context, rid, exc)
+                        await fail(context, rid, started, exc)
                         raise  # unreachable: abort raises
-                    log.info("rpc", method=method, code="OK", ms=round((time.perf_counter() - started) * 1e3, 3))
+                    log.info("rpc", method=method, code="OK", ms=round(done("OK", started) * 1e3, 3))
                     return response
 
                 return unary
@@ -182,9 +197,9 @@ class RequestIdInterceptor(_Interceptor):
                 except aio.AbortError:
                     raise
                 except Exception as exc:
-                    await fail(context, rid, exc)
+                    await fail(context, rid, started, exc)
                     raise
-                log.info("rpc", method=method, code="OK", ms=round((time.perf_counter() - started) * 1e3, 3))
+                log.info("rpc", method=method, code="OK", ms=round(done("OK", started) * 1e3, 3))
 
             return stream
 

@@ -38,3 +38,14 @@ def test_liveness_probes_ignore_store_outages() -> None:
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["livenessProbe"]["grpc"]["service"] == LIVENESS  # stays SERVING in an outage
     assert "service" not in container["readinessProbe"]["grpc"]  # "" follows the stores
+
+
+def test_every_replica_exposes_metrics_where_the_pod_says() -> None:
+    docs = list(yaml.safe_load_all(DEPLOY.read_text()))
+    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
+    settings = Settings.load(None, **yaml.safe_load(config_map["data"]["config.yaml"]))
+    template = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert settings.metrics.enabled and settings.metrics.host == "0.0.0.0"
+    assert ports["metrics"] == settings.metrics.port == int(template["metadata"]["annotations"]["prometheus.io/port"])

@@ -1,0 +1,165 @@
+"""Prometheus metrics: what an operator of several replicas watches.
+
+Why: the access log says what happened to one call; running the server
+needs rates and distributions — calls and their status codes, latency, how
+often calls are refused and why (rate limits, spent budgets, policy),
+which explanations are served at which tier and how long the explainers
+take, how well the answer cache does, and whether every store answers.
+They are exposed in Prometheus' text format on their own HTTP port
+(`MetricsSettings`), scraped like any other exporter.
+
+What labels may carry: RPC method names, status and error codes, model
+names, explanation kinds and methods, tiers and store names — all bounded by
+the configuration. Never a principal, subject, request id or feature value:
+those would leak who asked what (and end users' data) to anyone who can
+scrape, and make the series unbounded.
+
+Every server owns its registry (tests run several servers in one process).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from threading import Thread
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
+
+__all__ = ["Metrics", "MetricsEndpoint"]
+
+_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+"""Histogram buckets (s): from a cached IG answer (~1 ms) to a counterfactual search (seconds)."""
+
+
+class Metrics:
+    """The server's metrics, in a registry of their own.
+
+    Args:
+        process: also export the process' CPU, memory, file descriptors and GC
+            (Prometheus' standard process collectors).
+    """
+
+    def __init__(self, *, process: bool = True) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        if process:
+            for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+                self.registry.register(collector)
+        r = self.registry
+        self.rpcs = Counter(
+            "desiderata_rpcs", "Finished RPCs by method and gRPC status code.", ["method", "code"], registry=r
+        )
+        self.rpc_seconds = Histogram(
+            "desiderata_rpc_duration_seconds",
+            "RPC latency on the server, by method.",
+            ["method"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.errors = Counter(
+            "desiderata_rpc_errors",
+            "Calls refused or failed, by the error's stable code (rate_limited, budget_exhausted, "
+            "permission_denied, invalid_argument, unavailable, internal, ...).",
+            ["code"],
+            registry=r,
+        )
+        self.explanations = Counter(
+            "desiderata_explanations",
+            "Explanations served, by model, kind, method, disclosure tier and whether noise was added.",
+            ["model", "kind", "method", "tier", "noised"],
+            registry=r,
+        )
+        self.explainer_seconds = Histogram(
+            "desiderata_explainer_seconds",
+            "Explainer compute time of answers not taken from the answer cache, by method.",
+            ["method"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.model_rows = Counter(
+            "desiderata_model_rows", "Model rows evaluated by explainers, by model.", ["model"], registry=r
+        )
+        self.answer_cache = Counter(
+            "desiderata_answer_cache_lookups", "Answer-cache lookups by result (hit, miss).", ["result"], registry=r
+        )
+        self.store_up = Gauge(
+            "desiderata_store_up",
+            "1 while the store answered its last readiness probe, 0 while it does not.",
+            ["store"],
+            registry=r,
+        )
+
+    def rpc(self, method: str, code: str, seconds: float, error_code: str = "") -> None:
+        """One finished RPC.
+
+        Args:
+            method: full gRPC method name.
+            code: gRPC status code name ("OK", "INVALID_ARGUMENT", ...).
+            seconds: time from the call's arrival to its answer.
+            error_code: the error's stable code when the call failed (`DesiderataError.code`).
+        """
+        self.rpcs.labels(method, code).inc()
+        self.rpc_seconds.labels(method).observe(seconds)
+        if error_code:
+            self.errors.labels(error_code).inc()
+
+    def explanation(
+        self, *, model: str, kind: str, method: str, tier: str, noised: bool, cached: bool, seconds: float, rows: int
+    ) -> None:
+        """One served explanation.
+
+        Args:
+            model: model name.
+            kind: explanation kind.
+            method: explainer name.
+            tier: disclosure tier decided by policy.
+            noised: whether output noise was added.
+            cached: whether the raw answer came from the answer cache.
+            seconds: explainer compute time (not counted for a cached answer).
+            rows: model rows the explainer evaluated (not counted for a cached answer).
+        """
+        self.explanations.labels(model, kind, method, tier, "true" if noised else "false").inc()
+        self.answer_cache.labels("hit" if cached else "miss").inc()
+        if not cached:
+            self.explainer_seconds.labels(method).observe(seconds)
+            self.model_rows.labels(model).inc(rows)
+
+    def stores(self, names: list[str], down: list[str]) -> None:
+        """The result of one readiness probe of the stores `names`, of which `down` failed."""
+        for name in names:
+            self.store_up.labels(name).set(0.0 if name in down else 1.0)
+
+    def serve(self, host: str, port: int) -> MetricsEndpoint:
+        """Starts the HTTP endpoint (any path answers with the metrics) on a daemon thread.
+
+        Args:
+            host: interface to bind.
+            port: port to bind; 0 picks a free one (see `MetricsEndpoint.port`).
+        """
+        server, thread = start_http_server(port, host, registry=self.registry)
+        return MetricsEndpoint(server, thread)
+
+
+@dataclass
+class MetricsEndpoint:
+    """A running metrics HTTP endpoint."""
+
+    server: WSGIServer
+    thread: Thread
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_port)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5.0)

@@ -1,0 +1,113 @@
+"""Prometheus metrics of a real server: what is counted, and what never appears.
+
+Calls of known outcome are made (served explanations, a repeat answered from
+the cache, a policy refusal, bad input, an unknown credential); the scraped
+exposition, parsed with prometheus_client's own parser, must count exactly
+them, the stores must show as up, and no principal, subject or feature value
+may appear anywhere in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from desiderata.client import AsyncClient, DesiderataRpcError
+from desiderata.server.config import Settings
+from desiderata.server.grpc.app import build_server
+from tests.integration.conftest import Running, settings_for
+from tests.support.tiny_model import INSTANCE
+
+EXPLAIN = "/desiderata.v1.ExplanationService/Explain"
+
+
+@pytest.fixture
+async def metered(tiny_repo: Path, tmp_path: Path) -> AsyncIterator[Running]:
+    settings = settings_for(tiny_repo, tmp_path, metrics={"enabled": True, "port": 0})
+    app = build_server(settings)
+    await app.start()
+    try:
+        yield Running(app, app.address)
+    finally:
+        await app.stop(0.5)
+
+
+def _scrape(running: Running) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
+    assert running.app.metrics_endpoint is not None
+    url = f"http://127.0.0.1:{running.app.metrics_endpoint.port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    return text, samples
+
+
+async def _fails(coro: object) -> DesiderataRpcError:
+    with pytest.raises(DesiderataRpcError) as info:
+        await coro  # type: ignore[misc]
+    return info.value
+
+
+async def test_calls_explanations_refusals_and_stores_are_counted_and_nothing_personal_leaks(
+    metered: Running,
+) -> None:
+    async with AsyncClient(metered.address, api_key="k-eng") as eng:
+        first = await eng.explain("tiny", INSTANCE, purpose="debugging")
+        again = await eng.explain("tiny", INSTANCE, purpose="debugging")  # same raw answer: a cache hit
+        assert [a.value for a in first.feature_attribution.attributions] == [
+            a.value for a in again.feature_attribution.attributions
+        ]
+        bad = await _fails(eng.explain("tiny", {**INSTANCE, "x1": float("nan")}, purpose="debugging"))
+        recorded = await eng.predict("tiny", INSTANCE, subject_id="alice")
+    async with AsyncClient(metered.address, api_key="k-bob") as bob:  # someone else's decision
+        denied = await _fails(bob.explain_decision(recorded.decision_id, purpose="transparency"))
+    async with AsyncClient(metered.address, api_key="no-such-key") as stranger:
+        unknown = await _fails(stranger.explain("tiny", INSTANCE, purpose="debugging"))
+    codes = (bad.code.name, denied.code.name, unknown.code.name)
+    assert codes == ("INVALID_ARGUMENT", "PERMISSION_DENIED", "UNAUTHENTICATED")
+    await asyncio.sleep(0)  # the interceptor counts after the answer is sent
+    text, samples = _scrape(metered)
+    assert "desiderata_rpcs_total" in text
+
+    def value(name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    assert value("desiderata_rpcs_total", method=EXPLAIN, code="OK") == 2
+    assert value("desiderata_rpcs_total", method=EXPLAIN, code="INVALID_ARGUMENT") == 1
+    assert value("desiderata_rpcs_total", method=EXPLAIN, code="UNAUTHENTICATED") == 1
+    decision = "/desiderata.v1.ExplanationService/ExplainDecision"
+    assert value("desiderata_rpcs_total", method=decision, code="PERMISSION_DENIED") == 1
+    assert value("desiderata_rpc_duration_seconds_count", method=EXPLAIN) == 4
+    for code in ("invalid_argument", "permission_denied", "unauthenticated"):
+        assert value("desiderata_rpc_errors_total", code=code) == 1, code
+    served = {k: v for k, v in samples.items() if k[0] == "desiderata_explanations_total"}
+    assert sum(served.values()) == 2
+    labels = dict(next(iter(served))[1])
+    assert labels["model"] == "tiny" and labels["kind"] == "feature_attribution" and labels["noised"] == "false"
+    assert labels["method"] == first.method and labels["tier"] == first.disclosure.tier
+    assert value("desiderata_answer_cache_lookups_total", result="hit") == 1
+    assert value("desiderata_answer_cache_lookups_total", result="miss") == 1
+    assert value("desiderata_explainer_seconds_count", method=first.method) == 1  # the hit is not timed
+    assert value("desiderata_model_rows_total", model="tiny") == first.quality.model_evaluations
+    for store in ("ledger", "audit_log", "decision_store", "feedback_store"):
+        assert value("desiderata_store_up", store=store) == 1.0, store
+    assert value("process_resident_memory_bytes") > 0
+    label_values = {v for _, labels in samples for k, v in labels if k != "le"}  # le: bucket bounds
+    personal = ("eng", "bob", "alice", "k-eng", "k-bob", recorded.decision_id, first.explanation_id)
+    features = tuple(str(v) for v in INSTANCE.values())
+    for secret in (*personal, *features):
+        assert not any(secret in v for v in label_values), secret
+    assert recorded.decision_id not in text and first.explanation_id not in text
+
+
+def test_metrics_are_off_unless_enabled(tmp_path: Path) -> None:
+    assert Settings.load(None).metrics.enabled is False
+    assert settings_for(None, tmp_path).metrics.enabled is False
