@@ -21,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from desiderata.server.errors import FieldViolation, InvalidArgument
 
@@ -32,6 +32,7 @@ __all__ = [
     "ModelCard",
     "PrivacyFacts",
     "TrainingDataRef",
+    "inside_model_folder",
     "load_card",
 ]
 
@@ -88,6 +89,18 @@ class FeatureSpec(BaseModel):
         return len(self.categories) if self.type == "category" else 1
 
 
+def inside_model_folder(path: str, field: str) -> str:
+    """`path` if it names a file inside the model folder: relative, without ``..``.
+
+    Raises:
+        ValueError: naming `field`, for an absolute path or one that climbs out.
+    """
+    p = Path(path)
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        raise ValueError(f"{field} {path!r}: must be a file inside the model folder (relative, no '..')")
+    return path
+
+
 class TrainingDataRef(BaseModel):
     """Where the model's training reference comes from."""
 
@@ -103,6 +116,11 @@ class TrainingDataRef(BaseModel):
     """Rows used for training."""
     path: str = ""
     """Training reference (encoded rows and labels, .npz) relative to the model folder."""
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        return inside_model_folder(value, "training_data.path") if value else value
 
 
 class PrivacyFacts(BaseModel):
@@ -165,6 +183,7 @@ class ModelCard(BaseModel):
             raise ValueError("a classifier needs at least two classes")
         if self.positive_class and self.positive_class not in self.class_names:
             raise ValueError(f"positive_class {self.positive_class!r} is not a class")
+        inside_model_folder(self.artifact, "artifact")
         suffix = Path(self.artifact).suffix
         if suffix not in (".pt2", ".skops"):
             raise ValueError(f"artifact {self.artifact!r}: a .pt2 (torch.export) or .skops (scikit-learn) file")

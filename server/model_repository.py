@@ -154,13 +154,20 @@ def _load_reference(directory: Path, card: ModelCard) -> Reference | None:
     if card.training_data is None or not card.training_data.path:
         return None
     path = directory / card.training_data.path
-    with np.load(path, allow_pickle=False) as data:
-        x = np.asarray(data["x"], dtype=np.float64)
-        y = np.asarray(data["y"], dtype=np.int64)
-        ids = tuple(str(i) for i in data["ids"]) if "ids" in data else tuple(str(i) for i in range(len(y)))
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            x = np.asarray(data["x"], dtype=np.float64)
+            y = np.asarray(data["y"], dtype=np.int64)
+            ids = tuple(str(i) for i in data["ids"]) if "ids" in data else tuple(str(i) for i in range(len(y)))
+    except Exception as exc:  # missing file, not an .npz, no "x"/"y", pickled or non-numeric arrays
+        raise ValueError(f"{path}: not a training reference (.npz with arrays x, y and optional ids): {exc}") from exc
     n_cols = FeatureSchema(card.features).n_columns
     if x.ndim != 2 or x.shape[1] != n_cols or len(y) != len(x) or len(ids) != len(x):
         raise ValueError(f"{path}: reference shape {x.shape} does not match the card's {n_cols} columns")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{path}: the reference has NaN or infinite values (backgrounds and neighbours need rows)")
+    if len(y) and (y.min() < 0 or y.max() >= len(card.class_names)):
+        raise ValueError(f"{path}: labels y must be class indices 0..{len(card.class_names) - 1}")
     return Reference(x=x, y=y, ids=ids)
 
 
