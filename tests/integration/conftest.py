@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,11 +45,18 @@ def settings_for(repo: Path | None, state: Path, **extra: object) -> Settings:
     return Settings.load(None, **cfg)
 
 
-@pytest.fixture
-async def tiny_server(tiny_repo: Path, tmp_path: Path) -> AsyncIterator[Running]:
-    app = build_server(settings_for(tiny_repo, tmp_path))
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[Running]:
+    """A server built from `settings`, started, and stopped on exit (the body of server fixtures)."""
+    app = build_server(settings)
     await app.start()
     try:
         yield Running(app, app.address)
     finally:
         await app.stop(0.5)
+
+
+@pytest.fixture
+async def tiny_server(tiny_repo: Path, tmp_path: Path) -> AsyncIterator[Running]:
+    async with serving(settings_for(tiny_repo, tmp_path)) as running:
+        yield running

@@ -16,7 +16,7 @@ from desiderata.client._requests import Requests
 from desiderata.server.demo_data import read_credit_csv
 from desiderata.server.grpc.app import build_server
 from desiderata.v1 import types_pb2 as pb
-from tests.integration.conftest import Running, settings_for
+from tests.integration.conftest import Running, serving, settings_for
 from tests.support.tiny_model import INSTANCE, build_tiny_repo
 
 CREDIT = read_credit_csv().rows[0]
@@ -32,12 +32,8 @@ METHODS = sorted(
 
 
 async def _serve(models: Path | None, state: Path, **extra: object) -> AsyncIterator[Running]:
-    app = build_server(settings_for(models, state, **extra))
-    await app.start()
-    try:
-        yield Running(app, app.address)
-    finally:
-        await app.stop(0.5)
+    async with serving(settings_for(models, state, **extra)) as running:
+        yield running
 
 
 @pytest.fixture

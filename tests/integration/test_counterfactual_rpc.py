@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 
 from desiderata.client import AsyncClient, DesiderataRpcError
-from desiderata.server.grpc.app import build_server
 from desiderata.server.model_card import FeatureValue
 from desiderata.server.model_repository import ModelHandle
 from desiderata.v1 import types_pb2 as pb
-from tests.integration.conftest import Running, settings_for
+from tests.integration.conftest import Running, serving, settings_for
 
 IMMUTABLE = {"age", "marital", "records"}
 ACTIONABLE = ("seniority", "home", "time", "job", "expenses", "income", "assets", "debt", "amount", "price")
@@ -30,12 +29,8 @@ ACTIONABLE = ("seniority", "home", "time", "job", "expenses", "income", "assets"
 async def demo_server(tmp_path: Path) -> AsyncIterator[Running]:
     settings = settings_for(None, tmp_path)
     settings.models.precompute = False  # no sample importance here
-    app = build_server(settings)
-    await app.start()
-    try:
-        yield Running(app, app.address)
-    finally:
-        await app.stop(0.5)
+    async with serving(settings) as running:
+        yield running
 
 
 def _credit(server: Running) -> ModelHandle:

@@ -19,8 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from desiderata.client import AsyncClient, DesiderataRpcError
 from desiderata.server.config import Settings
-from desiderata.server.grpc.app import build_server
-from tests.integration.conftest import Running, settings_for
+from tests.integration.conftest import Running, serving, settings_for
 from tests.support.tiny_model import INSTANCE
 
 EXPLAIN = "/desiderata.v1.ExplanationService/Explain"
@@ -29,12 +28,8 @@ EXPLAIN = "/desiderata.v1.ExplanationService/Explain"
 @pytest.fixture
 async def metered(tiny_repo: Path, tmp_path: Path) -> AsyncIterator[Running]:
     settings = settings_for(tiny_repo, tmp_path, metrics={"enabled": True, "port": 0})
-    app = build_server(settings)
-    await app.start()
-    try:
-        yield Running(app, app.address)
-    finally:
-        await app.stop(0.5)
+    async with serving(settings) as running:
+        yield running
 
 
 def _scrape(running: Running) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:

@@ -17,9 +17,8 @@ import pytest
 from desiderata.client import AsyncClient, DesiderataRpcError
 from desiderata.oip import grpc_predict_v2_pb2 as oip
 from desiderata.oip import grpc_predict_v2_pb2_grpc as oip_grpc
-from desiderata.server.grpc.app import build_server
 from desiderata.server.model_card import FeatureValue
-from tests.integration.conftest import Running, settings_for
+from tests.integration.conftest import Running, serving, settings_for
 from tests.support.oip_requests import Tensor, infer_request
 from tests.support.tiny_model import INSTANCE
 
@@ -28,12 +27,8 @@ ENG = (("authorization", "Bearer k-eng"),)
 
 @pytest.fixture
 async def demo_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Running]:
-    app = build_server(settings_for(None, tmp_path_factory.mktemp("demo-state")))
-    await app.start()
-    try:
-        yield Running(app, app.address)
-    finally:
-        await app.stop(0.5)
+    async with serving(settings_for(None, tmp_path_factory.mktemp("demo-state"))) as running:
+        yield running
 
 
 def _outputs(resp: oip.ModelInferResponse) -> dict[str, oip.ModelInferResponse.InferOutputTensor]:

@@ -25,7 +25,7 @@ from desiderata.server.model_card import FeatureValue
 from desiderata.server.model_repository import BUILTIN_DEMO, ModelHandle, load_model
 from desiderata.server.serving import build_explainer
 from desiderata.v1 import types_pb2 as pb
-from tests.integration.conftest import Running, settings_for
+from tests.integration.conftest import Running, serving, settings_for
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +36,8 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 async def demo_server(state_dir: Path) -> AsyncIterator[Running]:
-    app = build_server(settings_for(None, state_dir))
-    await app.start()
-    try:
-        yield Running(app, app.address)
-    finally:
-        await app.stop(0.5)
+    async with serving(settings_for(None, state_dir)) as running:
+        yield running
 
 
 def _instance(app: App, row: int = 5) -> dict[str, FeatureValue]:

@@ -16,9 +16,8 @@ from desiderata.client._requests import Requests
 from desiderata.explainers.background import summarize
 from desiderata.oip import grpc_predict_v2_pb2 as oip
 from desiderata.oip import grpc_predict_v2_pb2_grpc as oip_grpc
-from desiderata.server.grpc.app import build_server
 from desiderata.v1 import types_pb2 as pb
-from tests.integration.conftest import Running, settings_for
+from tests.integration.conftest import Running, serving, settings_for
 from tests.support.sklearn_model import D, fit_classifier, write_sklearn_model
 
 MODEL, X = fit_classifier()
@@ -28,12 +27,8 @@ ROWS = X[200:203]
 @pytest.fixture
 async def gbm(tmp_path: Path) -> AsyncIterator[Running]:
     write_sklearn_model(tmp_path / "models" / "gbm", MODEL, X)
-    app = build_server(settings_for(tmp_path / "models", tmp_path / "state"))
-    await app.start()
-    try:
-        yield Running(app, app.address)
-    finally:
-        await app.stop(0.5)
+    async with serving(settings_for(tmp_path / "models", tmp_path / "state")) as running:
+        yield running
 
 
 def _row(x: np.ndarray) -> dict[str, float]:

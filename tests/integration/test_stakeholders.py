@@ -10,12 +10,11 @@ import grpc
 import pytest
 
 from desiderata.client import AsyncClient, DesiderataRpcError
-from desiderata.server.grpc.app import build_server
 from desiderata.v1 import audit_service_pb2 as au
 from desiderata.v1 import audit_service_pb2_grpc as au_grpc
 from desiderata.v1 import explanation_service_pb2 as es
 from desiderata.v1 import types_pb2 as pb
-from tests.integration.conftest import Running, settings_for
+from tests.integration.conftest import Running, serving, settings_for
 
 APPLICANT = {
     "seniority": 2,
@@ -37,12 +36,8 @@ KEY = {role: f"demo-{role}-key" for role in ("ml_engineer", "domain_expert", "en
 
 @pytest.fixture
 async def demo(tmp_path: Path) -> AsyncIterator[Running]:
-    app = build_server(settings_for(None, tmp_path, auth={"api_keys": [], "demo_keys": True}))
-    await app.start()
-    try:
-        yield Running(app, app.address)
-    finally:
-        await app.stop(0.5)
+    async with serving(settings_for(None, tmp_path, auth={"api_keys": [], "demo_keys": True})) as running:
+        yield running
 
 
 def client(demo: Running, role: str) -> AsyncClient:
