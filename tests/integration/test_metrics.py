@@ -4,7 +4,8 @@ Calls of known outcome are made (served explanations, a repeat answered from
 the cache, a policy refusal, bad input, an unknown credential); the scraped
 exposition, parsed with prometheus_client's own parser, must count exactly
 them, the stores must show as up, and no principal, subject or feature value
-may appear anywhere in it.
+may appear anywhere in it. The shipped alert rules may only name metrics and
+error codes that exist.
 """
 
 from __future__ import annotations
@@ -106,3 +107,32 @@ async def test_calls_explanations_refusals_and_stores_are_counted_and_nothing_pe
 def test_metrics_are_off_unless_enabled(tmp_path: Path) -> None:
     assert Settings.load(None).metrics.enabled is False
     assert settings_for(None, tmp_path).metrics.enabled is False
+
+
+ALERTS = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "alerts.yaml"
+
+
+async def test_the_shipped_alert_rules_name_metrics_and_error_codes_that_exist(metered: Running) -> None:
+    import re
+
+    import yaml
+
+    from desiderata.server import errors
+
+    async with AsyncClient(metered.address, api_key="k-eng") as eng:
+        await eng.explain("tiny", INSTANCE, purpose="debugging")
+    text, samples = _scrape(metered)
+    families = {f.name for f in text_string_to_metric_families(text)}
+    names = families | {name for name, _ in samples}
+    codes = {getattr(errors, n).code for n in errors.__all__ if hasattr(getattr(errors, n), "code")}
+    rules = [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
+    assert len(rules) >= 4
+    for rule in rules:
+        assert rule["alert"] and rule["labels"]["severity"] and rule["annotations"]["summary"], rule
+        used = set(re.findall(r"\b(desiderata_[a-z_]+)", rule["expr"]))
+        assert used, rule["alert"]
+        for metric in used:
+            base = re.sub(r"_(total|bucket|count|sum)$", "", metric)
+            assert metric in names or base in families, f"{rule['alert']}: no metric {metric}"
+        for quoted in re.findall(r'code=~?"([^"]+)"', rule["expr"]):
+            assert set(quoted.split("|")) <= codes, f"{rule['alert']}: unknown error code in {quoted}"
