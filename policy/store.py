@@ -130,11 +130,11 @@ class PolicyStore:
         try:
             bundle = load_bundle(self.directory)
         except BundleError as exc:
-            self.last_error = exc
             log.error(
                 "policy reload refused; the old policy stays in force",
                 extra={"policy_version": self._pdp.version, "problems": [str(p) for p in exc.problems]},
             )
+            self.last_error = exc  # after the log line: whoever sees the error can find it logged
             return False
         except OSError as exc:  # a file vanished mid-edit: retry on the next change
             self._seen = ()
