@@ -89,6 +89,11 @@ class ModelHandle:
         return len(self.card.class_names)
 
     @property
+    def eval_rows(self) -> int:
+        """Rows per model call that keep a chunk's activations in cache (see `artifact.eval_rows_for`)."""
+        return int(getattr(self.module, "eval_rows", 1 << 15))
+
+    @property
     def input_dtype(self) -> type[np.float32]:
         """The program computes in float32: explainers may hand it float32 rows directly."""
         return np.float32
@@ -99,7 +104,7 @@ class ModelHandle:
         xt = torch.as_tensor(np.atleast_2d(x), dtype=torch.float32)
         if self._fused_proba is not None and xt.shape[0] <= self._fused_proba.max_rows:
             return np.asarray(self._fused_proba(xt, _NO_TAGS)[0].numpy())
-        step = int(getattr(self.module, "eval_rows", 1 << 15))
+        step = self.eval_rows
         if xt.shape[0] <= step:
             return self._forward(xt)
         return np.concatenate(self.runner.map(self._forward, torch.split(xt, step)))
