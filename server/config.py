@@ -176,6 +176,13 @@ class ModelsSettings(BaseModel):
     batch). bench/attribution_grpc.py prints the comparison; measure before turning it on."""
     precompute: bool = True
     """Build (or load) sample-importance indexes in the background at start (see server/precompute.py)."""
+    malloc_mmap_threshold_mb: int = Field(default=64, ge=0, le=1024)
+    """glibc only: buffers smaller than this (MiB) are reused inside the process instead of being
+    mapped and unmapped per call, which page-faulted every model chunk in again (server/allocator.py;
+    −17% on permutation Shapley). 0 keeps glibc's default."""
+    malloc_trim_threshold_mb: int = Field(default=256, ge=0, le=4096)
+    """glibc only: free memory (MiB) kept at the heap's top before it is returned to the kernel;
+    resident memory may stay this far above the working set after a peak. 0 keeps glibc's default."""
 
 
 class StoreSettings(BaseModel):

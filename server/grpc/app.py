@@ -29,6 +29,7 @@ from desiderata.policy.extraction_monitor import ExtractionMonitor
 from desiderata.policy.guard import PrivacyGuard
 from desiderata.policy.store import PolicyStore, default_bundle_dir
 from desiderata.server import stores
+from desiderata.server.allocator import tune_malloc
 from desiderata.server.chunk_runner import ChunkRunner
 from desiderata.server.config import DEMO_KEYS, Settings
 from desiderata.server.grpc import oip
@@ -139,6 +140,7 @@ def build_pipeline(settings: Settings, metrics: Metrics | None = None) -> tuple[
     # numpy's BLAS keeps its own thread pool; unlimited, it fought the workers (a 10,000 × r
     # product took 15 ms instead of 0.2 ms on a busy 2-core machine).
     threadpool_limits(settings.models.torch_threads, user_api="blas")
+    tune_malloc(settings.models.malloc_mmap_threshold_mb, settings.models.malloc_trim_threshold_mb)
     repo = ModelRepository(
         Path(settings.models.path or BUILTIN_DEMO),
         skip_broken=settings.models.skip_broken,
