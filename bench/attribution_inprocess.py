@@ -227,7 +227,7 @@ def main() -> None:
     refs = [c_ig(x) for x in xs]
 
     def d_ig(x: np.ndarray) -> np.ndarray:
-        p = AttributionParams(target_class=1, steps=50, baseline="zero")
+        p = AttributionParams(target_class=1, steps=50, integration_rule="gauss_legendre", baseline="zero")
         r = IntegratedGradients().explain(model, x, p, ExplainContext()).result
         assert isinstance(r, AttributionResult)
         return r.values
