@@ -16,6 +16,8 @@ measures, p50 over distinct rows, each figure beside its in-process peer:
   of wall time spent in the model; shap's PermutationExplainer runs 100
   permutations, the fewest of 60/80/100 that reach 2% (2.69/2.34/1.93%);
 - exact Shapley at d = 10 vs shap ExactExplainer;
+- under both Shapley figures, their floor: one bare `predict_proba` over as
+  many rows as the answer evaluated, on the server's handle and threads;
 - Integrated Gradients (50 steps, Gauss–Legendre, zero baseline) vs captum;
 - IG calls/s with 16 concurrent clients vs a bare gRPC echo server; beside
   it the floor of this stack (the same RPC answered from a finished
@@ -75,6 +77,20 @@ from tests.integration.conftest import settings_for
 
 warnings.filterwarnings("ignore")
 TABLE: list[tuple[str, str, str, str]] = []
+
+
+def bare_model_ms(app: App, name: str, rows: int, d: int, repeats: int = 15) -> float:
+    """p50 of one `predict_proba` over `rows` random rows on the served handle: the time below
+    which no method that needs those rows can answer, whatever its sampling or overhead."""
+    handle = app.pipeline.models.resolve(name)
+    x = np.random.default_rng(0).normal(size=(rows, d)).astype(np.float32)
+    handle.predict_proba(x)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        handle.predict_proba(x)
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
 
 
 def record(what: str, ours: str, peer: str, ratio: str) -> None:
@@ -167,6 +183,11 @@ async def main() -> None:
             f"{100 * compute / ms:.0f}%, in the model {100 * model_share:.0f}% of all wall; "
             f"shap Kernel over {min(args.peer_rows, len(xs))} rows)"
         )
+        floor_ms = bare_model_ms(app, f"mlp{d}", int(evals), d)
+        print(
+            f"    (floor: the bare model evaluation of {evals:,.0f} rows on the server's handle, "
+            f"{handle.eval_rows:,}-row chunks on its runner's threads, p50 {floor_ms:.1f} ms)"
+        )
 
         # ---------------------------------------------------------------- exact Shapley, d = 10
         d, model, bg = 10, models[10], backgrounds[10]
@@ -183,6 +204,9 @@ async def main() -> None:
             f"{pms:6.1f} ms (max |Δ| {gap:.1e})",
             f"{pms / ms:.2f}×",
         )
+        rows = (1 << d) * bg.x.shape[0]
+        floor_ms = bare_model_ms(app, "mlp10", rows, d)
+        print(f"    (floor: the bare model evaluation of its {rows:,} rows, p50 {floor_ms:.1f} ms)")
 
         # ---------------------------------------------------------------- IG 50 steps, d = 30
         d, model = 30, models[30]
