@@ -51,5 +51,8 @@ def tune_malloc(mmap_threshold_mb: int, trim_threshold_mb: int) -> bool:
     for option, mb in ((M_MMAP_THRESHOLD, mmap_threshold_mb), (M_TRIM_THRESHOLD, trim_threshold_mb)):
         if mb > 0:
             done = bool(libc.mallopt(option, ctypes.c_int(mb << 20))) and done
-    log.debug("malloc_tuned", mmap_threshold_mb=mmap_threshold_mb, trim_threshold_mb=trim_threshold_mb, ok=done)
+    if done:
+        log.debug("malloc_tuned", mmap_threshold_mb=mmap_threshold_mb, trim_threshold_mb=trim_threshold_mb)
+    else:  # glibc refused a value: serve on, untuned, and say so
+        log.warning("malloc_not_tuned", mmap_threshold_mb=mmap_threshold_mb, trim_threshold_mb=trim_threshold_mb)
     return done
