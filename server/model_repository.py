@@ -66,7 +66,7 @@ class ModelHandle:
     def __post_init__(self) -> None:
         self.schema = FeatureSchema(self.card.features)
         if self.fuse_rows > 0:
-            limit = min(self.fuse_rows, int(getattr(self.module, "eval_rows", 1 << 15)))
+            limit = min(self.fuse_rows, self.eval_rows)
             self._fused_proba = FusedEvaluation(self._proba_rows, limit)
             if self.card.differentiable:
                 self._fused_grads = FusedEvaluation(self._gradient_rows, limit)
