@@ -93,6 +93,11 @@ class AsyncClient:
         timeout_s: float | None = None,
         **options: Any,
     ) -> AsyncIterator[es.ExplainStreamResponse]:
+        """Successive refinements; the last response has `final` set.
+
+        Stopping early (``break``, or ``aclose()``) cancels the call, so the server
+        stops computing refinements nobody reads.
+        """
         request = es.ExplainStreamRequest(request=Requests.explain(model, features, purpose=purpose, **options))
         call = self.explanations.ExplainStream(
             request, timeout=timeout_s or self.timeout_s, metadata=self._creds.metadata()
@@ -102,6 +107,8 @@ class AsyncClient:
                 yield item
         except grpc.RpcError as exc:
             raise DesiderataRpcError.from_rpc_error(exc) from None
+        finally:
+            call.cancel()  # the caller stopped reading (or the stream ended: then a no-op)
 
     async def capabilities(
         self, model: str, *, purpose: str, consumption: str = "static", timeout_s: float | None = None

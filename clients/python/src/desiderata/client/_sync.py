@@ -96,14 +96,21 @@ class Client:
         timeout_s: float | None = None,
         **options: Any,
     ) -> Iterator[es.ExplainStreamResponse]:
-        """Successive refinements; the last response has `final` set."""
+        """Successive refinements; the last response has `final` set.
+
+        Stopping early (``break``, or closing the iterator) cancels the call, so the
+        server stops computing refinements nobody reads.
+        """
         request = es.ExplainStreamRequest(request=Requests.explain(model, features, purpose=purpose, **options))
+        call = self.explanations.ExplainStream(
+            request, timeout=timeout_s or self.timeout_s, metadata=self._creds.metadata()
+        )
         try:
-            yield from self.explanations.ExplainStream(
-                request, timeout=timeout_s or self.timeout_s, metadata=self._creds.metadata()
-            )
+            yield from call
         except grpc.RpcError as exc:
             raise DesiderataRpcError.from_rpc_error(exc) from None
+        finally:
+            call.cancel()  # type: ignore[no-untyped-call]  # a no-op once the stream has ended
 
     def capabilities(
         self, model: str, *, purpose: str, consumption: str = "static", timeout_s: float | None = None
