@@ -99,7 +99,11 @@ export class DesiderataClient {
     return this.unary(this.explanations, this.explanations.getCapabilities, req, settings);
   }
 
-  /** Successive refinements of a sampling estimate; the last has `final` set. */
+  /**
+   * Successive refinements of a sampling estimate; the last has `final` set.
+   * Leaving the loop early (`break`, `return`, a throw) cancels the call, so the
+   * server stops computing refinements nobody reads.
+   */
   async *explainStream(
     request: DeepPartial<ExplainStreamRequest>,
     settings?: CallSettings,
@@ -113,6 +117,8 @@ export class DesiderataClient {
       for await (const message of call) yield message as ExplainStreamResponse;
     } catch (err) {
       throw decodeError(err);
+    } finally {
+      call.cancel(); // a no-op once the stream has ended
     }
   }
 

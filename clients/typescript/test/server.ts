@@ -1,6 +1,7 @@
 /**
  * Starts the real server: $DESIDERATA_SERVE_CMD (default "desiderata serve
  * --port 0") prints "desiderata listening on 127.0.0.1:<port>" once serving.
+ * `env` adds settings (DESIDERATA_SECTION__FIELD variables) to that server's environment.
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { createInterface } from "node:readline";
@@ -12,10 +13,13 @@ export interface RunningServer {
   stop(): void;
 }
 
-export function startServer(timeoutMs = 90_000): Promise<RunningServer> {
+export function startServer(timeoutMs = 90_000, env: Record<string, string> = {}): Promise<RunningServer> {
   const command = process.env.DESIDERATA_SERVE_CMD ?? "desiderata serve --port 0";
   const [exe, ...args] = command.split(/\s+/).filter(Boolean);
-  const child: ChildProcess = spawn(exe, args, { stdio: ["ignore", "pipe", "inherit"] });
+  const child: ChildProcess = spawn(exe, args, {
+    stdio: ["ignore", "pipe", "inherit"],
+    env: { ...process.env, ...env },
+  });
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       child.kill();

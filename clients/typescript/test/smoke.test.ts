@@ -134,4 +134,34 @@ describe("desiderata TypeScript SDK against a real server", () => {
       return true;
     });
   });
+
+  test("leaving an ExplainStream early cancels the call and frees the server's worker", async () => {
+    // One worker, and a stream asking for far more work than the next call's deadline allows:
+    // if leaving the loop did not cancel the call, the next call would queue behind it and time out.
+    const single = await startServer(90_000, {
+      DESIDERATA_SERVER__WORKERS: "1",
+      DESIDERATA_EXPLAIN__MAX_SAMPLES: "50000000",
+    });
+    const client = new DesiderataClient(single.address, { apiKey: ML_ENGINEER_KEY, insecure: true, timeoutMs: 60_000 });
+    try {
+      const endless = { method: "permutation_shapley", targetStdError: 1e-9, maxSamples: 50_000_000 };
+      let refinements = 0;
+      for await (const response of client.explainStream({
+        request: { ...attribution, instance: { features: applicant() }, params: { attribution: endless } },
+      })) {
+        assert.equal(response.final, false);
+        refinements += 1;
+        break;
+      }
+      assert.equal(refinements, 1);
+      const { explanation } = await client.explain(
+        { ...attribution, instance: { features: applicant() }, params: { attribution: { method: "integrated_gradients" } } },
+        { timeoutMs: 5_000 },
+      );
+      assert.ok((explanation?.featureAttribution?.attributions.length ?? 0) > 0);
+    } finally {
+      client.close();
+      single.stop();
+    }
+  });
 });
