@@ -40,19 +40,24 @@ def _require_gradients(model: ExplainableModel) -> None:
         raise InvalidArgument.single("params.attribution.method", "gradient methods need a differentiable model")
 
 
-def input_gradients(model: ExplainableModel, rows: np.ndarray, target: int) -> tuple[np.ndarray, np.ndarray]:
+def input_gradients(
+    model: ExplainableModel, rows: np.ndarray, target: int, ctx: ExplainContext | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Gradients of the target output at each row, and the outputs.
 
     Args:
         model: a differentiable model (see `target_gradients`).
         rows: encoded rows, shape ``(n, n_columns)``.
         target: class index.
+        ctx: checked before every pass of `MAX_ROWS_PER_PASS` rows (cancellation, deadline).
 
     Returns:
         ``(gradients (n, n_columns), outputs (n,))`` as float64.
     """
     grads, outs = [], []
     for start in range(0, rows.shape[0], MAX_ROWS_PER_PASS):
+        if ctx is not None:
+            ctx.check()
         t = torch.as_tensor(rows[start : start + MAX_ROWS_PER_PASS], dtype=torch.float32)
         g, out = target_gradients(model, t, target)
         grads.append(g.double().numpy())
@@ -111,14 +116,21 @@ class SmoothGrad(AttributionExplainer):
     ) -> Computed:
         _require_gradients(model)
         n = params.max_samples or DEFAULT_NOISE_SAMPLES
-        noisy = x[None, :] + smoothgrad_noise(model, n, ctx.rng())
-        ctx.check()
-        grads, _ = input_gradients(model, noisy, target)
-        per_sample = group_sum(noisy * grads, model.schema.groups)  # (n, d)
+        rng = ctx.rng()
+        # Noise is drawn a pass at a time (the same stream as one draw of n rows), so memory
+        # stays bounded at any sample count and a cancelled request stops between passes.
+        total, squares = np.zeros(len(model.schema.groups)), np.zeros(len(model.schema.groups))
+        for start in range(0, n, MAX_ROWS_PER_PASS):
+            noisy = x[None, :] + smoothgrad_noise(model, min(MAX_ROWS_PER_PASS, n - start), rng)
+            grads, _ = input_gradients(model, noisy, target, ctx)
+            per_sample = group_sum(noisy * grads, model.schema.groups)  # (k, d)
+            total += per_sample.sum(axis=0)
+            squares += (per_sample**2).sum(axis=0)
+        mean = total / n
         _, ends = input_gradients(model, np.stack([x, np.zeros_like(x)]), target)
-        se = per_sample.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else None
+        se = np.sqrt(np.maximum(squares - n * mean**2, 0.0) / (n - 1) / n) if n > 1 else None
         return Computed(
-            per_sample.mean(axis=0),
+            mean,
             float(ends[0]),
             float(ends[1]),
             n + 2,
@@ -154,10 +166,15 @@ class ExpectedGradients(AttributionExplainer):
         if params.max_samples and rows > params.max_samples:
             raise InvalidArgument.single("params.attribution.max_samples", f"expected_gradients needs {rows} rows here")
         diff = x[None, :] - bg  # (b, n_columns)
-        path = bg[:, None, :] + alphas[None, :, None] * diff[:, None, :]  # (b, steps, n_columns)
-        ctx.check()
-        grads, _ = input_gradients(model, path.reshape(rows, -1), target)
-        avg = np.einsum("k,bkc->bc", weights, grads.reshape(bg.shape[0], steps, -1))
+        avg = np.empty_like(diff)  # each background row's quadrature-weighted mean gradient
+        # A pass of whole paths at a time: memory stays bounded at any step count and
+        # background size, and a cancelled request stops between passes.
+        block = max(1, MAX_ROWS_PER_PASS // steps)
+        for start in range(0, bg.shape[0], block):
+            d = diff[start : start + block]
+            path = bg[start : start + block, None, :] + alphas[None, :, None] * d[:, None, :]  # (k, steps, cols)
+            grads, _ = input_gradients(model, path.reshape(-1, bg.shape[1]), target, ctx)
+            avg[start : start + block] = np.einsum("k,bkc->bc", weights, grads.reshape(d.shape[0], steps, -1))
         cols = w @ (diff * avg)
         _, f_bg = input_gradients(model, np.concatenate([x[None, :], bg]), target)
         gap_warning = []
