@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.special import roots_legendre
 
 from desiderata.explainers.base import (
     Capabilities,
@@ -45,9 +46,9 @@ TARGET_RELATIVE_GAP = 1e-3
 def quadrature(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """Points α in [0, 1] and weights of a quadrature rule (cached; read-only arrays).
 
-    The points are captum's; so are the weights, except the trapezoid rule's,
-    which are the textbook 1/(n−1) (end points halved) so that they sum to 1 —
-    captum's sum to (n−1)/n.
+    The points are captum's (Gauss–Legendre's within 1e-16); so are the weights,
+    except the trapezoid rule's, which are the textbook 1/(n−1) (end points halved)
+    so that they sum to 1 — captum's sum to (n−1)/n.
 
     Args:
         rule: one of `RULES`.
@@ -57,7 +58,10 @@ def quadrature(rule: str, steps: int) -> tuple[np.ndarray, np.ndarray]:
         ``(alphas, weights)``, each of shape ``(steps,)``.
     """
     if rule == "gauss_legendre":
-        nodes, w = np.polynomial.legendre.leggauss(steps)  # ~1 ms at 50 steps: worth the cache
+        # scipy, not numpy's leggauss (captum's): numpy solves a dense eigenproblem, 4.7 s at
+        # 4,096 points that no deadline could interrupt; scipy takes 0.46 s there and 0.34 ms
+        # at 50 (numpy 2.5 ms), nodes within 1.1e-16 and weights within 5e-14 of numpy's.
+        nodes, w = roots_legendre(steps)
         return _frozen(0.5 * (1.0 + nodes), 0.5 * w)
     if rule == "riemann_trapezoid":
         if steps < 2:
