@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ import torch
 
 from desiderata.explainers.base import Capabilities, ExplainableModel, ExplainContext, Explainer, Kind
 from desiderata.explainers.influence_config import InfluenceConfig, load_influence_config
-from desiderata.explainers.influence_index import Progress, SampleIndex, load_or_build_index
+from desiderata.explainers.influence_index import Progress, SampleIndex, load_or_build_index, require_checkpoints
 from desiderata.explainers.registry import register
 from desiderata.explainers.sample_aggregate import aggregate_sentence
 from desiderata.explainers.types import (
@@ -38,7 +40,7 @@ from desiderata.explainers.types import (
     SampleImportanceParams,
     SampleImportanceResult,
 )
-from desiderata.server.errors import FailedPrecondition, InvalidArgument
+from desiderata.server.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 
 __all__ = [
     "DEFAULT_TOP_K",
@@ -54,10 +56,38 @@ __all__ = [
 
 DEFAULT_TOP_K = 10
 MAX_TOP_K = 100
-_INDEXES: dict[tuple[int, str, str, str, str], SampleIndex] = {}
+_Key = tuple[int, str, str, str, str]
+_INDEXES: dict[_Key, SampleIndex] = {}
+_BUILDS: dict[_Key, Future[SampleIndex]] = {}
 _LOCK = threading.Lock()
+"""Guards `_INDEXES` and `_BUILDS` only; never held while an index is built."""
+_ONE_BUILD = threading.Lock()
+"""Held by the build in progress: indexes are built one at a time (each uses every core)."""
+WAIT_POLL_S = 0.05
 _ENCODED = torch.nn.Identity()
 """Stands in for the module of a black-box model: neighbours then use the encoded rows."""
+
+
+def _in_background(build: Callable[[], SampleIndex]) -> Future[SampleIndex]:
+    """Runs `build` on its own daemon thread, after the builds before it.
+
+    Off the request workers, so a request that gives up (cancelled, deadline) stops
+    waiting while the build it joined finishes for the callers after it. A daemon
+    thread, so shutting down never waits for a build (indexes are saved through a
+    temporary file: an abandoned build leaves nothing half-written).
+    """
+    future: Future[SampleIndex] = Future()
+
+    def run() -> None:
+        with _ONE_BUILD:
+            future.set_running_or_notify_cancel()
+            try:
+                future.set_result(build())
+            except BaseException as exc:  # handed to every waiter
+                future.set_exception(exc)
+
+    threading.Thread(target=run, name="desiderata-index", daemon=True).start()
+    return future
 
 
 def _model_dir(model: ExplainableModel) -> Path | None:
@@ -105,39 +135,68 @@ def get_index(
     subset: str = "",
     progress: Progress | None = None,
     cfg: InfluenceConfig | None = None,
+    ctx: ExplainContext | None = None,
 ) -> SampleIndex:
     """The model's index for a method: in memory, else on disk, else built (and persisted).
 
     Persisted under the model's ``index_dir`` when it has one, else under
     ``<model_dir>/.influence/`` when it exposes a folder; otherwise it lives
-    in memory only.
+    in memory only. Loading and building run on one background thread, and
+    concurrent callers of the same index share one build.
 
     Args:
         model: the served model.
         method: "influence", "tracin" or "nearest_neighbours".
         subset: "last_layer" / "all"; "" uses ``influence.yaml`` (default last_layer).
-        progress: ``(stage, done, total)`` callback of a build.
+        progress: ``(stage, done, total)`` callback of a build this call starts.
         cfg: settings overriding ``influence.yaml``.
+        ctx: a request's cancellation and deadline: waiting stops when either comes,
+            the build goes on. None waits for as long as the build takes.
     """
     _check_model(model, method)
     model_dir = _model_dir(model)
     settings = cfg or load_influence_config(model_dir)
     subset = subset or settings.parameter_subset
+    require_checkpoints(method, settings)  # refused at once, not after the builds queued before it
     if method == "nearest_neighbours":
         subset = "representation"
     module = _module(model, method)
     key = (id(module), model.card.name, model.card.version, method, f"{subset}/{settings.digest()}")
+    ref = model.reference()
+    if ref is None:  # checked above; keeps the type narrow
+        raise FailedPrecondition(f"{method} needs the training reference")
+    cache = _cache_dir(model)
+
+    def build() -> SampleIndex:
+        try:
+            index = load_or_build_index(module, ref, method, subset, settings, cache, model_dir, progress)
+            with _LOCK:
+                _INDEXES[key] = index
+            return index
+        finally:
+            with _LOCK:
+                _BUILDS.pop(key, None)  # a failed build is tried again by the next caller
+
     with _LOCK:
         found = _INDEXES.get(key)
         if found is not None:
             return found
-        ref = model.reference()
-        if ref is None:  # checked above; keeps the type narrow
-            raise FailedPrecondition(f"{method} needs the training reference")
-        cache = _cache_dir(model)
-        index = load_or_build_index(module, ref, method, subset, settings, cache, model_dir, progress)
-        _INDEXES[key] = index
-        return index
+        future = _BUILDS.get(key)
+        if future is None:
+            future = _BUILDS[key] = _in_background(build)
+    if ctx is None:
+        return future.result()
+    while True:
+        try:
+            return future.result(timeout=WAIT_POLL_S)
+        except TimeoutError:
+            try:
+                ctx.check()
+            except DeadlineExceeded:
+                raise DeadlineExceeded(
+                    f"the deadline passed while the {method} index of {model.card.name} was being built; "
+                    "the build goes on: retry later"
+                ) from None
 
 
 def precompute(
@@ -228,8 +287,7 @@ def explain_samples(
     """
     started = time.perf_counter()
     _check_model(model, method)
-    index = get_index(model, method, params.parameter_subset)
-    ctx.check()
+    index = get_index(model, method, params.parameter_subset, ctx=ctx)
     module = _module(model, method)
     ref = model.reference()
     if ref is None:

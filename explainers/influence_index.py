@@ -45,6 +45,7 @@ __all__ = [
     "build_index",
     "load_or_build_index",
     "params_digest",
+    "require_checkpoints",
     "robust_threshold",
 ]
 
@@ -194,14 +195,19 @@ class SampleIndex:
             )
 
 
+def require_checkpoints(method: str, cfg: InfluenceConfig) -> None:
+    """TracIn differentiates saved checkpoints: without any listed it cannot be built."""
+    if method == "tracin" and not cfg.checkpoints:
+        raise FailedPrecondition("tracin needs training checkpoints: list them in influence.yaml")
+
+
 def _gradient_models(
     module: torch.nn.Module, method: str, subset: str, cfg: InfluenceConfig, model_dir: Path | None
 ) -> tuple[list[LossGrad], list[float]]:
     """The LossGrads a method differentiates and their weights (TracIn: learning rates)."""
     if method == "influence":
         return [LossGrad(module, subset)], [1.0]
-    if not cfg.checkpoints:
-        raise FailedPrecondition("tracin needs training checkpoints: list them in influence.yaml")
+    require_checkpoints(method, cfg)
     grads, rates = [], []
     for ck in cfg.checkpoints:
         path = Path(ck.path) if model_dir is None else model_dir / ck.path

@@ -5,9 +5,11 @@ model version (`desiderata.explainers.influence.precompute`): a Hessian
 factor and the training-side gradient projections. Building it takes seconds
 to minutes, so the server starts serving at once and builds the indexes of
 every served model with a training reference in one background thread; a
-request that arrives first waits for (or builds) the same index, never a
-second copy. Progress is logged with structlog (``precompute_progress``, at
-most every few seconds per stage) and kept in `Precompute.progress`.
+request that arrives first waits for (or starts) the same build, never a
+second copy, and stops waiting at its deadline or when its caller leaves
+while the build goes on (`desiderata.explainers.influence.get_index`).
+Progress is logged with structlog (``precompute_progress``, at most every few
+seconds per stage) and kept in `Precompute.progress`.
 
 Where indexes persist (so a restart loads instead of recomputing; the file
 name carries the parameters' and settings' digests, so a changed model or
