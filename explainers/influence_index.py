@@ -242,13 +242,24 @@ def _factors(
     solver = cfg.solver
     if solver == "auto":
         solver = "exact" if g.p <= cfg.max_exact_params else "arnoldi"
-    progress("hessian", 0, 1)
+    # Progress (which is also where a stopping server cancels) after every pass over the
+    # rows: each chunk of the exact Hessian, each Hessian-vector product of Arnoldi.
     low: LowRank
     if solver == "exact":
-        low = inverse_sqrt_factor(g.hessian(hx, hy, cfg.chunk_rows), cfg.damping)
+        progress("hessian", 0, len(hx))
+        hessian = g.hessian(hx, hy, on_chunk=lambda done: progress("hessian", done, len(hx)))
+        low = inverse_sqrt_factor(hessian, cfg.damping)
     else:
-        low = arnoldi(lambda v: g.hvp(v, hx, hy, cfg.chunk_rows), g.p, cfg.arnoldi_iters, cfg.rank, cfg.damping, rng)
-    progress("hessian", 1, 1)
+        products = [0]
+
+        def hvp(v: torch.Tensor) -> torch.Tensor:
+            out = g.hvp(v, hx, hy, cfg.chunk_rows)
+            products[0] += 1
+            progress("hessian", min(products[0], cfg.arnoldi_iters), cfg.arnoldi_iters)
+            return out
+
+        progress("hessian", 0, cfg.arnoldi_iters)
+        low = arnoldi(hvp, g.p, cfg.arnoldi_iters, cfg.rank, cfg.damping, rng)
     meta: dict[str, object] = {
         "solver": solver,
         "rank": int(low.factor.shape[1]),
