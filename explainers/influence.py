@@ -40,7 +40,7 @@ from desiderata.explainers.types import (
     SampleImportanceParams,
     SampleImportanceResult,
 )
-from desiderata.server.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
+from desiderata.server.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
 
 __all__ = [
     "DEFAULT_TOP_K",
@@ -51,6 +51,7 @@ __all__ = [
     "explain_samples",
     "get_index",
     "precompute",
+    "stop_builds",
     "top_indices",
 ]
 
@@ -63,31 +64,67 @@ _LOCK = threading.Lock()
 """Guards `_INDEXES` and `_BUILDS` only; never held while an index is built."""
 _ONE_BUILD = threading.Lock()
 """Held by the build in progress: indexes are built one at a time (each uses every core)."""
+_STOP = threading.Event()
+"""Set by `stop_builds`: builds end at their next progress step."""
+_THREADS: set[threading.Thread] = set()
+"""Build threads running or queued (guarded by `_LOCK`)."""
 WAIT_POLL_S = 0.05
 _ENCODED = torch.nn.Identity()
 """Stands in for the module of a black-box model: neighbours then use the encoded rows."""
 
 
 def _in_background(build: Callable[[], SampleIndex]) -> Future[SampleIndex]:
-    """Runs `build` on its own daemon thread, after the builds before it.
+    """Runs `build` on its own daemon thread, after the builds before it; call with `_LOCK` held.
 
     Off the request workers, so a request that gives up (cancelled, deadline) stops
-    waiting while the build it joined finishes for the callers after it. A daemon
-    thread, so shutting down never waits for a build (indexes are saved through a
-    temporary file: an abandoned build leaves nothing half-written).
+    waiting while the build it joined finishes for the callers after it. A stopping
+    server ends it with `stop_builds` (indexes are saved through a temporary file: a
+    build stopped part-way leaves nothing half-written).
     """
     future: Future[SampleIndex] = Future()
 
     def run() -> None:
-        with _ONE_BUILD:
-            future.set_running_or_notify_cancel()
-            try:
-                future.set_result(build())
-            except BaseException as exc:  # handed to every waiter
-                future.set_exception(exc)
+        try:
+            with _ONE_BUILD:
+                future.set_running_or_notify_cancel()
+                try:
+                    _raise_if_stopping()  # a build queued behind one that was stopped
+                    future.set_result(build())
+                except BaseException as exc:  # handed to every waiter
+                    future.set_exception(exc)
+        finally:
+            with _LOCK:
+                _THREADS.discard(threading.current_thread())
 
-    threading.Thread(target=run, name="desiderata-index", daemon=True).start()
+    thread = threading.Thread(target=run, name="desiderata-index", daemon=True)
+    _THREADS.add(thread)  # the caller holds _LOCK
+    thread.start()
     return future
+
+
+def _raise_if_stopping() -> None:
+    if _STOP.is_set():
+        raise Unavailable("the sample-importance index build was stopped: the server is shutting down")
+
+
+def stop_builds(timeout_s: float) -> bool:
+    """Ends the index builds running or queued at their next progress step (a chunk of rows)
+    and waits for them; True when none is left.
+
+    A thread still inside torch when the interpreter exits aborts the process, so a
+    stopping server calls this before it returns. Builds asked for afterwards run again
+    (several servers may share this process, as in the tests).
+    """
+    _STOP.set()
+    deadline = time.monotonic() + timeout_s
+    with _LOCK:
+        threads = list(_THREADS)
+    for thread in threads:
+        thread.join(max(deadline - time.monotonic(), 0.0))
+    ended = not any(t.is_alive() for t in threads)
+    if ended:
+        _STOP.clear()
+    return ended
 
 
 def _model_dir(model: ExplainableModel) -> Path | None:
@@ -167,9 +204,14 @@ def get_index(
         raise FailedPrecondition(f"{method} needs the training reference")
     cache = _cache_dir(model)
 
+    def step(stage: str, done: int, total: int) -> None:
+        _raise_if_stopping()
+        if progress is not None:
+            progress(stage, done, total)
+
     def build() -> SampleIndex:
         try:
-            index = load_or_build_index(module, ref, method, subset, settings, cache, model_dir, progress)
+            index = load_or_build_index(module, ref, method, subset, settings, cache, model_dir, step)
             with _LOCK:
                 _INDEXES[key] = index
             return index
@@ -203,6 +245,7 @@ def precompute(
     model: ExplainableModel,
     methods: tuple[str, ...] = ("influence", "nearest_neighbours"),
     progress: Progress | None = None,
+    ctx: ExplainContext | None = None,
 ) -> dict[str, SampleIndex]:
     """Builds (or loads) the indexes of a model at load time; TracIn only when checkpoints exist.
 
@@ -216,10 +259,10 @@ def precompute(
     for method in methods:
         if method == "tracin" and not settings.checkpoints:
             continue
-        out[method] = get_index(model, method, "", progress, settings)
+        out[method] = get_index(model, method, "", progress, settings, ctx)
         if method != "nearest_neighbours":
             for subset in extra:
-                out[f"{method}/{subset}"] = get_index(model, method, subset, progress, settings)
+                out[f"{method}/{subset}"] = get_index(model, method, subset, progress, settings, ctx)
     return out
 
 

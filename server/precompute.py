@@ -33,6 +33,7 @@ from pathlib import Path
 
 import structlog
 
+from desiderata.explainers.base import Cancelled, ExplainContext
 from desiderata.explainers.influence import precompute
 from desiderata.server.model_repository import BUILTIN_DEMO, ModelHandle
 
@@ -127,8 +128,9 @@ def _run(handles: list[tuple[ModelHandle, tuple[str, ...]]], state: Precompute) 
 
             started = time.perf_counter()
             try:
-                built = precompute(handle, methods, report)
-            except _Cancelled:
+                # The context lets the wait for a build started by a request end at `stop` too.
+                built = precompute(handle, methods, report, ExplainContext(cancel=state.cancelled))
+            except (_Cancelled, Cancelled):
                 state.progress[key] = ("cancelled", 0, 0)
                 log.info("precompute_cancelled", model=key)
                 return

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import structlog
 import torch
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -24,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from threadpoolctl import threadpool_limits
 
 import desiderata.explainers  # noqa: F401  (registers the built-in methods)
+from desiderata.explainers.influence import stop_builds
 from desiderata.oip import grpc_predict_v2_pb2_grpc as oip_grpc
 from desiderata.policy.extraction_monitor import ExtractionMonitor
 from desiderata.policy.guard import PrivacyGuard
@@ -63,6 +65,8 @@ SERVICE_NAMES = (
 LIVENESS = "liveness"
 """Health service name that says SERVING while the process serves, whatever its stores
 (for liveness probes: a store outage must not get the replica restarted)."""
+
+log = structlog.get_logger("desiderata.server")
 
 
 @dataclass
@@ -116,6 +120,8 @@ class App:
         await self.server.stop(grace_s)
         if self.precompute is not None:
             await asyncio.to_thread(self.precompute.stop, 30.0)
+        if not await asyncio.to_thread(stop_builds, 30.0):
+            log.warning("index_build_still_running", timeout_s=30.0)
         self.pipeline.policy.stop()
         self.pipeline.close()
         if self.metrics_endpoint is not None:

@@ -18,7 +18,7 @@ import pytest
 
 import desiderata.explainers.influence as influence
 from desiderata.explainers.base import Cancelled, ExplainContext
-from desiderata.server.errors import DeadlineExceeded
+from desiderata.server.errors import DeadlineExceeded, Unavailable
 from tests.unit.explainers.attribution_models import TorchModel
 
 
@@ -32,10 +32,16 @@ class BlockedBuild:
         self.fail_next = False
         self.index = object()
 
-    def __call__(self, *_: Any) -> object:
+    def __call__(self, *args: Any) -> object:
         self.calls += 1
         self.started.set()
-        assert self.release.wait(30), "the test never released the build"
+        progress = args[-1]
+        for step in range(3000):  # reports progress while it waits, as a real build does
+            if self.release.wait(0.01):
+                break
+            progress("blocked", step, 3000)
+        else:
+            raise AssertionError("the test never released the build")
         if self.fail_next:
             self.fail_next = False
             raise OSError("disk full")
@@ -52,12 +58,14 @@ def build(monkeypatch: pytest.MonkeyPatch) -> Iterator[BlockedBuild]:
     stand_in.release.set()  # never leave a daemon build blocked
 
 
-def _wait_in_thread(model: TorchModel, ctx: ExplainContext | None) -> tuple[threading.Thread, list[object]]:
+def _wait_in_thread(
+    model: TorchModel, ctx: ExplainContext | None, subset: str = "all"
+) -> tuple[threading.Thread, list[object]]:
     out: list[object] = []
 
     def run() -> None:
         try:
-            out.append(influence.get_index(model, "influence", "all", ctx=ctx))
+            out.append(influence.get_index(model, "influence", subset, ctx=ctx))
         except Exception as exc:
             out.append(exc)
 
@@ -101,3 +109,27 @@ def test_a_failed_build_reaches_its_waiters_and_the_next_caller_builds_again(
         influence.get_index(mlp_model, "influence", "all", ctx=ExplainContext())
     assert influence.get_index(mlp_model, "influence", "all", ctx=ExplainContext()) is build.index
     assert build.calls == 2
+
+
+def test_stopping_ends_running_builds_at_their_next_step_and_later_builds_run(
+    mlp_model: TorchModel, build: BlockedBuild
+) -> None:
+    waiter, out = _wait_in_thread(mlp_model, None)
+    assert build.started.wait(10)
+    assert influence.stop_builds(10.0)
+    waiter.join(10)
+    assert isinstance(out[0], Unavailable) and "shutting down" in str(out[0])
+    assert not build.release.is_set()  # it ended by stopping, not by finishing
+    build.release.set()
+    assert influence.get_index(mlp_model, "influence", "all") is build.index  # a later server builds again
+    assert build.calls == 2
+
+
+def test_precomputation_stops_waiting_for_a_build_a_request_started(mlp_model: TorchModel, build: BlockedBuild) -> None:
+    requester, _ = _wait_in_thread(mlp_model, None, "last_layer")  # the subset precomputation builds first
+    assert build.started.wait(10)
+    stopping = ExplainContext()
+    stopping.cancel.set()
+    with pytest.raises(Cancelled):
+        influence.precompute(mlp_model, ("influence",), None, stopping)
+    assert requester.is_alive() and build.calls == 1
