@@ -89,12 +89,17 @@ class Pipeline:
     metrics: Metrics | None = None
     _pool: ThreadPoolExecutor = field(init=False)
     answers: AnswerCache = field(init=False)
+    _in_flight: set[threading.Event] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="desiderata-worker")
         self.answers = AnswerCache(self.settings.answer_cache_size)
 
     def close(self) -> None:
+        """Cancels the work still running (its calls are gone once the server has stopped),
+        waits for the workers to reach their next check, and closes the stores."""
+        for cancel in list(self._in_flight):
+            cancel.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self.models.runner.shutdown()
         self.decisions.close()
@@ -105,6 +110,8 @@ class Pipeline:
         """Runs `fn` on the worker pool, bounded by `deadline` (monotonic)."""
         future = asyncio.get_running_loop().run_in_executor(self._pool, fn)
         timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        if cancel is not None:
+            self._in_flight.add(cancel)
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
@@ -115,6 +122,9 @@ class Pipeline:
             if cancel is not None:
                 cancel.set()
             raise
+        finally:
+            if cancel is not None:
+                self._in_flight.discard(cancel)
 
     # ------------------------------------------------------------ predictions
 

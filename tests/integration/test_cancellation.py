@@ -15,12 +15,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
-from desiderata.client import AsyncClient, Client
+from desiderata.client import AsyncClient, Client, DesiderataRpcError
 from desiderata.client._requests import Requests
 from desiderata.server.demo_data import read_credit_csv
+from desiderata.server.grpc.app import build_server
 from desiderata.server.model_repository import ModelHandle
 from tests.integration.conftest import Running, serving, settings_for
 
@@ -143,3 +145,23 @@ async def test_breaking_out_of_the_sync_clients_stream_stops_evaluating(one_work
             await _next_call_is_served(one_worker, client, counter)
     finally:
         sync_client.close()
+
+
+async def test_stopping_the_server_ends_the_work_of_calls_still_running(tmp_path: Path) -> None:
+    """`App.stop` returns once the workers are joined: it must cancel their work first, or a
+    stop would wait for every running explanation to run to its end (here 50 million rows)."""
+    app = build_server(
+        settings_for(None, tmp_path, server={"port": 0, "workers": 1}, explain={"max_samples": 50_000_000})
+    )
+    await app.start()
+    counter = RowCounter(app.pipeline.models.resolve("credit"))
+    async with AsyncClient(app.address, api_key="k-eng", timeout_s=120) as client:
+        call = asyncio.ensure_future(
+            client.explain("credit", CREDIT, purpose="debugging", params=Requests.attribution_params(seed=6, **ENDLESS))
+        )
+        await counter.until_started()
+        await app.stop(0.1)
+        with pytest.raises(DesiderataRpcError) as info:
+            await call
+    assert info.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+    assert counter.rows < 10_000_000, f"{counter.rows:,} rows: the stop waited for the work to finish"
