@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import hashlib
 import time
@@ -163,9 +164,20 @@ class RequestIdInterceptor(_Interceptor):
                 status = to_grpc_status(exc, rid)
                 done(status.code.name, started, exc)
                 log.info("rpc", method=method, code=status.code.name)
-                await context.abort(
-                    status.code, status.details, (*tuple(status.trailing_metadata), ("x-request-id", rid))
-                )
+                try:
+                    await context.abort(
+                        status.code, status.details, (*tuple(status.trailing_metadata), ("x-request-id", rid))
+                    )
+                except aio.AbortError:
+                    raise
+                except Exception as send_failed:
+                    # gRPC ended the call first (its deadline passed as ours did, or the caller
+                    # left): no status can reach anyone. Ending as a cancelled call keeps grpc
+                    # from logging the failed send as an error with a traceback.
+                    log.info(
+                        "rpc_status_not_sent", method=method, code=status.code.name, why=type(send_failed).__name__
+                    )
+                    raise asyncio.CancelledError from None
 
             def check(request: Any) -> None:
                 if isinstance(request, _Malformed):
