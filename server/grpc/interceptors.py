@@ -179,6 +179,10 @@ class RequestIdInterceptor(_Interceptor):
                     )
                     raise asyncio.CancelledError from None
 
+            def cancelled(started: float) -> None:
+                """The caller cancelled, or gRPC ended the call: counted and logged, nothing sent."""
+                log.info("rpc", method=method, code="CANCELLED", ms=round(done("CANCELLED", started) * 1e3, 3))
+
             def check(request: Any) -> None:
                 if isinstance(request, _Malformed):
                     raise InvalidArgument.single("request", "the message could not be decoded")
@@ -191,6 +195,9 @@ class RequestIdInterceptor(_Interceptor):
                         check(request)
                         response = await behavior(request, context)
                     except aio.AbortError:
+                        raise
+                    except asyncio.CancelledError:
+                        cancelled(started)
                         raise
                     except Exception as exc:
                         await fail(context, rid, started, exc)
@@ -207,6 +214,9 @@ class RequestIdInterceptor(_Interceptor):
                     async for item in behavior(request, context):
                         yield item
                 except aio.AbortError:
+                    raise
+                except (asyncio.CancelledError, GeneratorExit):  # the caller left (or stopped reading)
+                    cancelled(started)
                     raise
                 except Exception as exc:
                     await fail(context, rid, started, exc)

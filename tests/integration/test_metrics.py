@@ -10,6 +10,7 @@ error codes that exist.
 
 from __future__ import annotations
 
+import asyncio
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from desiderata.client import AsyncClient, DesiderataRpcError
+from desiderata.client._requests import Requests
 from desiderata.server.config import Settings
 from tests.integration.conftest import Running, serving, settings_for
 from tests.support.tiny_model import INSTANCE
@@ -134,3 +136,29 @@ async def test_the_shipped_alert_rules_name_metrics_and_error_codes_that_exist(m
             assert metric in names or base in families, f"{rule['alert']}: no metric {metric}"
         for quoted in re.findall(r'code=~?"([^"]+)"', rule["expr"]):
             assert set(quoted.split("|")) <= codes, f"{rule['alert']}: unknown error code in {quoted}"
+
+
+async def test_calls_their_callers_cancel_are_counted_as_cancelled(metered: Running) -> None:
+    stream_method = "/desiderata.v1.ExplanationService/ExplainStream"
+    endless = Requests.attribution_params(method="permutation_shapley", target_std_error=1e-9, max_samples=4_000_000)
+    async with AsyncClient(metered.address, api_key="k-eng") as eng:
+        stream = eng.explain_stream("tiny", INSTANCE, purpose="debugging", params=endless)
+        first = await anext(aiter(stream))
+        assert not first.final
+        await stream.aclose()  # type: ignore[attr-defined]  # cancels the call
+        call = asyncio.ensure_future(eng.explain("tiny", INSTANCE, purpose="debugging", params=endless))
+        await asyncio.sleep(0.3)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    for _ in range(100):  # the server learns of a cancellation a moment after the client
+        _, samples = _scrape(metered)
+        counts = [
+            samples.get(("desiderata_rpcs_total", (("code", "CANCELLED"), ("method", m))), 0.0)
+            for m in (stream_method, EXPLAIN)
+        ]
+        if counts == [1.0, 1.0]:
+            break
+        await asyncio.sleep(0.05)
+    assert counts == [1.0, 1.0]
+    assert not any(k[0] == "desiderata_explanations_total" for k in samples)  # nothing was served
