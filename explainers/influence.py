@@ -112,8 +112,9 @@ def stop_builds(timeout_s: float) -> bool:
     and waits for them; True when none is left.
 
     A thread still inside torch when the interpreter exits aborts the process, so a
-    stopping server calls this before it returns. Builds asked for afterwards run again
-    (several servers may share this process, as in the tests).
+    stopping server calls this before it returns. Indexes belong to the process, not to
+    one server: where several servers share a process (as in the tests), this stops the
+    others' builds too, and their next caller builds again.
     """
     _STOP.set()
     deadline = time.monotonic() + timeout_s
