@@ -34,7 +34,7 @@ from pathlib import Path
 import structlog
 
 from desiderata.explainers.base import Cancelled, ExplainContext
-from desiderata.explainers.influence import precompute
+from desiderata.explainers.influence_store import precompute
 from desiderata.server.model_repository import BUILTIN_DEMO, ModelHandle
 
 __all__ = ["Precompute", "assign_index_dirs", "index_dir_for", "methods_for", "start_precompute"]

@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from threadpoolctl import threadpool_limits
 
 import desiderata.explainers  # noqa: F401  (registers the built-in methods)
-from desiderata.explainers.influence import stop_builds
+from desiderata.explainers.influence_store import stop_builds
 from desiderata.oip import grpc_predict_v2_pb2_grpc as oip_grpc
 from desiderata.policy.extraction_monitor import ExtractionMonitor
 from desiderata.policy.guard import PrivacyGuard

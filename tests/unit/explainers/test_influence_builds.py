@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-import desiderata.explainers.influence as influence
+import desiderata.explainers.influence_store as store
 from desiderata.explainers.base import Cancelled, ExplainContext
 from desiderata.server.errors import DeadlineExceeded, Unavailable
 from tests.unit.explainers.attribution_models import TorchModel
@@ -51,9 +51,9 @@ class BlockedBuild:
 @pytest.fixture
 def build(monkeypatch: pytest.MonkeyPatch) -> Iterator[BlockedBuild]:
     stand_in = BlockedBuild()
-    monkeypatch.setattr(influence, "load_or_build_index", stand_in)
-    monkeypatch.setattr(influence, "_INDEXES", {})
-    monkeypatch.setattr(influence, "_BUILDS", {})
+    monkeypatch.setattr(store, "load_or_build_index", stand_in)
+    monkeypatch.setattr(store, "_INDEXES", {})
+    monkeypatch.setattr(store, "_BUILDS", {})
     yield stand_in
     stand_in.release.set()  # never leave a daemon build blocked
 
@@ -65,7 +65,7 @@ def _wait_in_thread(
 
     def run() -> None:
         try:
-            out.append(influence.get_index(model, "influence", subset, ctx=ctx))
+            out.append(store.get_index(model, "influence", subset, ctx=ctx))
         except Exception as exc:
             out.append(exc)
 
@@ -86,17 +86,17 @@ def test_a_cancelled_waiter_returns_while_the_shared_build_goes_on(mlp_model: To
     build.release.set()
     patient.join(10)
     assert patient_out == [build.index]
-    assert influence.get_index(mlp_model, "influence", "all") is build.index
+    assert store.get_index(mlp_model, "influence", "all") is build.index
     assert build.calls == 1  # one build, shared by both callers and kept for later ones
 
 
 def test_a_deadline_passing_during_a_build_says_the_build_goes_on(mlp_model: TorchModel, build: BlockedBuild) -> None:
     ctx = ExplainContext(deadline=time.monotonic() + 0.2)
     with pytest.raises(DeadlineExceeded, match="being built; the build goes on"):
-        influence.get_index(mlp_model, "influence", "all", ctx=ctx)
+        store.get_index(mlp_model, "influence", "all", ctx=ctx)
     assert build.calls == 1 and not build.release.is_set()
     build.release.set()
-    assert influence.get_index(mlp_model, "influence", "all") is build.index
+    assert store.get_index(mlp_model, "influence", "all") is build.index
     assert build.calls == 1
 
 
@@ -106,8 +106,8 @@ def test_a_failed_build_reaches_its_waiters_and_the_next_caller_builds_again(
     build.fail_next = True
     build.release.set()
     with pytest.raises(OSError, match="disk full"):
-        influence.get_index(mlp_model, "influence", "all", ctx=ExplainContext())
-    assert influence.get_index(mlp_model, "influence", "all", ctx=ExplainContext()) is build.index
+        store.get_index(mlp_model, "influence", "all", ctx=ExplainContext())
+    assert store.get_index(mlp_model, "influence", "all", ctx=ExplainContext()) is build.index
     assert build.calls == 2
 
 
@@ -116,12 +116,12 @@ def test_stopping_ends_running_builds_at_their_next_step_and_later_builds_run(
 ) -> None:
     waiter, out = _wait_in_thread(mlp_model, None)
     assert build.started.wait(10)
-    assert influence.stop_builds(10.0)
+    assert store.stop_builds(10.0)
     waiter.join(10)
     assert isinstance(out[0], Unavailable) and "shutting down" in str(out[0])
     assert not build.release.is_set()  # it ended by stopping, not by finishing
     build.release.set()
-    assert influence.get_index(mlp_model, "influence", "all") is build.index  # a later server builds again
+    assert store.get_index(mlp_model, "influence", "all") is build.index  # a later server builds again
     assert build.calls == 2
 
 
@@ -131,5 +131,5 @@ def test_precomputation_stops_waiting_for_a_build_a_request_started(mlp_model: T
     stopping = ExplainContext()
     stopping.cancel.set()
     with pytest.raises(Cancelled):
-        influence.precompute(mlp_model, ("influence",), None, stopping)
+        store.precompute(mlp_model, ("influence",), None, stopping)
     assert requester.is_alive() and build.calls == 1
