@@ -1,13 +1,13 @@
 """Sample-importance indexes precomputed at model load, in the background.
 
 Influence functions and nearest neighbours answer from an index built once per
-model version (`desiderata.explainers.influence.precompute`): a Hessian
+model version (`desiderata.explainers.influence_store.precompute`): a Hessian
 factor and the training-side gradient projections. Building it takes seconds
 to minutes, so the server starts serving at once and builds the indexes of
 every served model with a training reference in one background thread; a
 request that arrives first waits for (or starts) the same build, never a
 second copy, and stops waiting at its deadline or when its caller leaves
-while the build goes on (`desiderata.explainers.influence.get_index`).
+while the build goes on (`desiderata.explainers.influence_store.get_index`).
 Progress is logged with structlog (``precompute_progress``, at most every few
 seconds per stage) and kept in `Precompute.progress`.
 
