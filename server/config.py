@@ -85,6 +85,10 @@ class ServerSettings(BaseModel):
     """Largest response sent."""
     workers: int = Field(default=2, ge=1, le=64)
     """Threads running model evaluations and explainers off the event loop."""
+    max_concurrent_rpcs: int = Field(default=0, ge=0)
+    """Most calls in progress at once (health and reflection not counted); a call beyond it gets
+    RESOURCE_EXHAUSTED (code ``overloaded``, RetryInfo) at once instead of queueing behind the
+    workers until its deadline. 0: no limit."""
     grace_period_s: float = Field(default=5.0, ge=0)
     """On SIGTERM/SIGINT, in-flight calls get this long to finish."""
     default_deadline_s: float = Field(default=30.0, gt=0)

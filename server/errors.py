@@ -16,6 +16,7 @@ edge.
     │   └── DecisionNotFound              decision_not_found
     ├── ResourceExhausted                 resource_exhausted   quota / budget / size (QuotaFailure)
     │   ├── RateLimited                   rate_limited         window refills (RetryInfo)
+    │   │   └── Overloaded                overloaded           too many calls in progress (RetryInfo)
     │   └── BudgetExhausted               budget_exhausted     lifetime budget spent
     ├── FailedPrecondition                failed_precondition  the model lacks what the method needs
     ├── Unavailable                       unavailable          a store is down: fail closed
@@ -43,6 +44,7 @@ __all__ = [
     "ModelNotFound",
     "NotFound",
     "NotImplementedYet",
+    "Overloaded",
     "PermissionDenied",
     "QuotaViolation",
     "RateLimited",
@@ -185,6 +187,12 @@ class RateLimited(ResourceExhausted):
     ) -> None:
         super().__init__(message, violations, metadata=metadata)
         self.retry_after_s = retry_after_s
+
+
+class Overloaded(RateLimited):
+    """The server already serves its most calls at once (`server.max_concurrent_rpcs`)."""
+
+    code = "overloaded"
 
 
 class BudgetExhausted(ResourceExhausted):

@@ -188,7 +188,7 @@ def build_server(settings: Settings) -> App:
         ("grpc.so_reuseport", 0),
     ]
     server = aio.server(
-        interceptors=[RequestIdInterceptor(metrics), AuthInterceptor(keys)],
+        interceptors=[RequestIdInterceptor(metrics, settings.server.max_concurrent_rpcs), AuthInterceptor(keys)],
         options=options,
     )
     explanation_service_pb2_grpc.add_ExplanationServiceServicer_to_server(

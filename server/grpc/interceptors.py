@@ -4,7 +4,8 @@
   ``x-request-id`` or a fresh one), binds it to the structlog context, returns
   it in the trailers, maps any escaping error to a gRPC status with rich
   details (`status.to_grpc_status`), turns undecodable request bytes into
-  INVALID_ARGUMENT and writes one access log line per call.
+  INVALID_ARGUMENT, writes one access log line per call and, past
+  ``server.max_concurrent_rpcs`` calls in progress, refuses more at once.
 - `AuthInterceptor` maps ``authorization: Bearer <key>`` or ``x-api-key`` to a
   `Principal` (role from configuration, never from the request) and refuses
   calls without a valid credential, except health checking and reflection,
@@ -27,10 +28,17 @@ from grpc import aio
 
 from desiderata.policy.model import Principal
 from desiderata.server.config import ApiKey
-from desiderata.server.errors import DesiderataError, InvalidArgument, Unauthenticated
+from desiderata.server.errors import DesiderataError, InvalidArgument, Overloaded, QuotaViolation, Unauthenticated
 from desiderata.server.grpc.status import to_grpc_status
 
-__all__ = ["ANONYMOUS_SERVICES", "AuthInterceptor", "RequestIdInterceptor", "current_principal", "request_id"]
+__all__ = [
+    "ANONYMOUS_SERVICES",
+    "AuthInterceptor",
+    "CallSlots",
+    "RequestIdInterceptor",
+    "current_principal",
+    "request_id",
+]
 
 log = structlog.get_logger("desiderata.access")
 
@@ -118,16 +126,45 @@ class _Wrapped:
         return wrapped
 
 
+class CallSlots:
+    """The calls in progress, at most `limit` (load shedding: `server.max_concurrent_rpcs`).
+
+    Used from the event loop only, so a plain counter suffices.
+    """
+
+    RETRY_AFTER_S = 0.5
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.taken = 0
+
+    def take(self) -> None:
+        """Takes a slot, or raises Overloaded (RESOURCE_EXHAUSTED with RetryInfo) when none is free."""
+        if self.taken >= self.limit:
+            raise Overloaded(
+                f"the server is serving its most calls at once ({self.limit}); retry shortly",
+                [QuotaViolation("server", f"at most {self.limit} calls in progress (server.max_concurrent_rpcs)")],
+                retry_after_s=self.RETRY_AFTER_S,
+            )
+        self.taken += 1
+
+    def give_back(self) -> None:
+        self.taken -= 1
+
+
 class RequestIdInterceptor(_Interceptor):
-    """Request ids, the error boundary, access logs and RPC metrics (outermost interceptor).
+    """Request ids, the error boundary, access logs, RPC metrics and load shedding (outermost interceptor).
 
     Args:
         metrics: where each finished call is counted; None counts nothing.
+        max_concurrent_rpcs: most calls in progress at once, health and reflection aside
+            (more get RESOURCE_EXHAUSTED at once); 0 sets no limit.
     """
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    def __init__(self, metrics: Metrics | None = None, max_concurrent_rpcs: int = 0) -> None:
         self._wrapped = _Wrapped()
         self._metrics = metrics
+        self._slots = CallSlots(max_concurrent_rpcs) if max_concurrent_rpcs > 0 else None
 
     async def intercept_service(
         self,
@@ -138,10 +175,11 @@ class RequestIdInterceptor(_Interceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        return self._wrapped.get(method, handler, lambda: self._wrap(method, handler, self._metrics))
+        slots = None if method.startswith(ANONYMOUS_SERVICES) else self._slots
+        return self._wrapped.get(method, handler, lambda: self._wrap(method, handler, self._metrics, slots))
 
     @staticmethod
-    def _wrap(method: str, handler: Handler, metrics: Metrics | None) -> Handler:
+    def _wrap(method: str, handler: Handler, metrics: Metrics | None, slots: CallSlots | None = None) -> Handler:
 
         def wrap(behavior: Behavior, streaming: bool) -> Behavior:
             async def begin(context: Ctx) -> tuple[str, float]:
@@ -191,7 +229,11 @@ class RequestIdInterceptor(_Interceptor):
 
                 async def unary(request: Any, context: Ctx) -> Any:
                     rid, started = await begin(context)
+                    taken = False
                     try:
+                        if slots is not None:
+                            slots.take()
+                            taken = True
                         check(request)
                         response = await behavior(request, context)
                     except aio.AbortError:
@@ -202,6 +244,9 @@ class RequestIdInterceptor(_Interceptor):
                     except Exception as exc:
                         await fail(context, rid, started, exc)
                         raise  # unreachable: abort raises
+                    finally:
+                        if taken and slots is not None:
+                            slots.give_back()
                     log.info("rpc", method=method, code="OK", ms=round(done("OK", started) * 1e3, 3))
                     return response
 
@@ -209,7 +254,11 @@ class RequestIdInterceptor(_Interceptor):
 
             async def stream(request: Any, context: Ctx) -> AsyncIterator[Any]:
                 rid, started = await begin(context)
+                taken = False
                 try:
+                    if slots is not None:
+                        slots.take()
+                        taken = True
                     check(request)
                     async for item in behavior(request, context):
                         yield item
@@ -221,6 +270,9 @@ class RequestIdInterceptor(_Interceptor):
                 except Exception as exc:
                     await fail(context, rid, started, exc)
                     raise
+                finally:
+                    if taken and slots is not None:
+                        slots.give_back()
                 log.info("rpc", method=method, code="OK", ms=round(done("OK", started) * 1e3, 3))
 
             return stream

@@ -31,6 +31,7 @@ STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
     e.DecisionNotFound.code: grpc.StatusCode.NOT_FOUND,
     e.ResourceExhausted.code: grpc.StatusCode.RESOURCE_EXHAUSTED,
     e.RateLimited.code: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    e.Overloaded.code: grpc.StatusCode.RESOURCE_EXHAUSTED,
     e.BudgetExhausted.code: grpc.StatusCode.RESOURCE_EXHAUSTED,
     e.FailedPrecondition.code: grpc.StatusCode.FAILED_PRECONDITION,
     e.Unavailable.code: grpc.StatusCode.UNAVAILABLE,
