@@ -11,7 +11,6 @@ is down fails closed.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from desiderata.policy.guard import Admission, Budget, PrivacyGuard
 from desiderata.policy.model import Consumption, Principal
 from desiderata.policy.profiles import DisclosureProfile
 from desiderata.policy.store import PolicyStore
+from desiderata.server.admission import admit
 from desiderata.server.answer_cache import AnswerCache
 from desiderata.server.config import ExplainSettings
 from desiderata.server.decision_audit import audit_decision, model_attributes
@@ -51,7 +51,7 @@ from desiderata.server.metrics import Metrics
 from desiderata.server.model_card import FeatureValue
 from desiderata.server.model_repository import ModelHandle, ModelRepository
 from desiderata.server.served import ExplainCall, KindCapability, ServedExplanation, served_explanation
-from desiderata.server.serving import Disclosed, build_explainer, disclose, params_dict
+from desiderata.server.serving import Disclosed, build_explainer, disclose
 
 __all__ = ["ExplainCall", "KindCapability", "Pipeline", "ServedExplanation"]
 
@@ -331,55 +331,23 @@ class Pipeline:
             raise InternalError("an allowed decision without a profile")
         x = handle.schema.encode(features)
         probs = handle.predict_proba(x[None, :])[0]
-        admission = self._admit(principal, handle, call, decision, method, params, x, probs)
-        return _Prepared(record, handle, decision, decision.profile, method, params, x, probs, admission)
-
-    def _admit(
-        self,
-        principal: Principal,
-        handle: ModelHandle,
-        call: ExplainCall,
-        decision: Decision,
-        method: str,
-        params: Any,
-        x: np.ndarray,
-        probs: np.ndarray,
-    ) -> Admission:
-        profile = decision.profile
-        if profile is None:
-            raise InternalError("an allowed decision without a profile")
-        try:
-            admission = self.guard.admit(
-                principal.id,
-                handle.name,
-                handle.version,
-                profile.privacy,
-                x,
-                method=method,
-                method_params=params_dict(params),
-                label=int(np.argmax(probs)),
-            )
-        except PermissionDenied as exc:  # the extraction monitor blocked this caller: audit it
-            denied = dataclasses.replace(decision, allowed=False, reasons=(*decision.reasons, *exc.reasons))
-            audit_decision(self.audit, principal, handle, call.kind.value, call.purpose, call.consumption, denied)
-            raise PermissionDenied(exc.message, decision_id=decision.decision_id, reasons=exc.reasons) from None
-        if not admission.downgrade_to:
-            return admission
-        # The monitor moved the caller to a stricter tier: nothing is held yet.
-        stricter = self.policy.pdp.bundle.profiles.get(admission.downgrade_to)
-        if stricter is None:
-            raise InternalError(f"downgrade tier {admission.downgrade_to!r} has no profile")
-        log.warning("extraction_monitor_downgrade", principal=principal.id, tier=stricter.tier)
-        return self.guard.admit(
-            principal.id,
-            handle.name,
-            handle.version,
-            stricter.privacy,
-            x,
+        a = admit(
+            self.guard,
+            self.policy,
+            self.audit,
+            self.settings,
+            principal=principal,
+            handle=handle,
+            call=call,
+            decision=decision,
             method=method,
-            method_params=params_dict(params),
-            observe=False,
+            params=params,
+            x=x,
+            probs=probs,
         )
+        if a.decision.profile is None:
+            raise InternalError("an allowed decision without a profile")
+        return _Prepared(record, handle, a.decision, a.decision.profile, a.method, a.params, x, probs, a.admission)
 
     def capabilities(
         self, principal: Principal, model: str, version: str, purpose: str, consumption: Consumption

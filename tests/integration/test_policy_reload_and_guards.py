@@ -136,3 +136,65 @@ async def test_budget_rate_and_noise_over_the_wire(tmp_path: Path, bundle: Path)
         assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED and err.details.retry_after_s is not None
     finally:
         await running.app.stop(0.5)
+
+
+def _monitored(bundle: Path, narrative_takes_instances: bool) -> None:
+    """The domain expert's summary tier watched by a quick extraction monitor that moves an
+    alarmed caller to the narrative tier."""
+    profiles = yaml.safe_load((bundle / "profiles.yaml").read_text())
+    summary = profiles["profiles"]["feature_attribution/summary"]
+    summary["privacy"] = {"rate_per_minute": 1000, "burst": 100}  # the test counts downgrades, not rates
+    summary["privacy"]["monitor"] = {
+        "window": 5,
+        "threshold": 0.8,
+        "action": "downgrade",
+        "downgrade_to": "feature_attribution/narrative",
+    }
+    narrative = profiles["profiles"]["feature_attribution/narrative"]
+    narrative["may_submit_instances"] = narrative_takes_instances
+    narrative["privacy"].update({"rate_per_minute": 1000, "burst": 100})
+    (bundle / "profiles.yaml").write_text(yaml.safe_dump(profiles))
+
+
+async def _probe_along_one_axis(officer: AsyncClient, calls: int) -> list[object]:
+    """Queries one feature apart, a step at a time: the pattern PRADA's monitor flags."""
+    out: list[object] = []
+    for i in range(calls):
+        try:
+            out.append(await officer.explain("credit", {**APPLICANT, "amount": 1000.0 + i}, purpose="transparency"))
+        except DesiderataRpcError as exc:
+            out.append(exc)
+    return out
+
+
+async def test_a_downgraded_caller_is_served_the_stricter_tier_entirely(tmp_path: Path, bundle: Path) -> None:
+    _monitored(bundle, narrative_takes_instances=True)
+    running = await _serve(tmp_path, bundle)
+    try:
+        async with AsyncClient(running.address, api_key=KEY["domain_expert"]) as officer:
+            answers = await _probe_along_one_axis(officer, 12)
+        tiers = [getattr(a, "disclosure", a).tier for a in answers]  # an error here shows in the assert
+        assert tiers[0] == "feature_attribution/summary" and tiers[-1] == "feature_attribution/narrative"
+        last = answers[-1]
+        shown = last.disclosure  # type: ignore[attr-defined]
+        assert shown.narrative_only and shown.top_k == 3 and "extraction_monitor.downgrade" in shown.reasons
+        assert not last.feature_attribution.attributions  # type: ignore[attr-defined]  # narrative only
+        audited = [r.record.tier for r in running.app.pipeline.audit.iter_all()]
+        assert audited[-1] == "feature_attribution/narrative"
+    finally:
+        await running.app.stop(0.5)
+
+
+async def test_a_downgrade_to_a_tier_without_submitted_instances_refuses_them(tmp_path: Path, bundle: Path) -> None:
+    _monitored(bundle, narrative_takes_instances=False)
+    running = await _serve(tmp_path, bundle)
+    try:
+        async with AsyncClient(running.address, api_key=KEY["domain_expert"]) as officer:
+            answers = await _probe_along_one_axis(officer, 12)
+        last = answers[-1]
+        assert isinstance(last, DesiderataRpcError) and last.code == grpc.StatusCode.PERMISSION_DENIED
+        assert "recorded decisions only" in str(last)
+        denied = [r.record for r in running.app.pipeline.audit.iter_all() if not r.record.allowed]
+        assert denied and "extraction_monitor.downgrade" in denied[-1].reasons
+    finally:
+        await running.app.stop(0.5)
