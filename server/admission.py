@@ -24,6 +24,7 @@ from desiderata.policy.audit import AuditLog
 from desiderata.policy.decision import Decision
 from desiderata.policy.guard import Admission, PrivacyGuard
 from desiderata.policy.model import Principal
+from desiderata.policy.privacy_params import PrivacyParams
 from desiderata.policy.store import PolicyStore
 from desiderata.server.config import ExplainSettings
 from desiderata.server.decision_audit import audit_decision
@@ -88,17 +89,20 @@ def admit(
         audit_decision(audit, principal, handle, call.kind.value, call.purpose, call.consumption, refused)
         return PermissionDenied(message, decision_id=decision.decision_id, reasons=reasons)
 
-    try:
-        admission = guard.admit(
+    def reserve(privacy: PrivacyParams, method: str, params: Any, **monitor: Any) -> Admission:
+        return guard.admit(
             principal.id,
             handle.name,
             handle.version,
-            profile.privacy,
+            privacy,
             x,
             method=method,
             method_params=params_dict(params),
-            label=int(np.argmax(probs)),
+            **monitor,
         )
+
+    try:
+        admission = reserve(profile.privacy, method, params, label=int(np.argmax(probs)))
     except PermissionDenied as exc:  # the extraction monitor blocked this caller: audit it
         raise denied(exc.reasons, exc.message) from None
     if not admission.downgrade_to:
@@ -114,14 +118,4 @@ def admit(
         decision, tier=stricter.tier, profile=stricter, reasons=(*decision.reasons, DOWNGRADE_REASON)
     )
     method, params = resolve_method(handle, call, decision, settings)
-    admission = guard.admit(
-        principal.id,
-        handle.name,
-        handle.version,
-        stricter.privacy,
-        x,
-        method=method,
-        method_params=params_dict(params),
-        observe=False,
-    )
-    return Admitted(admission, decision, method, params)
+    return Admitted(reserve(stricter.privacy, method, params, observe=False), decision, method, params)

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from desiderata.client import AsyncClient, DesiderataRpcError
+from desiderata.policy.audit import AuditRecord
 from desiderata.policy.store import default_bundle_dir
 from desiderata.server.grpc.app import build_server
 from desiderata.v1 import explanation_service_pb2 as es
@@ -167,34 +168,35 @@ async def _probe_along_one_axis(officer: AsyncClient, calls: int) -> list[object
     return out
 
 
-async def test_a_downgraded_caller_is_served_the_stricter_tier_entirely(tmp_path: Path, bundle: Path) -> None:
-    _monitored(bundle, narrative_takes_instances=True)
+async def _probe_monitored(
+    tmp_path: Path, bundle: Path, narrative_takes_instances: bool
+) -> tuple[list[object], list[AuditRecord]]:
+    """The answers to 12 probes by the domain expert, and the audit log after them."""
+    _monitored(bundle, narrative_takes_instances)
     running = await _serve(tmp_path, bundle)
     try:
         async with AsyncClient(running.address, api_key=KEY["domain_expert"]) as officer:
             answers = await _probe_along_one_axis(officer, 12)
-        tiers = [getattr(a, "disclosure", a).tier for a in answers]  # an error here shows in the assert
-        assert tiers[0] == "feature_attribution/summary" and tiers[-1] == "feature_attribution/narrative"
-        last = answers[-1]
-        shown = last.disclosure  # type: ignore[attr-defined]
-        assert shown.narrative_only and shown.top_k == 3 and "extraction_monitor.downgrade" in shown.reasons
-        assert not last.feature_attribution.attributions  # type: ignore[attr-defined]  # narrative only
-        audited = [r.record.tier for r in running.app.pipeline.audit.iter_all()]
-        assert audited[-1] == "feature_attribution/narrative"
+        return answers, [r.record for r in running.app.pipeline.audit.iter_all()]
     finally:
         await running.app.stop(0.5)
+
+
+async def test_a_downgraded_caller_is_served_the_stricter_tier_entirely(tmp_path: Path, bundle: Path) -> None:
+    answers, audited = await _probe_monitored(tmp_path, bundle, narrative_takes_instances=True)
+    tiers = [getattr(a, "disclosure", a).tier for a in answers]  # an error here shows in the assert
+    assert tiers[0] == "feature_attribution/summary" and tiers[-1] == "feature_attribution/narrative"
+    last = answers[-1]
+    shown = last.disclosure  # type: ignore[attr-defined]
+    assert shown.narrative_only and shown.top_k == 3 and "extraction_monitor.downgrade" in shown.reasons
+    assert not last.feature_attribution.attributions  # type: ignore[attr-defined]  # narrative only
+    assert audited[-1].tier == "feature_attribution/narrative"
 
 
 async def test_a_downgrade_to_a_tier_without_submitted_instances_refuses_them(tmp_path: Path, bundle: Path) -> None:
-    _monitored(bundle, narrative_takes_instances=False)
-    running = await _serve(tmp_path, bundle)
-    try:
-        async with AsyncClient(running.address, api_key=KEY["domain_expert"]) as officer:
-            answers = await _probe_along_one_axis(officer, 12)
-        last = answers[-1]
-        assert isinstance(last, DesiderataRpcError) and last.code == grpc.StatusCode.PERMISSION_DENIED
-        assert "recorded decisions only" in str(last)
-        denied = [r.record for r in running.app.pipeline.audit.iter_all() if not r.record.allowed]
-        assert denied and "extraction_monitor.downgrade" in denied[-1].reasons
-    finally:
-        await running.app.stop(0.5)
+    answers, audited = await _probe_monitored(tmp_path, bundle, narrative_takes_instances=False)
+    last = answers[-1]
+    assert isinstance(last, DesiderataRpcError) and last.code == grpc.StatusCode.PERMISSION_DENIED
+    assert "recorded decisions only" in str(last)
+    denied = [r for r in audited if not r.allowed]
+    assert denied and "extraction_monitor.downgrade" in denied[-1].reasons
