@@ -25,6 +25,7 @@ from desiderata.policy.decision import Decision
 from desiderata.policy.guard import Admission, PrivacyGuard
 from desiderata.policy.model import Principal
 from desiderata.policy.privacy_params import PrivacyParams
+from desiderata.policy.profiles import DisclosureProfile
 from desiderata.policy.store import PolicyStore
 from desiderata.server.config import ExplainSettings
 from desiderata.server.decision_audit import audit_decision
@@ -49,12 +50,14 @@ class Admitted:
     Args:
         admission: the guard's reservation.
         decision: the tier served, a downgrade's stricter one included.
+        profile: that tier's disclosure profile.
         method: the method, resolved again after a downgrade.
         params: its parameters.
     """
 
     admission: Admission
     decision: Decision
+    profile: DisclosureProfile
     method: str
     params: Any
 
@@ -106,7 +109,7 @@ def admit(
     except PermissionDenied as exc:  # the extraction monitor blocked this caller: audit it
         raise denied(exc.reasons, exc.message) from None
     if not admission.downgrade_to:
-        return Admitted(admission, decision, method, params)
+        return Admitted(admission, decision, profile, method, params)
     # The monitor moved the caller to a stricter tier: nothing is held yet.
     stricter = policy.pdp.bundle.profiles.get(admission.downgrade_to)
     if stricter is None:
@@ -118,4 +121,4 @@ def admit(
         decision, tier=stricter.tier, profile=stricter, reasons=(*decision.reasons, DOWNGRADE_REASON)
     )
     method, params = resolve_method(handle, call, decision, settings)
-    return Admitted(reserve(stricter.privacy, method, params, observe=False), decision, method, params)
+    return Admitted(reserve(stricter.privacy, method, params, observe=False), decision, stricter, method, params)

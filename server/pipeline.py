@@ -345,9 +345,7 @@ class Pipeline:
             x=x,
             probs=probs,
         )
-        if a.decision.profile is None:
-            raise InternalError("an allowed decision without a profile")
-        return _Prepared(record, handle, a.decision, a.decision.profile, a.method, a.params, x, probs, a.admission)
+        return _Prepared(record, handle, a.decision, a.profile, a.method, a.params, x, probs, a.admission)
 
     def capabilities(
         self, principal: Principal, model: str, version: str, purpose: str, consumption: Consumption
