@@ -24,6 +24,7 @@ from desiderata.server.errors import DecisionNotFound, InternalError, Unavailabl
 from desiderata.server.model_card import FeatureValue
 
 __all__ = [
+    "RECENT",
     "TABLE",
     "DecisionRecord",
     "DecisionStore",
@@ -70,6 +71,10 @@ class DecisionStore(Protocol):
     def record(self, rec: DecisionRecord) -> None: ...
 
     def get(self, decision_id: str) -> DecisionRecord: ...
+
+    def recent(self, model: str, model_version: str, limit: int) -> list[DecisionRecord]:
+        """The newest `limit` decisions of one model version, newest first."""
+        ...
 
     def close(self) -> None: ...
 
@@ -119,8 +124,15 @@ CREATE TABLE IF NOT EXISTS decisions (
     created_at    TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS decisions_subject ON decisions (subject_id);
+CREATE INDEX IF NOT EXISTS decisions_model ON decisions (model, model_version, created_at);
 """
 """The decisions table of every backend (`Row` order)."""
+
+RECENT = (
+    "SELECT decision_id, subject_id, principal_id, model, model_version, features, probabilities, created_at "
+    "FROM decisions WHERE model = %s AND model_version = %s ORDER BY created_at DESC, decision_id DESC LIMIT %s"
+)
+"""The newest decisions of a model version (ISO 8601 UTC times sort as text); `%s` placeholders."""
 
 _SQLITE_TRIGGERS = """
 CREATE TRIGGER IF NOT EXISTS decisions_no_update BEFORE UPDATE ON decisions
@@ -164,6 +176,14 @@ class SqliteDecisionStore:
         if row is None:
             raise DecisionNotFound(f"no recorded decision {decision_id!r}")
         return decode_row(row)
+
+    def recent(self, model: str, model_version: str, limit: int) -> list[DecisionRecord]:
+        try:
+            with self._lock:
+                rows = self._db.execute(RECENT.replace("%s", "?"), (model, model_version, limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise Unavailable(f"decision store unavailable: {exc.__class__.__name__}") from exc
+        return [decode_row(r) for r in rows]
 
     def close(self) -> None:
         with self._lock:

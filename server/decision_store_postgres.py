@@ -15,7 +15,7 @@ from __future__ import annotations
 import psycopg
 
 from desiderata.policy.postgres import PgConnection, append_only, create_schema
-from desiderata.server.decision_store import TABLE, DecisionRecord, decode_row, encode_row
+from desiderata.server.decision_store import RECENT, TABLE, DecisionRecord, decode_row, encode_row
 from desiderata.server.errors import DecisionNotFound, InternalError
 
 __all__ = ["PostgresDecisionStore"]
@@ -54,6 +54,10 @@ class PostgresDecisionStore:
         if row is None:
             raise DecisionNotFound(f"no recorded decision {decision_id!r}")
         return decode_row(row)
+
+    def recent(self, model: str, model_version: str, limit: int) -> list[DecisionRecord]:
+        rows = self._pg.run(lambda conn: conn.execute(RECENT, (model, model_version, limit)).fetchall())
+        return [decode_row(r) for r in rows]
 
     def close(self) -> None:
         self._pg.close()

@@ -1,25 +1,33 @@
 """Pipeline operations beyond single explanations, each decided by the same
-policy and audited: global summaries (``global/summary``), the audit log
-(``audit/read``) and feedback on explanations (dynamic consumption).
+policy and audited: global views (``global/summary``: summaries and attribution
+drift), the audit log (``audit/read``) and feedback on explanations (dynamic
+consumption).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
-from desiderata.explainers.base import Kind
+from desiderata.explainers.base import ExplainContext, Kind
 from desiderata.policy.audit import AuditFilter, AuditPage, VerifyResult
 from desiderata.policy.decision import Decision, PolicyInput
 from desiderata.policy.feedback import Feedback, Verdict
 from desiderata.policy.model import Consumption, Principal
+from desiderata.server.attribution_drift import AttributionDrift, DriftMonitor, check_window
 from desiderata.server.decision_audit import audit_decision, model_attributes
 from desiderata.server.errors import InvalidArgument, PermissionDenied
 from desiderata.server.global_views import GlobalSummaries, GlobalSummary
 from desiderata.server.pipeline import Pipeline
 
 __all__ = ["FeedbackRequest", "PolicyServices"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -44,10 +52,11 @@ class PolicyServices:
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
         self.summaries = GlobalSummaries()
+        self.drift = DriftMonitor()
 
-    def _authorize(self, principal: Principal, action: str, model: str, purpose: str) -> Decision:
+    def _authorize(self, principal: Principal, action: str, model: str, purpose: str, version: str = "") -> Decision:
         p = self.pipeline
-        handle = p.models.resolve(model)
+        handle = p.models.resolve(model, version)
         p.check_purpose(purpose)
         decision = p.policy.pdp.authorize(principal, action, handle.name, model_attributes(handle), purpose)
         audit_decision(p.audit, principal, handle, action, purpose, Consumption.STATIC, decision)
@@ -59,18 +68,51 @@ class PolicyServices:
             )
         return decision
 
+    async def _global_view(self, deadline: float | None, view: Callable[[ExplainContext], T]) -> T:
+        """`view` on the worker pool; it stops at the deadline or when the caller cancels."""
+        cancel = threading.Event()
+        work = lambda: view(ExplainContext(deadline=deadline, cancel=cancel))  # noqa: E731
+        return await self.pipeline._off_loop(work, deadline, cancel)
+
     async def global_summary(
-        self, principal: Principal, model: str, purpose: str, deadline: float | None
+        self, principal: Principal, model: str, version: str, purpose: str, deadline: float | None
     ) -> tuple[GlobalSummary, Decision]:
-        """The model's global summary, rounded as the caller's tier says."""
-        decision = self._authorize(principal, "global/summary", model, purpose)
-        handle = self.pipeline.models.resolve(model)
-        summary = await self.pipeline._off_loop(lambda: self.summaries.get(handle), deadline)
+        """The model version's global summary, rounded as the caller's tier says."""
+        decision = self._authorize(principal, "global/summary", model, purpose, version)
+        handle = self.pipeline.models.resolve(model, version)
+        summary = await self._global_view(deadline, lambda ctx: self.summaries.get(handle, ctx))
         step = decision.profile.rounding if decision.profile else 0.0
         if step:
             classes = tuple(type(c)(c.label, c.rows, np.round(c.mean_abs / step) * step) for c in summary.classes)
             summary = GlobalSummary(summary.model, summary.model_version, summary.method, summary.features, classes)
         return summary, decision
+
+    async def attribution_drift(
+        self, principal: Principal, model: str, version: str, purpose: str, max_decisions: int, deadline: float | None
+    ) -> tuple[AttributionDrift, Decision]:
+        """The version's recent decisions against its training reference; mean |attribution|
+        rounded as the caller's tier says (a global view: action ``global/summary``)."""
+        limit = check_window(max_decisions)
+        decision = self._authorize(principal, "global/summary", model, purpose, version)
+        handle = self.pipeline.models.resolve(model, version)
+        decisions = self.pipeline.decisions
+
+        def view(ctx: ExplainContext) -> AttributionDrift:
+            return self.drift.drift(handle, decisions.recent(handle.name, handle.version, limit), ctx)
+
+        drift = await self._global_view(deadline, view)
+        step = decision.profile.rounding if decision.profile else 0.0
+        if step:
+            rounded = tuple(
+                dataclasses.replace(
+                    f,
+                    reference_mean_abs=float(np.round(f.reference_mean_abs / step) * step),
+                    recent_mean_abs=float(np.round(f.recent_mean_abs / step) * step),
+                )
+                for f in drift.features
+            )
+            drift = dataclasses.replace(drift, features=rounded)
+        return drift, decision
 
     def query_audit(
         self, principal: Principal, model: str, purpose: str, filters: AuditFilter, page_size: int, page_token: str

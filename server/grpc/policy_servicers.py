@@ -1,5 +1,6 @@
 """Servicers of the policy-governed RPCs: AuditService, and ExplanationService's
-GetGlobalSummary and SubmitFeedback (mixed into the explanation servicer).
+GetGlobalSummary, GetAttributionDrift and SubmitFeedback (mixed into the
+explanation servicer).
 Thin: convert, call `PolicyServices`, convert back."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from grpc import aio
 
 from desiderata.policy.audit import AuditFilter
 from desiderata.policy.feedback import Verdict
+from desiderata.server.attribution_drift import ALPHA, AttributionDrift
 from desiderata.server.errors import InvalidArgument
 from desiderata.server.grpc.interceptors import current_principal
 from desiderata.server.policy_services import FeedbackRequest, PolicyServices
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
 else:
     Ctx = aio.ServicerContext
 
-__all__ = ["AuditServicer", "feedback_request", "global_summary_response"]
+__all__ = ["AuditServicer", "attribution_drift_response", "feedback_request", "global_summary_response", "required"]
 
 VERDICTS: dict[int, Verdict] = {es.FEEDBACK_VERDICT_AGREE: "agree", es.FEEDBACK_VERDICT_DISAGREE: "disagree"}
 
@@ -38,7 +40,7 @@ def _iso(ts: Any, field: str) -> str:
         raise InvalidArgument.single(field, "not a valid timestamp (years 1 to 9999)") from exc
 
 
-def _required(value: str, field: str) -> str:
+def required(value: str, field: str) -> str:
     if not value:
         raise InvalidArgument.single(field, "required")
     return value
@@ -63,8 +65,8 @@ class AuditServicer(au_grpc.AuditServiceServicer):
         )
         page = self._services.query_audit(
             current_principal.get(),
-            _required(request.model, "model"),
-            _required(request.purpose, "purpose"),
+            required(request.model, "model"),
+            required(request.purpose, "purpose"),
             filters,
             request.page_size,
             request.page_token,
@@ -95,7 +97,7 @@ class AuditServicer(au_grpc.AuditServiceServicer):
 
     async def VerifyAudit(self, request: au.VerifyAuditRequest, context: Ctx) -> au.VerifyAuditResponse:
         result = self._services.verify_audit(
-            current_principal.get(), _required(request.model, "model"), _required(request.purpose, "purpose")
+            current_principal.get(), required(request.model, "model"), required(request.purpose, "purpose")
         )
         return au.VerifyAuditResponse(ok=result.ok, records=result.records, problem=result.problem)
 
@@ -105,8 +107,8 @@ def feedback_request(request: es.SubmitFeedbackRequest) -> FeedbackRequest:
     if verdict is None:
         raise InvalidArgument.single("verdict", "must be AGREE or DISAGREE")
     return FeedbackRequest(
-        model=_required(request.model, "model"),
-        decision_id=_required(request.decision_id, "decision_id"),
+        model=required(request.model, "model"),
+        decision_id=required(request.decision_id, "decision_id"),
         explanation_id=request.explanation_id,
         verdict=verdict,
         should_matter=tuple(request.should_matter),
@@ -131,13 +133,48 @@ def global_summary_response(services: PolicyServices, summary: Any, decision: An
                 mean_abs_attribution=float(view.mean_abs[i]),
                 share=float(view.mean_abs[i]) / total if total > 0 else 0.0,
             )
-    out.disclosure.CopyFrom(
-        pb.Disclosure(
-            tier=decision.tier,
-            decision_id=decision.decision_id,
-            policy_version=decision.policy_version,
-            reasons=list(decision.reasons),
-            rounding=decision.profile.rounding if decision.profile else 0.0,
-        )
+    out.disclosure.CopyFrom(_disclosure(decision))
+    return out
+
+
+def _disclosure(decision: Any) -> pb.Disclosure:
+    return pb.Disclosure(
+        tier=decision.tier,
+        decision_id=decision.decision_id,
+        policy_version=decision.policy_version,
+        reasons=list(decision.reasons),
+        rounding=decision.profile.rounding if decision.profile else 0.0,
     )
+
+
+def attribution_drift_response(
+    services: PolicyServices, drift: AttributionDrift, decision: Any
+) -> es.GetAttributionDriftResponse:
+    handle = services.pipeline.models.resolve(drift.model, drift.model_version)
+    labels = {f.name: f.label for f in handle.card.features}
+    out = es.GetAttributionDriftResponse(
+        model=drift.model,
+        model_version=drift.model_version,
+        method=drift.method,
+        target_class=drift.target_class,
+        reference_rows=drift.reference_rows,
+        decisions=drift.decisions,
+        alpha=ALPHA,
+        share_distance=drift.share_distance,
+        share_threshold=drift.share_threshold,
+        drifted=drift.drifted,
+        disclosure=_disclosure(decision),
+    )
+    out.first_decision_at.FromDatetime(drift.first_decision_at)
+    out.last_decision_at.FromDatetime(drift.last_decision_at)
+    for f in sorted(drift.features, key=lambda f: -f.ks_statistic):
+        out.features.add(
+            feature=f.feature,
+            display_name=labels.get(f.feature, f.feature),
+            reference_mean_abs_attribution=f.reference_mean_abs,
+            recent_mean_abs_attribution=f.recent_mean_abs,
+            ks_statistic=f.ks_statistic,
+            p_value=f.p_value,
+            drifted=f.drifted,
+        )
     return out

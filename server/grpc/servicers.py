@@ -19,7 +19,12 @@ from desiderata.policy.model import Consumption
 from desiderata.server.errors import InvalidArgument
 from desiderata.server.grpc import convert, render
 from desiderata.server.grpc.interceptors import current_principal
-from desiderata.server.grpc.policy_servicers import feedback_request, global_summary_response
+from desiderata.server.grpc.policy_servicers import (
+    attribution_drift_response,
+    feedback_request,
+    global_summary_response,
+    required,
+)
 from desiderata.server.pipeline import Pipeline
 from desiderata.server.policy_services import PolicyServices
 from desiderata.server.served import ServedExplanation
@@ -54,14 +59,27 @@ class ExplanationServicer(es_grpc.ExplanationServiceServicer):
         self._services = services
 
     async def GetGlobalSummary(self, request: es.GetGlobalSummaryRequest, context: Ctx) -> es.GetGlobalSummaryResponse:
-        if not request.model:
-            raise InvalidArgument.single("model", "required")
-        if not request.purpose:
-            raise InvalidArgument.single("purpose", "required")
         summary, decision = await self._services.global_summary(
-            current_principal.get(), request.model, request.purpose, _deadline(context, self._default_deadline_s)
+            current_principal.get(),
+            required(request.model, "model"),
+            request.model_version,
+            required(request.purpose, "purpose"),
+            _deadline(context, self._default_deadline_s),
         )
         return global_summary_response(self._services, summary, decision)
+
+    async def GetAttributionDrift(
+        self, request: es.GetAttributionDriftRequest, context: Ctx
+    ) -> es.GetAttributionDriftResponse:
+        drift, decision = await self._services.attribution_drift(
+            current_principal.get(),
+            required(request.model, "model"),
+            request.model_version,
+            required(request.purpose, "purpose"),
+            request.max_decisions,
+            _deadline(context, self._default_deadline_s),
+        )
+        return attribution_drift_response(self._services, drift, decision)
 
     async def SubmitFeedback(self, request: es.SubmitFeedbackRequest, context: Ctx) -> es.SubmitFeedbackResponse:
         stored, decision = self._services.submit_feedback(current_principal.get(), feedback_request(request))

@@ -1,6 +1,6 @@
-"""Conformance of every decision-store backend: typed round trip, unknown and repeated
-ids, append-only rows, concurrent writers, and a lost connection. PostgreSQL runs as a
-real server."""
+"""Conformance of every decision-store backend: typed round trip, recent decisions of a
+version, unknown and repeated ids, append-only rows, concurrent writers, and a lost
+connection. PostgreSQL runs as a real server."""
 
 from __future__ import annotations
 
@@ -78,6 +78,19 @@ def test_round_trip_keeps_every_type(backend: Backend) -> None:
         assert reopened.get(rec.decision_id) == rec
     finally:
         reopened.close()
+
+
+def test_recent_decisions_are_one_versions_newest_first(backend: Backend) -> None:
+    """What attribution drift reads: the newest decisions of one model version."""
+    records = [_record(i) for i in (3, 0, 4, 1, 2)]  # recorded out of time order
+    for rec in [*records, _record(9, model_version="2"), _record(8, model="other")]:
+        backend.store.record(rec)
+    got = backend.store.recent("credit", "3", 3)
+    assert [r.subject_id for r in got] == ["subject-4", "subject-3", "subject-2"]
+    assert got[0] == records[2]
+    assert len(backend.store.recent("credit", "3", 100)) == 5
+    assert [r.subject_id for r in backend.store.recent("credit", "2", 100)] == ["subject-9"]
+    assert backend.store.recent("credit", "7", 100) == []
 
 
 def test_unknown_id_is_not_found(backend: Backend) -> None:

@@ -152,6 +152,7 @@ def _seeds(decision_id: str, tiny: ModelHandle) -> list[tuple[str, Message]]:
         ("ExplainStream", es.ExplainStreamRequest(request=Requests.explain("tiny", INSTANCE, purpose="debugging"))),
         ("GetCapabilities", Requests.capabilities("tiny", "debugging")),
         ("GetGlobalSummary", es.GetGlobalSummaryRequest(model="tiny", purpose="monitoring")),
+        ("GetAttributionDrift", es.GetAttributionDriftRequest(model="tiny", purpose="monitoring")),
         ("SubmitFeedback", es.SubmitFeedbackRequest(model="tiny", decision_id=decision_id, purpose="debugging")),
         ("Predict", Requests.predict("tiny", INSTANCE, subject_id="alice")),
         ("ListModels", ms.ListModelsRequest()),

@@ -968,6 +968,331 @@ func (x *GetGlobalSummaryResponse) GetDisclosure() *Disclosure {
 	return nil
 }
 
+type GetAttributionDriftRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Model string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// Model version; empty selects the served version.
+	ModelVersion string `protobuf:"bytes,2,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
+	Purpose      string `protobuf:"bytes,3,opt,name=purpose,proto3" json:"purpose,omitempty"`
+	// Most recent decisions of the version compared (0: 500; at most 5,000).
+	MaxDecisions  uint32 `protobuf:"varint,4,opt,name=max_decisions,json=maxDecisions,proto3" json:"max_decisions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAttributionDriftRequest) Reset() {
+	*x = GetAttributionDriftRequest{}
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAttributionDriftRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAttributionDriftRequest) ProtoMessage() {}
+
+func (x *GetAttributionDriftRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAttributionDriftRequest.ProtoReflect.Descriptor instead.
+func (*GetAttributionDriftRequest) Descriptor() ([]byte, []int) {
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *GetAttributionDriftRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *GetAttributionDriftRequest) GetModelVersion() string {
+	if x != nil {
+		return x.ModelVersion
+	}
+	return ""
+}
+
+func (x *GetAttributionDriftRequest) GetPurpose() string {
+	if x != nil {
+		return x.Purpose
+	}
+	return ""
+}
+
+func (x *GetAttributionDriftRequest) GetMaxDecisions() uint32 {
+	if x != nil {
+		return x.MaxDecisions
+	}
+	return 0
+}
+
+// One feature's attributions: training reference against recent decisions.
+type FeatureDrift struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Feature     string                 `protobuf:"bytes,1,opt,name=feature,proto3" json:"feature,omitempty"`
+	DisplayName string                 `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	// Mean |attribution| over the reference sample (units of the class probability).
+	ReferenceMeanAbsAttribution float64 `protobuf:"fixed64,3,opt,name=reference_mean_abs_attribution,json=referenceMeanAbsAttribution,proto3" json:"reference_mean_abs_attribution,omitempty"`
+	// Mean |attribution| over the recent decisions.
+	RecentMeanAbsAttribution float64 `protobuf:"fixed64,4,opt,name=recent_mean_abs_attribution,json=recentMeanAbsAttribution,proto3" json:"recent_mean_abs_attribution,omitempty"`
+	// Two-sample Kolmogorov-Smirnov statistic of the signed attributions, in [0, 1].
+	KsStatistic float64 `protobuf:"fixed64,5,opt,name=ks_statistic,json=ksStatistic,proto3" json:"ks_statistic,omitempty"`
+	// Its p-value, not adjusted for the number of features.
+	PValue float64 `protobuf:"fixed64,6,opt,name=p_value,json=pValue,proto3" json:"p_value,omitempty"`
+	// p_value times the number of features is below alpha (Bonferroni).
+	Drifted       bool `protobuf:"varint,7,opt,name=drifted,proto3" json:"drifted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeatureDrift) Reset() {
+	*x = FeatureDrift{}
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeatureDrift) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeatureDrift) ProtoMessage() {}
+
+func (x *FeatureDrift) ProtoReflect() protoreflect.Message {
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeatureDrift.ProtoReflect.Descriptor instead.
+func (*FeatureDrift) Descriptor() ([]byte, []int) {
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *FeatureDrift) GetFeature() string {
+	if x != nil {
+		return x.Feature
+	}
+	return ""
+}
+
+func (x *FeatureDrift) GetDisplayName() string {
+	if x != nil {
+		return x.DisplayName
+	}
+	return ""
+}
+
+func (x *FeatureDrift) GetReferenceMeanAbsAttribution() float64 {
+	if x != nil {
+		return x.ReferenceMeanAbsAttribution
+	}
+	return 0
+}
+
+func (x *FeatureDrift) GetRecentMeanAbsAttribution() float64 {
+	if x != nil {
+		return x.RecentMeanAbsAttribution
+	}
+	return 0
+}
+
+func (x *FeatureDrift) GetKsStatistic() float64 {
+	if x != nil {
+		return x.KsStatistic
+	}
+	return 0
+}
+
+func (x *FeatureDrift) GetPValue() float64 {
+	if x != nil {
+		return x.PValue
+	}
+	return 0
+}
+
+func (x *FeatureDrift) GetDrifted() bool {
+	if x != nil {
+		return x.Drifted
+	}
+	return false
+}
+
+type GetAttributionDriftResponse struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Model        string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	ModelVersion string                 `protobuf:"bytes,2,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
+	// Local method behind both samples ("integrated_gradients" or "permutation_shapley").
+	Method string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	// Class whose attributions are compared (the card's positive class, else the last).
+	TargetClass     string                 `protobuf:"bytes,4,opt,name=target_class,json=targetClass,proto3" json:"target_class,omitempty"`
+	ReferenceRows   uint32                 `protobuf:"varint,5,opt,name=reference_rows,json=referenceRows,proto3" json:"reference_rows,omitempty"`
+	Decisions       uint32                 `protobuf:"varint,6,opt,name=decisions,proto3" json:"decisions,omitempty"`
+	FirstDecisionAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=first_decision_at,json=firstDecisionAt,proto3" json:"first_decision_at,omitempty"`
+	LastDecisionAt  *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=last_decision_at,json=lastDecisionAt,proto3" json:"last_decision_at,omitempty"`
+	// Family-wise false-alarm rate of the feature tests; level of the share threshold.
+	Alpha float64 `protobuf:"fixed64,9,opt,name=alpha,proto3" json:"alpha,omitempty"`
+	// Total-variation distance between the two importance profiles (each
+	// feature's share of the summed mean |attribution|), in [0, 1].
+	ShareDistance float64 `protobuf:"fixed64,10,opt,name=share_distance,json=shareDistance,proto3" json:"share_distance,omitempty"`
+	// The distance that random splits of the pooled rows into the same two
+	// sizes exceed with probability alpha (permutation test).
+	ShareThreshold float64 `protobuf:"fixed64,11,opt,name=share_threshold,json=shareThreshold,proto3" json:"share_threshold,omitempty"`
+	// Some feature drifted.
+	Drifted bool `protobuf:"varint,12,opt,name=drifted,proto3" json:"drifted,omitempty"`
+	// Features, most drifted (largest KS statistic) first.
+	Features      []*FeatureDrift `protobuf:"bytes,13,rep,name=features,proto3" json:"features,omitempty"`
+	Disclosure    *Disclosure     `protobuf:"bytes,14,opt,name=disclosure,proto3" json:"disclosure,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetAttributionDriftResponse) Reset() {
+	*x = GetAttributionDriftResponse{}
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetAttributionDriftResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetAttributionDriftResponse) ProtoMessage() {}
+
+func (x *GetAttributionDriftResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetAttributionDriftResponse.ProtoReflect.Descriptor instead.
+func (*GetAttributionDriftResponse) Descriptor() ([]byte, []int) {
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *GetAttributionDriftResponse) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *GetAttributionDriftResponse) GetModelVersion() string {
+	if x != nil {
+		return x.ModelVersion
+	}
+	return ""
+}
+
+func (x *GetAttributionDriftResponse) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *GetAttributionDriftResponse) GetTargetClass() string {
+	if x != nil {
+		return x.TargetClass
+	}
+	return ""
+}
+
+func (x *GetAttributionDriftResponse) GetReferenceRows() uint32 {
+	if x != nil {
+		return x.ReferenceRows
+	}
+	return 0
+}
+
+func (x *GetAttributionDriftResponse) GetDecisions() uint32 {
+	if x != nil {
+		return x.Decisions
+	}
+	return 0
+}
+
+func (x *GetAttributionDriftResponse) GetFirstDecisionAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FirstDecisionAt
+	}
+	return nil
+}
+
+func (x *GetAttributionDriftResponse) GetLastDecisionAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastDecisionAt
+	}
+	return nil
+}
+
+func (x *GetAttributionDriftResponse) GetAlpha() float64 {
+	if x != nil {
+		return x.Alpha
+	}
+	return 0
+}
+
+func (x *GetAttributionDriftResponse) GetShareDistance() float64 {
+	if x != nil {
+		return x.ShareDistance
+	}
+	return 0
+}
+
+func (x *GetAttributionDriftResponse) GetShareThreshold() float64 {
+	if x != nil {
+		return x.ShareThreshold
+	}
+	return 0
+}
+
+func (x *GetAttributionDriftResponse) GetDrifted() bool {
+	if x != nil {
+		return x.Drifted
+	}
+	return false
+}
+
+func (x *GetAttributionDriftResponse) GetFeatures() []*FeatureDrift {
+	if x != nil {
+		return x.Features
+	}
+	return nil
+}
+
+func (x *GetAttributionDriftResponse) GetDisclosure() *Disclosure {
+	if x != nil {
+		return x.Disclosure
+	}
+	return nil
+}
+
 type SubmitFeedbackRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Model string                 `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
@@ -986,7 +1311,7 @@ type SubmitFeedbackRequest struct {
 
 func (x *SubmitFeedbackRequest) Reset() {
 	*x = SubmitFeedbackRequest{}
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[13]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -998,7 +1323,7 @@ func (x *SubmitFeedbackRequest) String() string {
 func (*SubmitFeedbackRequest) ProtoMessage() {}
 
 func (x *SubmitFeedbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[13]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1011,7 +1336,7 @@ func (x *SubmitFeedbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitFeedbackRequest.ProtoReflect.Descriptor instead.
 func (*SubmitFeedbackRequest) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{13}
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SubmitFeedbackRequest) GetModel() string {
@@ -1081,7 +1406,7 @@ type SubmitFeedbackResponse struct {
 
 func (x *SubmitFeedbackResponse) Reset() {
 	*x = SubmitFeedbackResponse{}
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[14]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1093,7 +1418,7 @@ func (x *SubmitFeedbackResponse) String() string {
 func (*SubmitFeedbackResponse) ProtoMessage() {}
 
 func (x *SubmitFeedbackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[14]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1106,7 +1431,7 @@ func (x *SubmitFeedbackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitFeedbackResponse.ProtoReflect.Descriptor instead.
 func (*SubmitFeedbackResponse) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{14}
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SubmitFeedbackResponse) GetDecisionId() string {
@@ -1195,6 +1520,37 @@ const file_desiderata_v1_explanation_service_proto_rawDesc = "" +
 	"\aclasses\x18\x04 \x03(\v2\x1b.desiderata.v1.ClassSummaryR\aclasses\x129\n" +
 	"\n" +
 	"disclosure\x18\x05 \x01(\v2\x19.desiderata.v1.DisclosureR\n" +
+	"disclosure\"\x96\x01\n" +
+	"\x1aGetAttributionDriftRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12#\n" +
+	"\rmodel_version\x18\x02 \x01(\tR\fmodelVersion\x12\x18\n" +
+	"\apurpose\x18\x03 \x01(\tR\apurpose\x12#\n" +
+	"\rmax_decisions\x18\x04 \x01(\rR\fmaxDecisions\"\xa5\x02\n" +
+	"\fFeatureDrift\x12\x18\n" +
+	"\afeature\x18\x01 \x01(\tR\afeature\x12!\n" +
+	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12C\n" +
+	"\x1ereference_mean_abs_attribution\x18\x03 \x01(\x01R\x1breferenceMeanAbsAttribution\x12=\n" +
+	"\x1brecent_mean_abs_attribution\x18\x04 \x01(\x01R\x18recentMeanAbsAttribution\x12!\n" +
+	"\fks_statistic\x18\x05 \x01(\x01R\vksStatistic\x12\x17\n" +
+	"\ap_value\x18\x06 \x01(\x01R\x06pValue\x12\x18\n" +
+	"\adrifted\x18\a \x01(\bR\adrifted\"\xda\x04\n" +
+	"\x1bGetAttributionDriftResponse\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12#\n" +
+	"\rmodel_version\x18\x02 \x01(\tR\fmodelVersion\x12\x16\n" +
+	"\x06method\x18\x03 \x01(\tR\x06method\x12!\n" +
+	"\ftarget_class\x18\x04 \x01(\tR\vtargetClass\x12%\n" +
+	"\x0ereference_rows\x18\x05 \x01(\rR\rreferenceRows\x12\x1c\n" +
+	"\tdecisions\x18\x06 \x01(\rR\tdecisions\x12F\n" +
+	"\x11first_decision_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x0ffirstDecisionAt\x12D\n" +
+	"\x10last_decision_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x0elastDecisionAt\x12\x14\n" +
+	"\x05alpha\x18\t \x01(\x01R\x05alpha\x12%\n" +
+	"\x0eshare_distance\x18\n" +
+	" \x01(\x01R\rshareDistance\x12'\n" +
+	"\x0fshare_threshold\x18\v \x01(\x01R\x0eshareThreshold\x12\x18\n" +
+	"\adrifted\x18\f \x01(\bR\adrifted\x127\n" +
+	"\bfeatures\x18\r \x03(\v2\x1b.desiderata.v1.FeatureDriftR\bfeatures\x129\n" +
+	"\n" +
+	"disclosure\x18\x0e \x01(\v2\x19.desiderata.v1.DisclosureR\n" +
 	"disclosure\"\xae\x02\n" +
 	"\x15SubmitFeedbackRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x1f\n" +
@@ -1214,13 +1570,14 @@ const file_desiderata_v1_explanation_service_proto_rawDesc = "" +
 	"\x0fFeedbackVerdict\x12 \n" +
 	"\x1cFEEDBACK_VERDICT_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16FEEDBACK_VERDICT_AGREE\x10\x01\x12\x1d\n" +
-	"\x19FEEDBACK_VERDICT_DISAGREE\x10\x022\xc4\x04\n" +
+	"\x19FEEDBACK_VERDICT_DISAGREE\x10\x022\xb2\x05\n" +
 	"\x12ExplanationService\x12H\n" +
 	"\aExplain\x12\x1d.desiderata.v1.ExplainRequest\x1a\x1e.desiderata.v1.ExplainResponse\x12`\n" +
 	"\x0fExplainDecision\x12%.desiderata.v1.ExplainDecisionRequest\x1a&.desiderata.v1.ExplainDecisionResponse\x12\\\n" +
 	"\rExplainStream\x12#.desiderata.v1.ExplainStreamRequest\x1a$.desiderata.v1.ExplainStreamResponse0\x01\x12`\n" +
 	"\x0fGetCapabilities\x12%.desiderata.v1.GetCapabilitiesRequest\x1a&.desiderata.v1.GetCapabilitiesResponse\x12c\n" +
-	"\x10GetGlobalSummary\x12&.desiderata.v1.GetGlobalSummaryRequest\x1a'.desiderata.v1.GetGlobalSummaryResponse\x12]\n" +
+	"\x10GetGlobalSummary\x12&.desiderata.v1.GetGlobalSummaryRequest\x1a'.desiderata.v1.GetGlobalSummaryResponse\x12l\n" +
+	"\x13GetAttributionDrift\x12).desiderata.v1.GetAttributionDriftRequest\x1a*.desiderata.v1.GetAttributionDriftResponse\x12]\n" +
 	"\x0eSubmitFeedback\x12$.desiderata.v1.SubmitFeedbackRequest\x1a%.desiderata.v1.SubmitFeedbackResponseBz\n" +
 	"\x11dev.desiderata.v1B\x17ExplanationServiceProtoP\x01ZJgithub.com/desiderata-xai/desiderata/clients/go/desiderata/v1;desideratav1b\x06proto3"
 
@@ -1237,71 +1594,80 @@ func file_desiderata_v1_explanation_service_proto_rawDescGZIP() []byte {
 }
 
 var file_desiderata_v1_explanation_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_desiderata_v1_explanation_service_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_desiderata_v1_explanation_service_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_desiderata_v1_explanation_service_proto_goTypes = []any{
-	(FeedbackVerdict)(0),             // 0: desiderata.v1.FeedbackVerdict
-	(*ExplainRequest)(nil),           // 1: desiderata.v1.ExplainRequest
-	(*ExplainResponse)(nil),          // 2: desiderata.v1.ExplainResponse
-	(*ExplainDecisionRequest)(nil),   // 3: desiderata.v1.ExplainDecisionRequest
-	(*ExplainDecisionResponse)(nil),  // 4: desiderata.v1.ExplainDecisionResponse
-	(*ExplainStreamRequest)(nil),     // 5: desiderata.v1.ExplainStreamRequest
-	(*ExplainStreamResponse)(nil),    // 6: desiderata.v1.ExplainStreamResponse
-	(*GetCapabilitiesRequest)(nil),   // 7: desiderata.v1.GetCapabilitiesRequest
-	(*KindCapability)(nil),           // 8: desiderata.v1.KindCapability
-	(*GetCapabilitiesResponse)(nil),  // 9: desiderata.v1.GetCapabilitiesResponse
-	(*GetGlobalSummaryRequest)(nil),  // 10: desiderata.v1.GetGlobalSummaryRequest
-	(*FeatureImportance)(nil),        // 11: desiderata.v1.FeatureImportance
-	(*ClassSummary)(nil),             // 12: desiderata.v1.ClassSummary
-	(*GetGlobalSummaryResponse)(nil), // 13: desiderata.v1.GetGlobalSummaryResponse
-	(*SubmitFeedbackRequest)(nil),    // 14: desiderata.v1.SubmitFeedbackRequest
-	(*SubmitFeedbackResponse)(nil),   // 15: desiderata.v1.SubmitFeedbackResponse
-	(*Instance)(nil),                 // 16: desiderata.v1.Instance
-	(ExplanationKind)(0),             // 17: desiderata.v1.ExplanationKind
-	(Consumption)(0),                 // 18: desiderata.v1.Consumption
-	(*ExplanationParams)(nil),        // 19: desiderata.v1.ExplanationParams
-	(*Explanation)(nil),              // 20: desiderata.v1.Explanation
-	(*Budget)(nil),                   // 21: desiderata.v1.Budget
-	(*Disclosure)(nil),               // 22: desiderata.v1.Disclosure
-	(*timestamppb.Timestamp)(nil),    // 23: google.protobuf.Timestamp
+	(FeedbackVerdict)(0),                // 0: desiderata.v1.FeedbackVerdict
+	(*ExplainRequest)(nil),              // 1: desiderata.v1.ExplainRequest
+	(*ExplainResponse)(nil),             // 2: desiderata.v1.ExplainResponse
+	(*ExplainDecisionRequest)(nil),      // 3: desiderata.v1.ExplainDecisionRequest
+	(*ExplainDecisionResponse)(nil),     // 4: desiderata.v1.ExplainDecisionResponse
+	(*ExplainStreamRequest)(nil),        // 5: desiderata.v1.ExplainStreamRequest
+	(*ExplainStreamResponse)(nil),       // 6: desiderata.v1.ExplainStreamResponse
+	(*GetCapabilitiesRequest)(nil),      // 7: desiderata.v1.GetCapabilitiesRequest
+	(*KindCapability)(nil),              // 8: desiderata.v1.KindCapability
+	(*GetCapabilitiesResponse)(nil),     // 9: desiderata.v1.GetCapabilitiesResponse
+	(*GetGlobalSummaryRequest)(nil),     // 10: desiderata.v1.GetGlobalSummaryRequest
+	(*FeatureImportance)(nil),           // 11: desiderata.v1.FeatureImportance
+	(*ClassSummary)(nil),                // 12: desiderata.v1.ClassSummary
+	(*GetGlobalSummaryResponse)(nil),    // 13: desiderata.v1.GetGlobalSummaryResponse
+	(*GetAttributionDriftRequest)(nil),  // 14: desiderata.v1.GetAttributionDriftRequest
+	(*FeatureDrift)(nil),                // 15: desiderata.v1.FeatureDrift
+	(*GetAttributionDriftResponse)(nil), // 16: desiderata.v1.GetAttributionDriftResponse
+	(*SubmitFeedbackRequest)(nil),       // 17: desiderata.v1.SubmitFeedbackRequest
+	(*SubmitFeedbackResponse)(nil),      // 18: desiderata.v1.SubmitFeedbackResponse
+	(*Instance)(nil),                    // 19: desiderata.v1.Instance
+	(ExplanationKind)(0),                // 20: desiderata.v1.ExplanationKind
+	(Consumption)(0),                    // 21: desiderata.v1.Consumption
+	(*ExplanationParams)(nil),           // 22: desiderata.v1.ExplanationParams
+	(*Explanation)(nil),                 // 23: desiderata.v1.Explanation
+	(*Budget)(nil),                      // 24: desiderata.v1.Budget
+	(*Disclosure)(nil),                  // 25: desiderata.v1.Disclosure
+	(*timestamppb.Timestamp)(nil),       // 26: google.protobuf.Timestamp
 }
 var file_desiderata_v1_explanation_service_proto_depIdxs = []int32{
-	16, // 0: desiderata.v1.ExplainRequest.instance:type_name -> desiderata.v1.Instance
-	17, // 1: desiderata.v1.ExplainRequest.kind:type_name -> desiderata.v1.ExplanationKind
-	18, // 2: desiderata.v1.ExplainRequest.consumption:type_name -> desiderata.v1.Consumption
-	19, // 3: desiderata.v1.ExplainRequest.params:type_name -> desiderata.v1.ExplanationParams
-	20, // 4: desiderata.v1.ExplainResponse.explanation:type_name -> desiderata.v1.Explanation
-	17, // 5: desiderata.v1.ExplainDecisionRequest.kind:type_name -> desiderata.v1.ExplanationKind
-	18, // 6: desiderata.v1.ExplainDecisionRequest.consumption:type_name -> desiderata.v1.Consumption
-	19, // 7: desiderata.v1.ExplainDecisionRequest.params:type_name -> desiderata.v1.ExplanationParams
-	20, // 8: desiderata.v1.ExplainDecisionResponse.explanation:type_name -> desiderata.v1.Explanation
+	19, // 0: desiderata.v1.ExplainRequest.instance:type_name -> desiderata.v1.Instance
+	20, // 1: desiderata.v1.ExplainRequest.kind:type_name -> desiderata.v1.ExplanationKind
+	21, // 2: desiderata.v1.ExplainRequest.consumption:type_name -> desiderata.v1.Consumption
+	22, // 3: desiderata.v1.ExplainRequest.params:type_name -> desiderata.v1.ExplanationParams
+	23, // 4: desiderata.v1.ExplainResponse.explanation:type_name -> desiderata.v1.Explanation
+	20, // 5: desiderata.v1.ExplainDecisionRequest.kind:type_name -> desiderata.v1.ExplanationKind
+	21, // 6: desiderata.v1.ExplainDecisionRequest.consumption:type_name -> desiderata.v1.Consumption
+	22, // 7: desiderata.v1.ExplainDecisionRequest.params:type_name -> desiderata.v1.ExplanationParams
+	23, // 8: desiderata.v1.ExplainDecisionResponse.explanation:type_name -> desiderata.v1.Explanation
 	1,  // 9: desiderata.v1.ExplainStreamRequest.request:type_name -> desiderata.v1.ExplainRequest
-	20, // 10: desiderata.v1.ExplainStreamResponse.explanation:type_name -> desiderata.v1.Explanation
-	18, // 11: desiderata.v1.GetCapabilitiesRequest.consumption:type_name -> desiderata.v1.Consumption
-	17, // 12: desiderata.v1.KindCapability.kind:type_name -> desiderata.v1.ExplanationKind
+	23, // 10: desiderata.v1.ExplainStreamResponse.explanation:type_name -> desiderata.v1.Explanation
+	21, // 11: desiderata.v1.GetCapabilitiesRequest.consumption:type_name -> desiderata.v1.Consumption
+	20, // 12: desiderata.v1.KindCapability.kind:type_name -> desiderata.v1.ExplanationKind
 	8,  // 13: desiderata.v1.GetCapabilitiesResponse.capabilities:type_name -> desiderata.v1.KindCapability
-	21, // 14: desiderata.v1.GetCapabilitiesResponse.budget:type_name -> desiderata.v1.Budget
+	24, // 14: desiderata.v1.GetCapabilitiesResponse.budget:type_name -> desiderata.v1.Budget
 	11, // 15: desiderata.v1.ClassSummary.features:type_name -> desiderata.v1.FeatureImportance
 	12, // 16: desiderata.v1.GetGlobalSummaryResponse.classes:type_name -> desiderata.v1.ClassSummary
-	22, // 17: desiderata.v1.GetGlobalSummaryResponse.disclosure:type_name -> desiderata.v1.Disclosure
-	0,  // 18: desiderata.v1.SubmitFeedbackRequest.verdict:type_name -> desiderata.v1.FeedbackVerdict
-	23, // 19: desiderata.v1.SubmitFeedbackResponse.recorded_at:type_name -> google.protobuf.Timestamp
-	1,  // 20: desiderata.v1.ExplanationService.Explain:input_type -> desiderata.v1.ExplainRequest
-	3,  // 21: desiderata.v1.ExplanationService.ExplainDecision:input_type -> desiderata.v1.ExplainDecisionRequest
-	5,  // 22: desiderata.v1.ExplanationService.ExplainStream:input_type -> desiderata.v1.ExplainStreamRequest
-	7,  // 23: desiderata.v1.ExplanationService.GetCapabilities:input_type -> desiderata.v1.GetCapabilitiesRequest
-	10, // 24: desiderata.v1.ExplanationService.GetGlobalSummary:input_type -> desiderata.v1.GetGlobalSummaryRequest
-	14, // 25: desiderata.v1.ExplanationService.SubmitFeedback:input_type -> desiderata.v1.SubmitFeedbackRequest
-	2,  // 26: desiderata.v1.ExplanationService.Explain:output_type -> desiderata.v1.ExplainResponse
-	4,  // 27: desiderata.v1.ExplanationService.ExplainDecision:output_type -> desiderata.v1.ExplainDecisionResponse
-	6,  // 28: desiderata.v1.ExplanationService.ExplainStream:output_type -> desiderata.v1.ExplainStreamResponse
-	9,  // 29: desiderata.v1.ExplanationService.GetCapabilities:output_type -> desiderata.v1.GetCapabilitiesResponse
-	13, // 30: desiderata.v1.ExplanationService.GetGlobalSummary:output_type -> desiderata.v1.GetGlobalSummaryResponse
-	15, // 31: desiderata.v1.ExplanationService.SubmitFeedback:output_type -> desiderata.v1.SubmitFeedbackResponse
-	26, // [26:32] is the sub-list for method output_type
-	20, // [20:26] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	25, // 17: desiderata.v1.GetGlobalSummaryResponse.disclosure:type_name -> desiderata.v1.Disclosure
+	26, // 18: desiderata.v1.GetAttributionDriftResponse.first_decision_at:type_name -> google.protobuf.Timestamp
+	26, // 19: desiderata.v1.GetAttributionDriftResponse.last_decision_at:type_name -> google.protobuf.Timestamp
+	15, // 20: desiderata.v1.GetAttributionDriftResponse.features:type_name -> desiderata.v1.FeatureDrift
+	25, // 21: desiderata.v1.GetAttributionDriftResponse.disclosure:type_name -> desiderata.v1.Disclosure
+	0,  // 22: desiderata.v1.SubmitFeedbackRequest.verdict:type_name -> desiderata.v1.FeedbackVerdict
+	26, // 23: desiderata.v1.SubmitFeedbackResponse.recorded_at:type_name -> google.protobuf.Timestamp
+	1,  // 24: desiderata.v1.ExplanationService.Explain:input_type -> desiderata.v1.ExplainRequest
+	3,  // 25: desiderata.v1.ExplanationService.ExplainDecision:input_type -> desiderata.v1.ExplainDecisionRequest
+	5,  // 26: desiderata.v1.ExplanationService.ExplainStream:input_type -> desiderata.v1.ExplainStreamRequest
+	7,  // 27: desiderata.v1.ExplanationService.GetCapabilities:input_type -> desiderata.v1.GetCapabilitiesRequest
+	10, // 28: desiderata.v1.ExplanationService.GetGlobalSummary:input_type -> desiderata.v1.GetGlobalSummaryRequest
+	14, // 29: desiderata.v1.ExplanationService.GetAttributionDrift:input_type -> desiderata.v1.GetAttributionDriftRequest
+	17, // 30: desiderata.v1.ExplanationService.SubmitFeedback:input_type -> desiderata.v1.SubmitFeedbackRequest
+	2,  // 31: desiderata.v1.ExplanationService.Explain:output_type -> desiderata.v1.ExplainResponse
+	4,  // 32: desiderata.v1.ExplanationService.ExplainDecision:output_type -> desiderata.v1.ExplainDecisionResponse
+	6,  // 33: desiderata.v1.ExplanationService.ExplainStream:output_type -> desiderata.v1.ExplainStreamResponse
+	9,  // 34: desiderata.v1.ExplanationService.GetCapabilities:output_type -> desiderata.v1.GetCapabilitiesResponse
+	13, // 35: desiderata.v1.ExplanationService.GetGlobalSummary:output_type -> desiderata.v1.GetGlobalSummaryResponse
+	16, // 36: desiderata.v1.ExplanationService.GetAttributionDrift:output_type -> desiderata.v1.GetAttributionDriftResponse
+	18, // 37: desiderata.v1.ExplanationService.SubmitFeedback:output_type -> desiderata.v1.SubmitFeedbackResponse
+	31, // [31:38] is the sub-list for method output_type
+	24, // [24:31] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_desiderata_v1_explanation_service_proto_init() }
@@ -1316,7 +1682,7 @@ func file_desiderata_v1_explanation_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_desiderata_v1_explanation_service_proto_rawDesc), len(file_desiderata_v1_explanation_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -22,12 +22,13 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ExplanationService_Explain_FullMethodName          = "/desiderata.v1.ExplanationService/Explain"
-	ExplanationService_ExplainDecision_FullMethodName  = "/desiderata.v1.ExplanationService/ExplainDecision"
-	ExplanationService_ExplainStream_FullMethodName    = "/desiderata.v1.ExplanationService/ExplainStream"
-	ExplanationService_GetCapabilities_FullMethodName  = "/desiderata.v1.ExplanationService/GetCapabilities"
-	ExplanationService_GetGlobalSummary_FullMethodName = "/desiderata.v1.ExplanationService/GetGlobalSummary"
-	ExplanationService_SubmitFeedback_FullMethodName   = "/desiderata.v1.ExplanationService/SubmitFeedback"
+	ExplanationService_Explain_FullMethodName             = "/desiderata.v1.ExplanationService/Explain"
+	ExplanationService_ExplainDecision_FullMethodName     = "/desiderata.v1.ExplanationService/ExplainDecision"
+	ExplanationService_ExplainStream_FullMethodName       = "/desiderata.v1.ExplanationService/ExplainStream"
+	ExplanationService_GetCapabilities_FullMethodName     = "/desiderata.v1.ExplanationService/GetCapabilities"
+	ExplanationService_GetGlobalSummary_FullMethodName    = "/desiderata.v1.ExplanationService/GetGlobalSummary"
+	ExplanationService_GetAttributionDrift_FullMethodName = "/desiderata.v1.ExplanationService/GetAttributionDrift"
+	ExplanationService_SubmitFeedback_FullMethodName      = "/desiderata.v1.ExplanationService/SubmitFeedback"
 )
 
 // ExplanationServiceClient is the client API for ExplanationService service.
@@ -46,6 +47,11 @@ type ExplanationServiceClient interface {
 	// Global view of a model: mean |attribution| per feature and predicted class
 	// over a sample of its training reference.
 	GetGlobalSummary(ctx context.Context, in *GetGlobalSummaryRequest, opts ...grpc.CallOption) (*GetGlobalSummaryResponse, error)
+	// Attribution drift: the recent decisions of a model version, explained and
+	// compared feature by feature with its training reference. Decided as a
+	// global view (the same policy action as GetGlobalSummary); only aggregates
+	// over at least 20 decisions are returned.
+	GetAttributionDrift(ctx context.Context, in *GetAttributionDriftRequest, opts ...grpc.CallOption) (*GetAttributionDriftResponse, error)
 	// Feedback on an explanation (dynamic consumption: it may change the model).
 	SubmitFeedback(ctx context.Context, in *SubmitFeedbackRequest, opts ...grpc.CallOption) (*SubmitFeedbackResponse, error)
 }
@@ -117,6 +123,16 @@ func (c *explanationServiceClient) GetGlobalSummary(ctx context.Context, in *Get
 	return out, nil
 }
 
+func (c *explanationServiceClient) GetAttributionDrift(ctx context.Context, in *GetAttributionDriftRequest, opts ...grpc.CallOption) (*GetAttributionDriftResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetAttributionDriftResponse)
+	err := c.cc.Invoke(ctx, ExplanationService_GetAttributionDrift_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *explanationServiceClient) SubmitFeedback(ctx context.Context, in *SubmitFeedbackRequest, opts ...grpc.CallOption) (*SubmitFeedbackResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(SubmitFeedbackResponse)
@@ -143,6 +159,11 @@ type ExplanationServiceServer interface {
 	// Global view of a model: mean |attribution| per feature and predicted class
 	// over a sample of its training reference.
 	GetGlobalSummary(context.Context, *GetGlobalSummaryRequest) (*GetGlobalSummaryResponse, error)
+	// Attribution drift: the recent decisions of a model version, explained and
+	// compared feature by feature with its training reference. Decided as a
+	// global view (the same policy action as GetGlobalSummary); only aggregates
+	// over at least 20 decisions are returned.
+	GetAttributionDrift(context.Context, *GetAttributionDriftRequest) (*GetAttributionDriftResponse, error)
 	// Feedback on an explanation (dynamic consumption: it may change the model).
 	SubmitFeedback(context.Context, *SubmitFeedbackRequest) (*SubmitFeedbackResponse, error)
 	mustEmbedUnimplementedExplanationServiceServer()
@@ -169,6 +190,9 @@ func (UnimplementedExplanationServiceServer) GetCapabilities(context.Context, *G
 }
 func (UnimplementedExplanationServiceServer) GetGlobalSummary(context.Context, *GetGlobalSummaryRequest) (*GetGlobalSummaryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetGlobalSummary not implemented")
+}
+func (UnimplementedExplanationServiceServer) GetAttributionDrift(context.Context, *GetAttributionDriftRequest) (*GetAttributionDriftResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetAttributionDrift not implemented")
 }
 func (UnimplementedExplanationServiceServer) SubmitFeedback(context.Context, *SubmitFeedbackRequest) (*SubmitFeedbackResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SubmitFeedback not implemented")
@@ -277,6 +301,24 @@ func _ExplanationService_GetGlobalSummary_Handler(srv interface{}, ctx context.C
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ExplanationService_GetAttributionDrift_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetAttributionDriftRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ExplanationServiceServer).GetAttributionDrift(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ExplanationService_GetAttributionDrift_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ExplanationServiceServer).GetAttributionDrift(ctx, req.(*GetAttributionDriftRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _ExplanationService_SubmitFeedback_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(SubmitFeedbackRequest)
 	if err := dec(in); err != nil {
@@ -317,6 +359,10 @@ var ExplanationService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetGlobalSummary",
 			Handler:    _ExplanationService_GetGlobalSummary_Handler,
+		},
+		{
+			MethodName: "GetAttributionDrift",
+			Handler:    _ExplanationService_GetAttributionDrift_Handler,
 		},
 		{
 			MethodName: "SubmitFeedback",

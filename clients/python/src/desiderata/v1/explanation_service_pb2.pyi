@@ -438,6 +438,154 @@ class GetGlobalSummaryResponse(_message.Message):
 Global___GetGlobalSummaryResponse: _TypeAlias = GetGlobalSummaryResponse  # noqa: Y015
 
 @_typing.final
+class GetAttributionDriftRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    MAX_DECISIONS_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    model_version: _builtins.str
+    """Model version; empty selects the served version."""
+    purpose: _builtins.str
+    max_decisions: _builtins.int
+    """Most recent decisions of the version compared (0: 500; at most 5,000)."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        model_version: _builtins.str = ...,
+        purpose: _builtins.str = ...,
+        max_decisions: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_decisions", b"max_decisions", "model", b"model", "model_version", b"model_version", "purpose", b"purpose"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAttributionDriftRequest: _TypeAlias = GetAttributionDriftRequest  # noqa: Y015
+
+@_typing.final
+class FeatureDrift(_message.Message):
+    """One feature's attributions: training reference against recent decisions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURE_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    REFERENCE_MEAN_ABS_ATTRIBUTION_FIELD_NUMBER: _builtins.int
+    RECENT_MEAN_ABS_ATTRIBUTION_FIELD_NUMBER: _builtins.int
+    KS_STATISTIC_FIELD_NUMBER: _builtins.int
+    P_VALUE_FIELD_NUMBER: _builtins.int
+    DRIFTED_FIELD_NUMBER: _builtins.int
+    feature: _builtins.str
+    display_name: _builtins.str
+    reference_mean_abs_attribution: _builtins.float
+    """Mean |attribution| over the reference sample (units of the class probability)."""
+    recent_mean_abs_attribution: _builtins.float
+    """Mean |attribution| over the recent decisions."""
+    ks_statistic: _builtins.float
+    """Two-sample Kolmogorov-Smirnov statistic of the signed attributions, in [0, 1]."""
+    p_value: _builtins.float
+    """Its p-value, not adjusted for the number of features."""
+    drifted: _builtins.bool
+    """p_value times the number of features is below alpha (Bonferroni)."""
+    def __init__(
+        self,
+        *,
+        feature: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        reference_mean_abs_attribution: _builtins.float = ...,
+        recent_mean_abs_attribution: _builtins.float = ...,
+        ks_statistic: _builtins.float = ...,
+        p_value: _builtins.float = ...,
+        drifted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "drifted", b"drifted", "feature", b"feature", "ks_statistic", b"ks_statistic", "p_value", b"p_value", "recent_mean_abs_attribution", b"recent_mean_abs_attribution", "reference_mean_abs_attribution", b"reference_mean_abs_attribution"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureDrift: _TypeAlias = FeatureDrift  # noqa: Y015
+
+@_typing.final
+class GetAttributionDriftResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    TARGET_CLASS_FIELD_NUMBER: _builtins.int
+    REFERENCE_ROWS_FIELD_NUMBER: _builtins.int
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    FIRST_DECISION_AT_FIELD_NUMBER: _builtins.int
+    LAST_DECISION_AT_FIELD_NUMBER: _builtins.int
+    ALPHA_FIELD_NUMBER: _builtins.int
+    SHARE_DISTANCE_FIELD_NUMBER: _builtins.int
+    SHARE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    DRIFTED_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    DISCLOSURE_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    model_version: _builtins.str
+    method: _builtins.str
+    """Local method behind both samples ("integrated_gradients" or "permutation_shapley")."""
+    target_class: _builtins.str
+    """Class whose attributions are compared (the card's positive class, else the last)."""
+    reference_rows: _builtins.int
+    decisions: _builtins.int
+    alpha: _builtins.float
+    """Family-wise false-alarm rate of the feature tests; level of the share threshold."""
+    share_distance: _builtins.float
+    """Total-variation distance between the two importance profiles (each
+    feature's share of the summed mean |attribution|), in [0, 1].
+    """
+    share_threshold: _builtins.float
+    """The distance that random splits of the pooled rows into the same two
+    sizes exceed with probability alpha (permutation test).
+    """
+    drifted: _builtins.bool
+    """Some feature drifted."""
+    @_builtins.property
+    def first_decision_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_decision_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureDrift]:
+        """Features, most drifted (largest KS statistic) first."""
+
+    @_builtins.property
+    def disclosure(self) -> _types_pb2.Disclosure: ...
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        model_version: _builtins.str = ...,
+        method: _builtins.str = ...,
+        target_class: _builtins.str = ...,
+        reference_rows: _builtins.int = ...,
+        decisions: _builtins.int = ...,
+        first_decision_at: _timestamp_pb2.Timestamp | None = ...,
+        last_decision_at: _timestamp_pb2.Timestamp | None = ...,
+        alpha: _builtins.float = ...,
+        share_distance: _builtins.float = ...,
+        share_threshold: _builtins.float = ...,
+        drifted: _builtins.bool = ...,
+        features: _abc.Iterable[Global___FeatureDrift] | None = ...,
+        disclosure: _types_pb2.Disclosure | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["disclosure", b"disclosure", "first_decision_at", b"first_decision_at", "last_decision_at", b"last_decision_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "decisions", b"decisions", "disclosure", b"disclosure", "drifted", b"drifted", "features", b"features", "first_decision_at", b"first_decision_at", "last_decision_at", b"last_decision_at", "method", b"method", "model", b"model", "model_version", b"model_version", "reference_rows", b"reference_rows", "share_distance", b"share_distance", "share_threshold", b"share_threshold", "target_class", b"target_class"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAttributionDriftResponse: _TypeAlias = GetAttributionDriftResponse  # noqa: Y015
+
+@_typing.final
 class SubmitFeedbackRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -59,6 +59,11 @@ class ExplanationServiceStub:
                 request_serializer=desiderata_dot_v1_dot_explanation__service__pb2.GetGlobalSummaryRequest.SerializeToString,
                 response_deserializer=desiderata_dot_v1_dot_explanation__service__pb2.GetGlobalSummaryResponse.FromString,
                 _registered_method=True)
+        self.GetAttributionDrift = channel.unary_unary(
+                '/desiderata.v1.ExplanationService/GetAttributionDrift',
+                request_serializer=desiderata_dot_v1_dot_explanation__service__pb2.GetAttributionDriftRequest.SerializeToString,
+                response_deserializer=desiderata_dot_v1_dot_explanation__service__pb2.GetAttributionDriftResponse.FromString,
+                _registered_method=True)
         self.SubmitFeedback = channel.unary_unary(
                 '/desiderata.v1.ExplanationService/SubmitFeedback',
                 request_serializer=desiderata_dot_v1_dot_explanation__service__pb2.SubmitFeedbackRequest.SerializeToString,
@@ -106,6 +111,16 @@ class ExplanationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAttributionDrift(self, request, context):
+        """Attribution drift: the recent decisions of a model version, explained and
+        compared feature by feature with its training reference. Decided as a
+        global view (the same policy action as GetGlobalSummary); only aggregates
+        over at least 20 decisions are returned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SubmitFeedback(self, request, context):
         """Feedback on an explanation (dynamic consumption: it may change the model).
         """
@@ -140,6 +155,11 @@ def add_ExplanationServiceServicer_to_server(servicer, server):
                     servicer.GetGlobalSummary,
                     request_deserializer=desiderata_dot_v1_dot_explanation__service__pb2.GetGlobalSummaryRequest.FromString,
                     response_serializer=desiderata_dot_v1_dot_explanation__service__pb2.GetGlobalSummaryResponse.SerializeToString,
+            ),
+            'GetAttributionDrift': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAttributionDrift,
+                    request_deserializer=desiderata_dot_v1_dot_explanation__service__pb2.GetAttributionDriftRequest.FromString,
+                    response_serializer=desiderata_dot_v1_dot_explanation__service__pb2.GetAttributionDriftResponse.SerializeToString,
             ),
             'SubmitFeedback': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitFeedback,
@@ -282,6 +302,33 @@ class ExplanationService:
             '/desiderata.v1.ExplanationService/GetGlobalSummary',
             desiderata_dot_v1_dot_explanation__service__pb2.GetGlobalSummaryRequest.SerializeToString,
             desiderata_dot_v1_dot_explanation__service__pb2.GetGlobalSummaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAttributionDrift(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/desiderata.v1.ExplanationService/GetAttributionDrift',
+            desiderata_dot_v1_dot_explanation__service__pb2.GetAttributionDriftRequest.SerializeToString,
+            desiderata_dot_v1_dot_explanation__service__pb2.GetAttributionDriftResponse.FromString,
             options,
             channel_credentials,
             insecure,

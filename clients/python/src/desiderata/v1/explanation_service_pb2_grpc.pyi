@@ -47,6 +47,12 @@ class ExplanationServiceStub:
     """Global view of a model: mean |attribution| per feature and predicted class
     over a sample of its training reference.
     """
+    GetAttributionDrift: _grpc.UnaryUnaryMultiCallable[_explanation_service_pb2.GetAttributionDriftRequest, _explanation_service_pb2.GetAttributionDriftResponse]
+    """Attribution drift: the recent decisions of a model version, explained and
+    compared feature by feature with its training reference. Decided as a
+    global view (the same policy action as GetGlobalSummary); only aggregates
+    over at least 20 decisions are returned.
+    """
     SubmitFeedback: _grpc.UnaryUnaryMultiCallable[_explanation_service_pb2.SubmitFeedbackRequest, _explanation_service_pb2.SubmitFeedbackResponse]
     """Feedback on an explanation (dynamic consumption: it may change the model)."""
 
@@ -66,6 +72,12 @@ class ExplanationServiceAsyncStub(ExplanationServiceStub):
     GetGlobalSummary: _aio.UnaryUnaryMultiCallable[_explanation_service_pb2.GetGlobalSummaryRequest, _explanation_service_pb2.GetGlobalSummaryResponse]  # type: ignore[assignment]
     """Global view of a model: mean |attribution| per feature and predicted class
     over a sample of its training reference.
+    """
+    GetAttributionDrift: _aio.UnaryUnaryMultiCallable[_explanation_service_pb2.GetAttributionDriftRequest, _explanation_service_pb2.GetAttributionDriftResponse]  # type: ignore[assignment]
+    """Attribution drift: the recent decisions of a model version, explained and
+    compared feature by feature with its training reference. Decided as a
+    global view (the same policy action as GetGlobalSummary); only aggregates
+    over at least 20 decisions are returned.
     """
     SubmitFeedback: _aio.UnaryUnaryMultiCallable[_explanation_service_pb2.SubmitFeedbackRequest, _explanation_service_pb2.SubmitFeedbackResponse]  # type: ignore[assignment]
     """Feedback on an explanation (dynamic consumption: it may change the model)."""
@@ -113,6 +125,18 @@ class ExplanationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_explanation_service_pb2.GetGlobalSummaryResponse, _abc.Awaitable[_explanation_service_pb2.GetGlobalSummaryResponse]]:
         """Global view of a model: mean |attribution| per feature and predicted class
         over a sample of its training reference.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAttributionDrift(
+        self,
+        request: _explanation_service_pb2.GetAttributionDriftRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_explanation_service_pb2.GetAttributionDriftResponse, _abc.Awaitable[_explanation_service_pb2.GetAttributionDriftResponse]]:
+        """Attribution drift: the recent decisions of a model version, explained and
+        compared feature by feature with its training reference. Decided as a
+        global view (the same policy action as GetGlobalSummary); only aggregates
+        over at least 20 decisions are returned.
         """
 
     @_abc_1.abstractmethod

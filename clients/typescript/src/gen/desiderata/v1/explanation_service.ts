@@ -199,6 +199,63 @@ export interface GetGlobalSummaryResponse {
   disclosure: Disclosure | undefined;
 }
 
+export interface GetAttributionDriftRequest {
+  model: string;
+  /** Model version; empty selects the served version. */
+  modelVersion: string;
+  purpose: string;
+  /** Most recent decisions of the version compared (0: 500; at most 5,000). */
+  maxDecisions: number;
+}
+
+/** One feature's attributions: training reference against recent decisions. */
+export interface FeatureDrift {
+  feature: string;
+  displayName: string;
+  /** Mean |attribution| over the reference sample (units of the class probability). */
+  referenceMeanAbsAttribution: number;
+  /** Mean |attribution| over the recent decisions. */
+  recentMeanAbsAttribution: number;
+  /** Two-sample Kolmogorov-Smirnov statistic of the signed attributions, in [0, 1]. */
+  ksStatistic: number;
+  /** Its p-value, not adjusted for the number of features. */
+  pValue: number;
+  /** p_value times the number of features is below alpha (Bonferroni). */
+  drifted: boolean;
+}
+
+export interface GetAttributionDriftResponse {
+  model: string;
+  modelVersion: string;
+  /** Local method behind both samples ("integrated_gradients" or "permutation_shapley"). */
+  method: string;
+  /** Class whose attributions are compared (the card's positive class, else the last). */
+  targetClass: string;
+  referenceRows: number;
+  decisions: number;
+  firstDecisionAt: Date | undefined;
+  lastDecisionAt:
+    | Date
+    | undefined;
+  /** Family-wise false-alarm rate of the feature tests; level of the share threshold. */
+  alpha: number;
+  /**
+   * Total-variation distance between the two importance profiles (each
+   * feature's share of the summed mean |attribution|), in [0, 1].
+   */
+  shareDistance: number;
+  /**
+   * The distance that random splits of the pooled rows into the same two
+   * sizes exceed with probability alpha (permutation test).
+   */
+  shareThreshold: number;
+  /** Some feature drifted. */
+  drifted: boolean;
+  /** Features, most drifted (largest KS statistic) first. */
+  features: FeatureDrift[];
+  disclosure: Disclosure | undefined;
+}
+
 export interface SubmitFeedbackRequest {
   model: string;
   /** Disclosure.decision_id of the explanation the feedback is about. */
@@ -1802,6 +1859,648 @@ export const GetGlobalSummaryResponse: MessageFns<GetGlobalSummaryResponse> = {
   },
 };
 
+function createBaseGetAttributionDriftRequest(): GetAttributionDriftRequest {
+  return { model: "", modelVersion: "", purpose: "", maxDecisions: 0 };
+}
+
+export const GetAttributionDriftRequest: MessageFns<GetAttributionDriftRequest> = {
+  encode(message: GetAttributionDriftRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    if (message.modelVersion !== "") {
+      writer.uint32(18).string(message.modelVersion);
+    }
+    if (message.purpose !== "") {
+      writer.uint32(26).string(message.purpose);
+    }
+    if (message.maxDecisions !== 0) {
+      writer.uint32(32).uint32(message.maxDecisions);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetAttributionDriftRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetAttributionDriftRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.modelVersion = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.purpose = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.maxDecisions = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetAttributionDriftRequest {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      modelVersion: isSet(object.modelVersion)
+        ? globalThis.String(object.modelVersion)
+        : isSet(object.model_version)
+        ? globalThis.String(object.model_version)
+        : "",
+      purpose: isSet(object.purpose) ? globalThis.String(object.purpose) : "",
+      maxDecisions: isSet(object.maxDecisions)
+        ? globalThis.Number(object.maxDecisions)
+        : isSet(object.max_decisions)
+        ? globalThis.Number(object.max_decisions)
+        : 0,
+    };
+  },
+
+  toJSON(message: GetAttributionDriftRequest): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.modelVersion !== "") {
+      obj.modelVersion = message.modelVersion;
+    }
+    if (message.purpose !== "") {
+      obj.purpose = message.purpose;
+    }
+    if (message.maxDecisions !== 0) {
+      obj.maxDecisions = Math.round(message.maxDecisions);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetAttributionDriftRequest>, I>>(base?: I): GetAttributionDriftRequest {
+    return GetAttributionDriftRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetAttributionDriftRequest>, I>>(object: I): GetAttributionDriftRequest {
+    const message = createBaseGetAttributionDriftRequest();
+    message.model = object.model ?? "";
+    message.modelVersion = object.modelVersion ?? "";
+    message.purpose = object.purpose ?? "";
+    message.maxDecisions = object.maxDecisions ?? 0;
+    return message;
+  },
+};
+
+function createBaseFeatureDrift(): FeatureDrift {
+  return {
+    feature: "",
+    displayName: "",
+    referenceMeanAbsAttribution: 0,
+    recentMeanAbsAttribution: 0,
+    ksStatistic: 0,
+    pValue: 0,
+    drifted: false,
+  };
+}
+
+export const FeatureDrift: MessageFns<FeatureDrift> = {
+  encode(message: FeatureDrift, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.feature !== "") {
+      writer.uint32(10).string(message.feature);
+    }
+    if (message.displayName !== "") {
+      writer.uint32(18).string(message.displayName);
+    }
+    if (message.referenceMeanAbsAttribution !== 0) {
+      writer.uint32(25).double(message.referenceMeanAbsAttribution);
+    }
+    if (message.recentMeanAbsAttribution !== 0) {
+      writer.uint32(33).double(message.recentMeanAbsAttribution);
+    }
+    if (message.ksStatistic !== 0) {
+      writer.uint32(41).double(message.ksStatistic);
+    }
+    if (message.pValue !== 0) {
+      writer.uint32(49).double(message.pValue);
+    }
+    if (message.drifted !== false) {
+      writer.uint32(56).bool(message.drifted);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FeatureDrift {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFeatureDrift();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.feature = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.displayName = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.referenceMeanAbsAttribution = reader.double();
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.recentMeanAbsAttribution = reader.double();
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.ksStatistic = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.pValue = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.drifted = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FeatureDrift {
+    return {
+      feature: isSet(object.feature) ? globalThis.String(object.feature) : "",
+      displayName: isSet(object.displayName)
+        ? globalThis.String(object.displayName)
+        : isSet(object.display_name)
+        ? globalThis.String(object.display_name)
+        : "",
+      referenceMeanAbsAttribution: isSet(object.referenceMeanAbsAttribution)
+        ? globalThis.Number(object.referenceMeanAbsAttribution)
+        : isSet(object.reference_mean_abs_attribution)
+        ? globalThis.Number(object.reference_mean_abs_attribution)
+        : 0,
+      recentMeanAbsAttribution: isSet(object.recentMeanAbsAttribution)
+        ? globalThis.Number(object.recentMeanAbsAttribution)
+        : isSet(object.recent_mean_abs_attribution)
+        ? globalThis.Number(object.recent_mean_abs_attribution)
+        : 0,
+      ksStatistic: isSet(object.ksStatistic)
+        ? globalThis.Number(object.ksStatistic)
+        : isSet(object.ks_statistic)
+        ? globalThis.Number(object.ks_statistic)
+        : 0,
+      pValue: isSet(object.pValue)
+        ? globalThis.Number(object.pValue)
+        : isSet(object.p_value)
+        ? globalThis.Number(object.p_value)
+        : 0,
+      drifted: isSet(object.drifted) ? globalThis.Boolean(object.drifted) : false,
+    };
+  },
+
+  toJSON(message: FeatureDrift): unknown {
+    const obj: any = {};
+    if (message.feature !== "") {
+      obj.feature = message.feature;
+    }
+    if (message.displayName !== "") {
+      obj.displayName = message.displayName;
+    }
+    if (message.referenceMeanAbsAttribution !== 0) {
+      obj.referenceMeanAbsAttribution = floatToJson(message.referenceMeanAbsAttribution);
+    }
+    if (message.recentMeanAbsAttribution !== 0) {
+      obj.recentMeanAbsAttribution = floatToJson(message.recentMeanAbsAttribution);
+    }
+    if (message.ksStatistic !== 0) {
+      obj.ksStatistic = floatToJson(message.ksStatistic);
+    }
+    if (message.pValue !== 0) {
+      obj.pValue = floatToJson(message.pValue);
+    }
+    if (message.drifted !== false) {
+      obj.drifted = message.drifted;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FeatureDrift>, I>>(base?: I): FeatureDrift {
+    return FeatureDrift.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FeatureDrift>, I>>(object: I): FeatureDrift {
+    const message = createBaseFeatureDrift();
+    message.feature = object.feature ?? "";
+    message.displayName = object.displayName ?? "";
+    message.referenceMeanAbsAttribution = object.referenceMeanAbsAttribution ?? 0;
+    message.recentMeanAbsAttribution = object.recentMeanAbsAttribution ?? 0;
+    message.ksStatistic = object.ksStatistic ?? 0;
+    message.pValue = object.pValue ?? 0;
+    message.drifted = object.drifted ?? false;
+    return message;
+  },
+};
+
+function createBaseGetAttributionDriftResponse(): GetAttributionDriftResponse {
+  return {
+    model: "",
+    modelVersion: "",
+    method: "",
+    targetClass: "",
+    referenceRows: 0,
+    decisions: 0,
+    firstDecisionAt: undefined,
+    lastDecisionAt: undefined,
+    alpha: 0,
+    shareDistance: 0,
+    shareThreshold: 0,
+    drifted: false,
+    features: [],
+    disclosure: undefined,
+  };
+}
+
+export const GetAttributionDriftResponse: MessageFns<GetAttributionDriftResponse> = {
+  encode(message: GetAttributionDriftResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    if (message.modelVersion !== "") {
+      writer.uint32(18).string(message.modelVersion);
+    }
+    if (message.method !== "") {
+      writer.uint32(26).string(message.method);
+    }
+    if (message.targetClass !== "") {
+      writer.uint32(34).string(message.targetClass);
+    }
+    if (message.referenceRows !== 0) {
+      writer.uint32(40).uint32(message.referenceRows);
+    }
+    if (message.decisions !== 0) {
+      writer.uint32(48).uint32(message.decisions);
+    }
+    if (message.firstDecisionAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.firstDecisionAt), writer.uint32(58).fork()).join();
+    }
+    if (message.lastDecisionAt !== undefined) {
+      Timestamp.encode(toTimestamp(message.lastDecisionAt), writer.uint32(66).fork()).join();
+    }
+    if (message.alpha !== 0) {
+      writer.uint32(73).double(message.alpha);
+    }
+    if (message.shareDistance !== 0) {
+      writer.uint32(81).double(message.shareDistance);
+    }
+    if (message.shareThreshold !== 0) {
+      writer.uint32(89).double(message.shareThreshold);
+    }
+    if (message.drifted !== false) {
+      writer.uint32(96).bool(message.drifted);
+    }
+    for (const v of message.features) {
+      FeatureDrift.encode(v!, writer.uint32(106).fork()).join();
+    }
+    if (message.disclosure !== undefined) {
+      Disclosure.encode(message.disclosure, writer.uint32(114).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetAttributionDriftResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetAttributionDriftResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.modelVersion = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.method = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.targetClass = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.referenceRows = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.decisions = reader.uint32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.firstDecisionAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.lastDecisionAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 9: {
+            if (tag !== 73) {
+              break;
+            }
+
+            message.alpha = reader.double();
+            continue;
+          }
+          case 10: {
+            if (tag !== 81) {
+              break;
+            }
+
+            message.shareDistance = reader.double();
+            continue;
+          }
+          case 11: {
+            if (tag !== 89) {
+              break;
+            }
+
+            message.shareThreshold = reader.double();
+            continue;
+          }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.drifted = reader.bool();
+            continue;
+          }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.features.push(FeatureDrift.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.disclosure = Disclosure.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetAttributionDriftResponse {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      modelVersion: isSet(object.modelVersion)
+        ? globalThis.String(object.modelVersion)
+        : isSet(object.model_version)
+        ? globalThis.String(object.model_version)
+        : "",
+      method: isSet(object.method) ? globalThis.String(object.method) : "",
+      targetClass: isSet(object.targetClass)
+        ? globalThis.String(object.targetClass)
+        : isSet(object.target_class)
+        ? globalThis.String(object.target_class)
+        : "",
+      referenceRows: isSet(object.referenceRows)
+        ? globalThis.Number(object.referenceRows)
+        : isSet(object.reference_rows)
+        ? globalThis.Number(object.reference_rows)
+        : 0,
+      decisions: isSet(object.decisions) ? globalThis.Number(object.decisions) : 0,
+      firstDecisionAt: isSet(object.firstDecisionAt)
+        ? fromJsonTimestamp(object.firstDecisionAt)
+        : isSet(object.first_decision_at)
+        ? fromJsonTimestamp(object.first_decision_at)
+        : undefined,
+      lastDecisionAt: isSet(object.lastDecisionAt)
+        ? fromJsonTimestamp(object.lastDecisionAt)
+        : isSet(object.last_decision_at)
+        ? fromJsonTimestamp(object.last_decision_at)
+        : undefined,
+      alpha: isSet(object.alpha) ? globalThis.Number(object.alpha) : 0,
+      shareDistance: isSet(object.shareDistance)
+        ? globalThis.Number(object.shareDistance)
+        : isSet(object.share_distance)
+        ? globalThis.Number(object.share_distance)
+        : 0,
+      shareThreshold: isSet(object.shareThreshold)
+        ? globalThis.Number(object.shareThreshold)
+        : isSet(object.share_threshold)
+        ? globalThis.Number(object.share_threshold)
+        : 0,
+      drifted: isSet(object.drifted) ? globalThis.Boolean(object.drifted) : false,
+      features: globalThis.Array.isArray(object?.features)
+        ? object.features.map((e: any) => FeatureDrift.fromJSON(e))
+        : [],
+      disclosure: isSet(object.disclosure) ? Disclosure.fromJSON(object.disclosure) : undefined,
+    };
+  },
+
+  toJSON(message: GetAttributionDriftResponse): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.modelVersion !== "") {
+      obj.modelVersion = message.modelVersion;
+    }
+    if (message.method !== "") {
+      obj.method = message.method;
+    }
+    if (message.targetClass !== "") {
+      obj.targetClass = message.targetClass;
+    }
+    if (message.referenceRows !== 0) {
+      obj.referenceRows = Math.round(message.referenceRows);
+    }
+    if (message.decisions !== 0) {
+      obj.decisions = Math.round(message.decisions);
+    }
+    if (message.firstDecisionAt !== undefined) {
+      obj.firstDecisionAt = message.firstDecisionAt.toISOString();
+    }
+    if (message.lastDecisionAt !== undefined) {
+      obj.lastDecisionAt = message.lastDecisionAt.toISOString();
+    }
+    if (message.alpha !== 0) {
+      obj.alpha = floatToJson(message.alpha);
+    }
+    if (message.shareDistance !== 0) {
+      obj.shareDistance = floatToJson(message.shareDistance);
+    }
+    if (message.shareThreshold !== 0) {
+      obj.shareThreshold = floatToJson(message.shareThreshold);
+    }
+    if (message.drifted !== false) {
+      obj.drifted = message.drifted;
+    }
+    if (message.features?.length) {
+      obj.features = message.features.map((e) => FeatureDrift.toJSON(e));
+    }
+    if (message.disclosure !== undefined) {
+      obj.disclosure = Disclosure.toJSON(message.disclosure);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetAttributionDriftResponse>, I>>(base?: I): GetAttributionDriftResponse {
+    return GetAttributionDriftResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetAttributionDriftResponse>, I>>(object: I): GetAttributionDriftResponse {
+    const message = createBaseGetAttributionDriftResponse();
+    message.model = object.model ?? "";
+    message.modelVersion = object.modelVersion ?? "";
+    message.method = object.method ?? "";
+    message.targetClass = object.targetClass ?? "";
+    message.referenceRows = object.referenceRows ?? 0;
+    message.decisions = object.decisions ?? 0;
+    message.firstDecisionAt = object.firstDecisionAt ?? undefined;
+    message.lastDecisionAt = object.lastDecisionAt ?? undefined;
+    message.alpha = object.alpha ?? 0;
+    message.shareDistance = object.shareDistance ?? 0;
+    message.shareThreshold = object.shareThreshold ?? 0;
+    message.drifted = object.drifted ?? false;
+    message.features = object.features?.map((e) => FeatureDrift.fromPartial(e)) || [];
+    message.disclosure = (object.disclosure !== undefined && object.disclosure !== null)
+      ? Disclosure.fromPartial(object.disclosure)
+      : undefined;
+    return message;
+  },
+};
+
 function createBaseSubmitFeedbackRequest(): SubmitFeedbackRequest {
   return {
     model: "",
@@ -2166,6 +2865,23 @@ export const ExplanationServiceService = {
       Buffer.from(GetGlobalSummaryResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): GetGlobalSummaryResponse => GetGlobalSummaryResponse.decode(value),
   },
+  /**
+   * Attribution drift: the recent decisions of a model version, explained and
+   * compared feature by feature with its training reference. Decided as a
+   * global view (the same policy action as GetGlobalSummary); only aggregates
+   * over at least 20 decisions are returned.
+   */
+  getAttributionDrift: {
+    path: "/desiderata.v1.ExplanationService/GetAttributionDrift" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetAttributionDriftRequest): Buffer =>
+      Buffer.from(GetAttributionDriftRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetAttributionDriftRequest => GetAttributionDriftRequest.decode(value),
+    responseSerialize: (value: GetAttributionDriftResponse): Buffer =>
+      Buffer.from(GetAttributionDriftResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetAttributionDriftResponse => GetAttributionDriftResponse.decode(value),
+  },
   /** Feedback on an explanation (dynamic consumption: it may change the model). */
   submitFeedback: {
     path: "/desiderata.v1.ExplanationService/SubmitFeedback" as const,
@@ -2197,6 +2913,13 @@ export interface ExplanationServiceServer extends UntypedServiceImplementation {
    * over a sample of its training reference.
    */
   getGlobalSummary: handleUnaryCall<GetGlobalSummaryRequest, GetGlobalSummaryResponse>;
+  /**
+   * Attribution drift: the recent decisions of a model version, explained and
+   * compared feature by feature with its training reference. Decided as a
+   * global view (the same policy action as GetGlobalSummary); only aggregates
+   * over at least 20 decisions are returned.
+   */
+  getAttributionDrift: handleUnaryCall<GetAttributionDriftRequest, GetAttributionDriftResponse>;
   /** Feedback on an explanation (dynamic consumption: it may change the model). */
   submitFeedback: handleUnaryCall<SubmitFeedbackRequest, SubmitFeedbackResponse>;
 }
@@ -2281,6 +3004,27 @@ export interface ExplanationServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: GetGlobalSummaryResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Attribution drift: the recent decisions of a model version, explained and
+   * compared feature by feature with its training reference. Decided as a
+   * global view (the same policy action as GetGlobalSummary); only aggregates
+   * over at least 20 decisions are returned.
+   */
+  getAttributionDrift(
+    request: GetAttributionDriftRequest,
+    callback: (error: ServiceError | null, response: GetAttributionDriftResponse) => void,
+  ): ClientUnaryCall;
+  getAttributionDrift(
+    request: GetAttributionDriftRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetAttributionDriftResponse) => void,
+  ): ClientUnaryCall;
+  getAttributionDrift(
+    request: GetAttributionDriftRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetAttributionDriftResponse) => void,
   ): ClientUnaryCall;
   /** Feedback on an explanation (dynamic consumption: it may change the model). */
   submitFeedback(

@@ -1,0 +1,264 @@
+"""Attribution drift: do the model's recent decisions rest on the same features,
+in the same way, as its training data did?
+
+A global view (DESIGN.md) built from local explanations: the recorded decisions
+of one model version (`DecisionStore.recent`) and a seeded sample of its
+training reference are explained the same way (`global_views.local_attributions`),
+towards the same class, and compared feature by feature.
+
+- Per feature, a two-sample Kolmogorov–Smirnov test of the signed attributions
+  (scipy's `ks_2samp`). A feature is flagged when its p-value, Bonferroni-adjusted
+  over the d features, is below `ALPHA`: under no drift, the chance that any
+  feature is flagged is at most `ALPHA`.
+- Overall, the total-variation distance between the two importance profiles
+  (each feature's share of the summed mean |attribution|), beside the distance
+  that random splits of the pooled rows into the same two sizes exceed with
+  probability `ALPHA` (a permutation test over `PERMUTATIONS` splits).
+
+Only aggregates leave the server, and only over at least `MIN_DECISIONS`
+decisions, so that no single subject's explanation can be read off them.
+Attributions of recorded decisions are cached by decision id (decisions are
+append-only), so a repeated query explains only what was recorded since.
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+from scipy.stats import ks_2samp
+
+from desiderata.explainers.base import ExplainableModel, ExplainContext
+from desiderata.server.decision_store import DecisionRecord
+from desiderata.server.errors import FailedPrecondition, InvalidArgument
+from desiderata.server.global_views import attribution_method, local_attributions, reference_sample
+
+__all__ = [
+    "ALPHA",
+    "DEFAULT_DECISIONS",
+    "MAX_DECISIONS",
+    "MIN_DECISIONS",
+    "AttributionDrift",
+    "DriftMonitor",
+    "FeatureDrift",
+    "check_window",
+    "compare",
+    "drift_target",
+]
+
+ALPHA = 0.05
+MIN_DECISIONS = 20
+DEFAULT_DECISIONS = 500
+MAX_DECISIONS = 5000
+REFERENCE_ROWS = 500
+PERMUTATIONS = 1000
+EXPLAIN_CHUNK = 32
+NEGLIGIBLE = 1e-6
+"""Attributions below this fraction of a reference row's mean total |attribution| count as zero:
+float32 evaluation leaves ~1e-8 on features without influence, and a test of that noise is not drift."""
+CACHED_DECISIONS = 20_000
+"""Attributions of recorded decisions kept (one float per feature each)."""
+
+
+@dataclass(frozen=True)
+class FeatureDrift:
+    """One feature's attributions, training reference against recent decisions.
+
+    Args:
+        feature: feature name.
+        reference_mean_abs: mean |attribution| over the reference sample.
+        recent_mean_abs: mean |attribution| over the recent decisions.
+        ks_statistic: two-sample Kolmogorov–Smirnov statistic of the signed attributions, in [0, 1].
+        p_value: its p-value, not adjusted.
+        drifted: p_value × d < `ALPHA` (Bonferroni over the d features).
+    """
+
+    feature: str
+    reference_mean_abs: float
+    recent_mean_abs: float
+    ks_statistic: float
+    p_value: float
+    drifted: bool
+
+
+@dataclass(frozen=True)
+class AttributionDrift:
+    """The comparison of a model version's recent decisions with its training reference.
+
+    Args:
+        share_distance: total-variation distance between the importance shares, in [0, 1].
+        share_threshold: the distance random splits of the pooled rows exceed with probability `ALPHA`.
+        drifted: some feature is flagged.
+        first_decision_at, last_decision_at: the oldest and newest decision compared.
+    """
+
+    model: str
+    model_version: str
+    method: str
+    target_class: str
+    reference_rows: int
+    decisions: int
+    first_decision_at: datetime
+    last_decision_at: datetime
+    share_distance: float
+    share_threshold: float
+    drifted: bool
+    features: tuple[FeatureDrift, ...]
+
+
+def drift_target(model: ExplainableModel) -> int:
+    """The class whose attributions are compared: the card's positive class, else the last class."""
+    card = model.card
+    if card.positive_class and card.positive_class in card.class_names:
+        return card.class_names.index(card.positive_class)
+    return len(card.class_names) - 1
+
+
+def compare(reference: np.ndarray, recent: np.ndarray, names: list[str]) -> tuple[float, float, list[FeatureDrift]]:
+    """Tests and distances between two attribution samples, ``(n_ref, d)`` and ``(n, d)``.
+
+    Returns:
+        (share distance, its permutation threshold at `ALPHA`, one `FeatureDrift` per feature).
+    """
+    d = reference.shape[1]
+    floor = NEGLIGIBLE * float(np.abs(reference).sum(axis=1).mean())
+    reference = np.where(np.abs(reference) < floor, 0.0, reference)
+    recent = np.where(np.abs(recent) < floor, 0.0, recent)
+    features = []
+    for i, name in enumerate(names):
+        test = ks_2samp(reference[:, i], recent[:, i])
+        p = float(test.pvalue)
+        features.append(
+            FeatureDrift(
+                feature=name,
+                reference_mean_abs=float(np.abs(reference[:, i]).mean()),
+                recent_mean_abs=float(np.abs(recent[:, i]).mean()),
+                ks_statistic=float(test.statistic),
+                p_value=p,
+                drifted=p * d < ALPHA,
+            )
+        )
+    distance = _tv(np.abs(reference).mean(axis=0), np.abs(recent).mean(axis=0))
+    return distance, _permutation_threshold(np.abs(np.concatenate([reference, recent])), len(recent)), features
+
+
+def _tv(a: np.ndarray, b: np.ndarray) -> float | np.ndarray:
+    """Total-variation distance between importance profiles (mean |attribution|s), along the last axis."""
+    return 0.5 * np.abs(_normalized(a) - _normalized(b)).sum(axis=-1)  # type: ignore[no-any-return]
+
+
+def _normalized(m: np.ndarray) -> np.ndarray:
+    total = m.sum(axis=-1, keepdims=True)
+    return np.divide(m, total, out=np.full_like(m, 1.0 / m.shape[-1]), where=total > 0)
+
+
+def _permutation_threshold(pooled: np.ndarray, n: int) -> float:
+    """The 1 − `ALPHA` quantile of the share distance between random splits of the pooled
+    |attributions| ``(N, d)`` into n rows and the rest: its exact null distribution when
+    nothing drifted (the rows are then exchangeable), to `PERMUTATIONS` draws."""
+    rng = np.random.default_rng(0)
+    total_n, d = pooled.shape
+    m = min(n, total_n - n)  # draw the smaller side; the other is what is left
+    total = pooled.sum(axis=0)
+    per = max(1, 2_000_000 // max(1, m * d))  # permutations per block: about 16 MB of gathered rows
+    out = []
+    for start in range(0, PERMUTATIONS, per):
+        k = min(per, PERMUTATIONS - start)
+        picks = rng.random((k, total_n)).argpartition(m, axis=1)[:, :m]
+        drawn = pooled[picks].sum(axis=1)  # (k, d)
+        out.append(_tv(drawn / m, (total - drawn) / (total_n - m)))
+    return float(np.quantile(np.concatenate(out), 1 - ALPHA))
+
+
+class DriftMonitor:
+    """Explains reference rows and recorded decisions (both cached) and compares them.
+
+    Args:
+        reference_rows: training-reference rows sampled (seeded).
+        cached_decisions: attributions of recorded decisions kept, least recently used out.
+    """
+
+    def __init__(self, reference_rows: int = REFERENCE_ROWS, cached_decisions: int = CACHED_DECISIONS) -> None:
+        self.reference_rows = reference_rows
+        self.cached_decisions = cached_decisions
+        self._reference: dict[tuple[str, str], np.ndarray] = {}
+        self._decisions: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def drift(self, model: ExplainableModel, records: list[DecisionRecord], ctx: ExplainContext) -> AttributionDrift:
+        """Compares `records` (recent decisions of `model`'s version) with the training reference.
+
+        Raises:
+            FailedPrecondition: fewer than `MIN_DECISIONS` records, or no training reference.
+        """
+        if len(records) < MIN_DECISIONS:
+            raise FailedPrecondition(
+                f"attribution drift needs at least {MIN_DECISIONS} recorded decisions of model "
+                f"{model.card.name!r} version {model.card.version!r}; there are {len(records)}"
+            )
+        reference = self._reference_attributions(model, ctx)
+        recent = self._decision_attributions(model, records, ctx)
+        distance, threshold, features = compare(reference, recent, model.schema.names)
+        times = [r.created_at for r in records]
+        return AttributionDrift(
+            model=model.card.name,
+            model_version=model.card.version,
+            method=attribution_method(model),
+            target_class=model.card.class_names[drift_target(model)],
+            reference_rows=int(reference.shape[0]),
+            decisions=len(records),
+            first_decision_at=min(times),
+            last_decision_at=max(times),
+            share_distance=distance,
+            share_threshold=threshold,
+            drifted=any(f.drifted for f in features),
+            features=tuple(features),
+        )
+
+    def _reference_attributions(self, model: ExplainableModel, ctx: ExplainContext) -> np.ndarray:
+        key = (model.card.name, model.card.version)
+        with self._lock:
+            cached = self._reference.get(key)
+        if cached is not None:
+            return cached
+        rows = reference_sample(model, self.reference_rows)
+        out = local_attributions(model, rows, np.full(len(rows), drift_target(model)), ctx)
+        with self._lock:
+            self._reference[key] = out
+        return out
+
+    def _decision_attributions(
+        self, model: ExplainableModel, records: list[DecisionRecord], ctx: ExplainContext
+    ) -> np.ndarray:
+        with self._lock:
+            known = {r.decision_id: self._decisions.get(r.decision_id) for r in records}
+        missing = [r for r in records if known[r.decision_id] is None]
+        target = drift_target(model)
+        for start in range(0, len(missing), EXPLAIN_CHUNK):
+            part = missing[start : start + EXPLAIN_CHUNK]
+            rows = np.stack([model.schema.encode(r.features) for r in part])
+            # Seeded by decision id: a decision's attributions do not depend on the batch it came in.
+            seeds = [zlib.crc32(r.decision_id.encode()) for r in part]
+            fresh = local_attributions(model, rows, np.full(len(rows), target), ctx, seeds)
+            with self._lock:  # kept as it comes: a request that runs out of time leaves its work behind
+                for r, values in zip(part, fresh, strict=True):
+                    known[r.decision_id] = values
+                    self._decisions[r.decision_id] = values
+                while len(self._decisions) > self.cached_decisions:
+                    self._decisions.popitem(last=False)
+        with self._lock:
+            for r in records:
+                if r.decision_id in self._decisions:
+                    self._decisions.move_to_end(r.decision_id)
+        return np.stack([v for v in (known[r.decision_id] for r in records) if v is not None])
+
+
+def check_window(max_decisions: int) -> int:
+    """Decisions compared for a request's `max_decisions` (0 = `DEFAULT_DECISIONS`)."""
+    if max_decisions < 0 or max_decisions > MAX_DECISIONS:
+        raise InvalidArgument.single("max_decisions", f"at most {MAX_DECISIONS}")
+    return max_decisions or DEFAULT_DECISIONS

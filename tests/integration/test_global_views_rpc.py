@@ -1,0 +1,102 @@
+"""Global views over the real server: attribution drift of recorded decisions, the
+summary of a black-box model, and the bad input and policy of both."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from desiderata.client import AsyncClient
+from desiderata.v1 import explanation_service_pb2 as es
+from tests.integration.conftest import Running, serving, settings_for
+from tests.support.sklearn_model import fit_classifier, write_sklearn_model
+
+
+def _applicants(n: int, seed: int, x1: tuple[float, float] = (-5.0, 5.0)) -> Iterator[dict[str, object]]:
+    """Instances of the tiny model drawn like its training reference (x1 from `x1`)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        yield {
+            "x1": float(rng.uniform(*x1)),
+            "x2": int(rng.integers(0, 90)),
+            "color": str(rng.choice(["red", "green", "blue"])),
+            "flag": bool(rng.random() < 0.5),
+        }
+
+
+async def _drift(client: AsyncClient, **kw: object) -> es.GetAttributionDriftResponse:
+    request = es.GetAttributionDriftRequest(**{"model": "tiny", "purpose": "monitoring", **kw})  # type: ignore[arg-type]
+    result: es.GetAttributionDriftResponse = await client.explanations.GetAttributionDrift(
+        request, metadata=client._creds.metadata()
+    )
+    return result
+
+
+async def _code(call: object) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call  # type: ignore[misc]
+    return info.value.code(), info.value.details() or ""
+
+
+async def test_drift_flags_the_feature_whose_decisions_moved(tiny_server: Running) -> None:
+    async with AsyncClient(tiny_server.address, api_key="k-eng") as eng:
+        for i, row in enumerate(_applicants(19, seed=1)):
+            await eng.predict("tiny", row, subject_id=f"s{i}")
+        code, details = await _code(_drift(eng))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "at least 20 recorded decisions" in details
+        await eng.predict("tiny", next(_applicants(1, seed=2)), subject_id="s19")
+        steady = await _drift(eng)
+        for i, row in enumerate(_applicants(40, seed=3, x1=(4.0, 9.0))):
+            await eng.predict("tiny", row, subject_id=f"m{i}")
+        moved = await _drift(eng, max_decisions=40)
+    assert (steady.decisions, steady.reference_rows, steady.target_class) == (20, 200, "yes")
+    assert steady.method == "integrated_gradients" and steady.alpha == 0.05
+    assert not steady.drifted and not any(f.drifted for f in steady.features)
+    assert steady.disclosure.tier == "global/summary" and steady.disclosure.decision_id
+    assert steady.first_decision_at.ToDatetime() <= steady.last_decision_at.ToDatetime()
+    assert {f.feature for f in steady.features} == {"x1", "x2", "color", "flag"}
+    assert moved.decisions == 40 and moved.drifted
+    assert moved.features[0].feature == "x1" and moved.features[0].display_name == "First"
+    assert moved.features[0].drifted and moved.features[0].p_value * 4 < 0.05
+    assert moved.share_distance > moved.share_threshold > 0
+    # most drifted first
+    assert [f.ks_statistic for f in moved.features] == sorted((f.ks_statistic for f in moved.features), reverse=True)
+
+
+async def test_drift_is_a_global_view_of_the_policy(tiny_server: Running) -> None:
+    async with AsyncClient(tiny_server.address, api_key="k-alice") as alice:
+        code, _ = await _code(_drift(alice, purpose="transparency"))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    async with AsyncClient(tiny_server.address, api_key="k-eng") as eng:
+        code, details = await _code(_drift(eng, max_decisions=5001))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "max_decisions" in details
+        code, _ = await _code(_drift(eng, model_version="99"))
+        assert code == grpc.StatusCode.NOT_FOUND
+        code, _ = await _code(
+            eng.explanations.GetGlobalSummary(
+                es.GetGlobalSummaryRequest(model="tiny", model_version="99", purpose="monitoring"),
+                metadata=eng._creds.metadata(),
+            )
+        )
+        assert code == grpc.StatusCode.NOT_FOUND  # the version asked for, not the served one
+
+
+async def test_black_box_models_get_a_shapley_summary(tmp_path: Path) -> None:
+    model, x = fit_classifier()
+    write_sklearn_model(tmp_path / "models" / "gbm", model, x[:100])
+    async with (
+        serving(settings_for(tmp_path / "models", tmp_path / "state")) as running,
+        AsyncClient(running.address, api_key="k-eng") as eng,
+    ):
+        summary = await eng.explanations.GetGlobalSummary(
+            es.GetGlobalSummaryRequest(model="gbm", purpose="monitoring"), metadata=eng._creds.metadata()
+        )
+    assert summary.method == "permutation_shapley" and summary.classes
+    assert sum(c.rows for c in summary.classes) == 100
+    for c in summary.classes:
+        assert sum(f.share for f in c.features) == pytest.approx(1.0)
+        assert all(f.mean_abs_attribution >= 0 for f in c.features)
