@@ -142,18 +142,18 @@ def compare(reference: np.ndarray, recent: np.ndarray, names: list[str]) -> tupl
                 drifted=p * d < ALPHA,
             )
         )
-    distance = _tv(np.abs(reference).mean(axis=0), np.abs(recent).mean(axis=0))
+    distance = float(_tv(np.abs(reference).mean(axis=0), np.abs(recent).mean(axis=0)))
     return distance, _permutation_threshold(np.abs(np.concatenate([reference, recent])), len(recent)), features
 
 
-def _tv(a: np.ndarray, b: np.ndarray) -> float | np.ndarray:
+def _tv(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Total-variation distance between importance profiles (mean |attribution|s), along the last axis."""
-    return 0.5 * np.abs(_normalized(a) - _normalized(b)).sum(axis=-1)  # type: ignore[no-any-return]
+    return np.asarray(0.5 * np.abs(_normalized(a) - _normalized(b)).sum(axis=-1))
 
 
 def _normalized(m: np.ndarray) -> np.ndarray:
     total = m.sum(axis=-1, keepdims=True)
-    return np.divide(m, total, out=np.full_like(m, 1.0 / m.shape[-1]), where=total > 0)
+    return np.asarray(np.divide(m, total, out=np.full_like(m, 1.0 / m.shape[-1]), where=total > 0))
 
 
 def _permutation_threshold(pooled: np.ndarray, n: int) -> float:
