@@ -17,8 +17,9 @@ towards the same class, and compared feature by feature.
 
 Only aggregates leave the server, and only over at least `MIN_DECISIONS`
 decisions, so that no single subject's explanation can be read off them.
-Attributions of recorded decisions are cached by decision id (decisions are
-append-only), so a repeated query explains only what was recorded since.
+Attributions are cached row by row (decisions by their id: they are
+append-only), so a repeated query explains only what was recorded since, and a
+query that reaches its deadline leaves its work to the next.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import threading
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -40,6 +42,7 @@ from desiderata.server.global_views import attribution_method, local_attribution
 __all__ = [
     "ALPHA",
     "DEFAULT_DECISIONS",
+    "EXPLAIN_CHUNK",
     "MAX_DECISIONS",
     "MIN_DECISIONS",
     "AttributionDrift",
@@ -60,8 +63,8 @@ EXPLAIN_CHUNK = 32
 NEGLIGIBLE = 1e-6
 """Attributions below this fraction of a reference row's mean total |attribution| count as zero:
 float32 evaluation leaves ~1e-8 on features without influence, and a test of that noise is not drift."""
-CACHED_DECISIONS = 20_000
-"""Attributions of recorded decisions kept (one float per feature each)."""
+CACHED_ROWS = 20_000
+"""Rows whose attributions are kept (one float per feature each): reference rows and decisions."""
 
 
 @dataclass(frozen=True)
@@ -175,22 +178,25 @@ def _permutation_threshold(pooled: np.ndarray, n: int) -> float:
 
 
 class DriftMonitor:
-    """Explains reference rows and recorded decisions (both cached) and compares them.
+    """Explains reference rows and recorded decisions, caching each row's attributions, and
+    compares them.
 
     Args:
         reference_rows: training-reference rows sampled (seeded).
-        cached_decisions: attributions of recorded decisions kept, least recently used out.
+        cached_rows: rows' attributions kept (reference rows and decisions), least recently used out.
     """
 
-    def __init__(self, reference_rows: int = REFERENCE_ROWS, cached_decisions: int = CACHED_DECISIONS) -> None:
+    def __init__(self, reference_rows: int = REFERENCE_ROWS, cached_rows: int = CACHED_ROWS) -> None:
         self.reference_rows = reference_rows
-        self.cached_decisions = cached_decisions
-        self._reference: dict[tuple[str, str], np.ndarray] = {}
-        self._decisions: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.cached_rows = cached_rows
+        self._rows: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
     def drift(self, model: ExplainableModel, records: list[DecisionRecord], ctx: ExplainContext) -> AttributionDrift:
         """Compares `records` (recent decisions of `model`'s version) with the training reference.
+
+        Attributions are kept as they are computed: a call that reaches its deadline leaves
+        its work to the next one.
 
         Raises:
             FailedPrecondition: fewer than `MIN_DECISIONS` records, or no training reference.
@@ -200,8 +206,13 @@ class DriftMonitor:
                 f"attribution drift needs at least {MIN_DECISIONS} recorded decisions of model "
                 f"{model.card.name!r} version {model.card.version!r}; there are {len(records)}"
             )
-        reference = self._reference_attributions(model, ctx)
-        recent = self._decision_attributions(model, records, ctx)
+        rows = reference_sample(model, self.reference_rows)
+        tag = f"{model.card.name}\0{model.card.version}\0reference\0"
+        reference = self._attributions(model, [f"{tag}{i}" for i in range(len(rows))], rows.__getitem__, ctx)
+        # Decisions are keyed by their id (append-only, never reused): an id's attributions never change.
+        recent = self._attributions(
+            model, [r.decision_id for r in records], lambda i: model.schema.encode(records[i].features), ctx
+        )
         distance, threshold, features = compare(reference, recent, model.schema.names)
         times = [r.created_at for r in records]
         return AttributionDrift(
@@ -209,7 +220,7 @@ class DriftMonitor:
             model_version=model.card.version,
             method=attribution_method(model),
             target_class=model.card.class_names[drift_target(model)],
-            reference_rows=int(reference.shape[0]),
+            reference_rows=len(rows),
             decisions=len(records),
             first_decision_at=min(times),
             last_decision_at=max(times),
@@ -219,42 +230,31 @@ class DriftMonitor:
             features=tuple(features),
         )
 
-    def _reference_attributions(self, model: ExplainableModel, ctx: ExplainContext) -> np.ndarray:
-        key = (model.card.name, model.card.version)
-        with self._lock:
-            cached = self._reference.get(key)
-        if cached is not None:
-            return cached
-        rows = reference_sample(model, self.reference_rows)
-        out = local_attributions(model, rows, np.full(len(rows), drift_target(model)), ctx)
-        with self._lock:
-            self._reference[key] = out
-        return out
-
-    def _decision_attributions(
-        self, model: ExplainableModel, records: list[DecisionRecord], ctx: ExplainContext
+    def _attributions(
+        self, model: ExplainableModel, keys: list[str], row: Callable[[int], np.ndarray], ctx: ExplainContext
     ) -> np.ndarray:
+        """Attributions towards `drift_target` of the rows named by `keys`, ``(len(keys), d)``;
+        `row(i)` encodes the i-th. Rows not cached are explained `EXPLAIN_CHUNK` at a time."""
         with self._lock:
-            known = {r.decision_id: self._decisions.get(r.decision_id) for r in records}
-        missing = [r for r in records if known[r.decision_id] is None]
+            known = [self._rows.get(k) for k in keys]
+        missing = [i for i, v in enumerate(known) if v is None]
         target = drift_target(model)
         for start in range(0, len(missing), EXPLAIN_CHUNK):
             part = missing[start : start + EXPLAIN_CHUNK]
-            rows = np.stack([model.schema.encode(r.features) for r in part])
-            # Seeded by decision id: a decision's attributions do not depend on the batch it came in.
-            seeds = [zlib.crc32(r.decision_id.encode()) for r in part]
-            fresh = local_attributions(model, rows, np.full(len(rows), target), ctx, seeds)
-            with self._lock:  # kept as it comes: a request that runs out of time leaves its work behind
-                for r, values in zip(part, fresh, strict=True):
-                    known[r.decision_id] = values
-                    self._decisions[r.decision_id] = values
-                while len(self._decisions) > self.cached_decisions:
-                    self._decisions.popitem(last=False)
+            # Seeded by key: a row's attributions do not depend on the batch it came in.
+            seeds = [zlib.crc32(keys[i].encode()) for i in part]
+            fresh = local_attributions(model, np.stack([row(i) for i in part]), np.full(len(part), target), ctx, seeds)
+            with self._lock:
+                for i, values in zip(part, fresh, strict=True):
+                    known[i] = values
+                    self._rows[keys[i]] = values
+                while len(self._rows) > self.cached_rows:
+                    self._rows.popitem(last=False)
         with self._lock:
-            for r in records:
-                if r.decision_id in self._decisions:
-                    self._decisions.move_to_end(r.decision_id)
-        return np.stack([v for v in (known[r.decision_id] for r in records) if v is not None])
+            for k in keys:
+                if k in self._rows:
+                    self._rows.move_to_end(k)
+        return np.stack([v for v in known if v is not None])
 
 
 def check_window(max_decisions: int) -> int:

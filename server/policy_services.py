@@ -54,12 +54,15 @@ class PolicyServices:
         self.summaries = GlobalSummaries()
         self.drift = DriftMonitor()
 
-    def _authorize(self, principal: Principal, action: str, model: str, purpose: str, version: str = "") -> Decision:
+    def _authorize(
+        self, principal: Principal, action: str, model: str, purpose: str, version: str = "", audited_as: str = ""
+    ) -> Decision:
+        """The policy's decision on `action`, audited (as `audited_as` when given); denials raise."""
         p = self.pipeline
         handle = p.models.resolve(model, version)
         p.check_purpose(purpose)
         decision = p.policy.pdp.authorize(principal, action, handle.name, model_attributes(handle), purpose)
-        audit_decision(p.audit, principal, handle, action, purpose, Consumption.STATIC, decision)
+        audit_decision(p.audit, principal, handle, audited_as or action, purpose, Consumption.STATIC, decision)
         if not decision.allowed:
             raise PermissionDenied(
                 f"policy denies {action} to role {principal.role!r} for purpose {purpose!r}",
@@ -91,9 +94,10 @@ class PolicyServices:
         self, principal: Principal, model: str, version: str, purpose: str, max_decisions: int, deadline: float | None
     ) -> tuple[AttributionDrift, Decision]:
         """The version's recent decisions against its training reference; mean |attribution|
-        rounded as the caller's tier says (a global view: action ``global/summary``)."""
+        rounded as the caller's tier says. A global view: decided as ``global/summary``,
+        audited as ``global/drift`` so that auditors see who read which."""
         limit = check_window(max_decisions)
-        decision = self._authorize(principal, "global/summary", model, purpose, version)
+        decision = self._authorize(principal, "global/summary", model, purpose, version, audited_as="global/drift")
         handle = self.pipeline.models.resolve(model, version)
         decisions = self.pipeline.decisions
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from desiderata.client import AsyncClient
+from desiderata.policy.audit import AuditFilter
 from desiderata.v1 import explanation_service_pb2 as es
 from tests.integration.conftest import Running, serving, settings_for
 from tests.support.sklearn_model import fit_classifier, write_sklearn_model
@@ -65,6 +66,10 @@ async def test_drift_flags_the_feature_whose_decisions_moved(tiny_server: Runnin
     assert moved.share_distance > moved.share_threshold > 0
     # most drifted first
     assert [f.ks_statistic for f in moved.features] == sorted((f.ks_statistic for f in moved.features), reverse=True)
+    # decided as a summary, audited as what it is
+    page = tiny_server.app.pipeline.audit.query(AuditFilter(model="tiny", principal="eng"), 500, "")
+    audited = [(r.record.action, r.record.allowed, r.record.tier) for r in page.records]
+    assert audited.count(("global/drift", True, "global/summary")) == 3
 
 
 async def test_drift_is_a_global_view_of_the_policy(tiny_server: Running) -> None:

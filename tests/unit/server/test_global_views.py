@@ -21,8 +21,15 @@ from scipy.stats import ks_2samp
 
 import desiderata.server.attribution_drift as drift_module
 from desiderata.explainers.background import summarize
-from desiderata.explainers.base import ExplainContext
-from desiderata.server.attribution_drift import ALPHA, MIN_DECISIONS, DriftMonitor, check_window, compare
+from desiderata.explainers.base import Cancelled, ExplainContext
+from desiderata.server.attribution_drift import (
+    ALPHA,
+    EXPLAIN_CHUNK,
+    MIN_DECISIONS,
+    DriftMonitor,
+    check_window,
+    compare,
+)
 from desiderata.server.decision_store import DecisionRecord, new_record_id
 from desiderata.server.errors import FailedPrecondition, InvalidArgument
 from desiderata.server.global_views import GlobalSummaries
@@ -158,10 +165,44 @@ def test_recorded_decisions_are_explained_once(monkeypatch: pytest.MonkeyPatch) 
     monitor = DriftMonitor(reference_rows=100)
     monkeypatch.setattr(drift_module, "local_attributions", counting)
     first = monitor.drift(model, records[:30], ExplainContext())
-    assert sum(explained) == 100 + 30  # the reference sample, then the decisions
+    assert sum(explained) == 100 + 30  # the reference sample, then the decisions (in chunks)
     second = monitor.drift(model, records, ExplainContext())
     assert sum(explained) == 100 + 40  # only the ten new decisions
     assert first.decisions == 30 and second.decisions == 40
+
+
+class _StopsAfter(ExplainContext):
+    """A request that is cancelled at its `rows`-th check (one check per row explained)."""
+
+    def __init__(self, rows: int) -> None:
+        super().__init__()
+        self.left = rows
+
+    def check(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise Cancelled("stopped by the test")
+
+
+def test_a_stopped_query_leaves_its_finished_rows_to_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _linear(True)
+    records = _records(model, np.random.default_rng(3).normal(size=(30, 6)), datetime(2026, 11, 23, tzinfo=UTC))
+    explained: list[int] = []
+    real = drift_module.local_attributions
+
+    def counting(*args: object, **kw: object) -> np.ndarray:
+        out = real(*args, **kw)  # type: ignore[arg-type]
+        explained.append(len(out))
+        return out
+
+    monkeypatch.setattr(drift_module, "local_attributions", counting)
+    monitor = DriftMonitor(reference_rows=100)
+    with pytest.raises(Cancelled):
+        monitor.drift(model, records, _StopsAfter(2 * EXPLAIN_CHUNK + 5))
+    assert explained == [EXPLAIN_CHUNK, EXPLAIN_CHUNK]  # two chunks of reference rows finished
+    whole = monitor.drift(model, records, ExplainContext())
+    assert sum(explained) == 100 + 30  # nothing was explained twice
+    assert whole == DriftMonitor(reference_rows=100).drift(model, records, ExplainContext())
 
 
 def test_too_few_decisions_and_too_large_windows_are_refused() -> None:
