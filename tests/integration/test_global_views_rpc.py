@@ -3,6 +3,7 @@ summary of a black-box model, and the bad input and policy of both."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import grpc
 import numpy as np
 import pytest
 
-from desiderata.client import AsyncClient
+from desiderata.client import AsyncClient, Client, DesiderataRpcError
 from desiderata.policy.audit import AuditFilter
 from desiderata.v1 import explanation_service_pb2 as es
 from tests.integration.conftest import Running, serving, settings_for
@@ -30,17 +31,13 @@ def _applicants(n: int, seed: int, x1: tuple[float, float] = (-5.0, 5.0)) -> Ite
 
 
 async def _drift(client: AsyncClient, **kw: object) -> es.GetAttributionDriftResponse:
-    request = es.GetAttributionDriftRequest(**{"model": "tiny", "purpose": "monitoring", **kw})  # type: ignore[arg-type]
-    result: es.GetAttributionDriftResponse = await client.explanations.GetAttributionDrift(
-        request, metadata=client._creds.metadata()
-    )
-    return result
+    return await client.attribution_drift("tiny", **{"purpose": "monitoring", **kw})  # type: ignore[arg-type]
 
 
 async def _code(call: object) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
+    with pytest.raises(DesiderataRpcError) as info:
         await call  # type: ignore[misc]
-    return info.value.code(), info.value.details() or ""
+    return info.value.code, info.value.describe()
 
 
 async def test_drift_flags_the_feature_whose_decisions_moved(tiny_server: Running) -> None:
@@ -54,6 +51,18 @@ async def test_drift_flags_the_feature_whose_decisions_moved(tiny_server: Runnin
         for i, row in enumerate(_applicants(40, seed=3, x1=(4.0, 9.0))):
             await eng.predict("tiny", row, subject_id=f"m{i}")
         moved = await _drift(eng, max_decisions=40)
+
+    def sync_drift() -> es.GetAttributionDriftResponse:  # the blocking client, on a thread: the server is on this loop
+        with Client(tiny_server.address, api_key="k-eng") as client:
+            return client.attribution_drift("tiny", purpose="monitoring", max_decisions=40)
+
+    again = await asyncio.to_thread(sync_drift)
+    assert again.disclosure.decision_id != moved.disclosure.decision_id  # a decision of its own
+    expected = es.GetAttributionDriftResponse()
+    expected.CopyFrom(moved)
+    for message in (again, expected):
+        message.ClearField("disclosure")
+    assert again == expected
     assert (steady.decisions, steady.reference_rows, steady.target_class) == (20, 200, "yes")
     assert steady.method == "integrated_gradients" and steady.alpha == 0.05
     assert not steady.drifted and not any(f.drifted for f in steady.features)
@@ -69,7 +78,7 @@ async def test_drift_flags_the_feature_whose_decisions_moved(tiny_server: Runnin
     # decided as a summary, audited as what it is
     page = tiny_server.app.pipeline.audit.query(AuditFilter(model="tiny", principal="eng"), 500, "")
     audited = [(r.record.action, r.record.allowed, r.record.tier) for r in page.records]
-    assert audited.count(("global/drift", True, "global/summary")) == 3
+    assert audited.count(("global/drift", True, "global/summary")) == 4
 
 
 async def test_drift_is_a_global_view_of_the_policy(tiny_server: Running) -> None:
@@ -79,15 +88,11 @@ async def test_drift_is_a_global_view_of_the_policy(tiny_server: Running) -> Non
     async with AsyncClient(tiny_server.address, api_key="k-eng") as eng:
         code, details = await _code(_drift(eng, max_decisions=5001))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "max_decisions" in details
-        code, _ = await _code(_drift(eng, model_version="99"))
+        code, _ = await _code(_drift(eng, version="99"))
         assert code == grpc.StatusCode.NOT_FOUND
-        code, _ = await _code(
-            eng.explanations.GetGlobalSummary(
-                es.GetGlobalSummaryRequest(model="tiny", model_version="99", purpose="monitoring"),
-                metadata=eng._creds.metadata(),
-            )
-        )
+        code, _ = await _code(eng.global_summary("tiny", version="99", purpose="monitoring"))
         assert code == grpc.StatusCode.NOT_FOUND  # the version asked for, not the served one
+        assert (await eng.global_summary("tiny", version="3", purpose="monitoring")).model_version == "3"
 
 
 async def test_black_box_models_get_a_shapley_summary(tmp_path: Path) -> None:
@@ -97,9 +102,7 @@ async def test_black_box_models_get_a_shapley_summary(tmp_path: Path) -> None:
         serving(settings_for(tmp_path / "models", tmp_path / "state")) as running,
         AsyncClient(running.address, api_key="k-eng") as eng,
     ):
-        summary = await eng.explanations.GetGlobalSummary(
-            es.GetGlobalSummaryRequest(model="gbm", purpose="monitoring"), metadata=eng._creds.metadata()
-        )
+        summary = await eng.global_summary("gbm", purpose="monitoring")
     assert summary.method == "permutation_shapley" and summary.classes
     assert sum(c.rows for c in summary.classes) == 100
     for c in summary.classes:

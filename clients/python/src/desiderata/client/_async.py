@@ -118,6 +118,32 @@ class AsyncClient:
         )
         return result
 
+    async def global_summary(
+        self, model: str, *, purpose: str, version: str = "", timeout_s: float | None = None
+    ) -> es.GetGlobalSummaryResponse:
+        """Mean |attribution| per feature and predicted class over the model's training reference."""
+        request = es.GetGlobalSummaryRequest(model=model, model_version=version, purpose=purpose)
+        result: es.GetGlobalSummaryResponse = await self._call(self.explanations.GetGlobalSummary, request, timeout_s)
+        return result
+
+    async def attribution_drift(
+        self,
+        model: str,
+        *,
+        purpose: str,
+        version: str = "",
+        max_decisions: int = 0,
+        timeout_s: float | None = None,
+    ) -> es.GetAttributionDriftResponse:
+        """The newest recorded decisions (0: the server's default count) against the training reference."""
+        request = es.GetAttributionDriftRequest(
+            model=model, model_version=version, purpose=purpose, max_decisions=max_decisions
+        )
+        result: es.GetAttributionDriftResponse = await self._call(
+            self.explanations.GetAttributionDrift, request, timeout_s
+        )
+        return result
+
     async def predict(
         self, model: str, features: Mapping[str, Value], *, subject_id: str, timeout_s: float | None = None
     ) -> ms.PredictResponse:

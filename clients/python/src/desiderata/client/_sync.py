@@ -119,6 +119,28 @@ class Client:
             self.explanations.GetCapabilities, Requests.capabilities(model, purpose, consumption), timeout_s
         )
 
+    def global_summary(
+        self, model: str, *, purpose: str, version: str = "", timeout_s: float | None = None
+    ) -> es.GetGlobalSummaryResponse:
+        """Mean |attribution| per feature and predicted class over the model's training reference."""
+        request = es.GetGlobalSummaryRequest(model=model, model_version=version, purpose=purpose)
+        return self._call(self.explanations.GetGlobalSummary, request, timeout_s)
+
+    def attribution_drift(
+        self,
+        model: str,
+        *,
+        purpose: str,
+        version: str = "",
+        max_decisions: int = 0,
+        timeout_s: float | None = None,
+    ) -> es.GetAttributionDriftResponse:
+        """The newest recorded decisions (0: the server's default count) against the training reference."""
+        request = es.GetAttributionDriftRequest(
+            model=model, model_version=version, purpose=purpose, max_decisions=max_decisions
+        )
+        return self._call(self.explanations.GetAttributionDrift, request, timeout_s)
+
     def predict(
         self, model: str, features: Mapping[str, Value], *, subject_id: str, timeout_s: float | None = None
     ) -> ms.PredictResponse:
