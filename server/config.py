@@ -314,6 +314,18 @@ class MetricsSettings(BaseModel):
     """Port of the metrics endpoint (9464, the usual Prometheus exporter port); 0 picks a free one."""
 
 
+class DriftSettings(BaseModel):
+    """Scheduled attribution-drift checks of every served model (server/drift_watch.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval_s: float = Field(default=0.0, ge=0)
+    """Seconds between checks; 0 (the default) never checks. Each check explains the decisions
+    recorded since the last one and exports the result as metrics and a log event."""
+    decisions: int = Field(default=500, ge=20, le=5000)
+    """Newest recorded decisions of each model version compared with its training reference."""
+
+
 class Settings(BaseSettings):
     """All settings of a desiderata server."""
 
@@ -339,6 +351,8 @@ class Settings(BaseSettings):
     """Logs."""
     metrics: MetricsSettings = MetricsSettings()
     """Prometheus metrics."""
+    drift: DriftSettings = DriftSettings()
+    """Scheduled attribution-drift checks."""
 
     @classmethod
     def settings_customise_sources(

@@ -19,8 +19,10 @@ Every server owns its registry (tests run several servers in one process).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from threading import Thread
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -33,6 +35,9 @@ from prometheus_client import (
     Histogram,
     start_http_server,
 )
+
+if TYPE_CHECKING:
+    from desiderata.server.attribution_drift import AttributionDrift
 
 __all__ = ["Metrics", "MetricsEndpoint"]
 
@@ -90,6 +95,31 @@ class Metrics:
         self.answer_cache = Counter(
             "desiderata_answer_cache_lookups", "Answer-cache lookups by result (hit, miss).", ["result"], registry=r
         )
+        self.drift_decisions = Gauge(
+            "desiderata_attribution_drift_decisions",
+            "Recorded decisions of the served version compared in the last drift check (fewer than 20: no check).",
+            ["model"],
+            registry=r,
+        )
+        self.drift_features = Gauge(
+            "desiderata_attribution_drift_features",
+            "Features whose attributions drifted from the training reference in the last check "
+            "(two-sample KS, Bonferroni-adjusted at 0.05).",
+            ["model"],
+            registry=r,
+        )
+        self.drift_distance = Gauge(
+            "desiderata_attribution_drift_share_distance",
+            "Total-variation distance between the importance profiles of recent decisions and the reference.",
+            ["model"],
+            registry=r,
+        )
+        self.drift_threshold = Gauge(
+            "desiderata_attribution_drift_share_threshold",
+            "The share distance that random splits exceed with probability 0.05 (permutation test).",
+            ["model"],
+            registry=r,
+        )
         self.store_up = Gauge(
             "desiderata_store_up",
             "1 while the store answered its last readiness probe, 0 while it does not.",
@@ -131,6 +161,18 @@ class Metrics:
         if not cached:
             self.explainer_seconds.labels(method).observe(seconds)
             self.model_rows.labels(model).inc(rows)
+
+    def drift(self, model: str, decisions: int, result: AttributionDrift | None) -> None:
+        """One model's drift check: `result` is None when too few decisions were recorded."""
+        self.drift_decisions.labels(model).set(decisions)
+        if result is None:
+            for gauge in (self.drift_features, self.drift_distance, self.drift_threshold):
+                with contextlib.suppress(KeyError):  # no earlier check to forget
+                    gauge.remove(model)
+            return
+        self.drift_features.labels(model).set(sum(f.drifted for f in result.features))
+        self.drift_distance.labels(model).set(result.share_distance)
+        self.drift_threshold.labels(model).set(result.share_threshold)
 
     def stores(self, names: list[str], down: list[str]) -> None:
         """The result of one readiness probe of the stores `names`, of which `down` failed."""

@@ -33,7 +33,8 @@ from desiderata.policy.store import PolicyStore, default_bundle_dir
 from desiderata.server import stores
 from desiderata.server.allocator import tune_malloc
 from desiderata.server.chunk_runner import ChunkRunner
-from desiderata.server.config import DEMO_KEYS, Settings
+from desiderata.server.config import DEMO_KEYS, DriftSettings, Settings
+from desiderata.server.drift_watch import watch_drift
 from desiderata.server.grpc import oip
 from desiderata.server.grpc.interceptors import AuthInterceptor, RequestIdInterceptor
 from desiderata.server.grpc.policy_servicers import AuditServicer
@@ -90,7 +91,10 @@ class App:
     metrics: Metrics | None = None
     metrics_address: tuple[str, int] = ("127.0.0.1", 0)
     metrics_endpoint: MetricsEndpoint | None = None
+    drift: DriftSettings = field(default_factory=DriftSettings)
+    services: PolicyServices | None = None
     _readiness: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _drift_watch: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     async def start(self) -> None:
         self.pipeline.policy.start()
@@ -109,12 +113,25 @@ class App:
             self._readiness = asyncio.create_task(
                 watch_readiness(self.health, SERVICE_NAMES, checks, self.readiness_interval_s, on_probe)
             )
+        if self.drift.interval_s > 0 and self.services is not None:
+            p = self.pipeline
+            self._drift_watch = asyncio.create_task(
+                watch_drift(
+                    p.models,
+                    p.decisions,
+                    self.services.drift,
+                    self.drift.decisions,
+                    self.drift.interval_s,
+                    self.metrics,
+                )
+            )
 
     async def stop(self, grace_s: float) -> None:
-        if self._readiness is not None:
-            self._readiness.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._readiness
+        for task in (self._readiness, self._drift_watch):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for name in ("", LIVENESS, *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace_s)
@@ -223,4 +240,6 @@ def build_server(settings: Settings) -> App:
         readiness_interval_s=settings.server.readiness_interval_s,
         metrics=metrics,
         metrics_address=(settings.metrics.host, settings.metrics.port),
+        drift=settings.drift,
+        services=services,
     )

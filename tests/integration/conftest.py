@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from desiderata.server.config import Settings
 from desiderata.server.grpc.app import App, build_server
@@ -43,6 +45,20 @@ def settings_for(repo: Path | None, state: Path, **extra: object) -> Settings:
     cfg["models"] = model_cfg
     cfg.update(extra)
     return Settings.load(None, **cfg)
+
+
+def scrape(running: Running) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
+    """The server's metrics page, and its samples by (name, sorted labels)."""
+    assert running.app.metrics_endpoint is not None
+    url = f"http://127.0.0.1:{running.app.metrics_endpoint.port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    return text, samples
 
 
 @asynccontextmanager

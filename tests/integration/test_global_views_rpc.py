@@ -14,7 +14,7 @@ import pytest
 from desiderata.client import AsyncClient, Client, DesiderataRpcError
 from desiderata.policy.audit import AuditFilter
 from desiderata.v1 import explanation_service_pb2 as es
-from tests.integration.conftest import Running, serving, settings_for
+from tests.integration.conftest import Running, scrape, serving, settings_for
 from tests.support.sklearn_model import fit_classifier, write_sklearn_model
 
 
@@ -108,3 +108,37 @@ async def test_black_box_models_get_a_shapley_summary(tmp_path: Path) -> None:
     for c in summary.classes:
         assert sum(f.share for f in c.features) == pytest.approx(1.0)
         assert all(f.mean_abs_attribution >= 0 for f in c.features)
+
+
+async def _gauge(running: Running, name: str, at_least: float | None = None) -> float | None:
+    """The tiny model's value of a drift gauge, after waiting (≤ 20 s) for it to reach `at_least`."""
+    for _ in range(200):
+        value = scrape(running)[1].get((name, (("model", "tiny"),)))
+        if at_least is None or (value is not None and value >= at_least):
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{name} never reached {at_least}")
+
+
+async def test_scheduled_checks_export_drift_as_metrics(tiny_repo: Path, tmp_path: Path) -> None:
+    settings = settings_for(
+        tiny_repo, tmp_path, metrics={"enabled": True, "port": 0}, drift={"interval_s": 0.1, "decisions": 40}
+    )
+    async with serving(settings) as running, AsyncClient(running.address, api_key="k-eng") as eng:
+        await _gauge(running, "desiderata_attribution_drift_decisions", at_least=0)
+        # fewer than 20 decisions: counted, not compared
+        assert await _gauge(running, "desiderata_attribution_drift_features") is None
+        for i, row in enumerate(_applicants(40, seed=3, x1=(4.0, 9.0))):
+            await eng.predict("tiny", row, subject_id=f"m{i}")
+        await _gauge(running, "desiderata_attribution_drift_decisions", at_least=40)
+        features = await _gauge(running, "desiderata_attribution_drift_features", at_least=1)
+        distance = await _gauge(running, "desiderata_attribution_drift_share_distance")
+        threshold = await _gauge(running, "desiderata_attribution_drift_share_threshold")
+        # the same figures as the RPC's (the scheduled check and the RPC share their cache)
+        rpc = await eng.attribution_drift("tiny", purpose="monitoring", max_decisions=40)
+    assert features == sum(f.drifted for f in rpc.features) and rpc.features[0].feature == "x1"
+    assert distance == pytest.approx(rpc.share_distance) and threshold == pytest.approx(rpc.share_threshold)
+
+
+def test_drift_checks_are_off_unless_scheduled(tmp_path: Path) -> None:
+    assert settings_for(None, tmp_path).drift.interval_s == 0

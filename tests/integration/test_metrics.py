@@ -11,7 +11,6 @@ error codes that exist.
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from desiderata.client import AsyncClient, DesiderataRpcError
 from desiderata.client._requests import Requests
 from desiderata.server.config import Settings
-from tests.integration.conftest import Running, serving, settings_for
+from tests.integration.conftest import Running, scrape, serving, settings_for
 from tests.support.tiny_model import INSTANCE
 
 EXPLAIN = "/desiderata.v1.ExplanationService/Explain"
@@ -32,19 +31,6 @@ async def metered(tiny_repo: Path, tmp_path: Path) -> AsyncIterator[Running]:
     settings = settings_for(tiny_repo, tmp_path, metrics={"enabled": True, "port": 0})
     async with serving(settings) as running:
         yield running
-
-
-def _scrape(running: Running) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
-    assert running.app.metrics_endpoint is not None
-    url = f"http://127.0.0.1:{running.app.metrics_endpoint.port}/metrics"
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        text = resp.read().decode()
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-    return text, samples
 
 
 async def _fails(coro: object) -> DesiderataRpcError:
@@ -70,7 +56,7 @@ async def test_calls_explanations_refusals_and_stores_are_counted_and_nothing_pe
         unknown = await _fails(stranger.explain("tiny", INSTANCE, purpose="debugging"))
     codes = (bad.code.name, denied.code.name, unknown.code.name)
     assert codes == ("INVALID_ARGUMENT", "PERMISSION_DENIED", "UNAUTHENTICATED")
-    text, samples = _scrape(metered)
+    text, samples = scrape(metered)
     assert "desiderata_rpcs_total" in text
 
     def value(name: str, **labels: str) -> float:
@@ -121,7 +107,7 @@ async def test_the_shipped_alert_rules_name_metrics_and_error_codes_that_exist(m
 
     async with AsyncClient(metered.address, api_key="k-eng") as eng:
         await eng.explain("tiny", INSTANCE, purpose="debugging")
-    text, samples = _scrape(metered)
+    text, samples = scrape(metered)
     families = {f.name for f in text_string_to_metric_families(text)}
     names = families | {name for name, _ in samples}
     codes = {getattr(errors, n).code for n in errors.__all__ if hasattr(getattr(errors, n), "code")}
@@ -152,7 +138,7 @@ async def test_calls_their_callers_cancel_are_counted_as_cancelled(metered: Runn
         with pytest.raises(asyncio.CancelledError):
             await call
     for _ in range(100):  # the server learns of a cancellation a moment after the client
-        _, samples = _scrape(metered)
+        _, samples = scrape(metered)
         counts = [
             samples.get(("desiderata_rpcs_total", (("code", "CANCELLED"), ("method", m))), 0.0)
             for m in (stream_method, EXPLAIN)
