@@ -120,7 +120,7 @@ class CedarPDP:
         purpose: str,
         consumption: Consumption = Consumption.STATIC,
     ) -> Decision:
-        """Decides a non-instance action (``global/summary``, ``audit/read``).
+        """Decides a non-instance action (``global/summary``, ``global/drift``, ``audit/read``).
 
         Args:
             principal: the caller.

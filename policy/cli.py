@@ -122,7 +122,7 @@ def run_explain(argv: list[str], out: TextIO = sys.stdout) -> int:
     parser.add_argument("--model-attr", action="append", default=[], help="e.g. domain=credit dp_trained=false")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--kind", choices=[k.value for k in Kind])
-    target.add_argument("--action", choices=["global/summary", "audit/read"])
+    target.add_argument("--action", choices=["global/summary", "global/drift", "audit/read"])
     parser.add_argument("--purpose", required=True)
     parser.add_argument("--consumption", choices=["static", "dynamic"], default="static")
     parser.add_argument("--own-decision", action="store_true")

@@ -14,7 +14,7 @@ A case file:
         expect: {allowed: true, tier: feature_attribution/narrative,
                  reasons: [end_user.own_decision]}
 
-``request.action`` (``global/summary``, ``audit/read``) may replace ``kind``;
+``request.action`` (``global/summary``, ``global/drift``, ``audit/read``) may replace ``kind``;
 ``expect.error: unknown_purpose`` expects the request to be refused as bad input;
 ``expect.reasons`` is compared as a set.
 """
@@ -52,7 +52,7 @@ class CaseRequest(BaseModel):
 
     model: str
     kind: Kind | None = None
-    action: Literal["global/summary", "audit/read"] | None = None
+    action: Literal["global/summary", "global/drift", "audit/read"] | None = None
     purpose: str
     consumption: Consumption = Consumption.STATIC
     own_decision: bool = False

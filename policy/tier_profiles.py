@@ -48,8 +48,10 @@ KIND_TIERS: dict[Kind, tuple[str, ...]] = {
 }
 """Candidate tiers of each kind, most revealing first."""
 
-GLOBAL_ACTIONS: tuple[str, ...] = ("global/summary", "audit/read")
-"""Actions that are not an explanation of one instance."""
+GLOBAL_ACTIONS: tuple[str, ...] = ("global/summary", "global/drift", "audit/read")
+"""Actions that are not an explanation of one instance. ``global/drift`` is apart from
+``global/summary``: drift aggregates the newest recorded decisions, and windows that
+differ by one decision can be differenced, so it goes to roles trusted with decisions."""
 
 PROTECTED_TOKEN = "@protected"
 """In ``redacted_features``: every feature the model card marks protected."""

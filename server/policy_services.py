@@ -1,7 +1,7 @@
 """Pipeline operations beyond single explanations, each decided by the same
-policy and audited: global views (``global/summary``: summaries and attribution
-drift), the audit log (``audit/read``) and feedback on explanations (dynamic
-consumption).
+policy and audited: global summaries (``global/summary``), attribution drift
+(``global/drift``), the audit log (``audit/read``) and feedback on explanations
+(dynamic consumption).
 """
 
 from __future__ import annotations
@@ -54,15 +54,13 @@ class PolicyServices:
         self.summaries = GlobalSummaries()
         self.drift = DriftMonitor()
 
-    def _authorize(
-        self, principal: Principal, action: str, model: str, purpose: str, version: str = "", audited_as: str = ""
-    ) -> Decision:
-        """The policy's decision on `action`, audited (as `audited_as` when given); denials raise."""
+    def _authorize(self, principal: Principal, action: str, model: str, purpose: str, version: str = "") -> Decision:
+        """The policy's decision on `action`, audited; denials raise."""
         p = self.pipeline
         handle = p.models.resolve(model, version)
         p.check_purpose(purpose)
         decision = p.policy.pdp.authorize(principal, action, handle.name, model_attributes(handle), purpose)
-        audit_decision(p.audit, principal, handle, audited_as or action, purpose, Consumption.STATIC, decision)
+        audit_decision(p.audit, principal, handle, action, purpose, Consumption.STATIC, decision)
         if not decision.allowed:
             raise PermissionDenied(
                 f"policy denies {action} to role {principal.role!r} for purpose {purpose!r}",
@@ -94,10 +92,9 @@ class PolicyServices:
         self, principal: Principal, model: str, version: str, purpose: str, max_decisions: int, deadline: float | None
     ) -> tuple[AttributionDrift, Decision]:
         """The version's recent decisions against its training reference; mean |attribution|
-        rounded as the caller's tier says. A global view: decided as ``global/summary``,
-        audited as ``global/drift`` so that auditors see who read which."""
+        rounded as the caller's tier says (Cedar action ``global/drift``)."""
         limit = check_window(max_decisions)
-        decision = self._authorize(principal, "global/summary", model, purpose, version, audited_as="global/drift")
+        decision = self._authorize(principal, "global/drift", model, purpose, version)
         handle = self.pipeline.models.resolve(model, version)
         decisions = self.pipeline.decisions
 

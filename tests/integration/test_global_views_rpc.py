@@ -66,7 +66,7 @@ async def test_drift_flags_the_feature_whose_decisions_moved(tiny_server: Runnin
     assert (steady.decisions, steady.reference_rows, steady.target_class) == (20, 200, "yes")
     assert steady.method == "integrated_gradients" and steady.alpha == 0.05
     assert not steady.drifted and not any(f.drifted for f in steady.features)
-    assert steady.disclosure.tier == "global/summary" and steady.disclosure.decision_id
+    assert steady.disclosure.tier == "global/drift" and steady.disclosure.decision_id
     assert steady.first_decision_at.ToDatetime() <= steady.last_decision_at.ToDatetime()
     assert {f.feature for f in steady.features} == {"x1", "x2", "color", "flag"}
     assert moved.decisions == 40 and moved.drifted
@@ -75,10 +75,10 @@ async def test_drift_flags_the_feature_whose_decisions_moved(tiny_server: Runnin
     assert moved.share_distance > moved.share_threshold > 0
     # most drifted first
     assert [f.ks_statistic for f in moved.features] == sorted((f.ks_statistic for f in moved.features), reverse=True)
-    # decided as a summary, audited as what it is
+    # every read is audited
     page = tiny_server.app.pipeline.audit.query(AuditFilter(model="tiny", principal="eng"), 500, "")
     audited = [(r.record.action, r.record.allowed, r.record.tier) for r in page.records]
-    assert audited.count(("global/drift", True, "global/summary")) == 4
+    assert audited.count(("global/drift", True, "global/drift")) == 4
 
 
 async def test_drift_is_a_global_view_of_the_policy(tiny_server: Running) -> None:

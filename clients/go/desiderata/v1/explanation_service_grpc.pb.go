@@ -48,9 +48,9 @@ type ExplanationServiceClient interface {
 	// over a sample of its training reference.
 	GetGlobalSummary(ctx context.Context, in *GetGlobalSummaryRequest, opts ...grpc.CallOption) (*GetGlobalSummaryResponse, error)
 	// Attribution drift: the recent decisions of a model version, explained and
-	// compared feature by feature with its training reference. Decided as a
-	// global view (the same policy action as GetGlobalSummary); only aggregates
-	// over at least 20 decisions are returned.
+	// compared feature by feature with its training reference. Decided on the
+	// policy action "global/drift"; only aggregates over at least 20 decisions
+	// are returned.
 	GetAttributionDrift(ctx context.Context, in *GetAttributionDriftRequest, opts ...grpc.CallOption) (*GetAttributionDriftResponse, error)
 	// Feedback on an explanation (dynamic consumption: it may change the model).
 	SubmitFeedback(ctx context.Context, in *SubmitFeedbackRequest, opts ...grpc.CallOption) (*SubmitFeedbackResponse, error)
@@ -160,9 +160,9 @@ type ExplanationServiceServer interface {
 	// over a sample of its training reference.
 	GetGlobalSummary(context.Context, *GetGlobalSummaryRequest) (*GetGlobalSummaryResponse, error)
 	// Attribution drift: the recent decisions of a model version, explained and
-	// compared feature by feature with its training reference. Decided as a
-	// global view (the same policy action as GetGlobalSummary); only aggregates
-	// over at least 20 decisions are returned.
+	// compared feature by feature with its training reference. Decided on the
+	// policy action "global/drift"; only aggregates over at least 20 decisions
+	// are returned.
 	GetAttributionDrift(context.Context, *GetAttributionDriftRequest) (*GetAttributionDriftResponse, error)
 	// Feedback on an explanation (dynamic consumption: it may change the model).
 	SubmitFeedback(context.Context, *SubmitFeedbackRequest) (*SubmitFeedbackResponse, error)

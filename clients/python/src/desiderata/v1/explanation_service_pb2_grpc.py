@@ -113,9 +113,9 @@ class ExplanationServiceServicer:
 
     def GetAttributionDrift(self, request, context):
         """Attribution drift: the recent decisions of a model version, explained and
-        compared feature by feature with its training reference. Decided as a
-        global view (the same policy action as GetGlobalSummary); only aggregates
-        over at least 20 decisions are returned.
+        compared feature by feature with its training reference. Decided on the
+        policy action "global/drift"; only aggregates over at least 20 decisions
+        are returned.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -49,9 +49,9 @@ class ExplanationServiceStub:
     """
     GetAttributionDrift: _grpc.UnaryUnaryMultiCallable[_explanation_service_pb2.GetAttributionDriftRequest, _explanation_service_pb2.GetAttributionDriftResponse]
     """Attribution drift: the recent decisions of a model version, explained and
-    compared feature by feature with its training reference. Decided as a
-    global view (the same policy action as GetGlobalSummary); only aggregates
-    over at least 20 decisions are returned.
+    compared feature by feature with its training reference. Decided on the
+    policy action "global/drift"; only aggregates over at least 20 decisions
+    are returned.
     """
     SubmitFeedback: _grpc.UnaryUnaryMultiCallable[_explanation_service_pb2.SubmitFeedbackRequest, _explanation_service_pb2.SubmitFeedbackResponse]
     """Feedback on an explanation (dynamic consumption: it may change the model)."""
@@ -75,9 +75,9 @@ class ExplanationServiceAsyncStub(ExplanationServiceStub):
     """
     GetAttributionDrift: _aio.UnaryUnaryMultiCallable[_explanation_service_pb2.GetAttributionDriftRequest, _explanation_service_pb2.GetAttributionDriftResponse]  # type: ignore[assignment]
     """Attribution drift: the recent decisions of a model version, explained and
-    compared feature by feature with its training reference. Decided as a
-    global view (the same policy action as GetGlobalSummary); only aggregates
-    over at least 20 decisions are returned.
+    compared feature by feature with its training reference. Decided on the
+    policy action "global/drift"; only aggregates over at least 20 decisions
+    are returned.
     """
     SubmitFeedback: _aio.UnaryUnaryMultiCallable[_explanation_service_pb2.SubmitFeedbackRequest, _explanation_service_pb2.SubmitFeedbackResponse]  # type: ignore[assignment]
     """Feedback on an explanation (dynamic consumption: it may change the model)."""
@@ -134,9 +134,9 @@ class ExplanationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_explanation_service_pb2.GetAttributionDriftResponse, _abc.Awaitable[_explanation_service_pb2.GetAttributionDriftResponse]]:
         """Attribution drift: the recent decisions of a model version, explained and
-        compared feature by feature with its training reference. Decided as a
-        global view (the same policy action as GetGlobalSummary); only aggregates
-        over at least 20 decisions are returned.
+        compared feature by feature with its training reference. Decided on the
+        policy action "global/drift"; only aggregates over at least 20 decisions
+        are returned.
         """
 
     @_abc_1.abstractmethod

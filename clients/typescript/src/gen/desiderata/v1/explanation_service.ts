@@ -2867,9 +2867,9 @@ export const ExplanationServiceService = {
   },
   /**
    * Attribution drift: the recent decisions of a model version, explained and
-   * compared feature by feature with its training reference. Decided as a
-   * global view (the same policy action as GetGlobalSummary); only aggregates
-   * over at least 20 decisions are returned.
+   * compared feature by feature with its training reference. Decided on the
+   * policy action "global/drift"; only aggregates over at least 20 decisions
+   * are returned.
    */
   getAttributionDrift: {
     path: "/desiderata.v1.ExplanationService/GetAttributionDrift" as const,
@@ -2915,9 +2915,9 @@ export interface ExplanationServiceServer extends UntypedServiceImplementation {
   getGlobalSummary: handleUnaryCall<GetGlobalSummaryRequest, GetGlobalSummaryResponse>;
   /**
    * Attribution drift: the recent decisions of a model version, explained and
-   * compared feature by feature with its training reference. Decided as a
-   * global view (the same policy action as GetGlobalSummary); only aggregates
-   * over at least 20 decisions are returned.
+   * compared feature by feature with its training reference. Decided on the
+   * policy action "global/drift"; only aggregates over at least 20 decisions
+   * are returned.
    */
   getAttributionDrift: handleUnaryCall<GetAttributionDriftRequest, GetAttributionDriftResponse>;
   /** Feedback on an explanation (dynamic consumption: it may change the model). */
@@ -3007,9 +3007,9 @@ export interface ExplanationServiceClient extends Client {
   ): ClientUnaryCall;
   /**
    * Attribution drift: the recent decisions of a model version, explained and
-   * compared feature by feature with its training reference. Decided as a
-   * global view (the same policy action as GetGlobalSummary); only aggregates
-   * over at least 20 decisions are returned.
+   * compared feature by feature with its training reference. Decided on the
+   * policy action "global/drift"; only aggregates over at least 20 decisions
+   * are returned.
    */
   getAttributionDrift(
     request: GetAttributionDriftRequest,
