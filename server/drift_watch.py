@@ -19,23 +19,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Sequence
+from typing import Protocol
 
 import structlog
 
-from desiderata.explainers.base import Cancelled, ExplainContext
+from desiderata.explainers.base import Cancelled, ExplainableModel, ExplainContext
 from desiderata.server.attribution_drift import MIN_DECISIONS, DriftMonitor
 from desiderata.server.decision_store import DecisionStore
 from desiderata.server.errors import DesiderataError
 from desiderata.server.metrics import Metrics
-from desiderata.server.model_repository import ModelRepository
 
-__all__ = ["check_models", "watch_drift"]
+__all__ = ["Served", "check_models", "watch_drift"]
 
 log = structlog.get_logger("desiderata.drift")
 
 
+class Served(Protocol):
+    """What the checks read of the model repository (`ModelRepository`)."""
+
+    def served(self) -> Sequence[ExplainableModel]: ...
+
+
 def check_models(
-    models: ModelRepository,
+    models: Served,
     decisions: DecisionStore,
     monitor: DriftMonitor,
     window: int,
@@ -50,30 +57,31 @@ def check_models(
     """
     compared = 0
     for handle in models.served():
+        name, version = handle.card.name, handle.card.version
         if stop.is_set():
             break
         try:
-            records = decisions.recent(handle.name, handle.version, window)
+            records = decisions.recent(name, version, window)
             if len(records) < MIN_DECISIONS:
                 if metrics is not None:
-                    metrics.drift(handle.name, len(records), None)
+                    metrics.drift(name, len(records), None)
                 continue
             result = monitor.drift(handle, records, ExplainContext(cancel=stop))
         except Cancelled:
             break
         except DesiderataError as exc:  # a store down, a model without a reference: the next check retries
-            log.warning("attribution_drift_check_failed", model=handle.name, code=exc.code)
+            log.warning("attribution_drift_check_failed", model=name, code=exc.code)
             continue
         except Exception:
-            log.exception("attribution_drift_check_error", model=handle.name)
+            log.exception("attribution_drift_check_error", model=name)
             continue
         compared += 1
         if metrics is not None:
-            metrics.drift(handle.name, len(records), result)
+            metrics.drift(name, len(records), result)
         log.info(
             "attribution_drift_checked",
-            model=handle.name,
-            model_version=handle.version,
+            model=name,
+            model_version=version,
             decisions=result.decisions,
             drifted=[f.feature for f in result.features if f.drifted],
             share_distance=round(result.share_distance, 4),
@@ -83,7 +91,7 @@ def check_models(
 
 
 async def watch_drift(
-    models: ModelRepository,
+    models: Served,
     decisions: DecisionStore,
     monitor: DriftMonitor,
     window: int,

@@ -71,7 +71,7 @@ def test_summary_is_the_closed_form_per_predicted_class(differentiable: bool) ->
         np.testing.assert_allclose(view.mean_abs, closed[rows].mean(axis=0), rtol=1e-5, atol=1e-6)
 
 
-def _records(model: TorchModel, x: np.ndarray, start: datetime) -> list[DecisionRecord]:
+def decision_records(model: TorchModel, x: np.ndarray, start: datetime) -> list[DecisionRecord]:
     return [
         DecisionRecord(
             decision_id=new_record_id(),
@@ -95,7 +95,7 @@ def test_drift_of_a_linear_model_is_the_ks_test_of_its_features(differentiable: 
     recent = np.random.default_rng(11).normal(size=(120, 6))
     recent[:, 3] += 0.8  # x3 moved; the rest did not
     start = datetime(2026, 11, 23, tzinfo=UTC)
-    out = DriftMonitor(reference_rows=200).drift(model, _records(model, recent, start), ExplainContext())
+    out = DriftMonitor(reference_rows=200).drift(model, decision_records(model, recent, start), ExplainContext())
     assert (out.decisions, out.reference_rows, out.target_class) == (120, 200, "yes")
     assert (out.first_decision_at, out.last_decision_at) == (start, start + timedelta(seconds=119))
     by_name = {f.feature: f for f in out.features}
@@ -150,20 +150,26 @@ def test_share_distance_is_half_the_l1_gap_between_importance_shares() -> None:
     assert [f.recent_mean_abs for f in features] == [3.0, 0.0, 1.0]
 
 
-def test_recorded_decisions_are_explained_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = _linear(True)
-    rows = np.random.default_rng(2).normal(size=(40, 6))
-    records = _records(model, rows, datetime(2026, 11, 23, tzinfo=UTC))
-    explained: list[int] = []
+@pytest.fixture
+def explained(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Rows explained by each call of `local_attributions` the drift module makes."""
+    calls: list[int] = []
     real = drift_module.local_attributions
 
     def counting(*args: object, **kw: object) -> np.ndarray:
         out = real(*args, **kw)  # type: ignore[arg-type]
-        explained.append(len(out))
+        calls.append(len(out))
         return out
 
-    monitor = DriftMonitor(reference_rows=100)
     monkeypatch.setattr(drift_module, "local_attributions", counting)
+    return calls
+
+
+def test_recorded_decisions_are_explained_once(explained: list[int]) -> None:
+    model = _linear(True)
+    rows = np.random.default_rng(2).normal(size=(40, 6))
+    records = decision_records(model, rows, datetime(2026, 11, 23, tzinfo=UTC))
+    monitor = DriftMonitor(reference_rows=100)
     first = monitor.drift(model, records[:30], ExplainContext())
     assert sum(explained) == 100 + 30  # the reference sample, then the decisions (in chunks)
     second = monitor.drift(model, records, ExplainContext())
@@ -184,18 +190,9 @@ class _StopsAfter(ExplainContext):
             raise Cancelled("stopped by the test")
 
 
-def test_a_stopped_query_leaves_its_finished_rows_to_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stopped_query_leaves_its_finished_rows_to_the_next(explained: list[int]) -> None:
     model = _linear(True)
-    records = _records(model, np.random.default_rng(3).normal(size=(30, 6)), datetime(2026, 11, 23, tzinfo=UTC))
-    explained: list[int] = []
-    real = drift_module.local_attributions
-
-    def counting(*args: object, **kw: object) -> np.ndarray:
-        out = real(*args, **kw)  # type: ignore[arg-type]
-        explained.append(len(out))
-        return out
-
-    monkeypatch.setattr(drift_module, "local_attributions", counting)
+    records = decision_records(model, np.random.default_rng(3).normal(size=(30, 6)), datetime(2026, 11, 23, tzinfo=UTC))
     monitor = DriftMonitor(reference_rows=100)
     with pytest.raises(Cancelled):
         monitor.drift(model, records, _StopsAfter(2 * EXPLAIN_CHUNK + 5))
@@ -209,7 +206,7 @@ def test_too_few_decisions_and_too_large_windows_are_refused() -> None:
     model = _linear(True)
     rows = np.zeros((MIN_DECISIONS - 1, 6))
     with pytest.raises(FailedPrecondition, match=f"at least {MIN_DECISIONS} recorded decisions"):
-        DriftMonitor().drift(model, _records(model, rows, datetime(2026, 1, 1, tzinfo=UTC)), ExplainContext())
+        DriftMonitor().drift(model, decision_records(model, rows, datetime(2026, 1, 1, tzinfo=UTC)), ExplainContext())
     assert check_window(0) == 500 and check_window(7) == 7
     for bad in (5001, -1):
         with pytest.raises(InvalidArgument) as info:
