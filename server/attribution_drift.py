@@ -17,17 +17,13 @@ towards the same class, and compared feature by feature.
 
 Only aggregates leave the server, and only over at least `MIN_DECISIONS`
 decisions, so that no single subject's explanation can be read off them.
-Attributions are cached row by row (decisions by their id: they are
-append-only), so a repeated query explains only what was recorded since, and a
-query that reaches its deadline leaves its work to the next.
+Attributions are cached row by row (`global_views.RowAttributions`; decisions
+by their id: they are append-only), so a repeated query explains only what was
+recorded since, and a query that reaches its deadline leaves its work to the next.
 """
 
 from __future__ import annotations
 
-import threading
-import zlib
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -37,12 +33,11 @@ from scipy.stats import ks_2samp
 from desiderata.explainers.base import ExplainableModel, ExplainContext
 from desiderata.server.decision_store import DecisionRecord
 from desiderata.server.errors import FailedPrecondition, InvalidArgument
-from desiderata.server.global_views import attribution_method, local_attributions, reference_sample
+from desiderata.server.global_views import RowAttributions, attribution_method, reference_sample
 
 __all__ = [
     "ALPHA",
     "DEFAULT_DECISIONS",
-    "EXPLAIN_CHUNK",
     "MAX_DECISIONS",
     "MIN_DECISIONS",
     "AttributionDrift",
@@ -59,12 +54,9 @@ DEFAULT_DECISIONS = 500
 MAX_DECISIONS = 5000
 REFERENCE_ROWS = 500
 PERMUTATIONS = 1000
-EXPLAIN_CHUNK = 32
 NEGLIGIBLE = 1e-6
 """Attributions below this fraction of a reference row's mean total |attribution| count as zero:
 float32 evaluation leaves ~1e-8 on features without influence, and a test of that noise is not drift."""
-CACHED_ROWS = 20_000
-"""Rows whose attributions are kept (one float per feature each): reference rows and decisions."""
 
 
 @dataclass(frozen=True)
@@ -178,19 +170,17 @@ def _permutation_threshold(pooled: np.ndarray, n: int) -> float:
 
 
 class DriftMonitor:
-    """Explains reference rows and recorded decisions, caching each row's attributions, and
+    """Explains reference rows and recorded decisions (each row's attributions kept) and
     compares them.
 
     Args:
         reference_rows: training-reference rows sampled (seeded).
-        cached_rows: rows' attributions kept (reference rows and decisions), least recently used out.
+        rows: where each row's attributions are kept (shared with `GlobalSummaries`).
     """
 
-    def __init__(self, reference_rows: int = REFERENCE_ROWS, cached_rows: int = CACHED_ROWS) -> None:
+    def __init__(self, reference_rows: int = REFERENCE_ROWS, rows: RowAttributions | None = None) -> None:
         self.reference_rows = reference_rows
-        self.cached_rows = cached_rows
-        self._rows: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
+        self.rows = rows or RowAttributions()
 
     def drift(self, model: ExplainableModel, records: list[DecisionRecord], ctx: ExplainContext) -> AttributionDrift:
         """Compares `records` (recent decisions of `model`'s version) with the training reference.
@@ -206,12 +196,18 @@ class DriftMonitor:
                 f"attribution drift needs at least {MIN_DECISIONS} recorded decisions of model "
                 f"{model.card.name!r} version {model.card.version!r}; there are {len(records)}"
             )
+        target = drift_target(model)
         rows = reference_sample(model, self.reference_rows)
         tag = f"{model.card.name}\0{model.card.version}\0reference\0"
-        reference = self._attributions(model, [f"{tag}{i}" for i in range(len(rows))], rows.__getitem__, ctx)
+        keys = [f"{tag}{i}" for i in range(len(rows))]
+        reference = self.rows.get(model, keys, rows.__getitem__, np.full(len(rows), target), ctx)
         # Decisions are keyed by their id (append-only, never reused): an id's attributions never change.
-        recent = self._attributions(
-            model, [r.decision_id for r in records], lambda i: model.schema.encode(records[i].features), ctx
+        recent = self.rows.get(
+            model,
+            [r.decision_id for r in records],
+            lambda i: model.schema.encode(records[i].features),
+            np.full(len(records), target),
+            ctx,
         )
         distance, threshold, features = compare(reference, recent, model.schema.names)
         times = [r.created_at for r in records]
@@ -219,7 +215,7 @@ class DriftMonitor:
             model=model.card.name,
             model_version=model.card.version,
             method=attribution_method(model),
-            target_class=model.card.class_names[drift_target(model)],
+            target_class=model.card.class_names[target],
             reference_rows=len(rows),
             decisions=len(records),
             first_decision_at=min(times),
@@ -229,32 +225,6 @@ class DriftMonitor:
             drifted=any(f.drifted for f in features),
             features=tuple(features),
         )
-
-    def _attributions(
-        self, model: ExplainableModel, keys: list[str], row: Callable[[int], np.ndarray], ctx: ExplainContext
-    ) -> np.ndarray:
-        """Attributions towards `drift_target` of the rows named by `keys`, ``(len(keys), d)``;
-        `row(i)` encodes the i-th. Rows not cached are explained `EXPLAIN_CHUNK` at a time."""
-        with self._lock:
-            known = [self._rows.get(k) for k in keys]
-        missing = [i for i, v in enumerate(known) if v is None]
-        target = drift_target(model)
-        for start in range(0, len(missing), EXPLAIN_CHUNK):
-            part = missing[start : start + EXPLAIN_CHUNK]
-            # Seeded by key: a row's attributions do not depend on the batch it came in.
-            seeds = [zlib.crc32(keys[i].encode()) for i in part]
-            fresh = local_attributions(model, np.stack([row(i) for i in part]), np.full(len(part), target), ctx, seeds)
-            with self._lock:
-                for i, values in zip(part, fresh, strict=True):
-                    known[i] = values
-                    self._rows[keys[i]] = values
-                while len(self._rows) > self.cached_rows:
-                    self._rows.popitem(last=False)
-        with self._lock:
-            for k in keys:
-                if k in self._rows:
-                    self._rows.move_to_end(k)
-        return np.stack([v for v in known if v is not None])
 
 
 def check_window(max_decisions: int) -> int:

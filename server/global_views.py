@@ -5,7 +5,7 @@ reference (Bhatt et al. 2020: global summaries for regulators and executives).
 Every model gets one: differentiable models are explained with Integrated
 Gradients (cheap: one batched forward and backward per row), black-box ones
 with permutation-sampling Shapley values to a 2% relative standard error.
-`attribution_drift` builds on the same local step.
+`attribution_drift` builds on the same local step and the same row cache.
 
 Computed once per model version and cached; the pipeline decides who may see
 it (Cedar action ``global/summary``) and applies that tier's rounding.
@@ -14,6 +14,9 @@ it (Cedar action ``global/summary``) and applies that tier's rounding.
 from __future__ import annotations
 
 import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,10 +27,23 @@ from desiderata.explainers.shapley_permutation import PermutationShapley
 from desiderata.explainers.types import AttributionParams, AttributionResult
 from desiderata.server.errors import FailedPrecondition
 
-__all__ = ["ClassView", "GlobalSummaries", "GlobalSummary", "local_attributions", "reference_sample"]
+__all__ = [
+    "EXPLAIN_CHUNK",
+    "ClassView",
+    "GlobalSummaries",
+    "GlobalSummary",
+    "RowAttributions",
+    "attribution_method",
+    "local_attributions",
+    "reference_sample",
+]
 
 SAMPLE_ROWS = 200
 IG_STEPS = 64
+EXPLAIN_CHUNK = 32
+"""Rows explained between two stores into `RowAttributions`."""
+CACHED_ROWS = 20_000
+"""Rows whose attributions `RowAttributions` keeps by default: reference rows and decisions."""
 SHAPLEY_TARGET_SE = 0.02
 """Relative standard error of each black-box row's Shapley values (one row's noise averages out in a mean)."""
 
@@ -111,20 +127,77 @@ def reference_sample(model: ExplainableModel, n: int) -> np.ndarray:
     return np.asarray(ref.x[rng.choice(len(ref.x), size=min(n, len(ref.x)), replace=False)])
 
 
+class RowAttributions:
+    """`local_attributions` with each row's answer kept under a key, least recently used out.
+
+    Rows are explained `EXPLAIN_CHUNK` at a time and kept as they come, so a request that
+    reaches its deadline leaves its finished rows to the next one; each row is seeded by its
+    key, so its answer does not depend on the batch it came in.
+
+    Args:
+        capacity: rows kept (one float per feature each).
+    """
+
+    def __init__(self, capacity: int = CACHED_ROWS) -> None:
+        self.capacity = capacity
+        self._rows: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(
+        self,
+        model: ExplainableModel,
+        keys: list[str],
+        row: Callable[[int], np.ndarray],
+        targets: np.ndarray,
+        ctx: ExplainContext,
+    ) -> np.ndarray:
+        """Attributions of the rows named by `keys`, ``(len(keys), d)``.
+
+        Args:
+            model: the served model.
+            keys: a name per row, unique for its (model version, row, target class).
+            row: encodes the i-th row, ``(n_columns,)``.
+            targets: class index explained for each row, ``(len(keys),)``.
+            ctx: deadline and cancellation.
+        """
+        with self._lock:
+            known = [self._rows.get(k) for k in keys]
+        missing = [i for i, v in enumerate(known) if v is None]
+        for start in range(0, len(missing), EXPLAIN_CHUNK):
+            part = missing[start : start + EXPLAIN_CHUNK]
+            rows = np.stack([row(i) for i in part])
+            seeds = [zlib.crc32(keys[i].encode()) for i in part]
+            fresh = local_attributions(model, rows, targets[part], ctx, seeds)
+            with self._lock:
+                for i, values in zip(part, fresh, strict=True):
+                    known[i] = values
+                    self._rows[keys[i]] = values
+                while len(self._rows) > self.capacity:
+                    self._rows.popitem(last=False)
+        with self._lock:
+            for k in keys:
+                if k in self._rows:
+                    self._rows.move_to_end(k)
+        return np.stack([v for v in known if v is not None])
+
+
 class GlobalSummaries:
     """Computes and caches one `GlobalSummary` per (model, version).
 
     Args:
         sample_rows: reference rows explained (seeded sample).
+        rows: where each row's attributions are kept (shared with `DriftMonitor`).
     """
 
-    def __init__(self, sample_rows: int = SAMPLE_ROWS) -> None:
+    def __init__(self, sample_rows: int = SAMPLE_ROWS, rows: RowAttributions | None = None) -> None:
         self.sample_rows = sample_rows
+        self.rows = rows or RowAttributions()
         self._cache: dict[tuple[str, str], GlobalSummary] = {}
         self._lock = threading.Lock()
 
     def get(self, model: ExplainableModel, ctx: ExplainContext | None = None) -> GlobalSummary:
-        """The model's summary (computed on first use; call off the event loop)."""
+        """The model's summary (computed on first use; call off the event loop). A call that
+        reaches its deadline leaves its finished rows to the next (`RowAttributions`)."""
         key = (model.card.name, model.card.version)
         with self._lock:
             if key in self._cache:
@@ -137,7 +210,9 @@ class GlobalSummaries:
     def _compute(self, model: ExplainableModel, ctx: ExplainContext) -> GlobalSummary:
         rows = reference_sample(model, self.sample_rows)
         predicted = model.predict_proba(rows).argmax(axis=1)
-        attributions = local_attributions(model, rows, predicted, ctx)
+        tag = f"{model.card.name}\0{model.card.version}\0summary\0"
+        keys = [f"{tag}{i}" for i in range(len(rows))]
+        attributions = self.rows.get(model, keys, rows.__getitem__, predicted, ctx)
         classes = tuple(
             ClassView(label, int((predicted == c).sum()), np.abs(attributions[predicted == c]).mean(axis=0))
             for c, label in enumerate(model.card.class_names)

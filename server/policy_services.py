@@ -22,7 +22,7 @@ from desiderata.policy.model import Consumption, Principal
 from desiderata.server.attribution_drift import AttributionDrift, DriftMonitor, check_window
 from desiderata.server.decision_audit import audit_decision, model_attributes
 from desiderata.server.errors import InvalidArgument, PermissionDenied
-from desiderata.server.global_views import GlobalSummaries, GlobalSummary
+from desiderata.server.global_views import GlobalSummaries, GlobalSummary, RowAttributions
 from desiderata.server.pipeline import Pipeline
 
 __all__ = ["FeedbackRequest", "PolicyServices"]
@@ -51,8 +51,9 @@ class PolicyServices:
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
-        self.summaries = GlobalSummaries()
-        self.drift = DriftMonitor()
+        rows = RowAttributions()  # one budget of cached rows for both views
+        self.summaries = GlobalSummaries(rows=rows)
+        self.drift = DriftMonitor(rows=rows)
 
     def _authorize(self, principal: Principal, action: str, model: str, purpose: str, version: str = "") -> Decision:
         """The policy's decision on `action`, audited; denials raise."""

@@ -19,12 +19,11 @@ import pytest
 import torch
 from scipy.stats import ks_2samp
 
-import desiderata.server.attribution_drift as drift_module
+import desiderata.server.global_views as views_module
 from desiderata.explainers.background import summarize
 from desiderata.explainers.base import Cancelled, ExplainContext
 from desiderata.server.attribution_drift import (
     ALPHA,
-    EXPLAIN_CHUNK,
     MIN_DECISIONS,
     DriftMonitor,
     check_window,
@@ -32,7 +31,7 @@ from desiderata.server.attribution_drift import (
 )
 from desiderata.server.decision_store import DecisionRecord, new_record_id
 from desiderata.server.errors import FailedPrecondition, InvalidArgument
-from desiderata.server.global_views import GlobalSummaries
+from desiderata.server.global_views import EXPLAIN_CHUNK, GlobalSummaries
 from tests.unit.explainers.attribution_models import Identity2, TorchModel, numeric, reference_rows
 
 W = np.array([1.0, -2.0, 0.5, 3.0, 0.0, -1.0])
@@ -152,16 +151,16 @@ def test_share_distance_is_half_the_l1_gap_between_importance_shares() -> None:
 
 @pytest.fixture
 def explained(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Rows explained by each call of `local_attributions` the drift module makes."""
+    """Rows explained by each call of `local_attributions` the row cache makes."""
     calls: list[int] = []
-    real = drift_module.local_attributions
+    real = views_module.local_attributions
 
     def counting(*args: object, **kw: object) -> np.ndarray:
         out = real(*args, **kw)  # type: ignore[arg-type]
         calls.append(len(out))
         return out
 
-    monkeypatch.setattr(drift_module, "local_attributions", counting)
+    monkeypatch.setattr(views_module, "local_attributions", counting)
     return calls
 
 
@@ -200,6 +199,20 @@ def test_a_stopped_query_leaves_its_finished_rows_to_the_next(explained: list[in
     whole = monitor.drift(model, records, ExplainContext())
     assert sum(explained) == 100 + 30  # nothing was explained twice
     assert whole == DriftMonitor(reference_rows=100).drift(model, records, ExplainContext())
+
+
+def test_a_stopped_summary_leaves_its_finished_rows_to_the_next(explained: list[int]) -> None:
+    model = _linear(False)  # black-box: the costly case
+    summaries = GlobalSummaries(sample_rows=100)
+    with pytest.raises(Cancelled):
+        summaries.get(model, _StopsAfter(EXPLAIN_CHUNK + 3))
+    assert explained == [EXPLAIN_CHUNK]
+    whole = summaries.get(model, ExplainContext())
+    assert sum(explained) == 100
+    fresh = GlobalSummaries(sample_rows=100).get(model)
+    for resumed, once in zip(whole.classes, fresh.classes, strict=True):
+        assert (resumed.label, resumed.rows) == (once.label, once.rows)
+        np.testing.assert_array_equal(resumed.mean_abs, once.mean_abs)
 
 
 def test_too_few_decisions_and_too_large_windows_are_refused() -> None:
