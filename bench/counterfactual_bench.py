@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from desiderata.client import AsyncClient
 from desiderata.explainers.counterfactual_constraints import build_feasible_set
 from desiderata.server.grpc.app import build_server
-from desiderata.server.model_repository import ModelHandle
+from desiderata.server.model_handle import ModelHandle
 from desiderata.v1 import types_pb2 as pb
 from tests.integration.conftest import settings_for
 from tests.unit.explainers._dice_adapter import DiceOver

@@ -53,7 +53,7 @@ from desiderata.server.demo_data import CREDIT_MODEL_DIR, read_credit_csv
 from desiderata.server.demo_model import fit_mlp
 from desiderata.server.grpc.app import App, build_server
 from desiderata.server.model_card import FeatureSchema, FeatureValue, load_card
-from desiderata.server.model_repository import ModelHandle
+from desiderata.server.model_handle import ModelHandle
 from desiderata.server.training import stratified_split
 from desiderata.v1 import types_pb2 as pb
 from tests.integration.conftest import settings_for

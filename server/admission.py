@@ -31,7 +31,7 @@ from desiderata.server.config import ExplainSettings
 from desiderata.server.decision_audit import audit_decision
 from desiderata.server.errors import InternalError, PermissionDenied
 from desiderata.server.method_choice import resolve_method
-from desiderata.server.model_repository import ModelHandle
+from desiderata.server.model_handle import ModelHandle
 from desiderata.server.served import ExplainCall
 from desiderata.server.serving import params_dict
 

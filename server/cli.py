@@ -180,7 +180,7 @@ def _feedback_export(argv: list[str]) -> int:
 def _model_check(argv: list[str]) -> int:
     """Loads a model folder (or every folder of a repository) as the server would, and says
     what it found or why the server would refuse it."""
-    from desiderata.server.model_repository import load_model
+    from desiderata.server.model_handle import load_model
 
     parser = argparse.ArgumentParser(prog="desiderata model check")
     parser.add_argument("dir", type=Path, help="a model folder (card.yaml) or a repository of them")

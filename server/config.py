@@ -163,7 +163,12 @@ class ModelsSettings(BaseModel):
     path: Path | None = None
     """Folder of models (one sub-folder per model with card.yaml); None serves the built-in demo."""
     skip_broken: bool = False
-    """Skip a model that fails to load (logged) instead of refusing to boot."""
+    """Skip a model that fails to load at start-up (logged) instead of refusing to boot."""
+    reload_interval_s: float = Field(default=0.0, ge=0)
+    """Rescan the repository this often (seconds) and serve what changed without a restart: new
+    version folders once their files stop changing, removed ones unloaded; a broken folder, or a
+    version whose files change in place (versions are immutable), is refused and logged while the
+    loaded models keep serving (server/model_repository.py). 0 (the default): loaded at start-up only."""
     torch_threads: int = Field(default=1, ge=1, le=64)
     """Intra-op threads per model evaluation and the cap on numpy BLAS threads (workers run in parallel)."""
     chunk_helpers: int = Field(default_factory=lambda: min(3, max(0, len(os.sched_getaffinity(0)) - 1)), ge=0, le=64)

@@ -15,7 +15,7 @@ from desiderata.policy.audit import AuditLog, AuditRecord, utc_now
 from desiderata.policy.decision import Decision
 from desiderata.policy.model import Consumption, Principal
 from desiderata.server.errors import DesiderataError, Unavailable
-from desiderata.server.model_repository import ModelHandle
+from desiderata.server.model_handle import ModelHandle
 
 __all__ = ["audit_decision", "model_attributes"]
 

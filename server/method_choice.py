@@ -13,7 +13,7 @@ from desiderata.explainers.types import AttributionParams, CounterfactualParams
 from desiderata.policy.decision import Decision
 from desiderata.server.config import ExplainSettings
 from desiderata.server.errors import InternalError, InvalidArgument, NotImplementedYet, PermissionDenied
-from desiderata.server.model_repository import ModelHandle
+from desiderata.server.model_handle import ModelHandle
 from desiderata.server.served import ExplainCall
 
 __all__ = ["METHOD_ALIASES", "resolve_method"]

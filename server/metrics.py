@@ -37,7 +37,11 @@ from prometheus_client import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from desiderata.server.attribution_drift import AttributionDrift
+    from desiderata.server.model_handle import ModelHandle
+    from desiderata.server.model_repository import RepositoryChange
 
 __all__ = ["Metrics", "MetricsEndpoint"]
 
@@ -126,6 +130,25 @@ class Metrics:
             ["store"],
             registry=r,
         )
+        self.model_loaded = Gauge(
+            "desiderata_model_versions_loaded", "Versions of the model loaded and answering.", ["model"], registry=r
+        )
+        self.model_served = Gauge(
+            "desiderata_model_served_info",
+            "1 for the version a request without model_version gets (compare replicas to find skew).",
+            ["model", "version"],
+            registry=r,
+        )
+        self.model_reloads = Counter(
+            "desiderata_model_reloads",
+            "Model folders the repository rescan loaded, unloaded or refused (broken, or a version changed in place).",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("loaded", "unloaded", "refused"):  # from 0, so increase() sees the first refusal
+            self.model_reloads.labels(outcome)
+        self._names: set[str] = set()
+        self._served: set[tuple[str, str]] = set()
 
     def rpc(self, method: str, code: str, seconds: float, error_code: str = "") -> None:
         """One finished RPC.
@@ -173,6 +196,28 @@ class Metrics:
         self.drift_features.labels(model).set(sum(f.drifted for f in result.features))
         self.drift_distance.labels(model).set(result.share_distance)
         self.drift_threshold.labels(model).set(result.share_threshold)
+
+    def models(self, loaded: Sequence[ModelHandle], served: Sequence[ModelHandle]) -> None:
+        """The loaded versions of every model and the version each serves; labels of gone ones removed."""
+        counts: dict[str, int] = {}
+        for h in loaded:
+            counts[h.name] = counts.get(h.name, 0) + 1
+        pairs = {(h.name, h.version) for h in served}
+        for name in self._names - set(counts):
+            self.model_loaded.remove(name)
+        for pair in self._served - pairs:
+            self.model_served.remove(*pair)
+        for name, n in counts.items():
+            self.model_loaded.labels(name).set(n)
+        for pair in pairs:
+            self.model_served.labels(*pair).set(1.0)
+        self._names, self._served = set(counts), pairs
+
+    def model_reload(self, change: RepositoryChange) -> None:
+        """What one rescan of the repository loaded, unloaded and refused."""
+        self.model_reloads.labels("loaded").inc(len(change.loaded))
+        self.model_reloads.labels("unloaded").inc(len(change.unloaded))
+        self.model_reloads.labels("refused").inc(len(change.refused))
 
     def stores(self, names: list[str], down: list[str]) -> None:
         """The result of one readiness probe of the stores `names`, of which `down` failed."""

@@ -1,280 +1,272 @@
-"""The model repository: a folder of models, loaded and validated at start-up.
+"""The model repository: a folder of model versions, loaded at start-up and rescanned while serving.
 
-Each sub-folder holds a ``card.yaml`` and the artifact it names, a program
-saved with ``torch.export`` (``.pt2``) that maps float32 encoded rows to class
-probabilities, or a scikit-learn classifier saved with skops (``.skops``,
-black-box; see `sklearn_artifact`). A broken model stops the boot with a clear message, or is
-skipped with a logged error when ``models.skip_broken`` is set. Served models
-are `ModelHandle`s: batched, thread-safe prediction for the worker pool, the
-differentiable module for white-box explainers, and the training reference.
+Each sub-folder is one model version (`desiderata.server.model_handle`): a
+``card.yaml`` naming the model and its version, and the artifact it names. At
+start-up every folder is loaded, and a broken one stops the boot with a clear
+message (or is skipped, logged, with ``models.skip_broken``). A model's
+*served* version, the one a request without ``model_version`` gets, is its
+highest version in `version_key` order ("2" before "10"); the other loaded
+versions answer when asked by name, as when an older decision is explained.
+
+`refresh` rescans the folder while requests are served (``models.reload_interval_s``,
+`desiderata.server.model_watch`), the way Triton's poll mode does:
+
+- a new folder is loaded once its files stayed unchanged between two scans, so
+  a copy in progress is not read half-written (copying elsewhere and renaming
+  into the repository is still the safe way to publish);
+- a removed folder's version is unloaded; requests that hold it finish with it;
+- **versions are immutable**. A folder whose files change while its card keeps
+  the same name and version is refused and the loaded copy keeps serving; so
+  is a version that comes back with other bytes than it was served with
+  before. Every cache keyed by (model, version) — backgrounds, answers, global
+  views, sample-importance indexes — therefore stays right without a purge, and
+  a recorded decision is explained with the model that made it;
+- a folder that fails to load is logged and refused, never replaces what is
+  served, and is tried again only once its files change;
+- a scan that would leave no model at all (an unmounted volume) changes nothing.
+
+The served set is swapped as one snapshot: a request sees the old set or the
+new one, never a mixture.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import structlog
-import torch
 
-from desiderata.explainers.base import Reference
-from desiderata.server.artifact import load_exported_module, sha256_file
-from desiderata.server.batch_fusion import FusedEvaluation
 from desiderata.server.chunk_runner import SEQUENTIAL, ChunkRunner
 from desiderata.server.errors import ModelNotFound
-from desiderata.server.model_card import FeatureSchema, ModelCard, load_card
-from desiderata.server.sklearn_artifact import SKOPS_SUFFIX, load_skops_module
+from desiderata.server.model_folders import Signature, folder_digest, folder_signature, model_folders, version_key
+from desiderata.server.model_handle import ModelHandle, load_model
 
-__all__ = ["BUILTIN_DEMO", "ModelHandle", "ModelRepository", "load_model"]
+__all__ = ["BUILTIN_DEMO", "ModelRepository", "RepositoryChange"]
 
 BUILTIN_DEMO = Path(__file__).resolve().parent / "demo"
 """The embedded demo repository (a credit-risk classifier)."""
 
 log = structlog.get_logger("desiderata.models")
-_NO_TAGS = torch.empty(0, dtype=torch.int64)
 
 
-@dataclass
-class ModelHandle:
-    """One loaded model version; satisfies `ExplainableModel`.
+@dataclass(frozen=True)
+class RepositoryChange:
+    """What one `ModelRepository.refresh` changed.
 
-    Args:
-        card: the validated model card.
-        directory: the model's folder.
-        module: the loaded program, float32 ``(n, n_columns)`` → probabilities ``(n, k)``.
-        ref: training reference (encoded rows, labels, ids) or None.
-        index_dir: where precomputed sample-importance indexes persist (set by
-            `desiderata.server.precompute`); None means ``<directory>/.influence``.
-        runner: spreads the chunks of a large batch over threads (the server's is
-            shared by every model; a model loaded alone evaluates on the caller).
-        fuse_rows: most rows of a batch fused from concurrent small calls (predictions
-            and input gradients, see `batch_fusion`); 0 evaluates every call alone.
+    Attributes:
+        loaded: the versions loaded, already served.
+        unloaded: ``name/version`` of the versions dropped.
+        refused: ``(folder, reason)`` of the folders not loaded.
     """
 
-    card: ModelCard
-    directory: Path
-    module: torch.nn.Module
-    ref: Reference | None = None
-    index_dir: Path | None = None
-    runner: ChunkRunner = SEQUENTIAL
-    fuse_rows: int = 0
-    schema: FeatureSchema = field(init=False)
-    _fused_proba: FusedEvaluation | None = field(init=False, default=None, repr=False)
-    _fused_grads: FusedEvaluation | None = field(init=False, default=None, repr=False)
+    loaded: tuple[ModelHandle, ...] = ()
+    unloaded: tuple[str, ...] = ()
+    refused: tuple[tuple[str, str], ...] = ()
 
-    def __post_init__(self) -> None:
-        self.schema = FeatureSchema(self.card.features)
-        if self.fuse_rows > 0:
-            limit = min(self.fuse_rows, self.eval_rows)
-            self._fused_proba = FusedEvaluation(self._proba_rows, limit)
-            if self.card.differentiable:
-                self._fused_grads = FusedEvaluation(self._gradient_rows, limit)
+    def __bool__(self) -> bool:
+        return bool(self.loaded or self.unloaded or self.refused)
+
+
+@dataclass(frozen=True)
+class _Folder:
+    handle: ModelHandle
+    signature: Signature
+    digest: str
 
     @property
-    def name(self) -> str:
-        return self.card.name
-
-    @property
-    def version(self) -> str:
-        return self.card.version
-
-    @property
-    def model_dir(self) -> Path:
-        """The model folder (``influence.yaml`` and TracIn checkpoints are read from it)."""
-        return self.directory
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.card.class_names)
-
-    @property
-    def eval_rows(self) -> int:
-        """Rows per model call that keep a chunk's activations in cache (see `artifact.eval_rows_for`)."""
-        return int(getattr(self.module, "eval_rows", 1 << 15))
-
-    @property
-    def input_dtype(self) -> type[np.float32]:
-        """The program computes in float32: explainers may hand it float32 rows directly."""
-        return np.float32
-
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities of encoded rows, ``(n, n_columns)`` → ``(n, k)`` float64,
-        evaluated in chunks of the module's `eval_rows` (see `artifact.eval_rows_for`)."""
-        xt = torch.as_tensor(np.atleast_2d(x), dtype=torch.float32)
-        if self._fused_proba is not None and xt.shape[0] <= self._fused_proba.max_rows:
-            return np.asarray(self._fused_proba(xt, _NO_TAGS)[0].numpy())
-        step = self.eval_rows
-        if xt.shape[0] <= step:
-            return self._forward(xt)
-        return np.concatenate(self.runner.map(self._forward, torch.split(xt, step)))
-
-    def _forward(self, x: torch.Tensor) -> np.ndarray:
-        with torch.inference_mode():  # thread-local: entered on whichever thread runs the chunk
-            return np.asarray(self.module(x).double().numpy())
-
-    def _proba_rows(self, x: torch.Tensor, _tags: torch.Tensor) -> tuple[torch.Tensor]:
-        with torch.no_grad():  # not inference mode: its tensors may not be split outside it
-            return (self.module(x).double(),)
-
-    def target_gradients(self, rows: torch.Tensor, target: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gradients of the target class's output at each row, and those outputs.
-
-        Small calls are fused with concurrent ones (see `batch_fusion`).
-
-        Args:
-            rows: float32 encoded rows, shape ``(n, n_columns)``.
-            target: class index.
-
-        Returns:
-            ``(gradients (n, n_columns), outputs (n,))``, float32, detached.
-        """
-        tags = torch.full((rows.shape[0],), target, dtype=torch.int64)
-        if self._fused_grads is None:
-            return self._gradient_rows(rows, tags)
-        grads, outs = self._fused_grads(rows, tags)
-        return grads, outs
-
-    def _gradient_rows(self, rows: torch.Tensor, tags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = rows.detach().requires_grad_(True)
-        with torch.enable_grad():
-            out = self.module(x).gather(1, tags[:, None])[:, 0]
-            (g,) = torch.autograd.grad(out.sum(), x)
-        return g, out.detach()
-
-    @property
-    def fusion_stats(self) -> tuple[int, int]:
-        """(calls, batches) evaluated through fusion so far, predictions and gradients."""
-        fused = [f for f in (self._fused_proba, self._fused_grads) if f is not None]
-        return sum(f.calls for f in fused), sum(f.batches for f in fused)
-
-    def torch_module(self) -> torch.nn.Module | None:
-        return self.module if self.card.differentiable else None
-
-    def reference(self) -> Reference | None:
-        return self.ref
+    def key(self) -> tuple[str, str]:
+        return self.handle.name, self.handle.version
 
 
-def _load_reference(directory: Path, card: ModelCard) -> Reference | None:
-    if card.training_data is None or not card.training_data.path:
-        return None
-    path = directory / card.training_data.path
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            x = np.asarray(data["x"], dtype=np.float64)
-            y = np.asarray(data["y"], dtype=np.int64)
-            ids = tuple(str(i) for i in data["ids"]) if "ids" in data else tuple(str(i) for i in range(len(y)))
-    except Exception as exc:  # missing file, not an .npz, no "x"/"y", pickled or non-numeric arrays
-        raise ValueError(f"{path}: not a training reference (.npz with arrays x, y and optional ids): {exc}") from exc
-    n_cols = FeatureSchema(card.features).n_columns
-    if x.ndim != 2 or x.shape[1] != n_cols or len(y) != len(x) or len(ids) != len(x):
-        raise ValueError(f"{path}: reference shape {x.shape} does not match the card's {n_cols} columns")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{path}: the reference has NaN or infinite values (backgrounds and neighbours need rows)")
-    if len(y) and (y.min() < 0 or y.max() >= len(card.class_names)):
-        raise ValueError(f"{path}: labels y must be class indices 0..{len(card.class_names) - 1}")
-    return Reference(x=x, y=y, ids=ids)
+@dataclass(frozen=True)
+class _Snapshot:
+    models: dict[str, dict[str, ModelHandle]]
+    served: dict[str, str]
 
-
-def _load_program(artifact: Path, card: ModelCard) -> torch.nn.Module:
-    """The artifact as a module from float32 encoded rows to probabilities."""
-    if artifact.suffix == SKOPS_SUFFIX:
-        return load_skops_module(artifact, card.trusted_types, len(card.class_names))
-    try:
-        return load_exported_module(artifact)
-    except Exception as exc:
-        raise ValueError(f"{artifact}: not a loadable torch.export program: {exc}") from exc
-
-
-def load_model(directory: Path, runner: ChunkRunner = SEQUENTIAL, fuse_rows: int = 0) -> ModelHandle:
-    """Loads and checks one model folder; raises ValueError naming what is wrong.
-
-    Args:
-        directory: the model folder (card.yaml, artifact, reference).
-        runner: where the chunks of large batches are evaluated.
-        fuse_rows: `ModelHandle.fuse_rows` (0: no fusion of concurrent calls).
-    """
-    card = load_card(directory / "card.yaml")
-    artifact = directory / card.artifact
-    if not artifact.is_file():
-        raise ValueError(f"{directory}: artifact {card.artifact} is missing")
-    if card.artifact_sha256 and sha256_file(artifact) != card.artifact_sha256:
-        raise ValueError(f"{artifact}: SHA-256 does not match the card (artifact changed?)")
-    module = _load_program(artifact, card)
-    handle = ModelHandle(
-        card=card,
-        directory=directory,
-        module=module,
-        ref=_load_reference(directory, card),
-        runner=runner,
-        fuse_rows=fuse_rows,
-    )
-    probe = np.zeros((2, handle.schema.n_columns))
-    try:
-        out = handle.predict_proba(probe)
-    except Exception as exc:
-        raise ValueError(
-            f"{artifact}: evaluation on the card's {handle.schema.n_columns} columns failed: {exc}"
-        ) from exc
-    if out.shape != (2, handle.n_classes) or not np.allclose(out.sum(axis=1), 1.0, atol=1e-4):
-        raise ValueError(f"{artifact}: output {out.shape} is not probabilities over {handle.n_classes} classes")
-    return handle
+    @staticmethod
+    def of(folders: Iterable[_Folder]) -> _Snapshot:
+        models: dict[str, dict[str, ModelHandle]] = {}
+        for f in folders:
+            models.setdefault(f.handle.name, {})[f.handle.version] = f.handle
+        return _Snapshot(models, {name: max(v, key=version_key) for name, v in models.items()})
 
 
 class ModelRepository:
     """The served models, by name and version.
 
     Args:
-        path: the repository folder (one sub-folder per model).
-        skip_broken: log and skip models that fail to load instead of raising.
+        path: the repository folder (one sub-folder per model version).
+        skip_broken: at start-up, log and skip models that fail to load instead of raising.
         runner: where every model evaluates the chunks of its large batches.
         fuse_rows: `ModelHandle.fuse_rows` of every model.
+        prepare: called with each loaded handle before any request can see it
+            (the server sets where its sample-importance indexes persist).
+
+    Raises:
+        ValueError: the folder is missing, holds no loadable model, or (without
+            `skip_broken`) a model fails to load or two folders hold the same version.
     """
 
     def __init__(
-        self, path: Path, *, skip_broken: bool = False, runner: ChunkRunner = SEQUENTIAL, fuse_rows: int = 0
+        self,
+        path: Path,
+        *,
+        skip_broken: bool = False,
+        runner: ChunkRunner = SEQUENTIAL,
+        fuse_rows: int = 0,
+        prepare: Callable[[ModelHandle], None] | None = None,
     ) -> None:
         if not path.is_dir():
             raise ValueError(f"model repository {path} is not a folder")
         self.path = path
         self.runner = runner
-        self._models: dict[str, dict[str, ModelHandle]] = {}
-        self._latest: dict[str, str] = {}
-        for directory in sorted(p for p in path.iterdir() if (p / "card.yaml").is_file()):
+        self.fuse_rows = fuse_rows
+        self._prepare = prepare
+        self._folders: dict[Path, _Folder] = {}
+        self._digests: dict[tuple[str, str], str] = {}  # every version served in this process: its files' digest
+        self._waiting: dict[Path, Signature] = {}  # changed folders, until a scan finds them unchanged
+        self._refused: dict[Path, Signature] = {}  # folders refused with these files, until they change
+        self._lock = threading.Lock()
+        self._closed = False
+        for directory in model_folders(path):
+            signature = folder_signature(directory)
             try:
-                handle = load_model(directory, runner, fuse_rows)
+                entry = self._admit(directory, signature, self._folders, None)
             except ValueError as exc:
                 if not skip_broken:
                     raise
+                self._refused[directory] = signature
                 log.error("model_skipped", folder=str(directory), error=str(exc))
                 continue
-            self._models.setdefault(handle.name, {})[handle.version] = handle
-            self._latest[handle.name] = handle.version
-            log.info("model_loaded", model=handle.name, version=handle.version)
-        if not self._models:
+            self._folders[directory] = entry
+            self._digests[entry.key] = entry.digest
+            log.info("model_loaded", model=entry.handle.name, version=entry.handle.version)
+        if not self._folders:
             raise ValueError(f"model repository {path} holds no loadable model")
+        self._state = _Snapshot.of(self._folders.values())
 
     def resolve(self, name: str, version: str = "") -> ModelHandle:
         """The model `name` at `version` (empty: the served version); NOT_FOUND otherwise."""
-        versions = self._models.get(name)
+        state = self._state
+        versions = state.models.get(name)
         if versions is None:
             raise ModelNotFound(f"no model named {name!r}")
         if not version:
-            return versions[self._latest[name]]
+            return versions[state.served[name]]
         if version not in versions:
             raise ModelNotFound(f"model {name!r} has no version {version!r}")
         return versions[version]
 
     def versions(self, name: str) -> list[str]:
-        """Every loaded version of `name` (NOT_FOUND when unknown)."""
-        if name not in self._models:
+        """Every loaded version of `name`, in `version_key` order (NOT_FOUND when unknown)."""
+        versions = self._state.models.get(name)
+        if versions is None:
             raise ModelNotFound(f"no model named {name!r}")
-        return sorted(self._models[name])
+        return sorted(versions, key=version_key)
 
     def handles(self) -> list[ModelHandle]:
         """Every loaded version of every model."""
-        return [h for versions in self._models.values() for h in versions.values()]
+        return [h for versions in self._state.models.values() for h in versions.values()]
 
     def served(self) -> list[ModelHandle]:
         """The served version of each model, by name."""
-        return [self._models[n][self._latest[n]] for n in sorted(self._models)]
+        state = self._state
+        return [state.models[n][state.served[n]] for n in sorted(state.models)]
+
+    def refresh(self) -> RepositoryChange:
+        """Rescans the folder and serves what changed (see the module notes); safe while serving.
+
+        Loads run on the calling thread (seconds for a large program): call it off the event loop.
+        """
+        with self._lock:
+            if self._closed:
+                return RepositoryChange()
+            try:
+                listed = model_folders(self.path)
+            except OSError as exc:
+                log.error("model_scan_failed", path=str(self.path), error=str(exc))
+                return RepositoryChange()
+            found: dict[Path, Signature] = {}
+            for directory in listed:
+                try:
+                    found[directory] = folder_signature(directory)
+                except OSError:  # a file vanished mid-read: in flux, keep what is served from it
+                    self._waiting.pop(directory, None)
+                    if directory in self._folders:
+                        found[directory] = self._folders[directory].signature
+            folders = {d: f for d, f in self._folders.items() if d in found}
+            unloaded = [f.handle for d, f in self._folders.items() if d not in found]
+            loaded: list[ModelHandle] = []
+            refused: list[tuple[str, str]] = []
+            for directory, signature in found.items():
+                previous = folders.get(directory)
+                if (previous is not None and previous.signature == signature) or (
+                    self._refused.get(directory) == signature
+                ):
+                    self._waiting.pop(directory, None)
+                    continue
+                if self._waiting.get(directory) != signature:
+                    self._waiting[directory] = signature  # load once a scan finds it unchanged
+                    continue
+                del self._waiting[directory]
+                try:
+                    entry = self._admit(directory, signature, folders, previous)
+                except Exception as exc:  # whatever the files hold, the watcher and the served set survive
+                    self._refused[directory] = signature
+                    refused.append((str(directory), str(exc)))
+                    log.error("model_refused", folder=str(directory), error=str(exc))
+                    continue
+                self._refused.pop(directory, None)
+                folders[directory] = entry
+                if previous is None or entry.handle is not previous.handle:
+                    loaded.append(entry.handle)
+                    self._digests[entry.key] = entry.digest
+                    if previous is not None:  # the folder now holds another version
+                        unloaded.append(previous.handle)
+            if not folders:
+                log.error("model_scan_empty", path=str(self.path), detail="no model would be left; nothing changed")
+                return RepositoryChange(refused=tuple(refused))
+            before = self._state.served
+            self._folders = folders
+            self._state = _Snapshot.of(folders.values())
+            self._log(loaded, unloaded, before)
+            return RepositoryChange(tuple(loaded), tuple(f"{h.name}/{h.version}" for h in unloaded), tuple(refused))
+
+    def close(self) -> None:
+        """Waits for a running `refresh` to finish; later ones change nothing."""
+        with self._lock:
+            self._closed = True
+
+    def _admit(
+        self, directory: Path, signature: Signature, folders: dict[Path, _Folder], previous: _Folder | None
+    ) -> _Folder:
+        """The folder's entry once it passes every rule above; ValueError naming the rule otherwise."""
+        digest = folder_digest(directory)
+        if previous is not None and previous.digest == digest:  # touched, same bytes
+            return replace(previous, signature=signature)
+        handle = load_model(directory, self.runner, self.fuse_rows)
+        entry = _Folder(handle, signature, digest)
+        label = f"{handle.name}/{handle.version}"
+        for other_dir, other in folders.items():
+            if other_dir != directory and other.key == entry.key:
+                raise ValueError(f"{directory}: {label} is already served from {other_dir}")
+        if self._digests.get(entry.key, digest) != digest:  # changed in place, or back with other bytes
+            raise ValueError(
+                f"{directory}: {label} was served with other files; versions are immutable, so publish "
+                "the change under a new version (what was loaded keeps serving)"
+            )
+        if self._prepare is not None:
+            self._prepare(handle)
+        return entry
+
+    def _log(self, loaded: list[ModelHandle], unloaded: list[ModelHandle], before: dict[str, str]) -> None:
+        for h in loaded:
+            log.info("model_loaded", model=h.name, version=h.version, folder=str(h.directory))
+        for h in unloaded:
+            log.info("model_unloaded", model=h.name, version=h.version)
+        after = self._state.served
+        for name in sorted(set(before) | set(after)):
+            if before.get(name) != after.get(name):
+                log.info("model_served", model=name, version=after.get(name), previous=before.get(name))

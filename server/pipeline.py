@@ -49,7 +49,8 @@ from desiderata.server.errors import (
 from desiderata.server.method_choice import resolve_method
 from desiderata.server.metrics import Metrics
 from desiderata.server.model_card import FeatureValue
-from desiderata.server.model_repository import ModelHandle, ModelRepository
+from desiderata.server.model_handle import ModelHandle
+from desiderata.server.model_repository import ModelRepository
 from desiderata.server.served import ExplainCall, KindCapability, ServedExplanation, served_explanation
 from desiderata.server.serving import Disclosed, build_explainer, disclose
 

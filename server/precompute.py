@@ -35,7 +35,8 @@ import structlog
 
 from desiderata.explainers.base import Cancelled, ExplainContext
 from desiderata.explainers.influence_store import precompute
-from desiderata.server.model_repository import BUILTIN_DEMO, ModelHandle
+from desiderata.server.model_handle import ModelHandle
+from desiderata.server.model_repository import BUILTIN_DEMO
 
 __all__ = ["Precompute", "assign_index_dirs", "index_dir_for", "methods_for", "start_precompute"]
 

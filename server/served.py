@@ -17,7 +17,7 @@ from desiderata.policy.guard import Budget
 from desiderata.policy.model import Consumption
 from desiderata.server.decision_store import utcnow
 from desiderata.server.model_card import FeatureValue
-from desiderata.server.model_repository import ModelHandle
+from desiderata.server.model_handle import ModelHandle
 from desiderata.server.serving import Disclosed
 
 __all__ = ["DisclosureInfo", "ExplainCall", "KindCapability", "ServedExplanation", "served_explanation"]

@@ -41,6 +41,7 @@ from desiderata.server.grpc.policy_servicers import AuditServicer
 from desiderata.server.grpc.servicers import ExplanationServicer, ModelServicer
 from desiderata.server.metrics import Metrics, MetricsEndpoint
 from desiderata.server.model_repository import BUILTIN_DEMO, ModelRepository
+from desiderata.server.model_watch import ModelReloads, watch_models
 from desiderata.server.pipeline import Pipeline
 from desiderata.server.policy_services import PolicyServices
 from desiderata.server.precompute import Precompute, assign_index_dirs, start_precompute
@@ -93,8 +94,11 @@ class App:
     metrics_endpoint: MetricsEndpoint | None = None
     drift: DriftSettings = field(default_factory=DriftSettings)
     services: PolicyServices | None = None
+    models_reload_interval_s: float = 0.0
+    reloads: ModelReloads | None = None
     _readiness: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _drift_watch: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _model_watch: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     async def start(self) -> None:
         self.pipeline.policy.start()
@@ -113,6 +117,11 @@ class App:
             self._readiness = asyncio.create_task(
                 watch_readiness(self.health, SERVICE_NAMES, checks, self.readiness_interval_s, on_probe)
             )
+        self.reloads = ModelReloads(self.pipeline.models, self.metrics, self.precompute_at_start)
+        if self.models_reload_interval_s > 0:
+            self._model_watch = asyncio.create_task(
+                watch_models(self.pipeline.models, self.models_reload_interval_s, self.reloads)
+            )
         if self.drift.interval_s > 0 and self.services is not None:
             p = self.pipeline
             self._drift_watch = asyncio.create_task(
@@ -127,7 +136,7 @@ class App:
             )
 
     async def stop(self, grace_s: float) -> None:
-        for task in (self._readiness, self._drift_watch):
+        for task in (self._readiness, self._drift_watch, self._model_watch):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -135,8 +144,11 @@ class App:
         for name in ("", LIVENESS, *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace_s)
+        await asyncio.to_thread(self.pipeline.models.close)
         if self.precompute is not None:
             await asyncio.to_thread(self.precompute.stop, 30.0)
+        if self.reloads is not None:
+            await asyncio.to_thread(self.reloads.stop, 30.0)
         if not await asyncio.to_thread(stop_builds, 30.0):
             log.warning("index_build_still_running", timeout_s=30.0)
         self.pipeline.policy.stop()
@@ -164,14 +176,14 @@ def build_pipeline(settings: Settings, metrics: Metrics | None = None) -> tuple[
     # product took 15 ms instead of 0.2 ms on a busy 2-core machine).
     threadpool_limits(settings.models.torch_threads, user_api="blas")
     tune_malloc(settings.models.malloc_mmap_threshold_mb, settings.models.malloc_trim_threshold_mb)
+    state = settings.store.state_dir
     repo = ModelRepository(
         Path(settings.models.path or BUILTIN_DEMO),
         skip_broken=settings.models.skip_broken,
         runner=ChunkRunner(settings.models.chunk_helpers),
         fuse_rows=settings.models.fuse_rows,
+        prepare=lambda handle: assign_index_dirs([handle], state),
     )
-    state = settings.store.state_dir
-    assign_index_dirs(repo.handles(), state)
     state.mkdir(parents=True, exist_ok=True)
     policy = PolicyStore(settings.policy.bundle_dir or default_bundle_dir(), settings.policy.reload_interval_s)
     pipeline = Pipeline(
@@ -242,4 +254,5 @@ def build_server(settings: Settings) -> App:
         metrics_address=(settings.metrics.host, settings.metrics.port),
         drift=settings.drift,
         services=services,
+        models_reload_interval_s=settings.models.reload_interval_s,
     )

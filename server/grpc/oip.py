@@ -46,7 +46,7 @@ from desiderata.oip import grpc_predict_v2_pb2_grpc as oip_grpc
 from desiderata.server.errors import FieldViolation, InvalidArgument
 from desiderata.server.grpc.interceptors import current_principal
 from desiderata.server.model_card import FeatureSpec, FeatureValue
-from desiderata.server.model_repository import ModelHandle
+from desiderata.server.model_handle import ModelHandle
 from desiderata.server.pipeline import Pipeline
 
 if TYPE_CHECKING:

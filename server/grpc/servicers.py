@@ -216,7 +216,13 @@ class ModelServicer(ms_grpc.ModelServiceServicer):
         more = start + size < len(models)
         return ms.ListModelsResponse(
             models=[
-                ms.ModelSummary(name=m.name, version=m.version, task=m.card.task, description=m.card.description)
+                ms.ModelSummary(
+                    name=m.name,
+                    version=m.version,
+                    task=m.card.task,
+                    description=m.card.description,
+                    versions=self._pipeline.models.versions(m.name),
+                )
                 for m in page
             ],
             next_page_token=page[-1].name if more and page else "",

@@ -23,7 +23,7 @@ from desiderata.client import AsyncClient, Client, DesiderataRpcError
 from desiderata.client._requests import Requests
 from desiderata.server.demo_data import read_credit_csv
 from desiderata.server.grpc.app import build_server
-from desiderata.server.model_repository import ModelHandle
+from desiderata.server.model_handle import ModelHandle
 from tests.integration.conftest import Running, serving, settings_for
 
 CREDIT = read_credit_csv().rows[0]

@@ -17,7 +17,7 @@ import pytest
 
 from desiderata.client import AsyncClient, DesiderataRpcError
 from desiderata.server.model_card import FeatureValue
-from desiderata.server.model_repository import ModelHandle
+from desiderata.server.model_handle import ModelHandle
 from desiderata.v1 import types_pb2 as pb
 from tests.integration.conftest import Running, serving, settings_for
 

@@ -29,7 +29,7 @@ from desiderata.client import AsyncClient
 from desiderata.client._requests import Requests
 from desiderata.oip import grpc_predict_v2_pb2 as oip
 from desiderata.oip import grpc_predict_v2_pb2_grpc as oip_grpc
-from desiderata.server.model_repository import ModelHandle
+from desiderata.server.model_handle import ModelHandle
 from desiderata.v1 import audit_service_pb2 as aus
 from desiderata.v1 import audit_service_pb2_grpc as aus_grpc
 from desiderata.v1 import explanation_service_pb2 as es

@@ -22,7 +22,8 @@ from desiderata.policy.profiles import DisclosureProfile
 from desiderata.server.config import ExplainSettings
 from desiderata.server.grpc.app import App, build_server
 from desiderata.server.model_card import FeatureValue
-from desiderata.server.model_repository import BUILTIN_DEMO, ModelHandle, load_model
+from desiderata.server.model_handle import ModelHandle, load_model
+from desiderata.server.model_repository import BUILTIN_DEMO
 from desiderata.server.serving import build_explainer
 from desiderata.v1 import types_pb2 as pb
 from tests.integration.conftest import Running, serving, settings_for

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from desiderata.oip import grpc_predict_v2_pb2 as oip
 from desiderata.server.model_card import FeatureValue
-from desiderata.server.model_repository import ModelHandle
+from desiderata.server.model_handle import ModelHandle
 
 Tensor = oip.ModelInferRequest.InferInputTensor
 

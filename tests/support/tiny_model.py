@@ -3,6 +3,7 @@ with torch.export, a card and a training reference — independent of the demo."
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,9 @@ INSTANCE = {"x1": 1.5, "x2": 40, "color": "green", "flag": True}
 
 
 class _Net(torch.nn.Module):
-    def __init__(self, n_in: int) -> None:
+    def __init__(self, n_in: int, seed: int = 7) -> None:
         super().__init__()
-        g = torch.Generator().manual_seed(7)
+        g = torch.Generator().manual_seed(seed)
         self.l1 = torch.nn.Linear(n_in, 16)
         self.l2 = torch.nn.Linear(16, 2)
         with torch.no_grad():
@@ -45,8 +46,10 @@ class _Net(torch.nn.Module):
         return torch.softmax(self.l2(torch.tanh(self.l1(x * self.scale))), dim=-1)
 
 
-def build_tiny_repo(root: Path, *, card_overrides: dict[str, object] | None = None) -> Path:
-    """Writes <root>/tiny/{card.yaml, model.pt2, reference.npz}; returns <root>."""
+def build_tiny_repo(
+    root: Path, *, card_overrides: dict[str, object] | None = None, folder: str = "tiny", seed: int = 7
+) -> Path:
+    """Writes <root>/<folder>/{card.yaml, model.pt2, reference.npz}, weights drawn with `seed`; returns <root>."""
     card_dict = {**CARD, **(card_overrides or {})}
     card = ModelCard.model_validate(card_dict)
     schema = FeatureSchema(card.features)
@@ -64,14 +67,30 @@ def build_tiny_repo(root: Path, *, card_overrides: dict[str, object] | None = No
             )
         )
     x = np.stack(rows)
-    net = _Net(schema.n_columns).eval()
+    net = _Net(schema.n_columns, seed).eval()
     with torch.no_grad():
         y = net(torch.as_tensor(x, dtype=torch.float32)).argmax(1).numpy().astype(np.int64)
     batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(net, (torch.zeros(2, schema.n_columns),), dynamic_shapes={"x": {0: batch}})
-    folder = root / "tiny"
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.export.save(program, str(folder / "model.pt2"))
-    np.savez_compressed(folder / "reference.npz", x=x, y=y, ids=np.array([f"t{i}" for i in range(len(x))]))
-    (folder / "card.yaml").write_text(yaml.safe_dump(card_dict, sort_keys=False))
+    out = root / folder
+    out.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, str(out / "model.pt2"))
+    np.savez_compressed(out / "reference.npz", x=x, y=y, ids=np.array([f"t{i}" for i in range(len(x))]))
+    (out / "card.yaml").write_text(yaml.safe_dump(card_dict, sort_keys=False))
     return root
+
+
+def publish(source: Path, repo: Path, version: str, folder: str | None = None, **card: object) -> Path:
+    """Copies a model folder into `repo` under `folder` with the card's version (and fields) set."""
+    target = repo / (folder or f"tiny-{version}")
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(".*"))  # not the indexes tests wrote
+    edit_card(target, version=version, **card)
+    return target
+
+
+def edit_card(folder: Path, **fields: object) -> None:
+    """Rewrites fields of the folder's card.yaml."""
+    path = folder / "card.yaml"
+    data = yaml.safe_load(path.read_text())
+    data.update(fields)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -13,7 +13,8 @@ from desiderata.explainers.base import ExplainContext
 from desiderata.explainers.baselines import baseline_vector
 from desiderata.explainers.integrated_gradients import IntegratedGradients, group_sum
 from desiderata.explainers.types import AttributionParams, AttributionResult
-from desiderata.server.model_repository import BUILTIN_DEMO, ModelHandle, load_model
+from desiderata.server.model_handle import ModelHandle, load_model
+from desiderata.server.model_repository import BUILTIN_DEMO
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from desiderata.explainers.shapley_exact import ExactShapley
 from desiderata.explainers.shapley_permutation import PermutationShapley
 from desiderata.explainers.types import AttributionParams, AttributionResult
 from desiderata.server.chunk_runner import SEQUENTIAL, ChunkRunner
-from desiderata.server.model_repository import ModelHandle, load_model
+from desiderata.server.model_handle import ModelHandle, load_model
 from tests.support.tiny_model import INSTANCE
 
 # 256-row batches: exact Shapley's 16 coalitions × 100 background rows become 8 chunks,

@@ -71,7 +71,7 @@ def test_evaluation_chunk_follows_the_widest_activation(tmp_path: Path) -> None:
 
 
 def test_predictions_in_chunks_equal_one_call() -> None:
-    from desiderata.server.model_repository import load_model
+    from desiderata.server.model_handle import load_model
 
     handle = load_model(CREDIT_MODEL_DIR)
     x = torch.randn(3 * handle.module.eval_rows + 7, 25, generator=torch.Generator().manual_seed(0)).double().numpy()

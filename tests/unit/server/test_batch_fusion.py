@@ -12,7 +12,7 @@ import torch
 
 from desiderata.server.batch_fusion import FusedEvaluation
 from desiderata.server.demo_data import CREDIT_MODEL_DIR
-from desiderata.server.model_repository import load_model
+from desiderata.server.model_handle import load_model
 
 
 def _affine(rows: torch.Tensor, tags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

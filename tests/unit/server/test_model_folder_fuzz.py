@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import yaml
 
-from desiderata.server.model_repository import load_model
+from desiderata.server.model_handle import load_model
 
 SEED = 20261123
 CARDS = 150

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LinearRegression, LogisticRegression
 
-from desiderata.server.model_repository import load_model
+from desiderata.server.model_handle import load_model
 from tests.support.sklearn_model import fit_classifier, write_sklearn_model
 
 

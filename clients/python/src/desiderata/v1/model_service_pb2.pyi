@@ -228,10 +228,19 @@ class ModelSummary(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     TASK_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
+    """The served version: what a request without model_version gets."""
     task: _builtins.str
     description: _builtins.str
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Every loaded version, oldest first (numbers compare numerically: "2" before "10");
+        any of them may be named in model_version. With models.reload_interval_s set, the
+        set follows the model repository while the server runs.
+        """
+
     def __init__(
         self,
         *,
@@ -239,10 +248,11 @@ class ModelSummary(_message.Message):
         version: _builtins.str = ...,
         task: _builtins.str = ...,
         description: _builtins.str = ...,
+        versions: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "task", b"task", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "task", b"task", "version", b"version", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -87,9 +87,16 @@ export interface ListModelsRequest {
 
 export interface ModelSummary {
   name: string;
+  /** The served version: what a request without model_version gets. */
   version: string;
   task: string;
   description: string;
+  /**
+   * Every loaded version, oldest first (numbers compare numerically: "2" before "10");
+   * any of them may be named in model_version. With models.reload_interval_s set, the
+   * set follows the model repository while the server runs.
+   */
+  versions: string[];
 }
 
 export interface ListModelsResponse {
@@ -971,7 +978,7 @@ export const ListModelsRequest: MessageFns<ListModelsRequest> = {
 };
 
 function createBaseModelSummary(): ModelSummary {
-  return { name: "", version: "", task: "", description: "" };
+  return { name: "", version: "", task: "", description: "", versions: [] };
 }
 
 export const ModelSummary: MessageFns<ModelSummary> = {
@@ -987,6 +994,9 @@ export const ModelSummary: MessageFns<ModelSummary> = {
     }
     if (message.description !== "") {
       writer.uint32(34).string(message.description);
+    }
+    for (const v of message.versions) {
+      writer.uint32(42).string(v!);
     }
     return writer;
   },
@@ -1036,6 +1046,14 @@ export const ModelSummary: MessageFns<ModelSummary> = {
             message.description = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.versions.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1054,6 +1072,7 @@ export const ModelSummary: MessageFns<ModelSummary> = {
       version: isSet(object.version) ? globalThis.String(object.version) : "",
       task: isSet(object.task) ? globalThis.String(object.task) : "",
       description: isSet(object.description) ? globalThis.String(object.description) : "",
+      versions: globalThis.Array.isArray(object?.versions) ? object.versions.map((e: any) => globalThis.String(e)) : [],
     };
   },
 
@@ -1071,6 +1090,9 @@ export const ModelSummary: MessageFns<ModelSummary> = {
     if (message.description !== "") {
       obj.description = message.description;
     }
+    if (message.versions?.length) {
+      obj.versions = message.versions;
+    }
     return obj;
   },
 
@@ -1083,6 +1105,7 @@ export const ModelSummary: MessageFns<ModelSummary> = {
     message.version = object.version ?? "";
     message.task = object.task ?? "";
     message.description = object.description ?? "";
+    message.versions = object.versions?.map((e) => e) || [];
     return message;
   },
 };

@@ -1,0 +1,97 @@
+"""Model versions published, broken and removed while a real server serves (`models.reload_interval_s`).
+
+The repository starts with the tiny model at version 3. Version 4 (other
+weights) is copied in while the server runs: it becomes the served version, 3
+still answers by name, and a decision recorded under 3 is explained with 3. A
+broken folder is refused and counted while 4 keeps serving; removing 4 serves
+3 again. Every step is seen through the public API and the metrics page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from desiderata.client import AsyncClient
+from tests.integration.conftest import Running, scrape, serving, settings_for
+from tests.support.tiny_model import INSTANCE, build_tiny_repo, publish
+
+
+async def _until(what: str, check: Callable[[], Awaitable[bool]]) -> None:
+    for _ in range(200):  # at most 20 s; the repository is rescanned every 0.1 s
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"never saw: {what}")
+
+
+def _metric(running: Running, name: str, **labels: str) -> float | None:
+    _, samples = scrape(running)
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+@pytest.fixture(scope="module")
+def version_4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_repo(tmp_path_factory.mktemp("v4"), seed=11) / "tiny"
+
+
+async def test_versions_follow_the_repository_while_serving(tiny_repo: Path, version_4: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    repo.mkdir()
+    publish(tiny_repo / "tiny", repo, "3")
+    settings = settings_for(
+        repo, tmp_path / "state", models={"reload_interval_s": 0.1}, metrics={"enabled": True, "port": 0}
+    )
+    async with (
+        serving(settings) as running,
+        AsyncClient(running.address, api_key="k-eng") as eng,
+        AsyncClient(running.address, api_key="k-alice") as alice,
+    ):
+        (summary,) = (await eng.list_models()).models
+        assert (summary.version, list(summary.versions)) == ("3", ["3"])
+        decision = await eng.predict("tiny", INSTANCE, subject_id="alice")
+        assert decision.model_version == "3"
+        before = await eng.explain("tiny", INSTANCE, purpose="debugging")
+
+        publish(version_4, repo, "4")
+
+        async def serves_4() -> bool:
+            return (await eng.list_models()).models[0].version == "4"
+
+        await _until("version 4 served", serves_4)
+        (summary,) = (await eng.list_models()).models
+        assert list(summary.versions) == ["3", "4"]
+        now = await eng.explain("tiny", INSTANCE, purpose="debugging")
+        assert now.model_version == "4"
+        assert now.feature_attribution.output != pytest.approx(before.feature_attribution.output)
+        older = await eng.explain("tiny", INSTANCE, purpose="debugging", model_version="3")
+        assert older.model_version == "3"
+        assert older.feature_attribution.output == pytest.approx(before.feature_attribution.output)
+        mine = await alice.explain_decision(decision.decision_id, purpose="transparency")
+        assert mine.model_version == "3"  # explained with the model that decided
+        assert _metric(running, "desiderata_model_reloads_total", outcome="loaded") == 1
+        assert _metric(running, "desiderata_model_served_info", model="tiny", version="4") == 1
+        assert _metric(running, "desiderata_model_served_info", model="tiny", version="3") is None
+        assert _metric(running, "desiderata_model_versions_loaded", model="tiny") == 2
+
+        broken = publish(version_4, repo, "5")
+        (broken / "model.pt2").write_bytes(b"not a program")
+
+        async def refused() -> bool:
+            return _metric(running, "desiderata_model_reloads_total", outcome="refused") == 1
+
+        await _until("the broken folder refused", refused)
+        assert (await eng.explain("tiny", INSTANCE, purpose="debugging")).model_version == "4"
+
+        shutil.rmtree(repo / "tiny-4")
+
+        async def serves_3() -> bool:
+            return (await eng.list_models()).models[0].version == "3"
+
+        await _until("version 3 served again", serves_3)
+        assert _metric(running, "desiderata_model_reloads_total", outcome="unloaded") == 1
+        assert _metric(running, "desiderata_model_served_info", model="tiny", version="3") == 1
