@@ -196,6 +196,8 @@ class ModelRepository:
                     self._waiting.pop(directory, None)
                     if directory in self._folders:
                         found[directory] = self._folders[directory].signature
+            self._waiting = {d: sig for d, sig in self._waiting.items() if d in found}
+            self._refused = {d: sig for d, sig in self._refused.items() if d in found}
             folders = {d: f for d, f in self._folders.items() if d in found}
             unloaded = [f.handle for d, f in self._folders.items() if d not in found]
             loaded: list[ModelHandle] = []
