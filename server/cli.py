@@ -180,18 +180,19 @@ def _feedback_export(argv: list[str]) -> int:
 def _model_check(argv: list[str]) -> int:
     """Loads a model folder (or every folder of a repository) as the server would, and says
     what it found or why the server would refuse it."""
+    from desiderata.server.model_folders import model_folders, version_key
     from desiderata.server.model_handle import load_model
 
     parser = argparse.ArgumentParser(prog="desiderata model check")
     parser.add_argument("dir", type=Path, help="a model folder (card.yaml) or a repository of them")
     args = parser.parse_args(argv)
-    folders = (
-        [args.dir] if (args.dir / "card.yaml").is_file() else sorted(p.parent for p in args.dir.glob("*/card.yaml"))
-    )
+    single = (args.dir / "card.yaml").is_file()
+    folders = [args.dir] if single else model_folders(args.dir) if args.dir.is_dir() else []
     if not folders:
         print(f"desiderata model check: no card.yaml in {args.dir} or its sub-folders", file=sys.stderr)
         return 1
     failed = 0
+    seen: dict[tuple[str, str], Path] = {}
     for folder in folders:
         try:
             handle = load_model(folder)
@@ -199,6 +200,11 @@ def _model_check(argv: list[str]) -> int:
             failed += 1
             print(f"FAIL {folder}: {exc}")
             continue
+        if (handle.name, handle.version) in seen:
+            failed += 1
+            print(f"FAIL {folder}: {handle.name} {handle.version} is already in {seen[handle.name, handle.version]}")
+            continue
+        seen[handle.name, handle.version] = folder
         card, ref = handle.card, handle.reference()
         kind = "scikit-learn (skops)" if card.artifact.endswith(".skops") else "torch.export program"
         print(
@@ -208,6 +214,10 @@ def _model_check(argv: list[str]) -> int:
             f"reference {'none' if ref is None else f'{len(ref.x)} rows'}"
             + (f", trusted types {card.trusted_types}" if card.trusted_types else "")
         )
+    if not single:
+        for name in sorted({n for n, _ in seen}):
+            versions = sorted((v for n, v in seen if n == name), key=version_key)
+            print(f"serves {name} {versions[-1]}" + (f" (loaded: {', '.join(versions)})" if len(versions) > 1 else ""))
     return 1 if failed else 0
 
 

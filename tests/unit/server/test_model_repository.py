@@ -198,3 +198,19 @@ def test_a_closed_repository_stops_rescanning(tiny_source: Path, tmp_path: Path)
     publish(tiny_source, tmp_path, "4")
     assert not repo.refresh() and not repo.refresh()
     assert repo.versions("tiny") == ["3"]
+
+
+def test_model_check_says_which_version_is_served_and_refuses_twins(
+    tiny_source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from desiderata.server.cli import main
+
+    publish(tiny_source, tmp_path, "10")
+    publish(tiny_source, tmp_path, "9")
+    assert main(["model", "check", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in out] == ["OK", "OK", "serves"]
+    assert out[-1] == "serves tiny 10 (loaded: 9, 10)"
+    publish(tiny_source, tmp_path, "9", folder="tiny-9-copy")
+    assert main(["model", "check", str(tmp_path)]) == 1
+    assert "tiny 9 is already in" in capsys.readouterr().out
