@@ -31,36 +31,18 @@ func connect(t *testing.T, addr, key string) *desiderata.Client {
 	return c
 }
 
-func num(v float64) *desideratav1.FeatureValue {
-	return &desideratav1.FeatureValue{Kind: &desideratav1.FeatureValue_Number{Number: v}}
-}
-func integer(v int64) *desideratav1.FeatureValue {
-	return &desideratav1.FeatureValue{Kind: &desideratav1.FeatureValue_Integer{Integer: v}}
-}
-func category(v string) *desideratav1.FeatureValue {
-	return &desideratav1.FeatureValue{Kind: &desideratav1.FeatureValue_Category{Category: v}}
-}
-func boolean(v bool) *desideratav1.FeatureValue {
-	return &desideratav1.FeatureValue{Kind: &desideratav1.FeatureValue_Boolean{Boolean: v}}
+// applicantFeatures is a complete instance of the demo model "credit".
+func applicantFeatures() map[string]any {
+	return map[string]any{
+		"seniority": 9, "home": "rent", "time": 60, "age": 30, "marital": "married",
+		"records": false, "job": "freelance", "expenses": 73.0, "income": 129.0,
+		"assets": 0.0, "debt": 0.0, "amount": 800.0, "price": 846.0,
+	}
 }
 
-// applicant is a complete instance of the demo model "credit".
-func applicant() *desideratav1.Instance {
-	values := []struct {
-		name  string
-		value *desideratav1.FeatureValue
-	}{
-		{"seniority", integer(9)}, {"home", category("rent")}, {"time", integer(60)},
-		{"age", integer(30)}, {"marital", category("married")}, {"records", boolean(false)},
-		{"job", category("freelance")}, {"expenses", num(73)}, {"income", num(129)},
-		{"assets", num(0)}, {"debt", num(0)}, {"amount", num(800)}, {"price", num(846)},
-	}
-	inst := &desideratav1.Instance{}
-	for _, v := range values {
-		inst.Features = append(inst.Features, &desideratav1.Feature{Name: v.name, Value: v.value})
-	}
-	return inst
-}
+// applicant builds the instance with the SDK helper, so the smoke test checks
+// that the server accepts what NewInstance produces.
+func applicant() *desideratav1.Instance { return desiderata.MustInstance(applicantFeatures()) }
 
 func explainRequest(inst *desideratav1.Instance) *desideratav1.ExplainRequest {
 	return &desideratav1.ExplainRequest{
@@ -155,10 +137,10 @@ func TestSmoke(t *testing.T) {
 	})
 
 	t.Run("InvalidArgument", func(t *testing.T) {
-		inst := applicant()
-		inst.Features = inst.Features[1:] // drops "seniority"
-		inst.Features = append(inst.Features, &desideratav1.Feature{Name: "shoe_size", Value: num(42)})
-		_, err := engineer.Explanations.Explain(ctx, explainRequest(inst))
+		features := applicantFeatures()
+		delete(features, "seniority")
+		features["shoe_size"] = 42.0
+		_, err := engineer.Explanations.Explain(ctx, explainRequest(desiderata.MustInstance(features)))
 		e := desiderata.DecodeError(err)
 		if e == nil || e.Code != codes.InvalidArgument {
 			t.Fatalf("err = %v, want INVALID_ARGUMENT", err)

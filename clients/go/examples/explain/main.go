@@ -56,25 +56,13 @@ func main() {
 	}
 }
 
+// applicant is one complete instance of the demo model "credit". Go ints become
+// integer features, float64s numbers, strings categories and bools booleans.
 func applicant() *desideratav1.Instance {
-	num := func(v float64) *desideratav1.FeatureValue {
-		return &desideratav1.FeatureValue{Kind: &desideratav1.FeatureValue_Number{Number: v}}
-	}
-	integer := func(v int64) *desideratav1.FeatureValue {
-		return &desideratav1.FeatureValue{Kind: &desideratav1.FeatureValue_Integer{Integer: v}}
-	}
-	cat := func(v string) *desideratav1.FeatureValue {
-		return &desideratav1.FeatureValue{Kind: &desideratav1.FeatureValue_Category{Category: v}}
-	}
-	features := map[string]*desideratav1.FeatureValue{
-		"seniority": integer(9), "home": cat("rent"), "time": integer(60), "age": integer(30),
-		"marital": cat("married"), "job": cat("freelance"), "expenses": num(73), "income": num(129),
-		"assets": num(0), "debt": num(0), "amount": num(800), "price": num(846),
-		"records": {Kind: &desideratav1.FeatureValue_Boolean{Boolean: false}},
-	}
-	inst := &desideratav1.Instance{}
-	for name, value := range features {
-		inst.Features = append(inst.Features, &desideratav1.Feature{Name: name, Value: value})
-	}
-	return inst
+	return desiderata.MustInstance(map[string]any{
+		"seniority": 9, "home": "rent", "time": 60, "age": 30,
+		"marital": "married", "job": "freelance", "expenses": 73.0, "income": 129.0,
+		"assets": 0.0, "debt": 0.0, "amount": 800.0, "price": 846.0,
+		"records": false,
+	})
 }
