@@ -2,21 +2,20 @@
  * Asks a desiderata server why the demo model "credit" scores one applicant as
  * it does. Usage: npm run example -- [host:port] [api-key]   (plaintext; local demo)
  */
-import { Consumption, DesiderataClient, DesiderataError, ExplanationKind } from "../src/index.js";
+import { Consumption, DesiderataClient, DesiderataError, ExplanationKind, instance } from "../src/index.js";
 
 const [address = "127.0.0.1:50051", apiKey = "demo-ml_engineer-key"] = process.argv.slice(2);
 const client = new DesiderataClient(address, { apiKey, insecure: true });
-const features = Object.entries({
-  seniority: { integer: 9 }, home: { category: "rent" }, time: { integer: 60 }, age: { integer: 30 },
-  marital: { category: "married" }, records: { boolean: false }, job: { category: "freelance" },
-  expenses: { number: 73 }, income: { number: 129 }, assets: { number: 0 }, debt: { number: 0 },
-  amount: { number: 800 }, price: { number: 846 },
-}).map(([name, value]) => ({ name, value }));
+// Plain values: booleans, strings (categories), numbers (integral ones go as integers).
+const applicant = instance({
+  seniority: 9, home: "rent", time: 60, age: 30, marital: "married", records: false, job: "freelance",
+  expenses: 73, income: 129, assets: 0, debt: 0, amount: 800, price: 846,
+});
 
 try {
   const { explanation } = await client.explain({
     model: "credit",
-    instance: { features },
+    instance: applicant,
     kind: ExplanationKind.EXPLANATION_KIND_FEATURE_ATTRIBUTION,
     purpose: "debugging",
     consumption: Consumption.CONSUMPTION_STATIC,

@@ -3,13 +3,15 @@
  * models, served at the fidelity the caller's policy allows.
  *
  * ```ts
+ * const applicant = instance({ age: 30, income: 129.5, home: "rent", records: false });
  * const client = new DesiderataClient("localhost:50051", { apiKey, insecure: true });
- * const { explanation } = await client.explain({ model: "credit", instance, kind: ExplanationKind.EXPLANATION_KIND_FEATURE_ATTRIBUTION, purpose: "debugging" });
+ * const { explanation } = await client.explain({ model: "credit", instance: applicant, kind: ExplanationKind.EXPLANATION_KIND_FEATURE_ATTRIBUTION, purpose: "debugging" });
  * ```
  */
 export { DesiderataClient, DEFAULT_TIMEOUT_MS, type CallSettings, type ClientOptions } from "./client.js";
 export { bearerMetadata, channelCredentials, type ConnectionOptions } from "./credentials.js";
 export { DesiderataError, decodeError, type FieldViolation, type QuotaViolation } from "./errors.js";
+export { AsNumber, asNumber, featureValue, instance, type FeatureInput } from "./instance.js";
 export * from "./gen/desiderata/v1/types.js";
 export {
   ExplainRequest,

@@ -4,35 +4,39 @@ import { after, before, describe, test } from "node:test";
 import { status } from "@grpc/grpc-js";
 
 import {
+  asNumber,
   Consumption,
   DesiderataClient,
   DesiderataError,
   ExplanationKind,
-  type Feature,
-  type FeatureValue,
+  instance,
+  type FeatureInput,
+  type Instance,
 } from "../src/index.js";
 import { startServer, type RunningServer } from "./server.js";
 
 const ML_ENGINEER_KEY = "demo-ml_engineer-key"; // demo credential, public by design
 const SUBJECT = "applicant-0001";
 
-function applicant(): Feature[] {
-  const values: Record<string, FeatureValue> = {
-    seniority: { integer: 9 },
-    home: { category: "rent" },
-    time: { integer: 60 },
-    age: { integer: 30 },
-    marital: { category: "married" },
-    records: { boolean: false },
-    job: { category: "freelance" },
-    expenses: { number: 73 },
-    income: { number: 129 },
-    assets: { number: 0 },
-    debt: { number: 0 },
-    amount: { number: 800 },
-    price: { number: 846 },
-  };
-  return Object.entries(values).map(([name, value]) => ({ name, value }));
+/** The demo applicant's values; integral numbers go as integers, which `number` features accept too. */
+const APPLICANT: Record<string, FeatureInput> = {
+  seniority: 9,
+  home: "rent",
+  time: 60,
+  age: 30,
+  marital: "married",
+  records: false,
+  job: "freelance",
+  expenses: 73,
+  income: 129,
+  assets: 0,
+  debt: 0,
+  amount: 800,
+  price: asNumber(846), // sent as a float, as the server would also accept
+};
+
+function applicant(overrides: Record<string, FeatureInput> = {}): Instance {
+  return instance({ ...APPLICANT, ...overrides });
 }
 
 const attribution = {
@@ -63,7 +67,7 @@ describe("desiderata TypeScript SDK against a real server", () => {
       loadBalancing: "round_robin",
     });
     try {
-      const { explanation } = await balanced.explain({ ...attribution, instance: { features: applicant() } });
+      const { explanation } = await balanced.explain({ ...attribution, instance: applicant() });
       assert.ok((explanation?.featureAttribution?.attributions.length ?? 0) > 0);
     } finally {
       balanced.close();
@@ -75,7 +79,7 @@ describe("desiderata TypeScript SDK against a real server", () => {
   });
 
   test("Explain returns feature attributions with a policy decision", async () => {
-    const { explanation } = await engineer.explain({ ...attribution, instance: { features: applicant() } });
+    const { explanation } = await engineer.explain({ ...attribution, instance: applicant() });
     assert.equal(explanation?.kind, ExplanationKind.EXPLANATION_KIND_FEATURE_ATTRIBUTION);
     const attributions = explanation?.featureAttribution?.attributions ?? [];
     assert.ok(attributions.length > 0, "no attributions");
@@ -94,7 +98,7 @@ describe("desiderata TypeScript SDK against a real server", () => {
   });
 
   test("ExplainDecision explains a decision recorded by Predict", async () => {
-    const predicted = await engineer.predict({ model: "credit", instance: { features: applicant() }, subjectId: SUBJECT });
+    const predicted = await engineer.predict({ model: "credit", instance: applicant(), subjectId: SUBJECT });
     assert.notEqual(predicted.decisionId, "");
     assert.ok((predicted.prediction?.probabilities.length ?? 0) > 0);
     const { explanation } = await engineer.explainDecision({
@@ -110,7 +114,7 @@ describe("desiderata TypeScript SDK against a real server", () => {
   test("a call without credentials is UNAUTHENTICATED", async () => {
     const anonymous = new DesiderataClient(server.address, { insecure: true });
     try {
-      await assert.rejects(anonymous.explain({ ...attribution, instance: { features: applicant() } }), (err) => {
+      await assert.rejects(anonymous.explain({ ...attribution, instance: applicant() }), (err) => {
         assert.ok(err instanceof DesiderataError);
         assert.equal(err.code, status.UNAUTHENTICATED);
         return true;
@@ -121,9 +125,8 @@ describe("desiderata TypeScript SDK against a real server", () => {
   });
 
   test("an unknown and a missing feature are INVALID_ARGUMENT with field violations", async () => {
-    const features = applicant().slice(1); // drops "seniority"
-    features.push({ name: "shoe_size", value: { number: 42 } });
-    await assert.rejects(engineer.explain({ ...attribution, instance: { features } }), (err) => {
+    const { seniority: _dropped, ...rest } = APPLICANT;
+    await assert.rejects(engineer.explain({ ...attribution, instance: instance({ ...rest, shoe_size: 42.5 }) }), (err) => {
       assert.ok(err instanceof DesiderataError);
       assert.equal(err.code, status.INVALID_ARGUMENT);
       assert.ok(err.badRequest && err.badRequest.length > 0, "no field violations decoded");
@@ -131,8 +134,24 @@ describe("desiderata TypeScript SDK against a real server", () => {
         assert.notEqual(v.field, "");
         assert.notEqual(v.description, "");
       }
+      const fields = err.badRequest.map((v) => v.field);
+      assert.ok(fields.includes("instance.features[seniority]"), `seniority not named: ${fields.join(", ")}`);
+      assert.ok(fields.includes("instance.features[shoe_size]"), `shoe_size not named: ${fields.join(", ")}`);
       return true;
     });
+  });
+
+  test("NaN and Infinity reach the server, which rejects them naming the feature", async () => {
+    await assert.rejects(
+      engineer.explain({ ...attribution, instance: applicant({ income: NaN, debt: Infinity }) }),
+      (err) => {
+        assert.ok(err instanceof DesiderataError);
+        assert.equal(err.code, status.INVALID_ARGUMENT);
+        const fields = (err.badRequest ?? []).map((v) => v.field).sort();
+        assert.deepEqual(fields, ["instance.features[debt]", "instance.features[income]"]);
+        return true;
+      },
+    );
   });
 
   test("leaving an ExplainStream early cancels the call and frees the server's worker", async () => {
@@ -147,7 +166,7 @@ describe("desiderata TypeScript SDK against a real server", () => {
       const endless = { method: "permutation_shapley", targetStdError: 1e-9, maxSamples: 50_000_000 };
       let refinements = 0;
       for await (const response of client.explainStream({
-        request: { ...attribution, instance: { features: applicant() }, params: { attribution: endless } },
+        request: { ...attribution, instance: applicant(), params: { attribution: endless } },
       })) {
         assert.equal(response.final, false);
         refinements += 1;
@@ -155,7 +174,7 @@ describe("desiderata TypeScript SDK against a real server", () => {
       }
       assert.equal(refinements, 1);
       const { explanation } = await client.explain(
-        { ...attribution, instance: { features: applicant() }, params: { attribution: { method: "integrated_gradients" } } },
+        { ...attribution, instance: applicant(), params: { attribution: { method: "integrated_gradients" } } },
         { timeoutMs: 5_000 },
       );
       assert.ok((explanation?.featureAttribution?.attributions.length ?? 0) > 0);
