@@ -2,11 +2,10 @@ package dev.desiderata.examples;
 
 import dev.desiderata.client.DesiderataClient;
 import dev.desiderata.client.ErrorDetails;
+import dev.desiderata.client.Instances;
 import dev.desiderata.v1.Consumption;
 import dev.desiderata.v1.ExplainRequest;
 import dev.desiderata.v1.ExplanationKind;
-import dev.desiderata.v1.Feature;
-import dev.desiderata.v1.FeatureValue;
 import dev.desiderata.v1.Instance;
 import io.grpc.StatusRuntimeException;
 
@@ -49,36 +48,20 @@ public final class Explain {
 
   /** A complete instance of the demo model "credit". */
   public static Instance applicant() {
-    return Instance.newBuilder()
-        .addFeatures(integer("seniority", 9))
-        .addFeatures(category("home", "rent"))
-        .addFeatures(integer("time", 60))
-        .addFeatures(integer("age", 30))
-        .addFeatures(category("marital", "married"))
-        .addFeatures(feature("records", FeatureValue.newBuilder().setBoolean(false)))
-        .addFeatures(category("job", "freelance"))
-        .addFeatures(number("expenses", 73))
-        .addFeatures(number("income", 129))
-        .addFeatures(number("assets", 0))
-        .addFeatures(number("debt", 0))
-        .addFeatures(number("amount", 800))
-        .addFeatures(number("price", 846))
+    return Instances.builder()
+        .put("seniority", 9)
+        .put("home", "rent")
+        .put("time", 60)
+        .put("age", 30)
+        .put("marital", "married")
+        .put("records", false)
+        .put("job", "freelance")
+        .put("expenses", 73.0) // 73.0, not 73: the model card types these as numbers
+        .put("income", 129.0)
+        .put("assets", 0.0)
+        .put("debt", 0.0)
+        .put("amount", 800.0)
+        .put("price", 846.0)
         .build();
-  }
-
-  private static Feature feature(String name, FeatureValue.Builder value) {
-    return Feature.newBuilder().setName(name).setValue(value).build();
-  }
-
-  private static Feature number(String name, double v) {
-    return feature(name, FeatureValue.newBuilder().setNumber(v));
-  }
-
-  private static Feature integer(String name, long v) {
-    return feature(name, FeatureValue.newBuilder().setInteger(v));
-  }
-
-  private static Feature category(String name, String v) {
-    return feature(name, FeatureValue.newBuilder().setCategory(v));
   }
 }

@@ -11,13 +11,17 @@ import dev.desiderata.v1.ExplainDecisionRequest;
 import dev.desiderata.v1.ExplainRequest;
 import dev.desiderata.v1.ExplanationKind;
 import dev.desiderata.v1.Feature;
-import dev.desiderata.v1.FeatureValue;
 import dev.desiderata.v1.GetCapabilitiesRequest;
 import dev.desiderata.v1.Instance;
 import dev.desiderata.v1.PredictRequest;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
+import java.math.BigDecimal;
+import java.math.BigInteger;
 import java.time.Duration;
+import java.util.LinkedHashMap;
+import java.util.Map;
+import java.util.Set;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
@@ -83,6 +87,31 @@ class SmokeTest {
   }
 
   @Test
+  void anInstanceOfJavaValuesIsExplained() {
+    // Every kind and several Java types per kind, in the card's order (a LinkedHashMap keeps it).
+    Map<String, Object> features = new LinkedHashMap<>();
+    features.put("seniority", (short) 9);
+    features.put("home", "rent");
+    features.put("time", 60L);
+    features.put("age", BigInteger.valueOf(30));
+    features.put("marital", "married");
+    features.put("records", false);
+    features.put("job", "freelance");
+    features.put("expenses", 73f);
+    features.put("income", new BigDecimal("129"));
+    features.put("assets", 0.0);
+    features.put("debt", 0.0);
+    features.put("amount", 800.0);
+    features.put("price", 846.0);
+    var instance = Instances.of(features);
+    assertEquals(Explain.applicant(), instance);
+    var explanation = engineer.explanations().explain(attribution(instance)).getExplanation();
+    var explained =
+        explanation.getFeatureAttribution().getAttributionsList().stream().map(a -> a.getFeature()).toList();
+    assertEquals(features.keySet(), Set.copyOf(explained));
+  }
+
+  @Test
   void capabilitiesReportRoleAndKinds() {
     var caps =
         engineer
@@ -143,8 +172,7 @@ class SmokeTest {
     var instance =
         Explain.applicant().toBuilder()
             .removeFeatures(0) // "seniority"
-            .addFeatures(
-                Feature.newBuilder().setName("shoe_size").setValue(FeatureValue.newBuilder().setNumber(42)))
+            .addFeatures(Feature.newBuilder().setName("shoe_size").setValue(Instances.value(42.0)))
             .build();
     var e =
         assertThrows(StatusRuntimeException.class, () -> engineer.explanations().explain(attribution(instance)));
