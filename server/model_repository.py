@@ -175,6 +175,14 @@ class ModelRepository:
         state = self._state
         return [state.models[n][state.served[n]] for n in sorted(state.models)]
 
+    def catalog(self) -> list[tuple[ModelHandle, list[str]]]:
+        """Each model's served version with all its loaded versions (`version_key` order), by name,
+        read from one snapshot (a rescan between two separate reads could drop a model)."""
+        state = self._state
+        return [
+            (state.models[n][state.served[n]], sorted(state.models[n], key=version_key)) for n in sorted(state.models)
+        ]
+
     def refresh(self) -> RepositoryChange:
         """Rescans the folder and serves what changed (see the module notes); safe while serving.
 

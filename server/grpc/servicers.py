@@ -7,6 +7,7 @@ turned into statuses by the interceptors.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -205,13 +206,10 @@ class ModelServicer(ms_grpc.ModelServiceServicer):
         size = request.page_size or DEFAULT_PAGE_SIZE
         if size > MAX_PAGE_SIZE:
             raise InvalidArgument.single("page_size", f"at most {MAX_PAGE_SIZE}")
-        models = self._pipeline.models.served()
-        start = 0
-        if request.page_token:
-            names = [m.name for m in models]
-            if request.page_token not in names:
-                raise InvalidArgument.single("page_token", "not a token this server issued")
-            start = names.index(request.page_token) + 1
+        models = self._pipeline.models.catalog()
+        # The token is the last name served (names are sorted): the next page starts after it even
+        # when that model was unloaded in between (models.reload_interval_s).
+        start = bisect.bisect_right([m.name for m, _ in models], request.page_token) if request.page_token else 0
         page = models[start : start + size]
         more = start + size < len(models)
         return ms.ListModelsResponse(
@@ -221,11 +219,11 @@ class ModelServicer(ms_grpc.ModelServiceServicer):
                     version=m.version,
                     task=m.card.task,
                     description=m.card.description,
-                    versions=self._pipeline.models.versions(m.name),
+                    versions=versions,
                 )
-                for m in page
+                for m, versions in page
             ],
-            next_page_token=page[-1].name if more and page else "",
+            next_page_token=page[-1][0].name if more and page else "",
         )
 
     async def GetModel(self, request: ms.GetModelRequest, context: Ctx) -> ms.GetModelResponse:

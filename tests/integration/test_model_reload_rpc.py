@@ -95,3 +95,24 @@ async def test_versions_follow_the_repository_while_serving(tiny_repo: Path, ver
         await _until("version 3 served again", serves_3)
         assert _metric(running, "desiderata_model_reloads_total", outcome="unloaded") == 1
         assert _metric(running, "desiderata_model_served_info", model="tiny", version="3") == 1
+
+
+async def test_listing_pages_on_past_a_model_unloaded_between_pages(tiny_repo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "models"
+    repo.mkdir()
+    for name in ("alpha", "beta", "gamma"):
+        publish(tiny_repo / "tiny", repo, "1", folder=name, name=name)
+    settings = settings_for(repo, tmp_path / "state", models={"reload_interval_s": 0.1})
+    async with serving(settings) as running, AsyncClient(running.address, api_key="k-eng") as eng:
+        first = await eng.list_models(page_size=1)
+        assert [m.name for m in first.models] == ["alpha"] and first.next_page_token == "alpha"
+        shutil.rmtree(repo / "alpha")
+
+        async def alpha_gone() -> bool:
+            return [m.name for m in (await eng.list_models()).models] == ["beta", "gamma"]
+
+        await _until("alpha unloaded", alpha_gone)
+        second = await eng.list_models(page_size=1, page_token=first.next_page_token)
+        assert [m.name for m in second.models] == ["beta"] and second.next_page_token == "beta"
+        last = await eng.list_models(page_size=1, page_token=second.next_page_token)
+        assert [m.name for m in last.models] == ["gamma"] and last.next_page_token == ""
