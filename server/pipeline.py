@@ -248,10 +248,9 @@ class Pipeline:
             raise
         seed = admission.explainer_seed if profile.privacy.noisy else call.seed
         stream_ok = progress is not None and not profile.privacy.noisy
-        recorded = p.record.decision_id if p.record else ""
 
         def serve(ex: Explanation, shown: Disclosed, budget: Budget | None, charge: float) -> ServedExplanation:
-            return served_explanation(handle, p.probs, ex, shown, p.decision, budget, charge, recorded)
+            return served_explanation(handle, p.probs, ex, shown, p.decision, budget, charge, p.record)
 
         def on_progress(ex: Explanation) -> None:
             if progress is not None:

@@ -3,24 +3,40 @@ pipeline understands it, and the explanation as served (after policy)."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import numpy as np
+import structlog
 
 from desiderata.explainers.base import Kind
 from desiderata.explainers.types import Explanation
 from desiderata.policy.decision import Decision
 from desiderata.policy.guard import Budget
 from desiderata.policy.model import Consumption
-from desiderata.server.decision_store import utcnow
+from desiderata.server.decision_store import DecisionRecord, utcnow
 from desiderata.server.model_card import FeatureValue
 from desiderata.server.model_handle import ModelHandle
 from desiderata.server.serving import Disclosed
 
-__all__ = ["DisclosureInfo", "ExplainCall", "KindCapability", "ServedExplanation", "served_explanation"]
+__all__ = [
+    "REPRODUCTION_TOLERANCE",
+    "DisclosureInfo",
+    "ExplainCall",
+    "KindCapability",
+    "ServedExplanation",
+    "served_explanation",
+]
+
+log = structlog.get_logger("desiderata.pipeline")
+
+REPRODUCTION_TOLERANCE = 1e-4
+"""Largest difference between a decision's recorded probabilities and the loaded model's on its
+recorded features that still counts as the same model (float32 kernels may differ in the last
+digits across CPUs; any retraining moves probabilities far more)."""
 
 
 @dataclass(frozen=True)
@@ -107,10 +123,21 @@ def served_explanation(
     decision: Decision,
     budget: Budget | None,
     charge: float,
-    recorded_decision_id: str,
+    record: DecisionRecord | None,
 ) -> ServedExplanation:
-    """Assembles the served explanation from the disclosed one and the decision."""
+    """Assembles the served explanation from the disclosed one and the decision.
+
+    Args:
+        probs: the loaded model's class probabilities of the explained instance, ``(k,)``.
+        record: the recorded decision explained (ExplainDecision), or None. When the loaded
+            model no longer gives its recorded probabilities (a version's files changed across
+            a restart, or replicas load different files under one version), the answer says so
+            in its quality warnings and the event ``decision_not_reproduced`` is logged.
+    """
     profile = decision.profile
+    explanation = shown.explanation
+    if record is not None:
+        explanation = _check_reproduced(record, probs, explanation)
     info = DisclosureInfo(
         tier=decision.tier,
         decision_id=decision.decision_id,
@@ -132,9 +159,30 @@ def served_explanation(
         explanation_id="exp_" + uuid.uuid4().hex,
         model=handle,
         probabilities=probs,
-        explanation=shown.explanation,
+        explanation=explanation,
         disclosure=info,
         created_at=utcnow(),
         narrative=shown.narrative,
-        recorded_decision_id=recorded_decision_id,
+        recorded_decision_id=record.decision_id if record is not None else "",
     )
+
+
+def _check_reproduced(record: DecisionRecord, probs: np.ndarray, explanation: Explanation) -> Explanation:
+    recorded = np.asarray(record.probabilities, dtype=float)
+    gap = float(np.max(np.abs(recorded - probs))) if recorded.shape == probs.shape else float("inf")
+    if gap <= REPRODUCTION_TOLERANCE:
+        return explanation
+    log.warning(
+        "decision_not_reproduced",
+        decision_id=record.decision_id,
+        model=record.model,
+        version=record.model_version,
+        max_difference=gap,
+    )
+    warning = (
+        f"the model loaded as {record.model}/{record.model_version} does not reproduce this decision "
+        f"(its probabilities differ from the recorded ones by up to {gap:.3g}): this explains the model "
+        "as loaded now, not the one that decided"
+    )
+    quality = dataclasses.replace(explanation.quality, warnings=(*explanation.quality.warnings, warning))
+    return dataclasses.replace(explanation, quality=quality)

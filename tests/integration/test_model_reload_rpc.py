@@ -116,3 +116,23 @@ async def test_listing_pages_on_past_a_model_unloaded_between_pages(tiny_repo: P
         assert [m.name for m in second.models] == ["beta"] and second.next_page_token == "beta"
         last = await eng.list_models(page_size=1, page_token=second.next_page_token)
         assert [m.name for m in last.models] == ["gamma"] and last.next_page_token == ""
+
+
+async def test_a_decision_the_loaded_model_does_not_reproduce_is_flagged(
+    tiny_repo: Path, version_4: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "models"
+    repo.mkdir()
+    folder = publish(tiny_repo / "tiny", repo, "3")
+    settings = settings_for(repo, tmp_path / "state")
+    async with serving(settings) as running, AsyncClient(running.address, api_key="k-eng") as eng:
+        decision = await eng.predict("tiny", INSTANCE, subject_id="alice")
+        same = await eng.explain_decision(decision.decision_id, purpose="debugging")
+        assert not [w for w in same.quality.warnings if "reproduce" in w]
+    # Between restarts, version 3's files are replaced by other weights under the same version.
+    shutil.copyfile(version_4 / "model.pt2", folder / "model.pt2")
+    async with serving(settings) as running, AsyncClient(running.address, api_key="k-alice") as alice:
+        mine = await alice.explain_decision(decision.decision_id, purpose="transparency")
+        assert mine.model_version == "3" and mine.recorded_decision_id == decision.decision_id
+        (warning,) = [w for w in mine.quality.warnings if "does not reproduce this decision" in w]
+        assert "tiny/3" in warning
