@@ -4,8 +4,10 @@
 time); `ExplainDecision` reads it back, so an end user explains *their own*
 decision without submitting feature vectors. The embedded backend is SQLite
 in WAL mode; PostgreSQL (`decision_store_postgres`) is the one that replicas
-share. Records are append-only in both (triggers refuse updates and deletes),
-and both pass the same conformance suite.
+share. Records are append-only in both: triggers refuse every update, and
+every delete except `expire`'s, which removes the decisions older than a
+cutoff set inside its own transaction (`desiderata.server.retention`). Both
+backends pass the same conformance suite.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from desiderata.server.errors import DecisionNotFound, InternalError, Unavailabl
 from desiderata.server.model_card import FeatureValue
 
 __all__ = [
+    "EXPIRY",
     "RECENT",
     "TABLE",
     "DecisionRecord",
@@ -32,6 +35,7 @@ __all__ = [
     "decode_row",
     "encode_row",
     "new_record_id",
+    "stored_time",
 ]
 
 
@@ -76,6 +80,10 @@ class DecisionStore(Protocol):
         """The newest `limit` decisions of one model version, newest first."""
         ...
 
+    def expire(self, before: datetime) -> int:
+        """Deletes the decisions recorded before `before` (the one deletion rows allow); how many."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -94,8 +102,13 @@ def encode_row(rec: DecisionRecord) -> Row:
         rec.model_version,
         json.dumps(rec.features, sort_keys=True),
         json.dumps(list(rec.probabilities)),
-        rec.created_at.isoformat(),
+        stored_time(rec.created_at),
     )
+
+
+def stored_time(t: datetime) -> str:
+    """A time as stored (ISO 8601 in UTC, which sorts as text)."""
+    return t.astimezone(UTC).isoformat()
 
 
 def decode_row(row: Sequence[Any]) -> DecisionRecord:
@@ -134,10 +147,16 @@ RECENT = (
 )
 """The newest decisions of a model version (ISO 8601 UTC times sort as text); `%s` placeholders."""
 
+EXPIRY = "CREATE TABLE IF NOT EXISTS decisions_expiry (before TEXT NOT NULL);"
+"""The cutoff an `expire` transaction inserts, deletes up to, and removes before it commits: no
+other transaction ever sees a row, so no other delete passes the triggers."""
+
 _SQLITE_TRIGGERS = """
 CREATE TRIGGER IF NOT EXISTS decisions_no_update BEFORE UPDATE ON decisions
 BEGIN SELECT RAISE(ABORT, 'decisions are append-only'); END;
-CREATE TRIGGER IF NOT EXISTS decisions_no_delete BEFORE DELETE ON decisions
+DROP TRIGGER IF EXISTS decisions_no_delete;
+CREATE TRIGGER decisions_no_delete BEFORE DELETE ON decisions
+WHEN NOT EXISTS (SELECT 1 FROM decisions_expiry WHERE OLD.created_at < before)
 BEGIN SELECT RAISE(ABORT, 'decisions are append-only'); END;
 """
 
@@ -156,7 +175,7 @@ class SqliteDecisionStore:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(TABLE + _SQLITE_TRIGGERS)
+        self._db.executescript(TABLE + EXPIRY + _SQLITE_TRIGGERS)
 
     def record(self, rec: DecisionRecord) -> None:
         try:
@@ -184,6 +203,23 @@ class SqliteDecisionStore:
         except sqlite3.Error as exc:
             raise Unavailable(f"decision store unavailable: {exc.__class__.__name__}") from exc
         return [decode_row(r) for r in rows]
+
+    def expire(self, before: datetime) -> int:
+        cutoff = stored_time(before)
+        try:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.execute("INSERT INTO decisions_expiry VALUES (?)", (cutoff,))
+                    n = self._db.execute("DELETE FROM decisions WHERE created_at < ?", (cutoff,)).rowcount
+                    self._db.execute("DELETE FROM decisions_expiry")
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            raise Unavailable(f"decision store unavailable: {exc.__class__.__name__}") from exc
+        return int(n)
 
     def close(self) -> None:
         with self._lock:

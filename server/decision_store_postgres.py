@@ -4,7 +4,7 @@ Why: with several replicas behind a load balancer, Predict may record a
 decision on one replica and the end user's ExplainDecision reach another. With
 the embedded SQLite store that second replica answers NOT_FOUND; with this
 store every replica reads the same table. Rows are append-only (triggers
-refuse UPDATE, DELETE and TRUNCATE). A lost connection fails the call in
+refuse UPDATE and TRUNCATE, and every DELETE but `expire`'s). A lost connection fails the call in
 flight with `Unavailable` and is reopened by the next call; a record is never
 re-sent, since the first attempt may have committed. Same row encoding and
 conformance suite as the SQLite default.
@@ -12,17 +12,43 @@ conformance suite as the SQLite default.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import psycopg
 
-from desiderata.policy.postgres import PgConnection, append_only, create_schema
-from desiderata.server.decision_store import RECENT, TABLE, DecisionRecord, decode_row, encode_row
+from desiderata.policy.postgres import Conn, PgConnection, append_only, create_schema
+from desiderata.server.decision_store import (
+    EXPIRY,
+    RECENT,
+    TABLE,
+    DecisionRecord,
+    decode_row,
+    encode_row,
+    stored_time,
+)
 from desiderata.server.errors import DecisionNotFound, InternalError
 
 __all__ = ["PostgresDecisionStore"]
 
 _LOCK_KEY = 0x64656369  # "deci": advisory lock taken while the schema is created
 
-_SCHEMA = TABLE + append_only("decisions", "decisions are append-only")
+# A DELETE passes only for rows older than a cutoff that the deleting transaction itself
+# inserted into decisions_expiry (see `decision_store.EXPIRY`).
+_EXPIRE_ONLY = """
+CREATE OR REPLACE FUNCTION decisions_guard_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM decisions_expiry WHERE OLD.created_at < before) THEN RETURN OLD; END IF;
+  RAISE EXCEPTION 'decisions are append-only';
+END $$;
+DROP TRIGGER IF EXISTS decisions_append_only ON decisions;
+CREATE TRIGGER decisions_append_only BEFORE UPDATE ON decisions
+FOR EACH ROW EXECUTE FUNCTION decisions_refuse();
+DROP TRIGGER IF EXISTS decisions_expire_only ON decisions;
+CREATE TRIGGER decisions_expire_only BEFORE DELETE ON decisions
+FOR EACH ROW EXECUTE FUNCTION decisions_guard_delete();
+"""
+
+_SCHEMA = TABLE + EXPIRY + append_only("decisions", "decisions are append-only") + _EXPIRE_ONLY
 
 _COLUMNS = "decision_id, subject_id, principal_id, model, model_version, features, probabilities, created_at"
 _INSERT = f"INSERT INTO decisions ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
@@ -58,6 +84,18 @@ class PostgresDecisionStore:
     def recent(self, model: str, model_version: str, limit: int) -> list[DecisionRecord]:
         rows = self._pg.run(lambda conn: conn.execute(RECENT, (model, model_version, limit)).fetchall())
         return [decode_row(r) for r in rows]
+
+    def expire(self, before: datetime) -> int:
+        cutoff = stored_time(before)
+
+        def delete(conn: Conn) -> int:
+            with conn.transaction():
+                conn.execute("INSERT INTO decisions_expiry VALUES (%s)", (cutoff,))
+                n = conn.execute("DELETE FROM decisions WHERE created_at < %s", (cutoff,)).rowcount
+                conn.execute("DELETE FROM decisions_expiry")
+            return n
+
+        return self._pg.run(delete)
 
     def close(self) -> None:
         self._pg.close()

@@ -145,6 +145,11 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.decisions_expired = Counter(
+            "desiderata_decisions_expired",
+            "Recorded decisions deleted after store.decisions_retention_days.",
+            registry=r,
+        )
         for outcome in ("loaded", "unloaded", "refused"):  # from 0, so increase() sees the first refusal
             self.model_reloads.labels(outcome)
         self._names: set[str] = set()

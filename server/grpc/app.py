@@ -46,6 +46,7 @@ from desiderata.server.pipeline import Pipeline
 from desiderata.server.policy_services import PolicyServices
 from desiderata.server.precompute import Precompute, assign_index_dirs, start_precompute
 from desiderata.server.readiness import failing, store_checks, watch_readiness
+from desiderata.server.retention import watch_retention
 from desiderata.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
@@ -96,9 +97,12 @@ class App:
     services: PolicyServices | None = None
     models_reload_interval_s: float = 0.0
     reloads: ModelReloads | None = None
+    retention_days: float = 0.0
+    retention_check_s: float = 3600.0
     _readiness: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _drift_watch: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _model_watch: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _retention: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     async def start(self) -> None:
         self.pipeline.policy.start()
@@ -122,6 +126,10 @@ class App:
             self._model_watch = asyncio.create_task(
                 watch_models(self.pipeline.models, self.models_reload_interval_s, self.reloads)
             )
+        if self.retention_days > 0:
+            self._retention = asyncio.create_task(
+                watch_retention(self.pipeline.decisions, self.retention_days, self.retention_check_s, self.metrics)
+            )
         if self.drift.interval_s > 0 and self.services is not None:
             p = self.pipeline
             self._drift_watch = asyncio.create_task(
@@ -136,7 +144,7 @@ class App:
             )
 
     async def stop(self, grace_s: float) -> None:
-        for task in (self._readiness, self._drift_watch, self._model_watch):
+        for task in (self._readiness, self._drift_watch, self._model_watch, self._retention):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -255,4 +263,6 @@ def build_server(settings: Settings) -> App:
         drift=settings.drift,
         services=services,
         models_reload_interval_s=settings.models.reload_interval_s,
+        retention_days=settings.store.decisions_retention_days,
+        retention_check_s=settings.store.retention_check_s,
     )

@@ -1,5 +1,5 @@
 """Conformance of every decision-store backend: typed round trip, recent decisions of a
-version, unknown and repeated ids, append-only rows, concurrent writers, and a lost
+version, unknown and repeated ids, append-only rows, expiry, concurrent writers, and a lost
 connection. PostgreSQL runs as a real server."""
 
 from __future__ import annotations
@@ -8,13 +8,13 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from desiderata.server.decision_store import DecisionRecord, DecisionStore, SqliteDecisionStore, new_record_id
+from desiderata.server.decision_store import TABLE, DecisionRecord, DecisionStore, SqliteDecisionStore, new_record_id
 from desiderata.server.decision_store_postgres import PostgresDecisionStore
 from desiderata.server.errors import DecisionNotFound, InternalError, Unavailable
 from tests.support.postgres_server import run_sql, terminate_other_connections
@@ -40,7 +40,7 @@ def _sqlite(tmp_path: Path) -> Iterator[Backend]:
 
 
 def _postgres(dsn: str) -> Iterator[Backend]:
-    run_sql(dsn, "DROP TABLE IF EXISTS decisions CASCADE")
+    run_sql(dsn, "DROP TABLE IF EXISTS decisions, decisions_expiry CASCADE")
     store = PostgresDecisionStore(dsn)
     yield Backend(store, lambda sql: run_sql(dsn, sql), lambda: PostgresDecisionStore(dsn))
     store.close()
@@ -116,6 +116,49 @@ def test_rows_are_append_only_for_every_client(backend: Backend, sql: str) -> No
     with pytest.raises((sqlite3.DatabaseError, psycopg.Error), match="append-only"):
         backend.raw(sql)
     assert backend.store.get(rec.decision_id) == rec
+
+
+def test_expiry_deletes_only_decisions_older_than_the_cutoff(backend: Backend) -> None:
+    records = [_record(i) for i in range(5)]  # one second apart
+    for rec in records:
+        backend.store.record(rec)
+    cutoff = records[2].created_at + timedelta(milliseconds=500)
+    assert backend.store.expire(cutoff) == 3
+    for rec in records[:3]:
+        with pytest.raises(DecisionNotFound):
+            backend.store.get(rec.decision_id)
+    assert [backend.store.get(r.decision_id) for r in records[3:]] == records[3:]
+    assert backend.store.expire(cutoff) == 0
+    # The cutoff does not outlive its transaction: other deletes are still refused.
+    with pytest.raises((sqlite3.DatabaseError, psycopg.Error), match="append-only"):
+        backend.raw("DELETE FROM decisions")
+    assert backend.store.expire(records[-1].created_at + timedelta(days=1)) == 2
+
+
+def test_expiry_takes_a_cutoff_in_any_time_zone(backend: Backend) -> None:
+    rec = _record(1)
+    backend.store.record(rec)
+    eastern = timezone(timedelta(hours=-5))
+    assert backend.store.expire(rec.created_at.astimezone(eastern)) == 0  # not older than itself
+    assert backend.store.expire((rec.created_at + timedelta(microseconds=1)).astimezone(eastern)) == 1
+
+
+def test_sqlite_files_of_the_earlier_schema_expire_too(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    run_sqlite(  # the triggers as shipped before expiry existed: every delete refused
+        path,
+        TABLE
+        + "CREATE TRIGGER decisions_no_delete BEFORE DELETE ON decisions "
+        + "BEGIN SELECT RAISE(ABORT, 'decisions are append-only'); END;",
+        script=True,
+    )
+    store = SqliteDecisionStore(path)
+    try:
+        rec = _record(0)
+        store.record(rec)
+        assert store.expire(rec.created_at + timedelta(seconds=1)) == 1
+    finally:
+        store.close()
 
 
 def test_concurrent_writers_lose_nothing(backend: Backend) -> None:
