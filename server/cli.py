@@ -7,6 +7,7 @@
     desiderata audit verify --sqlite FILE | --postgres DSN
     desiderata feedback export OUT [--format jsonl|csv]
     desiderata model check DIR
+    desiderata decisions erase --subject ID | expire --days N
 
 `serve` with no arguments serves the built-in demo and prints where it listens
 and one demo key per stakeholder role.
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
@@ -149,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("audit", "audit log tools: verify --sqlite FILE | --postgres DSN"),
         ("feedback", "feedback tools: export OUT [--format jsonl|csv]"),
         ("model", "model folder tools: check DIR (a model folder or a repository of them)"),
+        ("decisions", "recorded decisions: erase --subject ID | expire --days N"),
     ):
         tool = sub.add_parser(name, help=help_text, add_help=False)
         tool.add_argument("tool")
@@ -174,6 +178,32 @@ def _feedback_export(argv: list[str]) -> int:
     finally:
         store.close()
     print(f"exported {n} feedback record(s) to {args.out}")
+    return 0
+
+
+def _decisions(argv: list[str], action: str) -> int:
+    """`decisions erase --subject ID` and `decisions expire --days N` on the configured store."""
+    from desiderata.server.config import Settings
+    from desiderata.server.retention import expire_decisions
+    from desiderata.server.stores import decision_store
+
+    parser = argparse.ArgumentParser(prog=f"desiderata decisions {action}")
+    if action == "erase":
+        parser.add_argument("--subject", required=True, help="whose decisions to delete (their subject id)")
+    else:
+        parser.add_argument("--days", type=float, required=True, help="delete decisions older than this")
+    parser.add_argument("--config", type=Path)
+    args = parser.parse_args(argv)
+    store = decision_store(Settings.load(args.config))
+    try:
+        if action == "erase":
+            n = store.erase_subject(args.subject)
+            print(f"erased {n} decision(s) of subject {args.subject}")
+        else:
+            n = expire_decisions(store, args.days)
+            print(f"deleted {n} decision(s) older than {args.days:g} days")
+    finally:
+        store.close()
     return 0
 
 
@@ -226,13 +256,15 @@ def _tool(args: argparse.Namespace) -> int:
     parsing is theirs."""
     from desiderata.policy import cli as policy_cli
 
-    table = {
+    table: dict[tuple[str, str], Callable[[list[str]], int]] = {
         ("policy", "validate"): policy_cli.run_validate,
         ("policy", "test"): policy_cli.run_test,
         ("policy", "explain"): policy_cli.run_explain,
         ("audit", "verify"): policy_cli.run_audit_verify,
         ("feedback", "export"): _feedback_export,
         ("model", "check"): _model_check,
+        ("decisions", "erase"): functools.partial(_decisions, action="erase"),
+        ("decisions", "expire"): functools.partial(_decisions, action="expire"),
     }
     run = table.get((args.command, args.tool))
     if run is None:

@@ -5,8 +5,10 @@ time); `ExplainDecision` reads it back, so an end user explains *their own*
 decision without submitting feature vectors. The embedded backend is SQLite
 in WAL mode; PostgreSQL (`decision_store_postgres`) is the one that replicas
 share. Records are append-only in both: triggers refuse every update, and
-every delete except `expire`'s, which removes the decisions older than a
-cutoff set inside its own transaction (`desiderata.server.retention`). Both
+every delete except two, each allowed by a row that its own transaction
+writes to ``decisions_deletion`` and removes before committing: `expire`
+(decisions older than a cutoff, `desiderata.server.retention`) and
+`erase_subject` (every decision about one person, the right to erasure). Both
 backends pass the same conformance suite.
 """
 
@@ -26,7 +28,7 @@ from desiderata.server.errors import DecisionNotFound, InternalError, Unavailabl
 from desiderata.server.model_card import FeatureValue
 
 __all__ = [
-    "EXPIRY",
+    "DELETION",
     "RECENT",
     "TABLE",
     "DecisionRecord",
@@ -81,7 +83,11 @@ class DecisionStore(Protocol):
         ...
 
     def expire(self, before: datetime) -> int:
-        """Deletes the decisions recorded before `before` (the one deletion rows allow); how many."""
+        """Deletes the decisions recorded before `before`; how many."""
+        ...
+
+    def erase_subject(self, subject_id: str) -> int:
+        """Deletes every decision about `subject_id`; how many."""
         ...
 
     def close(self) -> None: ...
@@ -147,16 +153,19 @@ RECENT = (
 )
 """The newest decisions of a model version (ISO 8601 UTC times sort as text); `%s` placeholders."""
 
-EXPIRY = "CREATE TABLE IF NOT EXISTS decisions_expiry (before TEXT NOT NULL);"
-"""The cutoff an `expire` transaction inserts, deletes up to, and removes before it commits: no
-other transaction ever sees a row, so no other delete passes the triggers."""
+DELETION = "CREATE TABLE IF NOT EXISTS decisions_deletion (before TEXT, subject_id TEXT);"
+"""What a deleting transaction allows (a cutoff time or a subject): it inserts the row, deletes,
+and removes the row before it commits, so no other transaction ever sees one and no other
+delete passes the triggers."""
 
-_SQLITE_TRIGGERS = """
+_ALLOWED = "SELECT 1 FROM decisions_deletion WHERE OLD.created_at < before OR OLD.subject_id = subject_id"
+
+_SQLITE_TRIGGERS = f"""
 CREATE TRIGGER IF NOT EXISTS decisions_no_update BEFORE UPDATE ON decisions
 BEGIN SELECT RAISE(ABORT, 'decisions are append-only'); END;
 DROP TRIGGER IF EXISTS decisions_no_delete;
 CREATE TRIGGER decisions_no_delete BEFORE DELETE ON decisions
-WHEN NOT EXISTS (SELECT 1 FROM decisions_expiry WHERE OLD.created_at < before)
+WHEN NOT EXISTS ({_ALLOWED})
 BEGIN SELECT RAISE(ABORT, 'decisions are append-only'); END;
 """
 
@@ -175,7 +184,7 @@ class SqliteDecisionStore:
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(TABLE + EXPIRY + _SQLITE_TRIGGERS)
+        self._db.executescript(TABLE + DELETION + _SQLITE_TRIGGERS)
 
     def record(self, rec: DecisionRecord) -> None:
         try:
@@ -205,14 +214,20 @@ class SqliteDecisionStore:
         return [decode_row(r) for r in rows]
 
     def expire(self, before: datetime) -> int:
-        cutoff = stored_time(before)
+        return self._delete("before", "created_at < ?", stored_time(before))
+
+    def erase_subject(self, subject_id: str) -> int:
+        return self._delete("subject_id", "subject_id = ?", subject_id)
+
+    def _delete(self, allow: str, where: str, value: str) -> int:
+        """Allows deletion by `value` in column `allow` of decisions_deletion, deletes `where`."""
         try:
             with self._lock:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    self._db.execute("INSERT INTO decisions_expiry VALUES (?)", (cutoff,))
-                    n = self._db.execute("DELETE FROM decisions WHERE created_at < ?", (cutoff,)).rowcount
-                    self._db.execute("DELETE FROM decisions_expiry")
+                    self._db.execute(f"INSERT INTO decisions_deletion ({allow}) VALUES (?)", (value,))
+                    n = self._db.execute(f"DELETE FROM decisions WHERE {where}", (value,)).rowcount
+                    self._db.execute("DELETE FROM decisions_deletion")
                     self._db.execute("COMMIT")
                 except BaseException:
                     self._db.execute("ROLLBACK")

@@ -18,7 +18,7 @@ import psycopg
 
 from desiderata.policy.postgres import Conn, PgConnection, append_only, create_schema
 from desiderata.server.decision_store import (
-    EXPIRY,
+    DELETION,
     RECENT,
     TABLE,
     DecisionRecord,
@@ -32,12 +32,13 @@ __all__ = ["PostgresDecisionStore"]
 
 _LOCK_KEY = 0x64656369  # "deci": advisory lock taken while the schema is created
 
-# A DELETE passes only for rows older than a cutoff that the deleting transaction itself
-# inserted into decisions_expiry (see `decision_store.EXPIRY`).
-_EXPIRE_ONLY = """
+# A DELETE passes only for rows that the deleting transaction itself allowed in
+# decisions_deletion (see `decision_store.DELETION`).
+_DELETE_GUARD = """
 CREATE OR REPLACE FUNCTION decisions_guard_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  IF EXISTS (SELECT 1 FROM decisions_expiry WHERE OLD.created_at < before) THEN RETURN OLD; END IF;
+  IF EXISTS (SELECT 1 FROM decisions_deletion d WHERE OLD.created_at < d.before OR OLD.subject_id = d.subject_id)
+  THEN RETURN OLD; END IF;
   RAISE EXCEPTION 'decisions are append-only';
 END $$;
 DROP TRIGGER IF EXISTS decisions_append_only ON decisions;
@@ -48,7 +49,7 @@ CREATE TRIGGER decisions_expire_only BEFORE DELETE ON decisions
 FOR EACH ROW EXECUTE FUNCTION decisions_guard_delete();
 """
 
-_SCHEMA = TABLE + EXPIRY + append_only("decisions", "decisions are append-only") + _EXPIRE_ONLY
+_SCHEMA = TABLE + DELETION + append_only("decisions", "decisions are append-only") + _DELETE_GUARD
 
 _COLUMNS = "decision_id, subject_id, principal_id, model, model_version, features, probabilities, created_at"
 _INSERT = f"INSERT INTO decisions ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
@@ -86,13 +87,19 @@ class PostgresDecisionStore:
         return [decode_row(r) for r in rows]
 
     def expire(self, before: datetime) -> int:
-        cutoff = stored_time(before)
+        return self._delete("before", "created_at < %s", stored_time(before))
+
+    def erase_subject(self, subject_id: str) -> int:
+        return self._delete("subject_id", "subject_id = %s", subject_id)
+
+    def _delete(self, allow: str, where: str, value: str) -> int:
+        """Allows deletion by `value` in column `allow` of decisions_deletion, deletes `where`."""
 
         def delete(conn: Conn) -> int:
             with conn.transaction():
-                conn.execute("INSERT INTO decisions_expiry VALUES (%s)", (cutoff,))
-                n = conn.execute("DELETE FROM decisions WHERE created_at < %s", (cutoff,)).rowcount
-                conn.execute("DELETE FROM decisions_expiry")
+                conn.execute(f"INSERT INTO decisions_deletion ({allow}) VALUES (%s)", (value,))
+                n = conn.execute(f"DELETE FROM decisions WHERE {where}", (value,)).rowcount
+                conn.execute("DELETE FROM decisions_deletion")
             return n
 
         return self._pg.run(delete)

@@ -1,5 +1,5 @@
 """Conformance of every decision-store backend: typed round trip, recent decisions of a
-version, unknown and repeated ids, append-only rows, expiry, concurrent writers, and a lost
+version, unknown and repeated ids, append-only rows, expiry and erasure, concurrent writers, and a lost
 connection. PostgreSQL runs as a real server."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _sqlite(tmp_path: Path) -> Iterator[Backend]:
 
 
 def _postgres(dsn: str) -> Iterator[Backend]:
-    run_sql(dsn, "DROP TABLE IF EXISTS decisions, decisions_expiry CASCADE")
+    run_sql(dsn, "DROP TABLE IF EXISTS decisions, decisions_deletion CASCADE")
     store = PostgresDecisionStore(dsn)
     yield Backend(store, lambda sql: run_sql(dsn, sql), lambda: PostgresDecisionStore(dsn))
     store.close()
@@ -141,6 +141,21 @@ def test_expiry_takes_a_cutoff_in_any_time_zone(backend: Backend) -> None:
     eastern = timezone(timedelta(hours=-5))
     assert backend.store.expire(rec.created_at.astimezone(eastern)) == 0  # not older than itself
     assert backend.store.expire((rec.created_at + timedelta(microseconds=1)).astimezone(eastern)) == 1
+
+
+def test_erasure_deletes_every_decision_of_one_subject_and_nothing_else(backend: Backend) -> None:
+    alice = [_record(i, subject_id="alice") for i in range(3)]
+    others = [_record(i, subject_id="bob") for i in range(2)] + [_record(9, subject_id="alice-2")]
+    for rec in [*alice, *others]:
+        backend.store.record(rec)
+    assert backend.store.erase_subject("alice") == 3
+    for rec in alice:
+        with pytest.raises(DecisionNotFound):
+            backend.store.get(rec.decision_id)
+    assert [backend.store.get(r.decision_id) for r in others] == others
+    assert backend.store.erase_subject("alice") == 0
+    with pytest.raises((sqlite3.DatabaseError, psycopg.Error), match="append-only"):
+        backend.raw("DELETE FROM decisions WHERE subject_id = 'bob'")
 
 
 def test_sqlite_files_of_the_earlier_schema_expire_too(tmp_path: Path) -> None:
