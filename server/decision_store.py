@@ -28,6 +28,7 @@ from desiderata.server.errors import DecisionNotFound, InternalError, Unavailabl
 from desiderata.server.model_card import FeatureValue
 
 __all__ = [
+    "DELETE_BATCH",
     "DELETION",
     "RECENT",
     "TABLE",
@@ -144,6 +145,7 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_subject ON decisions (subject_id);
 CREATE INDEX IF NOT EXISTS decisions_model ON decisions (model, model_version, created_at);
+CREATE INDEX IF NOT EXISTS decisions_time ON decisions (created_at);
 """
 """The decisions table of every backend (`Row` order)."""
 
@@ -157,6 +159,10 @@ DELETION = "CREATE TABLE IF NOT EXISTS decisions_deletion (before TEXT, subject_
 """What a deleting transaction allows (a cutoff time or a subject): it inserts the row, deletes,
 and removes the row before it commits, so no other transaction ever sees one and no other
 delete passes the triggers."""
+
+DELETE_BATCH = 5000
+"""Most decisions one deleting transaction removes: a first expiry over a large backlog holds the
+write lock for one batch at a time, and Predict's inserts go in between."""
 
 _ALLOWED = "SELECT 1 FROM decisions_deletion WHERE OLD.created_at < before OR OLD.subject_id = subject_id"
 
@@ -176,6 +182,8 @@ class SqliteDecisionStore:
     Args:
         path: database file; its folder is created.
     """
+
+    delete_batch = DELETE_BATCH
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,21 +228,27 @@ class SqliteDecisionStore:
         return self._delete("subject_id", "subject_id = ?", subject_id)
 
     def _delete(self, allow: str, where: str, value: str) -> int:
-        """Allows deletion by `value` in column `allow` of decisions_deletion, deletes `where`."""
-        try:
-            with self._lock:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    self._db.execute(f"INSERT INTO decisions_deletion ({allow}) VALUES (?)", (value,))
-                    n = self._db.execute(f"DELETE FROM decisions WHERE {where}", (value,)).rowcount
-                    self._db.execute("DELETE FROM decisions_deletion")
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-        except sqlite3.Error as exc:
-            raise Unavailable(f"decision store unavailable: {exc.__class__.__name__}") from exc
-        return int(n)
+        """Allows deletion by `value` in column `allow` of decisions_deletion and deletes the
+        decisions matching `where`, `delete_batch` per transaction; returns how many."""
+        batch = f"DELETE FROM decisions WHERE rowid IN (SELECT rowid FROM decisions WHERE {where} LIMIT ?)"
+        total = 0
+        while True:
+            try:
+                with self._lock:
+                    self._db.execute("BEGIN IMMEDIATE")
+                    try:
+                        self._db.execute(f"INSERT INTO decisions_deletion ({allow}) VALUES (?)", (value,))
+                        n = self._db.execute(batch, (value, self.delete_batch)).rowcount
+                        self._db.execute("DELETE FROM decisions_deletion")
+                        self._db.execute("COMMIT")
+                    except BaseException:
+                        self._db.execute("ROLLBACK")
+                        raise
+            except sqlite3.Error as exc:
+                raise Unavailable(f"decision store unavailable: {exc.__class__.__name__}") from exc
+            total += n
+            if n < self.delete_batch:
+                return total
 
     def close(self) -> None:
         with self._lock:

@@ -18,6 +18,7 @@ import psycopg
 
 from desiderata.policy.postgres import Conn, PgConnection, append_only, create_schema
 from desiderata.server.decision_store import (
+    DELETE_BATCH,
     DELETION,
     RECENT,
     TABLE,
@@ -65,6 +66,8 @@ class PostgresDecisionStore:
             counts as unavailable.
     """
 
+    delete_batch = DELETE_BATCH
+
     def __init__(self, dsn: str, *, connect_timeout_s: float = 5.0) -> None:
         self._pg = PgConnection(dsn, "decision store", connect_timeout_s=connect_timeout_s)
         create_schema(self._pg, _LOCK_KEY, _SCHEMA)
@@ -93,16 +96,23 @@ class PostgresDecisionStore:
         return self._delete("subject_id", "subject_id = %s", subject_id)
 
     def _delete(self, allow: str, where: str, value: str) -> int:
-        """Allows deletion by `value` in column `allow` of decisions_deletion, deletes `where`."""
+        """Allows deletion by `value` in column `allow` of decisions_deletion and deletes the
+        decisions matching `where`, `delete_batch` per transaction; returns how many."""
+        batch = f"DELETE FROM decisions WHERE decision_id IN (SELECT decision_id FROM decisions WHERE {where} LIMIT %s)"
 
         def delete(conn: Conn) -> int:
             with conn.transaction():
                 conn.execute(f"INSERT INTO decisions_deletion ({allow}) VALUES (%s)", (value,))
-                n = conn.execute(f"DELETE FROM decisions WHERE {where}", (value,)).rowcount
+                n = conn.execute(batch, (value, self.delete_batch)).rowcount
                 conn.execute("DELETE FROM decisions_deletion")
             return n
 
-        return self._pg.run(delete)
+        total = 0
+        while True:
+            n = self._pg.run(delete)
+            total += n
+            if n < self.delete_batch:
+                return total
 
     def close(self) -> None:
         self._pg.close()

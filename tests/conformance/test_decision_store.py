@@ -135,6 +135,19 @@ def test_expiry_deletes_only_decisions_older_than_the_cutoff(backend: Backend) -
     assert backend.store.expire(records[-1].created_at + timedelta(days=1)) == 2
 
 
+def test_expiry_and_erasure_delete_a_batch_per_transaction(backend: Backend) -> None:
+    backend.store.delete_batch = 2  # type: ignore[attr-defined]  # both backends have it
+    old = [_record(i) for i in range(5)]
+    mine = [_record(10 + i, subject_id="carol") for i in range(4)]
+    for rec in [*old, *mine]:
+        backend.store.record(rec)
+    assert backend.store.expire(old[-1].created_at + timedelta(microseconds=1)) == 5  # 2 + 2 + 1
+    assert backend.store.erase_subject("carol") == 4  # 2 + 2 + 0
+    for rec in [*old, *mine]:
+        with pytest.raises(DecisionNotFound):
+            backend.store.get(rec.decision_id)
+
+
 def test_expiry_takes_a_cutoff_in_any_time_zone(backend: Backend) -> None:
     rec = _record(1)
     backend.store.record(rec)
