@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from desiderata.server.errors import DecisionNotFound, InternalError, Unavailabl
 from desiderata.server.model_card import FeatureValue
 
 __all__ = [
+    "BATCH_PAUSE_S",
     "DELETE_BATCH",
     "DELETION",
     "RECENT",
@@ -164,6 +166,9 @@ DELETE_BATCH = 5000
 """Most decisions one deleting transaction removes: a first expiry over a large backlog holds the
 write lock for one batch at a time, and Predict's inserts go in between."""
 
+BATCH_PAUSE_S = 0.002
+"""Pause between two deleting transactions, so that the calls waiting for the store get it."""
+
 _ALLOWED = "SELECT 1 FROM decisions_deletion WHERE OLD.created_at < before OR OLD.subject_id = subject_id"
 
 _SQLITE_TRIGGERS = f"""
@@ -249,6 +254,7 @@ class SqliteDecisionStore:
             total += n
             if n < self.delete_batch:
                 return total
+            time.sleep(BATCH_PAUSE_S)  # a released lock is not handed over: let waiting writers in
 
     def close(self) -> None:
         with self._lock:

@@ -12,12 +12,14 @@ conformance suite as the SQLite default.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 
 import psycopg
 
 from desiderata.policy.postgres import Conn, PgConnection, append_only, create_schema
 from desiderata.server.decision_store import (
+    BATCH_PAUSE_S,
     DELETE_BATCH,
     DELETION,
     RECENT,
@@ -113,6 +115,7 @@ class PostgresDecisionStore:
             total += n
             if n < self.delete_batch:
                 return total
+            time.sleep(BATCH_PAUSE_S)  # a released lock is not handed over: let waiting writers in
 
     def close(self) -> None:
         self._pg.close()
