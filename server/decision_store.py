@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +38,7 @@ __all__ = [
     "DecisionStore",
     "SqliteDecisionStore",
     "decode_row",
+    "delete_in_batches",
     "encode_row",
     "new_record_id",
     "stored_time",
@@ -118,6 +119,22 @@ def encode_row(rec: DecisionRecord) -> Row:
 def stored_time(t: datetime) -> str:
     """A time as stored (ISO 8601 in UTC, which sorts as text)."""
     return t.astimezone(UTC).isoformat()
+
+
+def delete_in_batches(one_batch: Callable[[], int], size: int) -> int:
+    """Runs `one_batch` (one deleting transaction of at most `size` decisions, returning how many
+    it deleted) until one comes back short; returns the total.
+
+    Pauses `BATCH_PAUSE_S` between batches: a released lock is not handed to a waiting thread, and
+    without the pause Predict's inserts starved until the whole deletion was over.
+    """
+    total = 0
+    while True:
+        n = one_batch()
+        total += n
+        if n < size:
+            return total
+        time.sleep(BATCH_PAUSE_S)
 
 
 def decode_row(row: Sequence[Any]) -> DecisionRecord:
@@ -236,14 +253,14 @@ class SqliteDecisionStore:
         """Allows deletion by `value` in column `allow` of decisions_deletion and deletes the
         decisions matching `where`, `delete_batch` per transaction; returns how many."""
         batch = f"DELETE FROM decisions WHERE rowid IN (SELECT rowid FROM decisions WHERE {where} LIMIT ?)"
-        total = 0
-        while True:
+
+        def one_batch() -> int:
             try:
                 with self._lock:
                     self._db.execute("BEGIN IMMEDIATE")
                     try:
                         self._db.execute(f"INSERT INTO decisions_deletion ({allow}) VALUES (?)", (value,))
-                        n = self._db.execute(batch, (value, self.delete_batch)).rowcount
+                        n = int(self._db.execute(batch, (value, self.delete_batch)).rowcount)
                         self._db.execute("DELETE FROM decisions_deletion")
                         self._db.execute("COMMIT")
                     except BaseException:
@@ -251,10 +268,9 @@ class SqliteDecisionStore:
                         raise
             except sqlite3.Error as exc:
                 raise Unavailable(f"decision store unavailable: {exc.__class__.__name__}") from exc
-            total += n
-            if n < self.delete_batch:
-                return total
-            time.sleep(BATCH_PAUSE_S)  # a released lock is not handed over: let waiting writers in
+            return n
+
+        return delete_in_batches(one_batch, self.delete_batch)
 
     def close(self) -> None:
         with self._lock:

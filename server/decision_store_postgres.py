@@ -12,20 +12,19 @@ conformance suite as the SQLite default.
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 
 import psycopg
 
 from desiderata.policy.postgres import Conn, PgConnection, append_only, create_schema
 from desiderata.server.decision_store import (
-    BATCH_PAUSE_S,
     DELETE_BATCH,
     DELETION,
     RECENT,
     TABLE,
     DecisionRecord,
     decode_row,
+    delete_in_batches,
     encode_row,
     stored_time,
 )
@@ -109,13 +108,7 @@ class PostgresDecisionStore:
                 conn.execute("DELETE FROM decisions_deletion")
             return n
 
-        total = 0
-        while True:
-            n = self._pg.run(delete)
-            total += n
-            if n < self.delete_batch:
-                return total
-            time.sleep(BATCH_PAUSE_S)  # a released lock is not handed over: let waiting writers in
+        return delete_in_batches(lambda: self._pg.run(delete), self.delete_batch)
 
     def close(self) -> None:
         self._pg.close()
