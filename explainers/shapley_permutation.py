@@ -44,6 +44,7 @@ estimate is reported through ``ctx.progress`` (the anytime stream).
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -237,50 +238,60 @@ class PermutationShapley(AttributionExplainer):
         """
         n, d = bg.shape[0], game.d
         forward = rng.permuted(np.tile(np.arange(d), (n, 1)), axis=1)
-        per = max(1, min(CHUNK_ROWS, game.batch_rows) // (2 * (d - 1)))
-        starts = range(0, n, per)
-
-        def chunk(start: int) -> np.ndarray:
-            return _pair_marginals(game, columns, f_x, f_b, forward[start : start + per], bg[start : start + per])
-
+        walks = _Walks(game, columns, np.concatenate([forward, forward[:, ::-1]]), np.concatenate([bg, bg]))
+        starts = range(0, 2 * n, walks.per)
         # Chunks are independent (orders and rows drawn above), so a served model's runner may
         # build and evaluate them on idle cores too; the result does not depend on which thread ran what.
         runner = getattr(game.model, "runner", None)
-        parts = runner.map(chunk, starts) if runner is not None else [chunk(s) for s in starts]
-        return np.concatenate(parts) if parts else np.empty((0, d))
+        parts = runner.map(walks.chunk, starts) if runner is not None else [walks.chunk(s) for s in starts]
+        inner = np.concatenate(parts) if parts else np.empty((0, d - 1))
+        walk = np.concatenate([f_b[walks.bg][:, None], inner, np.full((2 * n, 1), f_x)], axis=1)
+        marg = np.empty((2 * n, d))
+        marg[np.arange(2 * n)[:, None], walks.orders] = np.diff(walk, axis=1)
+        return np.asarray(0.5 * (marg[:n] + marg[n:]))
 
 
-def _pair_marginals(
-    game: CoalitionGame, columns: np.ndarray, f_x: float, f_b: np.ndarray, forward: np.ndarray, bg: np.ndarray
-) -> np.ndarray:
-    """Mean marginals ``(k, d)`` of k forward orders ``(k, d)`` and their reverses, walked with rows ``bg``.
+class _Walks:
+    """The model outputs along orders, ``(m, d − 1)`` a chunk of `per` orders at a time.
 
     Args:
-        columns: `player_columns` of the game's players.
+        game: the coalition game.
+        columns: `player_columns` of its players.
+        orders: player orders, ``(m, d)``.
+        bg: background row each order walks with, ``(m,)``.
     """
-    k, d = forward.shape
-    orders = np.concatenate([forward, forward[:, ::-1]])
-    bg2 = np.concatenate([bg, bg])
-    n_cols = game.x.shape[0]
-    # Each step copies the previous row and writes x into one player's columns: half the
-    # work of selecting every cell between x and the background row. The writes go through
-    # flat indices computed once (0.18–0.21 ms against 0.27–0.29 ms per 4,060 rows at d = 30).
-    rows = np.empty((2 * k, d - 1, n_cols), dtype=game.x_in.dtype)
-    current = game.bg_in[bg2]
-    flat = current.reshape(-1)
-    cols = columns[orders]  # (2k, d, width): the columns each step writes
-    at = cols + (np.arange(2 * k) * n_cols)[:, None, None]
-    values = game.x_in[cols]
-    if cols.shape[2] == 1:  # one column per player: plain vectors index faster
-        at, values = at[:, :, 0], values[:, :, 0]
-    for step in range(d - 1):
-        flat[at[:, step]] = values[:, step]
-        rows[:, step] = current
-    inner = game.f(rows.reshape(-1, n_cols)).reshape(2 * k, d - 1)
-    walk = np.concatenate([f_b[bg2][:, None], inner, np.full((2 * k, 1), f_x)], axis=1)
-    marg = np.empty((2 * k, d))
-    marg[np.arange(2 * k)[:, None], orders] = np.diff(walk, axis=1)
-    return np.asarray(0.5 * (marg[:k] + marg[k:]))
+
+    def __init__(self, game: CoalitionGame, columns: np.ndarray, orders: np.ndarray, bg: np.ndarray) -> None:
+        self.game, self.orders, self.bg = game, orders, bg
+        d, n_cols = game.d, game.x.shape[0]
+        self.per = max(1, min(CHUNK_ROWS, game.batch_rows) // (d - 1))
+        # Each step copies the previous row and writes x into one player's columns: half the
+        # work of selecting every cell between x and the background row. The writes go through
+        # flat indices into a chunk's buffer, computed once for the whole batch.
+        cols = columns[orders]  # (m, d, width): the columns each step writes
+        self.at = cols + ((np.arange(orders.shape[0]) % self.per) * n_cols)[:, None, None]
+        self.values = game.x_in[cols]
+        if cols.shape[2] == 1:  # one column per player: plain vectors index faster
+            self.at, self.values = self.at[:, :, 0], self.values[:, :, 0]
+        # Building holds the GIL (many small numpy calls); two threads building at once only
+        # trade it back and forth. One builds while the other evaluates, which releases it.
+        # Measured on the 30-feature benchmark MLP (Shapley at 2.2% s.e. in process, interleaved
+        # with the former walk over 60 rows, two runs): p50 48.2 → 41.9 and 49.2 → 45.4 ms.
+        self._building = threading.Lock()
+
+    def chunk(self, start: int) -> np.ndarray:
+        """Outputs ``(k, d − 1)`` of the walks of orders ``start : start + per``."""
+        game, stop = self.game, min(start + self.per, self.orders.shape[0])
+        d, n_cols = game.d, game.x.shape[0]
+        with self._building:
+            rows = np.empty((stop - start, d - 1, n_cols), dtype=game.x_in.dtype)
+            current = game.bg_in[self.bg[start:stop]]
+            flat = current.reshape(-1)
+            at, values = self.at[start:stop], self.values[start:stop]
+            for step in range(d - 1):
+                flat[at[:, step]] = values[:, step]
+                rows[:, step] = current
+        return np.asarray(game.f(rows.reshape(-1, n_cols)).reshape(stop - start, d - 1))
 
 
 register(PermutationShapley, default_for_kind=False)
