@@ -150,6 +150,12 @@ class Metrics:
             "Recorded decisions deleted after store.decisions_retention_days.",
             registry=r,
         )
+        self.decisions_not_reproduced = Counter(
+            "desiderata_decisions_not_reproduced",
+            "ExplainDecision calls whose recorded probabilities the loaded model version no longer gives.",
+            ["model", "version"],
+            registry=r,
+        )
         for outcome in ("loaded", "unloaded", "refused"):  # from 0, so increase() sees the first refusal
             self.model_reloads.labels(outcome)
         self._names: set[str] = set()

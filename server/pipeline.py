@@ -51,7 +51,14 @@ from desiderata.server.metrics import Metrics
 from desiderata.server.model_card import FeatureValue
 from desiderata.server.model_handle import ModelHandle
 from desiderata.server.model_repository import ModelRepository
-from desiderata.server.served import ExplainCall, KindCapability, ServedExplanation, served_explanation
+from desiderata.server.served import (
+    REPRODUCTION_TOLERANCE,
+    ExplainCall,
+    KindCapability,
+    ServedExplanation,
+    reproduction_gap,
+    served_explanation,
+)
 from desiderata.server.serving import Disclosed, build_explainer, disclose
 
 __all__ = ["ExplainCall", "KindCapability", "Pipeline", "ServedExplanation"]
@@ -331,6 +338,8 @@ class Pipeline:
             raise InternalError("an allowed decision without a profile")
         x = handle.schema.encode(features)
         probs = handle.predict_proba(x[None, :])[0]
+        if record is not None:
+            self._check_reproduced(record, probs)
         a = admit(
             self.guard,
             self.policy,
@@ -346,6 +355,23 @@ class Pipeline:
             probs=probs,
         )
         return _Prepared(record, handle, a.decision, a.profile, a.method, a.params, x, probs, a.admission)
+
+    def _check_reproduced(self, record: DecisionRecord, probs: np.ndarray) -> None:
+        """Logs and counts a recorded decision that the loaded model no longer reproduces (the
+        answer carries a quality warning too): the folder of its version was changed, across a
+        restart or on another replica, though versions are immutable."""
+        gap = reproduction_gap(record, probs)
+        if gap <= REPRODUCTION_TOLERANCE:
+            return
+        log.warning(
+            "decision_not_reproduced",
+            decision_id=record.decision_id,
+            model=record.model,
+            version=record.model_version,
+            max_difference=gap,
+        )
+        if self.metrics is not None:
+            self.metrics.decisions_not_reproduced.labels(record.model, record.model_version).inc()
 
     def capabilities(
         self, principal: Principal, model: str, version: str, purpose: str, consumption: Consumption

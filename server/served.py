@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-import structlog
 
 from desiderata.explainers.base import Kind
 from desiderata.explainers.types import Explanation
@@ -28,10 +27,9 @@ __all__ = [
     "ExplainCall",
     "KindCapability",
     "ServedExplanation",
+    "reproduction_gap",
     "served_explanation",
 ]
-
-log = structlog.get_logger("desiderata.pipeline")
 
 REPRODUCTION_TOLERANCE = 1e-4
 """Largest difference between a decision's recorded probabilities and the loaded model's on its
@@ -167,18 +165,19 @@ def served_explanation(
     )
 
 
-def _check_reproduced(record: DecisionRecord, probs: np.ndarray, explanation: Explanation) -> Explanation:
+def reproduction_gap(record: DecisionRecord, probs: np.ndarray) -> float:
+    """Largest difference between a decision's recorded probabilities and the loaded model's
+    probabilities ``(k,)`` for its features; infinite when the class counts differ."""
     recorded = np.asarray(record.probabilities, dtype=float)
-    gap = float(np.max(np.abs(recorded - probs))) if recorded.shape == probs.shape else float("inf")
+    return float(np.max(np.abs(recorded - probs))) if recorded.shape == probs.shape else float("inf")
+
+
+def _check_reproduced(record: DecisionRecord, probs: np.ndarray, explanation: Explanation) -> Explanation:
+    """The explanation with a quality warning when the loaded model does not reproduce the decision
+    (the pipeline logs and counts that once per request)."""
+    gap = reproduction_gap(record, probs)
     if gap <= REPRODUCTION_TOLERANCE:
         return explanation
-    log.warning(
-        "decision_not_reproduced",
-        decision_id=record.decision_id,
-        model=record.model,
-        version=record.model_version,
-        max_difference=gap,
-    )
     warning = (
         f"the model loaded as {record.model}/{record.model_version} does not reproduce this decision "
         f"(its probabilities differ from the recorded ones by up to {gap:.3g}): this explains the model "

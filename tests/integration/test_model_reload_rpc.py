@@ -124,11 +124,13 @@ async def test_a_decision_the_loaded_model_does_not_reproduce_is_flagged(
     repo = tmp_path / "models"
     repo.mkdir()
     folder = publish(tiny_repo / "tiny", repo, "3")
-    settings = settings_for(repo, tmp_path / "state")
+    settings = settings_for(repo, tmp_path / "state", metrics={"enabled": True, "port": 0})
+    counted = ("desiderata_decisions_not_reproduced_total", (("model", "tiny"), ("version", "3")))
     async with serving(settings) as running, AsyncClient(running.address, api_key="k-eng") as eng:
         decision = await eng.predict("tiny", INSTANCE, subject_id="alice")
         same = await eng.explain_decision(decision.decision_id, purpose="debugging")
         assert not [w for w in same.quality.warnings if "reproduce" in w]
+        assert counted not in scrape(running)[1]
     # Between restarts, version 3's files are replaced by other weights under the same version.
     shutil.copyfile(version_4 / "model.pt2", folder / "model.pt2")
     async with serving(settings) as running, AsyncClient(running.address, api_key="k-alice") as alice:
@@ -136,3 +138,5 @@ async def test_a_decision_the_loaded_model_does_not_reproduce_is_flagged(
         assert mine.model_version == "3" and mine.recorded_decision_id == decision.decision_id
         (warning,) = [w for w in mine.quality.warnings if "does not reproduce this decision" in w]
         assert "tiny/3" in warning
+        await alice.explain_decision(decision.decision_id, purpose="transparency")
+        assert scrape(running)[1][counted] == 2  # once per request, for the model and version that decided
