@@ -6,7 +6,12 @@ the model. The pipeline stores feedback only after the PDP allowed dynamic
 consumption for the caller; this module validates it, keeps it in an
 append-only store (SQLite embedded; PostgreSQL, shared by replicas, in
 `feedback_postgres`) and exports it as CSV or JSONL for a model update.
-Feedback holds feature NAMES the caller flagged, never feature values.
+Feedback holds feature NAMES the caller flagged, never feature values; its
+free text and its giver (an end user's subject id) are personal data, so the
+stores let through exactly two deletions, as the decision stores do: feedback
+given before a cutoff (`expire`, run by `store.feedback_retention_days`) and
+all feedback given by one subject (`erase_subject`). Feedback is written by
+people, a few rows per explanation at most, so each runs as one transaction.
 """
 
 from __future__ import annotations
@@ -17,16 +22,29 @@ import sqlite3
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 from desiderata.policy.audit import utc_now
 from desiderata.server.errors import InvalidArgument, Unavailable
 
-__all__ = ["Feedback", "FeedbackStore", "SqliteFeedbackStore"]
+__all__ = ["DELETION", "Feedback", "FeedbackStore", "SqliteFeedbackStore", "feedback_time"]
 
 Verdict = Literal["agree", "disagree"]
+Allow = Literal["before", "subject_id"]
 MAX_TEXT = 4000
+
+DELETION = "CREATE TABLE IF NOT EXISTS feedback_deletion (before TEXT, subject_id TEXT);"
+"""What a deleting transaction allows (a cutoff time or a subject): it inserts the row, deletes,
+and removes the row before it commits, so no other transaction ever sees one and no other
+delete passes the triggers."""
+
+
+def feedback_time(t: datetime) -> str:
+    """A time in the stored form (`utc_now`'s, which sorts as text); naive times count as UTC."""
+    aware = t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(frozen=True)
@@ -44,6 +62,7 @@ class Feedback:
         should_matter: features the caller thinks should matter.
         should_not_matter: features the caller thinks should not matter.
         text: free text.
+        subject_id: the subject an end user giving feedback acts for ("" for staff).
         time: ISO UTC time (filled in when stored).
     """
 
@@ -57,6 +76,7 @@ class Feedback:
     should_matter: tuple[str, ...] = ()
     should_not_matter: tuple[str, ...] = ()
     text: str = ""
+    subject_id: str = ""
     time: str = ""
 
 
@@ -70,6 +90,11 @@ class FeedbackStore(ABC):
     @abstractmethod
     def _bodies(self, model: str) -> list[str]:
         """JSON bodies in submission order, of `model` or of all ("")."""
+
+    @abstractmethod
+    def _delete(self, allow: Allow, value: str) -> int:
+        """Deletes, in one transaction, the feedback that `value` in column `allow` of
+        feedback_deletion allows; returns how many (raises `Unavailable` as `_append`)."""
 
     @abstractmethod
     def ping(self) -> None:
@@ -101,6 +126,24 @@ class FeedbackStore(ABC):
         stored = Feedback(**{**asdict(fb), "time": utc_now()})
         self._append(json.dumps(asdict(stored)), stored.model)
         return stored
+
+    def expire(self, before: datetime) -> int:
+        """Deletes the feedback given before `before`; returns how many.
+
+        Args:
+            before: the cutoff (a naive time counts as UTC).
+        """
+        return self._delete("before", feedback_time(before))
+
+    def erase_subject(self, subject_id: str) -> int:
+        """Deletes every piece of feedback given by end users acting for `subject_id`; returns how many.
+
+        Args:
+            subject_id: the subject (must not be empty: staff feedback has none).
+        """
+        if not subject_id:
+            raise InvalidArgument.single("subject_id", "required")
+        return self._delete("subject_id", subject_id)
 
     def all(self, model: str = "") -> list[Feedback]:
         """Stored feedback in submission order, optionally of one model.
@@ -146,11 +189,21 @@ class FeedbackStore(ABC):
         return len(rows)
 
 
-_SQLITE_SCHEMA = """
+_SQLITE_WHERE: dict[Allow, str] = {
+    "before": "json_extract(body, '$.time') < ?",
+    "subject_id": "json_extract(body, '$.subject_id') = ?",
+}
+
+_SQLITE_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS feedback (id INTEGER PRIMARY KEY, body TEXT NOT NULL, model TEXT NOT NULL);
+{DELETION}
 CREATE TRIGGER IF NOT EXISTS feedback_no_update BEFORE UPDATE ON feedback
 BEGIN SELECT RAISE(ABORT, 'feedback is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS feedback_no_delete BEFORE DELETE ON feedback
+DROP TRIGGER IF EXISTS feedback_no_delete;
+CREATE TRIGGER feedback_no_delete BEFORE DELETE ON feedback
+WHEN NOT EXISTS (SELECT 1 FROM feedback_deletion
+                 WHERE json_extract(OLD.body, '$.time') < before
+                    OR json_extract(OLD.body, '$.subject_id') = subject_id)
 BEGIN SELECT RAISE(ABORT, 'feedback is append-only'); END;
 """
 
@@ -183,6 +236,22 @@ class SqliteFeedbackStore(FeedbackStore):
         except sqlite3.Error as exc:
             raise Unavailable(f"feedback store unavailable: {exc.__class__.__name__}") from exc
         return [str(body) for (body,) in rows]
+
+    def _delete(self, allow: Allow, value: str) -> int:
+        try:
+            with self._lock:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    self._conn.execute(f"INSERT INTO feedback_deletion ({allow}) VALUES (?)", (value,))
+                    n = int(self._conn.execute(f"DELETE FROM feedback WHERE {_SQLITE_WHERE[allow]}", (value,)).rowcount)
+                    self._conn.execute("DELETE FROM feedback_deletion")
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as exc:
+            raise Unavailable(f"feedback store unavailable: {exc.__class__.__name__}") from exc
+        return n
 
     def ping(self) -> None:
         try:

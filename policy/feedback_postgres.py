@@ -3,28 +3,56 @@
 Why: feedback submitted to any replica must land in one data set (the export
 that feeds a model update), and must survive the replica: a pod's local SQLite
 file goes with the pod. Rows are append-only (triggers refuse UPDATE, DELETE
-and TRUNCATE); a lost connection fails the call in flight with `Unavailable`
-and the next call reconnects (`PgConnection`). Same validation, export and
-conformance suite as the SQLite default.
+and TRUNCATE, except the two deletions `FeedbackStore` allows); a lost
+connection fails the call in flight with `Unavailable` and the next call
+reconnects (`PgConnection`). Same validation, export and conformance suite as
+the SQLite default.
 """
 
 from __future__ import annotations
 
-from desiderata.policy.feedback import FeedbackStore
-from desiderata.policy.postgres import PgConnection, append_only, create_schema
+from desiderata.policy.feedback import DELETION, Allow, FeedbackStore
+from desiderata.policy.postgres import Conn, PgConnection, append_only, create_schema
 
 __all__ = ["PostgresFeedbackStore"]
 
 _LOCK_KEY = 0x66656564  # "feed": advisory lock taken while the schema is created
 
-_SCHEMA = """
+_TABLE = """
 CREATE TABLE IF NOT EXISTS feedback (
     id    BIGSERIAL PRIMARY KEY,
     body  TEXT NOT NULL,
     model TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feedback_model ON feedback (model, id);
-""" + append_only("feedback", "feedback is append-only")
+"""
+
+# Times compare as text in the C collation: a locale's collation may order punctuation otherwise.
+_WHERE: dict[Allow, str] = {
+    "before": "(body::jsonb ->> 'time') COLLATE \"C\" < %s",
+    "subject_id": "(body::jsonb ->> 'subject_id') = %s",
+}
+
+# A DELETE passes only for rows that the deleting transaction itself allowed in
+# feedback_deletion (see `feedback.DELETION`).
+_DELETE_GUARD = """
+CREATE OR REPLACE FUNCTION feedback_guard_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF EXISTS (SELECT 1 FROM feedback_deletion d
+             WHERE (OLD.body::jsonb ->> 'time') COLLATE "C" < d.before
+                OR (OLD.body::jsonb ->> 'subject_id') = d.subject_id)
+  THEN RETURN OLD; END IF;
+  RAISE EXCEPTION 'feedback is append-only';
+END $$;
+DROP TRIGGER IF EXISTS feedback_append_only ON feedback;
+CREATE TRIGGER feedback_append_only BEFORE UPDATE ON feedback
+FOR EACH ROW EXECUTE FUNCTION feedback_refuse();
+DROP TRIGGER IF EXISTS feedback_delete_allowed ON feedback;
+CREATE TRIGGER feedback_delete_allowed BEFORE DELETE ON feedback
+FOR EACH ROW EXECUTE FUNCTION feedback_guard_delete();
+"""
+
+_SCHEMA = _TABLE + DELETION + append_only("feedback", "feedback is append-only") + _DELETE_GUARD
 
 
 class PostgresFeedbackStore(FeedbackStore):
@@ -50,6 +78,16 @@ class PostgresFeedbackStore(FeedbackStore):
             ).fetchall()
         )
         return [str(body) for (body,) in rows]
+
+    def _delete(self, allow: Allow, value: str) -> int:
+        def delete(conn: Conn) -> int:
+            with conn.transaction():
+                conn.execute(f"INSERT INTO feedback_deletion ({allow}) VALUES (%s)", (value,))
+                n = conn.execute(f"DELETE FROM feedback WHERE {_WHERE[allow]}", (value,)).rowcount
+                conn.execute("DELETE FROM feedback_deletion")
+            return int(n)
+
+        return self._pg.run(delete)
 
     def ping(self) -> None:
         self._pg.run(lambda conn: conn.execute("SELECT 1 FROM feedback LIMIT 1").fetchall())

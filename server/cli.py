@@ -5,9 +5,10 @@
     desiderata train --out DIR [--seed S] [--dp --epsilon E --delta D]
     desiderata policy validate|test|explain DIR ...
     desiderata audit verify --sqlite FILE | --postgres DSN
-    desiderata feedback export OUT [--format jsonl|csv]
+    desiderata feedback export OUT [--format jsonl|csv] | erase --subject ID | expire --days N
     desiderata model check DIR
     desiderata decisions erase --subject ID | expire --days N
+    desiderata erase --subject ID   (the subject's decisions and the feedback given for them)
 
 `serve` with no arguments serves the built-in demo and prints where it listens
 and one demo key per stakeholder role.
@@ -147,10 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epsilon", type=float)
     train.add_argument("--delta", type=float)
     train.set_defaults(func=_train)
+    erase = sub.add_parser("erase", help="delete every decision about one subject and the feedback given for them")
+    erase.add_argument("--subject", required=True, help="the subject id (as recorded by Predict)")
+    erase.add_argument("--config", type=Path, help="YAML configuration file (which stores)")
+    erase.set_defaults(func=_erase)
     for name, help_text in (
         ("policy", "policy owners' tools: validate DIR | test DIR | explain DIR ..."),
         ("audit", "audit log tools: verify --sqlite FILE | --postgres DSN"),
-        ("feedback", "feedback tools: export OUT [--format jsonl|csv]"),
+        ("feedback", "feedback tools: export OUT [--format jsonl|csv] | erase --subject ID | expire --days N"),
         ("model", "model folder tools: check DIR (a model folder or a repository of them)"),
         ("decisions", "recorded decisions: erase --subject ID | expire --days N"),
     ):
@@ -181,29 +186,49 @@ def _feedback_export(argv: list[str]) -> int:
     return 0
 
 
-def _decisions(argv: list[str], action: str) -> int:
-    """`decisions erase --subject ID` and `decisions expire --days N` on the configured store."""
+def _expire_or_erase(argv: list[str], what: str, action: str) -> int:
+    """`decisions|feedback erase --subject ID` and `decisions|feedback expire --days N` on the
+    configured store."""
     from desiderata.server.config import Settings
-    from desiderata.server.retention import expire_decisions
-    from desiderata.server.stores import decision_store
+    from desiderata.server.retention import expire_decisions, expire_feedback
+    from desiderata.server.stores import decision_store, feedback_store
 
-    parser = argparse.ArgumentParser(prog=f"desiderata decisions {action}")
+    parser = argparse.ArgumentParser(prog=f"desiderata {what} {action}")
     if action == "erase":
-        parser.add_argument("--subject", required=True, help="whose decisions to delete (their subject id)")
+        parser.add_argument("--subject", required=True, help=f"whose {what} to delete (their subject id)")
     else:
-        parser.add_argument("--days", type=float, required=True, help="delete decisions older than this")
+        parser.add_argument("--days", type=float, required=True, help=f"delete {what} older than this")
     parser.add_argument("--config", type=Path)
     args = parser.parse_args(argv)
-    store = decision_store(Settings.load(args.config))
+    settings = Settings.load(args.config)
+    store = decision_store(settings) if what == "decisions" else feedback_store(settings)
+    noun = "decision(s)" if what == "decisions" else "feedback record(s)"
     try:
         if action == "erase":
             n = store.erase_subject(args.subject)
-            print(f"erased {n} decision(s) of subject {args.subject}")
+            print(f"erased {n} {noun} of subject {args.subject}")
         else:
-            n = expire_decisions(store, args.days)
-            print(f"deleted {n} decision(s) older than {args.days:g} days")
+            expire = expire_decisions if what == "decisions" else expire_feedback
+            n = expire(store, args.days)  # type: ignore[arg-type]
+            print(f"deleted {n} {noun} older than {args.days:g} days")
     finally:
         store.close()
+    return 0
+
+
+def _erase(args: argparse.Namespace) -> int:
+    from desiderata.server.config import Settings
+    from desiderata.server.retention import erase_subject
+    from desiderata.server.stores import decision_store, feedback_store
+
+    settings = Settings.load(args.config)
+    decisions, feedback = decision_store(settings), feedback_store(settings)
+    try:
+        n_decisions, n_feedback = erase_subject(decisions, feedback, args.subject)
+    finally:
+        decisions.close()
+        feedback.close()
+    print(f"erased {n_decisions} decision(s) and {n_feedback} feedback record(s) of subject {args.subject}")
     return 0
 
 
@@ -263,8 +288,10 @@ def _tool(args: argparse.Namespace) -> int:
         ("audit", "verify"): policy_cli.run_audit_verify,
         ("feedback", "export"): _feedback_export,
         ("model", "check"): _model_check,
-        ("decisions", "erase"): functools.partial(_decisions, action="erase"),
-        ("decisions", "expire"): functools.partial(_decisions, action="expire"),
+        ("feedback", "erase"): functools.partial(_expire_or_erase, what="feedback", action="erase"),
+        ("feedback", "expire"): functools.partial(_expire_or_erase, what="feedback", action="expire"),
+        ("decisions", "erase"): functools.partial(_expire_or_erase, what="decisions", action="erase"),
+        ("decisions", "expire"): functools.partial(_expire_or_erase, what="decisions", action="expire"),
     }
     run = table.get((args.command, args.tool))
     if run is None:

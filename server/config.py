@@ -213,8 +213,12 @@ class StoreSettings(BaseModel):
     """Delete recorded decisions (and the end users' feature values they hold) this many days after
     they were made, at start and every `retention_check_s`; they can no longer be explained after
     that (server/retention.py). 0 (the default): kept until deleted by hand."""
+    feedback_retention_days: float = Field(default=0.0, ge=0)
+    """Delete feedback (its givers' free text and subject ids) this many days after it was given, at
+    start and every `retention_check_s`; it is no longer exported after that. 0 (the default): kept
+    until deleted by hand."""
     retention_check_s: float = Field(default=3600.0, gt=0)
-    """How often expired decisions are deleted, with `decisions_retention_days` set."""
+    """How often expired decisions and feedback are deleted, with a retention period set."""
     feedback_path: Path | None = None
     """Feedback store file; default `<state_dir>/feedback.sqlite`."""
     feedback_backend: Literal["sqlite", "postgres"] = "sqlite"

@@ -150,6 +150,11 @@ class Metrics:
             "Recorded decisions deleted after store.decisions_retention_days.",
             registry=r,
         )
+        self.feedback_expired = Counter(
+            "desiderata_feedback_expired",
+            "Feedback deleted after store.feedback_retention_days.",
+            registry=r,
+        )
         self.decisions_not_reproduced = Counter(
             "desiderata_decisions_not_reproduced",
             "ExplainDecision calls whose recorded probabilities the loaded model version no longer gives.",

@@ -160,6 +160,7 @@ class PolicyServices:
             explanation_id=request.explanation_id,
             principal=principal.id,
             role=principal.role,
+            subject_id=principal.subject_id,
             model=handle.name,
             model_version=handle.version,
             verdict=request.verdict,

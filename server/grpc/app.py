@@ -46,7 +46,7 @@ from desiderata.server.pipeline import Pipeline
 from desiderata.server.policy_services import PolicyServices
 from desiderata.server.precompute import Precompute, assign_index_dirs, start_precompute
 from desiderata.server.readiness import failing, store_checks, watch_readiness
-from desiderata.server.retention import watch_retention
+from desiderata.server.retention import Retention, watch_retention
 from desiderata.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
@@ -97,7 +97,7 @@ class App:
     services: PolicyServices | None = None
     models_reload_interval_s: float = 0.0
     reloads: ModelReloads | None = None
-    retention_days: float = 0.0
+    retention: Retention | None = None
     retention_check_s: float = 3600.0
     _readiness: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _drift_watch: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
@@ -126,10 +126,8 @@ class App:
             self._model_watch = asyncio.create_task(
                 watch_models(self.pipeline.models, self.models_reload_interval_s, self.reloads)
             )
-        if self.retention_days > 0:
-            self._retention = asyncio.create_task(
-                watch_retention(self.pipeline.decisions, self.retention_days, self.retention_check_s, self.metrics)
-            )
+        if self.retention is not None and self.retention.on:
+            self._retention = asyncio.create_task(watch_retention(self.retention, self.retention_check_s, self.metrics))
         if self.drift.interval_s > 0 and self.services is not None:
             p = self.pipeline
             self._drift_watch = asyncio.create_task(
@@ -263,6 +261,11 @@ def build_server(settings: Settings) -> App:
         drift=settings.drift,
         services=services,
         models_reload_interval_s=settings.models.reload_interval_s,
-        retention_days=settings.store.decisions_retention_days,
+        retention=Retention(
+            pipeline.decisions,
+            settings.store.decisions_retention_days,
+            pipeline.feedback,
+            settings.store.feedback_retention_days,
+        ),
         retention_check_s=settings.store.retention_check_s,
     )

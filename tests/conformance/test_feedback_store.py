@@ -1,6 +1,6 @@
 """Conformance of every feedback-store backend: validation, storage in submission
-order, export as CSV / JSONL, append-only rows, concurrent writers and a lost
-connection. PostgreSQL runs as a real server."""
+order, export as CSV / JSONL, append-only rows except expiry and erasure,
+concurrent writers and a lost connection. PostgreSQL runs as a real server."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from desiderata.policy.feedback import Feedback, FeedbackStore, SqliteFeedbackStore
+from desiderata.policy.feedback import Feedback, FeedbackStore, SqliteFeedbackStore, feedback_time
 from desiderata.policy.feedback_postgres import PostgresFeedbackStore
 from desiderata.server.errors import InvalidArgument, Unavailable
 from tests.support.postgres_server import run_sql, terminate_other_connections
@@ -41,7 +42,7 @@ def _sqlite(tmp_path: Path) -> Iterator[Backend]:
 
 
 def _postgres(dsn: str) -> Iterator[Backend]:
-    run_sql(dsn, "DROP TABLE IF EXISTS feedback CASCADE")
+    run_sql(dsn, "DROP TABLE IF EXISTS feedback, feedback_deletion CASCADE")
     store = PostgresFeedbackStore(dsn)
     yield Backend(store, lambda sql: run_sql(dsn, sql))
     store.close()
@@ -98,6 +99,79 @@ def test_rows_are_append_only_for_every_client(backend: Backend, sql: str) -> No
     with pytest.raises((sqlite3.DatabaseError, psycopg.Error), match="append-only"):
         backend.raw(sql)
     assert backend.store.all() == [stored]
+
+
+def _given_at(backend: Backend, when: datetime, **kw: object) -> Feedback:
+    """Feedback stored with a given time, as the store would have written it then."""
+    fb = Feedback(**{**_fb(**kw).__dict__, "time": feedback_time(when)})
+    backend.store._append(json.dumps(fb.__dict__), fb.model)
+    return fb
+
+
+def test_expiry_deletes_exactly_the_feedback_given_before_the_cutoff(backend: Backend) -> None:
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    old = _given_at(backend, now - timedelta(days=40), decision_id="old")
+    edge = _given_at(backend, now - timedelta(days=30), decision_id="edge")
+    new = _given_at(backend, now - timedelta(days=1), decision_id="new")
+    assert backend.store.expire(now - timedelta(days=30)) == 1
+    assert [f.decision_id for f in backend.store.all()] == [edge.decision_id, new.decision_id]
+    assert old not in backend.store.all()
+    assert backend.store.expire(now - timedelta(days=30)) == 0
+    # The same instant in another zone, and a naive time taken as UTC, cut in the same place.
+    assert backend.store.expire((now - timedelta(days=2)).astimezone(timezone(timedelta(hours=-5)))) == 1
+    assert backend.store.expire(datetime(2026, 11, 22, 11, 59)) == 0
+    assert [f.decision_id for f in backend.store.all()] == ["new"]
+
+
+def test_erasure_deletes_one_subjects_feedback_and_no_one_elses(backend: Backend) -> None:
+    store = backend.store
+    store.submit(_fb(decision_id="a1", principal="alice-app", role="end_user", subject_id="alice"), FEATURES)
+    store.submit(_fb(decision_id="s1"), FEATURES)  # staff feedback: no subject
+    store.submit(_fb(decision_id="a2", principal="alice-app", role="end_user", subject_id="alice"), FEATURES)
+    store.submit(_fb(decision_id="al", principal="alicia-app", role="end_user", subject_id="alice2"), FEATURES)
+    assert store.erase_subject("alice") == 2
+    assert [f.decision_id for f in store.all()] == ["s1", "al"]
+    assert store.erase_subject("alice") == 0
+    with pytest.raises(InvalidArgument, match="subject_id"):
+        store.erase_subject("")  # would match every staff row
+    assert len(store.all()) == 2
+
+
+@pytest.mark.parametrize("sql", ["UPDATE feedback SET body = '{}'", "DELETE FROM feedback"])
+def test_other_clients_still_cannot_delete_after_expiry_or_erasure(backend: Backend, sql: str) -> None:
+    backend.store.submit(_fb(subject_id="bob"), FEATURES)
+    kept = backend.store.submit(_fb(decision_id="kept"), FEATURES)
+    backend.store.expire(datetime(2000, 1, 1, tzinfo=UTC))
+    backend.store.erase_subject("bob")
+    with pytest.raises((sqlite3.DatabaseError, psycopg.Error), match="append-only"):
+        backend.raw(sql)
+    assert backend.store.all() == [kept]
+
+
+def test_sqlite_files_of_the_earlier_schema_gain_the_deletions(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    run_sqlite(
+        path,
+        """CREATE TABLE feedback (id INTEGER PRIMARY KEY, body TEXT NOT NULL, model TEXT NOT NULL);
+        CREATE TRIGGER feedback_no_update BEFORE UPDATE ON feedback
+        BEGIN SELECT RAISE(ABORT, 'feedback is append-only'); END;
+        CREATE TRIGGER feedback_no_delete BEFORE DELETE ON feedback
+        BEGIN SELECT RAISE(ABORT, 'feedback is append-only'); END;""",
+        script=True,
+    )
+    old = {**_fb().__dict__, "time": "2020-01-01T00:00:00.000000Z"}
+    del old["subject_id"]  # bodies written before subjects were recorded
+    run_sqlite(path, f"INSERT INTO feedback (body, model) VALUES ('{json.dumps(old)}', 'credit')")
+    store = SqliteFeedbackStore(path)
+    try:
+        assert store.all()[0].subject_id == ""
+        assert store.erase_subject("lou") == 0  # a principal id is not a subject
+        assert store.expire(datetime(2021, 1, 1, tzinfo=UTC)) == 1
+        store.submit(_fb(), FEATURES)
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+            run_sqlite(path, "DELETE FROM feedback")
+    finally:
+        store.close()
 
 
 def test_concurrent_writers_lose_nothing(backend: Backend) -> None:

@@ -1,10 +1,12 @@
-"""Decision retention on a real server (`store.decisions_retention_days`): a decision past the
-period is deleted at start and can no longer be explained; a fresh one stays and is explained.
-And the operators' commands: erase one subject's decisions, expire old ones."""
+"""Retention on a real server (`store.decisions_retention_days`, `store.feedback_retention_days`):
+a decision past the period is deleted at start and can no longer be explained, a fresh one stays
+and is explained; old feedback is deleted and fresh feedback kept. Feedback records its giver's
+subject. And the operators' commands: erase one subject's decisions and feedback, expire old ones."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,8 +14,11 @@ import grpc
 import pytest
 
 from desiderata.client import AsyncClient, DesiderataRpcError
+from desiderata.policy.feedback import Feedback, SqliteFeedbackStore, feedback_time
+from desiderata.policy.model import Principal
 from desiderata.server.decision_store import DecisionRecord, SqliteDecisionStore, new_record_id, utcnow
 from desiderata.server.errors import DecisionNotFound
+from desiderata.server.policy_services import FeedbackRequest
 from tests.integration.conftest import scrape, serving, settings_for
 from tests.support.tiny_model import INSTANCE
 
@@ -94,3 +99,77 @@ def test_operators_erase_a_subject_and_expire_from_the_command_line(
         with pytest.raises(DecisionNotFound):
             store.get(gone.decision_id)
     store.close()
+
+
+def _feedback(store: SqliteFeedbackStore, decision_id: str, subject: str, age_days: float) -> Feedback:
+    fb = Feedback(decision_id=decision_id, explanation_id="exp_1", principal=f"{subject}-app", role="end_user",
+                  model="tiny", model_version="3", verdict="disagree", text="not me", subject_id=subject,
+                  time=feedback_time(utcnow() - timedelta(days=age_days)))  # fmt: skip
+    store._append(json.dumps(fb.__dict__), fb.model)  # as the store wrote it then
+    return fb
+
+
+async def test_feedback_past_its_retention_period_is_deleted_and_records_its_subject(
+    tiny_repo: Path, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    store = SqliteFeedbackStore(state / "feedback.sqlite")
+    _feedback(store, "dec_old", "carol", 91)
+    store.close()
+    settings = settings_for(
+        tiny_repo,
+        state,
+        store={"state_dir": str(state), "feedback_retention_days": 90, "retention_check_s": 0.1},
+        metrics={"enabled": True, "port": 0},
+    )
+    async with serving(settings) as running:
+        for _ in range(100):  # the first expiry runs as the server starts
+            if scrape(running)[1].get(("desiderata_feedback_expired_total", ())) == 1:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the old feedback was never expired")
+        services = running.app.services
+        assert services is not None
+        # A principal acting for a subject (an end user's app, where the policy permits it).
+        carol = Principal(id="carol-app", role="ml_engineer", subject_id="carol")
+        request = FeedbackRequest(model="tiny", decision_id="dec_new", explanation_id="exp_2", verdict="agree",
+                                  should_matter=(), should_not_matter=(), text="", purpose="debugging")  # fmt: skip
+        stored, _ = await asyncio.to_thread(services.submit_feedback, carol, request)
+        assert stored.subject_id == "carol"
+        assert [(f.decision_id, f.subject_id) for f in running.app.pipeline.feedback.all()] == [("dec_new", "carol")]
+        # Decisions are kept: their retention is off.
+        assert scrape(running)[1].get(("desiderata_decisions_expired_total", ())) == 0
+
+
+def test_one_command_erases_a_subjects_decisions_and_feedback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from desiderata.server.cli import main
+
+    state = tmp_path / "state"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"store: {{state_dir: {state}}}\n")
+    decisions = SqliteDecisionStore(state / "decisions.sqlite")
+    feedback = SqliteFeedbackStore(state / "feedback.sqlite")
+    alice, bob = _decision("alice", 1), _decision("bob", 1)
+    decisions.record(alice)
+    decisions.record(bob)
+    _feedback(feedback, alice.decision_id, "alice", 1)
+    _feedback(feedback, bob.decision_id, "bob", 100)
+    _feedback(feedback, bob.decision_id, "bob", 1)
+    assert main(["erase", "--subject", "alice", "--config", str(config)]) == 0
+    said = capsys.readouterr().out.strip().splitlines()[-1]
+    assert said == "erased 1 decision(s) and 1 feedback record(s) of subject alice"
+    with pytest.raises(DecisionNotFound):
+        decisions.get(alice.decision_id)
+    assert decisions.get(bob.decision_id) == bob
+    assert [f.subject_id for f in feedback.all()] == ["bob", "bob"]
+    assert main(["feedback", "expire", "--days", "30", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "deleted 1 feedback record(s) older than 30 days"
+    assert main(["feedback", "erase", "--subject", "bob", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.strip() == "erased 1 feedback record(s) of subject bob"
+    assert feedback.all() == []
+    decisions.close()
+    feedback.close()
