@@ -26,19 +26,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from desiderata.policy.allowed_deletion import Allow, control_table, sqlite_allowed_delete, sqlite_delete_trigger
 from desiderata.policy.audit import utc_now
 from desiderata.server.errors import InvalidArgument, Unavailable
 
-__all__ = ["DELETION", "Feedback", "FeedbackStore", "SqliteFeedbackStore", "feedback_time"]
+__all__ = ["Feedback", "FeedbackStore", "SqliteFeedbackStore", "feedback_time"]
 
 Verdict = Literal["agree", "disagree"]
-Allow = Literal["before", "subject_id"]
 MAX_TEXT = 4000
-
-DELETION = "CREATE TABLE IF NOT EXISTS feedback_deletion (before TEXT, subject_id TEXT);"
-"""What a deleting transaction allows (a cutoff time or a subject): it inserts the row, deletes,
-and removes the row before it commits, so no other transaction ever sees one and no other
-delete passes the triggers."""
 
 
 def feedback_time(t: datetime) -> str:
@@ -196,16 +191,15 @@ _SQLITE_WHERE: dict[Allow, str] = {
 
 _SQLITE_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS feedback (id INTEGER PRIMARY KEY, body TEXT NOT NULL, model TEXT NOT NULL);
-{DELETION}
+{control_table("feedback")}
 CREATE TRIGGER IF NOT EXISTS feedback_no_update BEFORE UPDATE ON feedback
 BEGIN SELECT RAISE(ABORT, 'feedback is append-only'); END;
-DROP TRIGGER IF EXISTS feedback_no_delete;
-CREATE TRIGGER feedback_no_delete BEFORE DELETE ON feedback
-WHEN NOT EXISTS (SELECT 1 FROM feedback_deletion
-                 WHERE json_extract(OLD.body, '$.time') < before
-                    OR json_extract(OLD.body, '$.subject_id') = subject_id)
-BEGIN SELECT RAISE(ABORT, 'feedback is append-only'); END;
-"""
+""" + sqlite_delete_trigger(
+    "feedback",
+    "feedback is append-only",
+    row_time="json_extract(OLD.body, '$.time')",
+    row_subject="json_extract(OLD.body, '$.subject_id')",
+)
 
 
 class SqliteFeedbackStore(FeedbackStore):
@@ -238,20 +232,12 @@ class SqliteFeedbackStore(FeedbackStore):
         return [str(body) for (body,) in rows]
 
     def _delete(self, allow: Allow, value: str) -> int:
+        delete = f"DELETE FROM feedback WHERE {_SQLITE_WHERE[allow]}"
         try:
             with self._lock:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    self._conn.execute(f"INSERT INTO feedback_deletion ({allow}) VALUES (?)", (value,))
-                    n = int(self._conn.execute(f"DELETE FROM feedback WHERE {_SQLITE_WHERE[allow]}", (value,)).rowcount)
-                    self._conn.execute("DELETE FROM feedback_deletion")
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    self._conn.execute("ROLLBACK")
-                    raise
+                return sqlite_allowed_delete(self._conn, "feedback", allow, value, delete, (value,))
         except sqlite3.Error as exc:
             raise Unavailable(f"feedback store unavailable: {exc.__class__.__name__}") from exc
-        return n
 
     def ping(self) -> None:
         try:

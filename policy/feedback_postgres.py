@@ -11,8 +11,9 @@ the SQLite default.
 
 from __future__ import annotations
 
-from desiderata.policy.feedback import DELETION, Allow, FeedbackStore
-from desiderata.policy.postgres import Conn, PgConnection, append_only, create_schema
+from desiderata.policy.allowed_deletion import Allow, control_table, pg_allowed_delete, pg_delete_guard
+from desiderata.policy.feedback import FeedbackStore
+from desiderata.policy.postgres import PgConnection, append_only, create_schema
 
 __all__ = ["PostgresFeedbackStore"]
 
@@ -33,26 +34,17 @@ _WHERE: dict[Allow, str] = {
     "subject_id": "(body::jsonb ->> 'subject_id') = %s",
 }
 
-# A DELETE passes only for rows that the deleting transaction itself allowed in
-# feedback_deletion (see `feedback.DELETION`).
-_DELETE_GUARD = """
-CREATE OR REPLACE FUNCTION feedback_guard_delete() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF EXISTS (SELECT 1 FROM feedback_deletion d
-             WHERE (OLD.body::jsonb ->> 'time') COLLATE "C" < d.before
-                OR (OLD.body::jsonb ->> 'subject_id') = d.subject_id)
-  THEN RETURN OLD; END IF;
-  RAISE EXCEPTION 'feedback is append-only';
-END $$;
-DROP TRIGGER IF EXISTS feedback_append_only ON feedback;
-CREATE TRIGGER feedback_append_only BEFORE UPDATE ON feedback
-FOR EACH ROW EXECUTE FUNCTION feedback_refuse();
-DROP TRIGGER IF EXISTS feedback_delete_allowed ON feedback;
-CREATE TRIGGER feedback_delete_allowed BEFORE DELETE ON feedback
-FOR EACH ROW EXECUTE FUNCTION feedback_guard_delete();
-"""
-
-_SCHEMA = _TABLE + DELETION + append_only("feedback", "feedback is append-only") + _DELETE_GUARD
+_SCHEMA = (
+    _TABLE
+    + control_table("feedback")
+    + append_only("feedback", "feedback is append-only")
+    + pg_delete_guard(
+        "feedback",
+        "feedback is append-only",
+        row_time="(OLD.body::jsonb ->> 'time') COLLATE \"C\"",
+        row_subject="(OLD.body::jsonb ->> 'subject_id')",
+    )
+)
 
 
 class PostgresFeedbackStore(FeedbackStore):
@@ -80,14 +72,8 @@ class PostgresFeedbackStore(FeedbackStore):
         return [str(body) for (body,) in rows]
 
     def _delete(self, allow: Allow, value: str) -> int:
-        def delete(conn: Conn) -> int:
-            with conn.transaction():
-                conn.execute(f"INSERT INTO feedback_deletion ({allow}) VALUES (%s)", (value,))
-                n = conn.execute(f"DELETE FROM feedback WHERE {_WHERE[allow]}", (value,)).rowcount
-                conn.execute("DELETE FROM feedback_deletion")
-            return int(n)
-
-        return self._pg.run(delete)
+        delete = f"DELETE FROM feedback WHERE {_WHERE[allow]}"
+        return self._pg.run(lambda conn: pg_allowed_delete(conn, "feedback", allow, value, delete, (value,)))
 
     def ping(self) -> None:
         self._pg.run(lambda conn: conn.execute("SELECT 1 FROM feedback LIMIT 1").fetchall())

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from desiderata.policy.allowed_deletion import Allow, control_table, sqlite_allowed_delete, sqlite_delete_trigger
 from desiderata.server.errors import DecisionNotFound, InternalError, Unavailable
 from desiderata.server.model_card import FeatureValue
 
@@ -174,10 +175,8 @@ RECENT = (
 )
 """The newest decisions of a model version (ISO 8601 UTC times sort as text); `%s` placeholders."""
 
-DELETION = "CREATE TABLE IF NOT EXISTS decisions_deletion (before TEXT, subject_id TEXT);"
-"""What a deleting transaction allows (a cutoff time or a subject): it inserts the row, deletes,
-and removes the row before it commits, so no other transaction ever sees one and no other
-delete passes the triggers."""
+DELETION = control_table("decisions")
+"""The control table of `policy.allowed_deletion`: what a deleting transaction allows."""
 
 DELETE_BATCH = 5000
 """Most decisions one deleting transaction removes: a first expiry over a large backlog holds the
@@ -186,16 +185,12 @@ write lock for one batch at a time, and Predict's inserts go in between."""
 BATCH_PAUSE_S = 0.002
 """Pause between two deleting transactions, so that the calls waiting for the store get it."""
 
-_ALLOWED = "SELECT 1 FROM decisions_deletion WHERE OLD.created_at < before OR OLD.subject_id = subject_id"
-
-_SQLITE_TRIGGERS = f"""
+_SQLITE_TRIGGERS = """
 CREATE TRIGGER IF NOT EXISTS decisions_no_update BEFORE UPDATE ON decisions
 BEGIN SELECT RAISE(ABORT, 'decisions are append-only'); END;
-DROP TRIGGER IF EXISTS decisions_no_delete;
-CREATE TRIGGER decisions_no_delete BEFORE DELETE ON decisions
-WHEN NOT EXISTS ({_ALLOWED})
-BEGIN SELECT RAISE(ABORT, 'decisions are append-only'); END;
-"""
+""" + sqlite_delete_trigger(
+    "decisions", "decisions are append-only", row_time="OLD.created_at", row_subject="OLD.subject_id"
+)
 
 
 class SqliteDecisionStore:
@@ -249,7 +244,7 @@ class SqliteDecisionStore:
     def erase_subject(self, subject_id: str) -> int:
         return self._delete("subject_id", "subject_id = ?", subject_id)
 
-    def _delete(self, allow: str, where: str, value: str) -> int:
+    def _delete(self, allow: Allow, where: str, value: str) -> int:
         """Allows deletion by `value` in column `allow` of decisions_deletion and deletes the
         decisions matching `where`, `delete_batch` per transaction; returns how many."""
         batch = f"DELETE FROM decisions WHERE rowid IN (SELECT rowid FROM decisions WHERE {where} LIMIT ?)"
@@ -257,18 +252,9 @@ class SqliteDecisionStore:
         def one_batch() -> int:
             try:
                 with self._lock:
-                    self._db.execute("BEGIN IMMEDIATE")
-                    try:
-                        self._db.execute(f"INSERT INTO decisions_deletion ({allow}) VALUES (?)", (value,))
-                        n = int(self._db.execute(batch, (value, self.delete_batch)).rowcount)
-                        self._db.execute("DELETE FROM decisions_deletion")
-                        self._db.execute("COMMIT")
-                    except BaseException:
-                        self._db.execute("ROLLBACK")
-                        raise
+                    return sqlite_allowed_delete(self._db, "decisions", allow, value, batch, (value, self.delete_batch))
             except sqlite3.Error as exc:
                 raise Unavailable(f"decision store unavailable: {exc.__class__.__name__}") from exc
-            return n
 
         return delete_in_batches(one_batch, self.delete_batch)
 

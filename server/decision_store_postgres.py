@@ -16,6 +16,7 @@ from datetime import datetime
 
 import psycopg
 
+from desiderata.policy.allowed_deletion import Allow, pg_allowed_delete, pg_delete_guard
 from desiderata.policy.postgres import Conn, PgConnection, append_only, create_schema
 from desiderata.server.decision_store import (
     DELETE_BATCH,
@@ -34,24 +35,12 @@ __all__ = ["PostgresDecisionStore"]
 
 _LOCK_KEY = 0x64656369  # "deci": advisory lock taken while the schema is created
 
-# A DELETE passes only for rows that the deleting transaction itself allowed in
-# decisions_deletion (see `decision_store.DELETION`).
-_DELETE_GUARD = """
-CREATE OR REPLACE FUNCTION decisions_guard_delete() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF EXISTS (SELECT 1 FROM decisions_deletion d WHERE OLD.created_at < d.before OR OLD.subject_id = d.subject_id)
-  THEN RETURN OLD; END IF;
-  RAISE EXCEPTION 'decisions are append-only';
-END $$;
-DROP TRIGGER IF EXISTS decisions_append_only ON decisions;
-CREATE TRIGGER decisions_append_only BEFORE UPDATE ON decisions
-FOR EACH ROW EXECUTE FUNCTION decisions_refuse();
-DROP TRIGGER IF EXISTS decisions_expire_only ON decisions;
-CREATE TRIGGER decisions_expire_only BEFORE DELETE ON decisions
-FOR EACH ROW EXECUTE FUNCTION decisions_guard_delete();
-"""
-
-_SCHEMA = TABLE + DELETION + append_only("decisions", "decisions are append-only") + _DELETE_GUARD
+_SCHEMA = (
+    TABLE
+    + DELETION
+    + append_only("decisions", "decisions are append-only")
+    + pg_delete_guard("decisions", "decisions are append-only", row_time="OLD.created_at", row_subject="OLD.subject_id")
+)
 
 _COLUMNS = "decision_id, subject_id, principal_id, model, model_version, features, probabilities, created_at"
 _INSERT = f"INSERT INTO decisions ({_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
@@ -96,17 +85,13 @@ class PostgresDecisionStore:
     def erase_subject(self, subject_id: str) -> int:
         return self._delete("subject_id", "subject_id = %s", subject_id)
 
-    def _delete(self, allow: str, where: str, value: str) -> int:
+    def _delete(self, allow: Allow, where: str, value: str) -> int:
         """Allows deletion by `value` in column `allow` of decisions_deletion and deletes the
         decisions matching `where`, `delete_batch` per transaction; returns how many."""
         batch = f"DELETE FROM decisions WHERE decision_id IN (SELECT decision_id FROM decisions WHERE {where} LIMIT %s)"
 
         def delete(conn: Conn) -> int:
-            with conn.transaction():
-                conn.execute(f"INSERT INTO decisions_deletion ({allow}) VALUES (%s)", (value,))
-                n = conn.execute(batch, (value, self.delete_batch)).rowcount
-                conn.execute("DELETE FROM decisions_deletion")
-            return n
+            return pg_allowed_delete(conn, "decisions", allow, value, batch, (value, self.delete_batch))
 
         return delete_in_batches(lambda: self._pg.run(delete), self.delete_batch)
 

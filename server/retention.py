@@ -46,23 +46,19 @@ def expire_decisions(store: DecisionStore, days: float, now: datetime | None = N
         days: retention period; the cutoff is `now` minus this.
         now: the current time (UTC); the clock when None.
     """
-    cutoff = (now or utcnow()) - timedelta(days=days)
-    n = store.expire(cutoff)
-    log.info("decisions_expired", count=n, before=cutoff.isoformat())
-    return n
+    return _expire(store, days, now, "decisions_expired")
 
 
 def expire_feedback(store: FeedbackStore, days: float, now: datetime | None = None) -> int:
-    """Deletes the feedback given more than `days` ago (blocking); returns how many.
+    """Deletes the feedback given more than `days` ago (blocking); returns how many (Args as
+    `expire_decisions`)."""
+    return _expire(store, days, now, "feedback_expired")
 
-    Args:
-        store: the feedback store.
-        days: retention period; the cutoff is `now` minus this.
-        now: the current time (UTC); the clock when None.
-    """
+
+def _expire(store: DecisionStore | FeedbackStore, days: float, now: datetime | None, event: str) -> int:
     cutoff = (now or utcnow()) - timedelta(days=days)
     n = store.expire(cutoff)
-    log.info("feedback_expired", count=n, before=cutoff.isoformat())
+    log.info(event, count=n, before=cutoff.isoformat())
     return n
 
 

@@ -77,14 +77,19 @@ def _decision(subject: str, age_days: float) -> DecisionRecord:
     )
 
 
+def _configured(tmp_path: Path) -> tuple[Path, Path]:
+    """A state folder and a configuration file whose stores are in it, for the CLI."""
+    state, config = tmp_path / "state", tmp_path / "config.yaml"
+    config.write_text(f"store: {{state_dir: {state}}}\n")
+    return state, config
+
+
 def test_operators_erase_a_subject_and_expire_from_the_command_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from desiderata.server.cli import main
 
-    state = tmp_path / "state"
-    config = tmp_path / "config.yaml"
-    config.write_text(f"store: {{state_dir: {state}}}\n")
+    state, config = _configured(tmp_path)
     store = SqliteDecisionStore(state / "decisions.sqlite")
     alice = [_decision("alice", 1), _decision("alice", 2)]
     bob_old, bob_new = _decision("bob", 40), _decision("bob", 1)
@@ -148,9 +153,7 @@ def test_one_command_erases_a_subjects_decisions_and_feedback(
 ) -> None:
     from desiderata.server.cli import main
 
-    state = tmp_path / "state"
-    config = tmp_path / "config.yaml"
-    config.write_text(f"store: {{state_dir: {state}}}\n")
+    state, config = _configured(tmp_path)
     decisions = SqliteDecisionStore(state / "decisions.sqlite")
     feedback = SqliteFeedbackStore(state / "feedback.sqlite")
     alice, bob = _decision("alice", 1), _decision("bob", 1)
