@@ -30,7 +30,7 @@ import structlog
 
 from desiderata.policy.feedback import FeedbackStore
 from desiderata.server.decision_store import DecisionStore, utcnow
-from desiderata.server.errors import DesiderataError
+from desiderata.server.errors import DesiderataError, InvalidArgument
 from desiderata.server.metrics import Metrics
 
 __all__ = ["Retention", "erase_subject", "expire_decisions", "expire_feedback", "watch_retention"]
@@ -65,6 +65,8 @@ def _expire(store: DecisionStore | FeedbackStore, days: float, now: datetime | N
 def erase_subject(decisions: DecisionStore, feedback: FeedbackStore, subject_id: str) -> tuple[int, int]:
     """Deletes every decision about `subject_id` and all feedback given for them (blocking);
     returns both counts. Decisions go first: they hold the feature values."""
+    if not subject_id:  # checked before anything is deleted: no store may see an empty subject
+        raise InvalidArgument.single("subject_id", "required")
     n_decisions = decisions.erase_subject(subject_id)
     n_feedback = feedback.erase_subject(subject_id)
     log.info("subject_erased", decisions=n_decisions, feedback=n_feedback)

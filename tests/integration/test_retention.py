@@ -17,7 +17,7 @@ from desiderata.client import AsyncClient, DesiderataRpcError
 from desiderata.policy.feedback import Feedback, SqliteFeedbackStore, feedback_time
 from desiderata.policy.model import Principal
 from desiderata.server.decision_store import DecisionRecord, SqliteDecisionStore, new_record_id, utcnow
-from desiderata.server.errors import DecisionNotFound
+from desiderata.server.errors import DecisionNotFound, InvalidArgument
 from desiderata.server.policy_services import FeedbackRequest
 from tests.integration.conftest import scrape, serving, settings_for
 from tests.support.tiny_model import INSTANCE
@@ -168,6 +168,11 @@ def test_one_command_erases_a_subjects_decisions_and_feedback(
     with pytest.raises(DecisionNotFound):
         decisions.get(alice.decision_id)
     assert decisions.get(bob.decision_id) == bob
+    nobody = _decision("", 1)
+    decisions.record(nobody)
+    with pytest.raises(InvalidArgument, match="subject_id"):  # refused before either store is touched
+        main(["erase", "--subject", "", "--config", str(config)])
+    assert decisions.get(nobody.decision_id) == nobody
     assert [f.subject_id for f in feedback.all()] == ["bob", "bob"]
     assert main(["feedback", "expire", "--days", "30", "--config", str(config)]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "deleted 1 feedback record(s) older than 30 days"
