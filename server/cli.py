@@ -8,7 +8,8 @@
     desiderata feedback export OUT [--format jsonl|csv] | erase --subject ID | expire --days N
     desiderata model check DIR
     desiderata decisions erase --subject ID | expire --days N
-    desiderata erase --subject ID   (the subject's decisions and the feedback given for them)
+    desiderata erase --subject ID [--request REF] [--by NAME]
+        (the subject's decisions and the feedback given for them; the erasure is audited)
 
 `serve` with no arguments serves the built-in demo and prints where it listens
 and one demo key per stakeholder role.
@@ -23,8 +24,12 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
+
+if TYPE_CHECKING:
+    from desiderata.server.config import Settings
 
 __all__ = ["main"]
 
@@ -151,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     erase = sub.add_parser("erase", help="delete every decision about one subject and the feedback given for them")
     erase.add_argument("--subject", required=True, help="the subject id (as recorded by Predict)")
     erase.add_argument("--config", type=Path, help="YAML configuration file (which stores)")
+    _accountable(erase)
     erase.set_defaults(func=_erase)
     for name, help_text in (
         ("policy", "policy owners' tools: validate DIR | test DIR | explain DIR ..."),
@@ -196,6 +202,7 @@ def _expire_or_erase(argv: list[str], what: str, action: str) -> int:
     parser = argparse.ArgumentParser(prog=f"desiderata {what} {action}")
     if action == "erase":
         parser.add_argument("--subject", required=True, help=f"whose {what} to delete (their subject id)")
+        _accountable(parser)
     else:
         parser.add_argument("--days", type=float, required=True, help=f"delete {what} older than this")
     parser.add_argument("--config", type=Path)
@@ -206,7 +213,8 @@ def _expire_or_erase(argv: list[str], what: str, action: str) -> int:
     try:
         if action == "erase":
             n = store.erase_subject(args.subject)
-            print(f"erased {n} {noun} of subject {args.subject}")
+            erasure = _audit(settings, args, {what: n})
+            print(f"erased {n} {noun} of subject {args.subject} (audit {erasure})")
         else:
             expire = expire_decisions if what == "decisions" else expire_feedback
             n = expire(store, args.days)  # type: ignore[arg-type]
@@ -228,8 +236,31 @@ def _erase(args: argparse.Namespace) -> int:
     finally:
         decisions.close()
         feedback.close()
-    print(f"erased {n_decisions} decision(s) and {n_feedback} feedback record(s) of subject {args.subject}")
+    erasure = _audit(settings, args, {"decisions": n_decisions, "feedback": n_feedback})
+    print(
+        f"erased {n_decisions} decision(s) and {n_feedback} feedback record(s) of subject {args.subject} "
+        f"(audit {erasure})"
+    )
     return 0
+
+
+def _accountable(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--request", default="", help="your reference of the erasure request (kept in the audit log)")
+    parser.add_argument("--by", default="", help="who runs the erasure (default: the login name)")
+
+
+def _audit(settings: Settings, args: argparse.Namespace, counts: dict[str, int]) -> str:
+    """Records a finished erasure in the audit log (`retention.audit_erasure`); returns its id."""
+    import getpass
+
+    from desiderata.server.retention import audit_erasure
+    from desiderata.server.stores import audit_log
+
+    log = audit_log(settings)
+    try:
+        return audit_erasure(log, by=args.by or getpass.getuser(), request=args.request, counts=counts)
+    finally:
+        log.close()
 
 
 def _model_check(argv: list[str]) -> int:

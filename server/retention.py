@@ -22,18 +22,20 @@ left to delete.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
 
+from desiderata.policy.audit import AuditLog, AuditRecord, utc_now
 from desiderata.policy.feedback import FeedbackStore
 from desiderata.server.decision_store import DecisionStore, utcnow
 from desiderata.server.errors import DesiderataError, InvalidArgument
 from desiderata.server.metrics import Metrics
 
-__all__ = ["Retention", "erase_subject", "expire_decisions", "expire_feedback", "watch_retention"]
+__all__ = ["Retention", "audit_erasure", "erase_subject", "expire_decisions", "expire_feedback", "watch_retention"]
 
 log = structlog.get_logger("desiderata.retention")
 
@@ -71,6 +73,38 @@ def erase_subject(decisions: DecisionStore, feedback: FeedbackStore, subject_id:
     n_feedback = feedback.erase_subject(subject_id)
     log.info("subject_erased", decisions=n_decisions, feedback=n_feedback)
     return n_decisions, n_feedback
+
+
+def audit_erasure(log: AuditLog, *, by: str, request: str, counts: dict[str, int]) -> str:
+    """Appends an erasure to the hash-chained audit log (accountability, GDPR Art. 5(2)); returns
+    its id. The record names who erased and under which request, and how many records went; never
+    the subject, whose id the erasure is there to remove (the request reference leads to it in the
+    organisation's own data-subject process).
+
+    Args:
+        log: the audit log.
+        by: who ran the erasure.
+        request: the organisation's reference of the erasure request ("" when none was given).
+        counts: records deleted, by store.
+    """
+    record = AuditRecord(
+        decision_id="era_" + uuid.uuid4().hex,
+        time=utc_now(),
+        principal=by,
+        role="operator",
+        purpose="erasure",
+        consumption="",
+        model="",
+        model_version="",
+        policy_version="",
+        action="erase_subject",
+        allowed=True,
+        tier="",
+        reasons=tuple(f"{store}_erased={n}" for store, n in sorted(counts.items())),
+        request_id=request,
+    )
+    log.append(record)
+    return record.decision_id
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from desiderata.client import AsyncClient, DesiderataRpcError
+from desiderata.policy.audit_sqlite import SqliteAuditLog
 from desiderata.policy.feedback import Feedback, SqliteFeedbackStore, feedback_time
 from desiderata.policy.model import Principal
 from desiderata.server.decision_store import DecisionRecord, SqliteDecisionStore, new_record_id, utcnow
@@ -96,7 +97,7 @@ def test_operators_erase_a_subject_and_expire_from_the_command_line(
     for rec in [*alice, bob_old, bob_new]:
         store.record(rec)
     assert main(["decisions", "erase", "--subject", "alice", "--config", str(config)]) == 0
-    assert capsys.readouterr().out.strip() == "erased 2 decision(s) of subject alice"
+    assert capsys.readouterr().out.strip().startswith("erased 2 decision(s) of subject alice (audit era_")
     assert main(["decisions", "expire", "--days", "30", "--config", str(config)]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "deleted 1 decision(s) older than 30 days"
     assert store.get(bob_new.decision_id) == bob_new
@@ -162,9 +163,10 @@ def test_one_command_erases_a_subjects_decisions_and_feedback(
     _feedback(feedback, alice.decision_id, "alice", 1)
     _feedback(feedback, bob.decision_id, "bob", 100)
     _feedback(feedback, bob.decision_id, "bob", 1)
-    assert main(["erase", "--subject", "alice", "--config", str(config)]) == 0
+    erase = ["erase", "--subject", "alice", "--request", "DSR-2026-117", "--by", "dpo", "--config", str(config)]
+    assert main(erase) == 0
     said = capsys.readouterr().out.strip().splitlines()[-1]
-    assert said == "erased 1 decision(s) and 1 feedback record(s) of subject alice"
+    assert said.startswith("erased 1 decision(s) and 1 feedback record(s) of subject alice (audit era_")
     with pytest.raises(DecisionNotFound):
         decisions.get(alice.decision_id)
     assert decisions.get(bob.decision_id) == bob
@@ -177,7 +179,17 @@ def test_one_command_erases_a_subjects_decisions_and_feedback(
     assert main(["feedback", "expire", "--days", "30", "--config", str(config)]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "deleted 1 feedback record(s) older than 30 days"
     assert main(["feedback", "erase", "--subject", "bob", "--config", str(config)]) == 0
-    assert capsys.readouterr().out.strip() == "erased 1 feedback record(s) of subject bob"
+    assert capsys.readouterr().out.strip().startswith("erased 1 feedback record(s) of subject bob (audit era_")
     assert feedback.all() == []
     decisions.close()
     feedback.close()
+    # Each erasure is in the hash-chained audit log: who, under which request, how many; never whom.
+    log = SqliteAuditLog(state / "audit.sqlite")
+    first, second = [s.record for s in log.iter_all()]
+    assert (first.action, first.principal, first.role) == ("erase_subject", "dpo", "operator")
+    assert first.request_id == "DSR-2026-117"
+    assert first.reasons == ("decisions_erased=1", "feedback_erased=1") and first.decision_id in said
+    assert second.reasons == ("feedback_erased=1",) and second.principal  # the login name by default
+    assert "alice" not in first.canonical() and "bob" not in second.canonical()
+    assert log.verify().ok
+    log.close()
