@@ -256,11 +256,11 @@ def _audit(settings: Settings, args: argparse.Namespace, counts: dict[str, int])
     from desiderata.server.retention import audit_erasure
     from desiderata.server.stores import audit_log
 
-    log = audit_log(settings)
+    audit = audit_log(settings)
     try:
-        return audit_erasure(log, by=args.by or getpass.getuser(), request=args.request, counts=counts)
+        return audit_erasure(audit, by=args.by or getpass.getuser(), request=args.request, counts=counts)
     finally:
-        log.close()
+        audit.close()
 
 
 def _model_check(argv: list[str]) -> int:

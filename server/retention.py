@@ -75,14 +75,14 @@ def erase_subject(decisions: DecisionStore, feedback: FeedbackStore, subject_id:
     return n_decisions, n_feedback
 
 
-def audit_erasure(log: AuditLog, *, by: str, request: str, counts: dict[str, int]) -> str:
+def audit_erasure(audit: AuditLog, *, by: str, request: str, counts: dict[str, int]) -> str:
     """Appends an erasure to the hash-chained audit log (accountability, GDPR Art. 5(2)); returns
     its id. The record names who erased and under which request, and how many records went; never
     the subject, whose id the erasure is there to remove (the request reference leads to it in the
     organisation's own data-subject process).
 
     Args:
-        log: the audit log.
+        audit: the audit log.
         by: who ran the erasure.
         request: the organisation's reference of the erasure request ("" when none was given).
         counts: records deleted, by store.
@@ -103,7 +103,7 @@ def audit_erasure(log: AuditLog, *, by: str, request: str, counts: dict[str, int
         reasons=tuple(f"{store}_erased={n}" for store, n in sorted(counts.items())),
         request_id=request,
     )
-    log.append(record)
+    audit.append(record)
     return record.decision_id
 
 
