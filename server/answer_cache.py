@@ -10,6 +10,8 @@ profile starts a fresh set of keys).
 Only the *raw* explanation is cached: the pipeline still admits (and charges)
 every request before looking here, and still applies noise and disclosure to
 the cached answer, so privacy accounting is the same whether or not it hits.
+An entry is served for at most `explain.cache_max_age_s` after it was
+computed (it derives from the features it explains; see `aged_cache`).
 Thread-safe: worker threads read and write it.
 """
 
@@ -17,7 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +28,7 @@ import numpy as np
 
 from desiderata.explainers.types import Explanation
 from desiderata.policy.profiles import DisclosureProfile
+from desiderata.server.aged_cache import AgedLru
 from desiderata.server.serving import params_dict
 
 __all__ = ["AnswerCache", "AnswerKey"]
@@ -45,19 +49,21 @@ class AnswerKey:
 
 
 class AnswerCache:
-    """LRU of raw explanations.
+    """LRU of raw explanations, bounded by size and by age (see `aged_cache`).
 
     Args:
         size: most entries held; 0 disables the cache (nothing is stored).
+        max_age_s: seconds an entry is served after it was computed; 0: no age limit.
+        clock: monotonic seconds (tests pass their own).
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_age_s: float = 0.0, clock: Callable[[], float] = time.monotonic) -> None:
         if size < 0:
             raise ValueError("the answer cache size must be ≥ 0")
         self.size = size
         self.hits = 0
         self.misses = 0
-        self._entries: OrderedDict[AnswerKey, Explanation] = OrderedDict()
+        self._entries: AgedLru[AnswerKey, Explanation] = AgedLru(size, max_age_s, clock)
         self._lock = threading.Lock()
         self._profiles: dict[int, tuple[DisclosureProfile, str]] = {}
 
@@ -85,24 +91,21 @@ class AnswerCache:
 
     def get(self, key: AnswerKey) -> Explanation | None:
         """The cached explanation of `key` (now most recently used), or None."""
+        found = self._entries.get(key)
         with self._lock:
-            found = self._entries.get(key)
             if found is None:
                 self.misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return found
+            else:
+                self.hits += 1
+        return found
 
     def put(self, key: AnswerKey, explanation: Explanation) -> None:
         """Stores `explanation` under `key`, evicting the least recently used beyond `size`."""
-        if self.size == 0:
-            return
-        with self._lock:
-            self._entries[key] = explanation
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
+        self._entries.put(key, explanation)
+
+    def sweep(self) -> int:
+        """Drops the entries past their age; returns how many went."""
+        return self._entries.sweep()
 
     def _fingerprint(self, profile: DisclosureProfile) -> str:
         # Profiles are immutable objects of the loaded bundle: fingerprint each once.

@@ -251,6 +251,12 @@ class ExplainSettings(BaseModel):
     """Rows of the k-means background summarised from the training reference."""
     answer_cache_size: int = Field(default=1024, ge=0)
     """Raw explanations kept for identical requests (LRU); 0 disables the answer cache."""
+    cache_max_age_s: float = Field(default=3600.0, ge=0)
+    """Seconds an answer-cache entry, or a recorded decision's attributions kept for drift
+    checks, is reused after it was computed; 0: no age limit. They derive from end users'
+    features, so this bounds how long a running server keeps them in memory after their
+    decision expires or is erased (the erasure CLI cannot reach a server's memory). Expired
+    entries are dropped every quarter of this, at most a minute apart."""
 
 
 class PolicySettings(BaseModel):

@@ -14,8 +14,8 @@ it (Cedar action ``global/summary``) and applies that tier's rounding.
 from __future__ import annotations
 
 import threading
+import time
 import zlib
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +25,7 @@ from desiderata.explainers.base import ExplainableModel, ExplainContext
 from desiderata.explainers.integrated_gradients import IntegratedGradients
 from desiderata.explainers.shapley_permutation import PermutationShapley
 from desiderata.explainers.types import AttributionParams, AttributionResult
+from desiderata.server.aged_cache import AgedLru
 from desiderata.server.errors import FailedPrecondition
 
 __all__ = [
@@ -132,16 +133,24 @@ class RowAttributions:
 
     Rows are explained `EXPLAIN_CHUNK` at a time and kept as they come, so a request that
     reaches its deadline leaves its finished rows to the next one; each row is seeded by its
-    key, so its answer does not depend on the batch it came in.
+    key, so its answer does not depend on the batch it came in. A row older than
+    `max_age_s` is explained again (decisions' rows derive from their features; see
+    `aged_cache`).
 
     Args:
         capacity: rows kept (one float per feature each).
+        max_age_s: seconds a row is reused after it was computed; 0: no age limit.
+        clock: monotonic seconds (tests pass their own).
     """
 
-    def __init__(self, capacity: int = CACHED_ROWS) -> None:
+    def __init__(
+        self, capacity: int = CACHED_ROWS, max_age_s: float = 0.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.capacity = capacity
-        self._rows: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
+        self._rows: AgedLru[str, np.ndarray] = AgedLru(capacity, max_age_s, clock)
+
+    def __len__(self) -> int:
+        return len(self._rows)
 
     def get(
         self,
@@ -160,25 +169,21 @@ class RowAttributions:
             targets: class index explained for each row, ``(len(keys),)``.
             ctx: deadline and cancellation.
         """
-        with self._lock:
-            known = [self._rows.get(k) for k in keys]
+        known = self._rows.get_many(keys)
         missing = [i for i, v in enumerate(known) if v is None]
         for start in range(0, len(missing), EXPLAIN_CHUNK):
             part = missing[start : start + EXPLAIN_CHUNK]
             rows = np.stack([row(i) for i in part])
             seeds = [zlib.crc32(keys[i].encode()) for i in part]
             fresh = local_attributions(model, rows, targets[part], ctx, seeds)
-            with self._lock:
-                for i, values in zip(part, fresh, strict=True):
-                    known[i] = values
-                    self._rows[keys[i]] = values
-                while len(self._rows) > self.capacity:
-                    self._rows.popitem(last=False)
-        with self._lock:
-            for k in keys:
-                if k in self._rows:
-                    self._rows.move_to_end(k)
+            for i, values in zip(part, fresh, strict=True):
+                known[i] = values
+            self._rows.put_many([(keys[i], values) for i, values in zip(part, fresh, strict=True)])
         return np.stack([v for v in known if v is not None])
+
+    def sweep(self) -> int:
+        """Drops the rows past their age; returns how many went."""
+        return self._rows.sweep()
 
 
 class GlobalSummaries:

@@ -101,7 +101,7 @@ class Pipeline:
 
     def __post_init__(self) -> None:
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="desiderata-worker")
-        self.answers = AnswerCache(self.settings.answer_cache_size)
+        self.answers = AnswerCache(self.settings.answer_cache_size, self.settings.cache_max_age_s)
 
     def close(self) -> None:
         """Cancels the work still running (its calls are gone once the server has stopped),

@@ -51,7 +51,8 @@ class PolicyServices:
 
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
-        rows = RowAttributions()  # one budget of cached rows for both views
+        rows = RowAttributions(max_age_s=pipeline.settings.cache_max_age_s)  # one budget of rows for both views
+        self.rows = rows
         self.summaries = GlobalSummaries(rows=rows)
         self.drift = DriftMonitor(rows=rows)
 

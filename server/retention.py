@@ -12,8 +12,9 @@ The stores stay append-only otherwise: their triggers let through only the
 deletion of rows older than a cutoff, or of one subject's rows, that the
 deleting transaction itself allows (`DecisionStore.expire`,
 `FeedbackStore.expire`), so no other path can delete or alter one. An expired
-decision answers NOT_FOUND to ExplainDecision, and attribution drift reads only
-what is kept. The audit log keeps its records: they hold decision ids and
+decision answers NOT_FOUND to ExplainDecision, attribution drift reads only
+what is kept, and what a server derived from it in memory goes within
+`explain.cache_max_age_s` (`aged_cache`). The audit log keeps its records: they hold decision ids and
 never feature values, and its hash chain would break otherwise. Replicas
 sharing PostgreSQL stores may all run the schedule; a second run finds nothing
 left to delete.

@@ -31,6 +31,7 @@ from desiderata.policy.extraction_monitor import ExtractionMonitor
 from desiderata.policy.guard import PrivacyGuard
 from desiderata.policy.store import PolicyStore, default_bundle_dir
 from desiderata.server import stores
+from desiderata.server.aged_cache import Sweepable, sweep_interval, watch_ages
 from desiderata.server.allocator import tune_malloc
 from desiderata.server.chunk_runner import ChunkRunner
 from desiderata.server.config import DEMO_KEYS, DriftSettings, Settings
@@ -103,6 +104,7 @@ class App:
     _drift_watch: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _model_watch: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
     _retention: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _cache_ages: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     async def start(self) -> None:
         self.pipeline.policy.start()
@@ -128,6 +130,12 @@ class App:
             )
         if self.retention is not None and self.retention.on:
             self._retention = asyncio.create_task(watch_retention(self.retention, self.retention_check_s, self.metrics))
+        interval = sweep_interval(self.pipeline.settings.cache_max_age_s)
+        if interval > 0:
+            caches: list[Sweepable] = [self.pipeline.answers]
+            if self.services is not None:
+                caches.append(self.services.rows)
+            self._cache_ages = asyncio.create_task(watch_ages(caches, interval))
         if self.drift.interval_s > 0 and self.services is not None:
             p = self.pipeline
             self._drift_watch = asyncio.create_task(
@@ -142,7 +150,7 @@ class App:
             )
 
     async def stop(self, grace_s: float) -> None:
-        for task in (self._readiness, self._drift_watch, self._model_watch, self._retention):
+        for task in (self._readiness, self._drift_watch, self._model_watch, self._retention, self._cache_ages):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

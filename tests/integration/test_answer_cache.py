@@ -4,6 +4,9 @@ charged by the privacy guard."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import grpc
 import numpy as np
 import pytest
@@ -15,7 +18,7 @@ from desiderata.explainers.types import AttributionParams, AttributionResult, Ex
 from desiderata.policy.profiles import DisclosureProfile
 from desiderata.server.answer_cache import AnswerCache
 from desiderata.v1 import types_pb2 as pb
-from tests.integration.conftest import Running
+from tests.integration.conftest import Running, serving, settings_for
 from tests.support.tiny_model import INSTANCE
 
 
@@ -77,6 +80,24 @@ async def test_a_hit_is_still_admitted_and_charged(tiny_server: Running) -> None
     assert 2 <= len(served) <= 11 and cache.hits == hits + len(served) - 1
     assert first.disclosure.budget.HasField("queries_remaining")
     assert {e.disclosure.budget.queries_remaining for e in served} == {first.disclosure.budget.queries_remaining}
+
+
+async def test_a_server_lets_old_answers_go_without_being_asked(tiny_repo: Path, tmp_path: Path) -> None:
+    # explain.cache_max_age_s bounds how long a server keeps answers derived from someone's
+    # features: an idle server sweeps them out, and a repeat past the age is computed anew.
+    settings = settings_for(tiny_repo, tmp_path, explain={"cache_max_age_s": 0.4})
+    async with serving(settings) as running, AsyncClient(running.address, api_key="k-eng") as client:
+        cache = running.app.pipeline.answers
+        await client.explain("tiny", INSTANCE, purpose="debugging", params=_ig())
+        assert len(cache) == 1
+        for _ in range(300):
+            if len(cache) == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert len(cache) == 0
+        misses = cache.misses
+        await client.explain("tiny", INSTANCE, purpose="debugging", params=_ig())
+        assert cache.misses == misses + 1
 
 
 def _explanation(i: int) -> Explanation:
