@@ -102,18 +102,7 @@ async def test_an_idle_cache_is_swept_on_schedule() -> None:
         watch.cancel()
 
 
-def test_a_row_past_its_age_is_explained_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    import desiderata.server.global_views as views_module
-
-    explained: list[int] = []
-    real = views_module.local_attributions
-
-    def counting(*args: object, **kwargs: object) -> np.ndarray:
-        out = real(*args, **kwargs)  # type: ignore[arg-type]
-        explained.append(len(out))
-        return out
-
-    monkeypatch.setattr(views_module, "local_attributions", counting)
+def test_a_row_past_its_age_is_explained_again(explained: list[int]) -> None:
     clock = Clock()
     rows_cache = RowAttributions(capacity=100, max_age_s=60, clock=clock)
     model = TorchModel(Identity2(torch.ones(3), 0.0), numeric(3), reference_rows(50, 3, 0, 1), name="lin")

@@ -19,7 +19,6 @@ import pytest
 import torch
 from scipy.stats import ks_2samp
 
-import desiderata.server.global_views as views_module
 from desiderata.explainers.background import summarize
 from desiderata.explainers.base import Cancelled, ExplainContext
 from desiderata.server.attribution_drift import (
@@ -147,21 +146,6 @@ def test_share_distance_is_half_the_l1_gap_between_importance_shares() -> None:
     assert distance == pytest.approx(0.5)
     assert [f.reference_mean_abs for f in features] == [1.0, 1.0, 2.0]
     assert [f.recent_mean_abs for f in features] == [3.0, 0.0, 1.0]
-
-
-@pytest.fixture
-def explained(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Rows explained by each call of `local_attributions` the row cache makes."""
-    calls: list[int] = []
-    real = views_module.local_attributions
-
-    def counting(*args: object, **kw: object) -> np.ndarray:
-        out = real(*args, **kw)  # type: ignore[arg-type]
-        calls.append(len(out))
-        return out
-
-    monkeypatch.setattr(views_module, "local_attributions", counting)
-    return calls
 
 
 def test_recorded_decisions_are_explained_once(explained: list[int]) -> None:
