@@ -29,6 +29,7 @@ from desiderata.server.errors import InvalidArgument
 
 __all__ = [
     "GENESIS_HASH",
+    "HEAD_QUERY",
     "MAX_PAGE_SIZE",
     "AuditFilter",
     "AuditLog",
@@ -175,29 +176,40 @@ class AuditPage:
     next_page_token: str = ""
 
 
-def encode_page_token(last_seq: int) -> str:
-    """Opaque token resuming after `last_seq`.
+HEAD_QUERY = "SELECT COALESCE(MAX(seq), 0) FROM audit_log"
+"""The newest record's sequence number (0 for an empty log): a query's snapshot bound."""
+
+
+def encode_page_token(last_seq: int, bound: int) -> str:
+    """Opaque token resuming after `last_seq`, within the query's snapshot.
+
+    Why the bound: reading the log is itself audited, so a reader that followed
+    pages up to the newest record would find its own reads appended behind it
+    (with one record per page, forever). A query's pages stop at the head the
+    log had when its first page was read; a new query sees what came after.
 
     Args:
         last_seq: sequence number of the last record returned.
+        bound: the log's head when the query's first page was read.
     """
-    return base64.urlsafe_b64encode(f"audit:{last_seq}".encode()).decode().rstrip("=")
+    return base64.urlsafe_b64encode(f"audit:{last_seq}:{bound}".encode()).decode().rstrip("=")
 
 
-def decode_page_token(token: str) -> int:
-    """Sequence number after which a page resumes (0 for no token).
+def decode_page_token(token: str) -> tuple[int, int | None]:
+    """Sequence number after which a page resumes (0 for no token), and the query's
+    snapshot bound (None for the first page, and for tokens issued before bounds).
 
     Args:
         token: a token from `encode_page_token`, or "".
     """
     if not token:
-        return 0
+        return 0, None
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        prefix, _, num = raw.partition(":")
-        if prefix != "audit" or not num.isdigit():
+        prefix, *nums = raw.split(":")
+        if prefix != "audit" or len(nums) not in (1, 2) or not all(n.isdigit() for n in nums):
             raise ValueError(raw)
-        return int(num)
+        return int(nums[0]), int(nums[1]) if len(nums) == 2 else None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument.single("page_token", "not a token this server issued") from exc
 
@@ -213,17 +225,18 @@ def check_page_size(page_size: int) -> int:
     return page_size or 100
 
 
-def page_query(filters: AuditFilter, page_token: str, size: int, mark: str) -> tuple[str, list[object]]:
+def page_query(filters: AuditFilter, after: int, bound: int, size: int, mark: str) -> tuple[str, list[object]]:
     """The WHERE/ORDER/LIMIT tail of a page query and its parameters, for both SQL backends.
 
     Args:
         filters: the query's filters.
-        page_token: where the previous page ended.
+        after: the previous page's last sequence number (0 for the first page).
+        bound: the query's snapshot bound (see `encode_page_token`).
         size: records per page (one more is fetched to know whether a next page exists).
         mark: the driver's placeholder ("?" for SQLite, "%s" for psycopg).
     """
-    where: list[str] = [f"seq > {mark}"]
-    params: list[object] = [decode_page_token(page_token)]
+    where: list[str] = [f"seq > {mark}", f"seq <= {mark}"]
+    params: list[object] = [after, bound]
     for column, value in filters.equalities().items():
         where.append(f"{column} = {mark}")
         params.append(value)
@@ -236,10 +249,10 @@ def page_query(filters: AuditFilter, page_token: str, size: int, mark: str) -> t
     return f"WHERE {' AND '.join(where)} ORDER BY seq LIMIT {mark}", [*params, size + 1]
 
 
-def to_page(rows: list[StoredRecord], size: int) -> AuditPage:
+def to_page(rows: list[StoredRecord], size: int, bound: int) -> AuditPage:
     """A page from up to size + 1 rows (the extra row only says there is more)."""
     records = tuple(rows[:size])
-    return AuditPage(records, encode_page_token(records[-1].seq) if len(rows) > size else "")
+    return AuditPage(records, encode_page_token(records[-1].seq, bound) if len(rows) > size else "")
 
 
 def verify_chain(rows: Iterable[StoredRecord], anchor: tuple[int, str] | None = None) -> VerifyResult:
@@ -292,7 +305,8 @@ class AuditLog(ABC):
         Args:
             filters: what to match.
             page_size: records per page (1..1000; 0 = 100).
-            page_token: from the previous page's `next_page_token`.
+            page_token: from the previous page's `next_page_token`; a query's pages
+                end at the head the log had when its first page was read.
         """
 
     @abstractmethod

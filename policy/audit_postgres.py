@@ -17,12 +17,14 @@ from collections.abc import Iterator
 
 from desiderata.policy.audit import (
     GENESIS_HASH,
+    HEAD_QUERY,
     AuditFilter,
     AuditLog,
     AuditPage,
     AuditRecord,
     StoredRecord,
     check_page_size,
+    decode_page_token,
     page_query,
     record_hash,
     to_page,
@@ -96,9 +98,16 @@ class PostgresAuditLog(AuditLog):
 
     def query(self, filters: AuditFilter, page_size: int = 100, page_token: str = "") -> AuditPage:
         size = check_page_size(page_size)
-        tail, params = page_query(filters, page_token, size, "%s")
-        rows = self._pg.run(lambda conn: conn.execute(f"SELECT {COLUMNS} FROM audit_log {tail}", params).fetchall())
-        return to_page([row_to_stored(r) for r in rows], size)
+        after, known = decode_page_token(page_token)
+
+        def page(conn: Conn) -> tuple[int, list[tuple[object, ...]]]:
+            head = conn.execute(HEAD_QUERY).fetchone() if known is None else (known,)
+            bound = int(str(head[0])) if head is not None else 0
+            tail, params = page_query(filters, after, bound, size, "%s")
+            return bound, conn.execute(f"SELECT {COLUMNS} FROM audit_log {tail}", params).fetchall()
+
+        bound, rows = self._pg.run(page)
+        return to_page([row_to_stored(r) for r in rows], size, bound)
 
     def close(self) -> None:
         self._pg.close()

@@ -18,12 +18,14 @@ from typing import Any
 
 from desiderata.policy.audit import (
     GENESIS_HASH,
+    HEAD_QUERY,
     AuditFilter,
     AuditLog,
     AuditPage,
     AuditRecord,
     StoredRecord,
     check_page_size,
+    decode_page_token,
     page_query,
     record_hash,
     to_page,
@@ -150,10 +152,13 @@ class SqliteAuditLog(AuditLog):
 
     def query(self, filters: AuditFilter, page_size: int = 100, page_token: str = "") -> AuditPage:
         size = check_page_size(page_size)
-        tail, params = page_query(filters, page_token, size, "?")
+        after, bound = decode_page_token(page_token)
         with self._lock:
+            if bound is None:
+                bound = int(self._conn.execute(HEAD_QUERY).fetchone()[0])
+            tail, params = page_query(filters, after, bound, size, "?")
             rows = self._conn.execute(f"SELECT {COLUMNS} FROM audit_log {tail}", params).fetchall()
-        return to_page([row_to_stored(r) for r in rows], size)
+        return to_page([row_to_stored(r) for r in rows], size, bound)
 
     def close(self) -> None:
         with self._lock:

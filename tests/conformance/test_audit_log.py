@@ -3,6 +3,7 @@ query with filters and pagination. PostgreSQL runs as a real server."""
 
 from __future__ import annotations
 
+import base64
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -12,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from desiderata.policy.audit import AuditFilter, AuditLog, AuditRecord, record_hash, utc_now
+from desiderata.policy.audit import AuditFilter, AuditLog, AuditRecord, encode_page_token, record_hash, utc_now
 from desiderata.policy.audit_postgres import PostgresAuditLog
 from desiderata.policy.audit_sqlite import SqliteAuditLog
 from desiderata.server.errors import InvalidArgument, Unavailable
@@ -173,6 +174,27 @@ def test_query_filters_and_paginates(backend: Backend) -> None:
     assert [r.record.reasons for r in one.records] == [("end_user.own_decision",)]
     assert backend.log.query(AuditFilter(since="2999-01-01")).records == ()
     assert len(backend.log.query(AuditFilter(until="2999-01-01", model="credit")).records) == 12
+
+
+def test_a_query_pages_through_the_log_as_its_first_page_saw_it(backend: Backend) -> None:
+    # Reads are audited: a reader following pages to the newest record would find one record
+    # more per page it read, and with one record per page it would never reach the end.
+    _fill(backend.log, 3)
+    page = backend.log.query(AuditFilter(), page_size=1)
+    seqs = [r.seq for r in page.records]
+    for _ in range(6):  # without the bound this never ends
+        if not page.next_page_token:
+            break
+        backend.log.append(_record(99, role="regulator"))  # the read itself, audited
+        page = backend.log.query(AuditFilter(), page_size=1, page_token=page.next_page_token)
+        seqs += [r.seq for r in page.records]
+    assert seqs == [1, 2, 3] and not page.next_page_token
+    assert [r.seq for r in backend.log.query(AuditFilter(), page_token=encode_page_token(3, 5)).records] == [4, 5]
+    fresh = backend.log.query(AuditFilter(role="regulator"))
+    assert [r.seq for r in fresh.records] == [4, 5]  # a new query sees them
+    # A token issued before snapshot bounds ("audit:<seq>") still resumes, up to today's head.
+    legacy = base64.urlsafe_b64encode(b"audit:3").decode().rstrip("=")
+    assert [r.seq for r in backend.log.query(AuditFilter(), page_token=legacy).records] == [4, 5]
 
 
 def test_bad_pagination_input_is_invalid_argument(backend: Backend) -> None:
