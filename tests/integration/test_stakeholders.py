@@ -3,16 +3,17 @@ the demo model, with roles from real (demo) credentials (issue 4)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import grpc
 import pytest
 
-from desiderata.client import AsyncClient, DesiderataRpcError
+from desiderata.client import AsyncClient, Client, DesiderataRpcError
+from desiderata.client._requests import Requests
 from desiderata.v1 import audit_service_pb2 as au
-from desiderata.v1 import audit_service_pb2_grpc as au_grpc
-from desiderata.v1 import explanation_service_pb2 as es
 from desiderata.v1 import types_pb2 as pb
 from tests.integration.conftest import Running, serving, settings_for
 
@@ -89,71 +90,84 @@ async def test_end_user_gets_a_narrative_of_their_own_decision_only(demo: Runnin
     assert "end_user.own_decisions_only" in err.details.metadata["reasons"]
     assert "end_user.no_submitted_instances" in submitted.details.metadata["reasons"]
     # The denial is audited: a regulator finds it.
-    async with grpc.aio.insecure_channel(demo.address) as channel:
-        stub = au_grpc.AuditServiceStub(channel)
-        page = await stub.QueryAudit(
-            au.QueryAuditRequest(model="credit", purpose="audit", decision_id=err.details.metadata["decision_id"]),
-            metadata=(("authorization", f"Bearer {KEY['regulator']}"),),
-        )
+    async with client(demo, "regulator") as reg:
+        page = await reg.query_audit("credit", purpose="audit", decision_id=err.details.metadata["decision_id"])
     assert len(page.entries) == 1 and not page.entries[0].allowed and page.entries[0].role == "end_user"
 
 
 async def test_regulator_reads_the_audit_log_and_global_summaries(demo: Running) -> None:
     async with client(demo, "ml_engineer") as eng:
-        await eng.explain("credit", APPLICANT, purpose="debugging")
+        explained = [await eng.explain("credit", APPLICANT, purpose="debugging") for _ in range(2)]
     async with client(demo, "regulator") as reg:
         await denied(reg.explain("credit", APPLICANT, purpose="audit"))
-        summary = await reg.explanations.GetGlobalSummary(
-            es.GetGlobalSummaryRequest(model="credit", purpose="transparency"), metadata=reg._creds.metadata()
-        )
-    async with grpc.aio.insecure_channel(demo.address) as channel:
-        stub = au_grpc.AuditServiceStub(channel)
-        md = (("authorization", f"Bearer {KEY['regulator']}"),)
-        first = await stub.QueryAudit(au.QueryAuditRequest(model="credit", purpose="audit", page_size=1), metadata=md)
-        second = await stub.QueryAudit(
-            au.QueryAuditRequest(model="credit", purpose="audit", page_size=1, page_token=first.next_page_token),
-            metadata=md,
-        )
-        verified = await stub.VerifyAudit(au.VerifyAuditRequest(model="credit", purpose="audit"), metadata=md)
-    assert first.entries[0].role == "ml_engineer" and first.entries[0].allowed
-    assert second.entries[0].seq == first.entries[0].seq + 1
-    assert verified.ok and verified.records >= 3
+        summary = await reg.global_summary("credit", purpose="transparency")
+        first = await reg.query_audit("credit", purpose="audit", page_size=1)
+        entries = [e async for e in reg.audit_entries("credit", purpose="audit", page_size=1)]
+        verified = await reg.verify_audit("credit", purpose="audit")
+    assert first.entries[0].role == "ml_engineer" and first.entries[0].allowed and first.next_page_token
+    # One record per page, every page followed: the engineer's answers, the regulator's denial
+    # and its own reads, in the order of the chain.
+    assert [e.seq for e in entries] == list(range(first.entries[0].seq, first.entries[0].seq + len(entries)))
+    assert {e.disclosure.decision_id for e in explained} <= {e.decision_id for e in entries}
+    assert any(e.role == "regulator" and not e.allowed for e in entries)
+    assert verified.ok and verified.records >= len(entries)
     assert {c.class_label for c in summary.classes} <= {"good", "bad"} and summary.classes
     assert len(summary.classes[0].features) == 13 and summary.disclosure.tier == "global/summary"
 
 
 async def test_executive_gets_global_summaries_only(demo: Running) -> None:
     async with client(demo, "executive") as exe:
-        summary = await exe.explanations.GetGlobalSummary(
-            es.GetGlobalSummaryRequest(model="credit", purpose="monitoring"), metadata=exe._creds.metadata()
-        )
+        summary = await exe.global_summary("credit", purpose="monitoring")
         await denied(exe.explain("credit", APPLICANT, purpose="monitoring"))
         caps = await exe.capabilities("credit", purpose="monitoring")
+        await denied(exe.query_audit("credit", purpose="audit"))
+        await denied(exe.verify_audit("credit", purpose="audit"))
     assert summary.classes and not caps.capabilities
-    async with grpc.aio.insecure_channel(demo.address) as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await au_grpc.AuditServiceStub(channel).QueryAudit(
-                au.QueryAuditRequest(model="credit", purpose="audit"),
-                metadata=(("authorization", f"Bearer {KEY['executive']}"),),
-            )
-    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 async def test_feedback_needs_dynamic_consumption(demo: Running, tmp_path: Path) -> None:
-    request = es.SubmitFeedbackRequest(
-        model="credit",
-        decision_id="dec_x",
-        verdict=es.FEEDBACK_VERDICT_DISAGREE,
-        should_not_matter=["age"],
-        text="age should not drive this",
-        purpose="debugging",
-    )
+    feedback = {
+        "verdict": "disagree",
+        "should_not_matter": ["age"],
+        "text": "age should not drive this",
+        "purpose": "debugging",
+    }
     async with client(demo, "ml_engineer") as eng:
-        ok = await eng.explanations.SubmitFeedback(request, metadata=eng._creds.metadata())
+        ok = await eng.submit_feedback("credit", "dec_x", **feedback)
     assert ok.decision_id.startswith("dec_")
     async with client(demo, "executive") as exe:
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await exe.explanations.SubmitFeedback(request, metadata=exe._creds.metadata())
-    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        await denied(exe.submit_feedback("credit", "dec_x", **feedback))
     stored = demo.app.pipeline.feedback.all("credit")
     assert [f.should_not_matter for f in stored] == [("age",)]
+
+
+async def test_the_blocking_client_reads_the_audit_log_and_gives_feedback(demo: Running) -> None:
+    def as_auditor() -> tuple[list[au.AuditEntry], list[au.AuditEntry], au.VerifyAuditResponse]:
+        with Client(demo.address, api_key=KEY["ml_engineer"]) as eng:
+            ex = eng.explain("credit", APPLICANT, purpose="debugging")
+            eng.submit_feedback("credit", ex.disclosure.decision_id, verdict="agree", purpose="debugging")
+            with pytest.raises(DesiderataRpcError) as info:
+                list(eng.audit_entries("credit", purpose="audit"))
+            assert info.value.code == grpc.StatusCode.PERMISSION_DENIED
+        with Client(demo.address, api_key=KEY["regulator"]) as reg:
+            since = datetime.now(UTC) - timedelta(minutes=5)
+            every = list(reg.audit_entries("credit", purpose="audit", page_size=2, since=since))
+            denials = list(reg.audit_entries("credit", purpose="audit", outcome="denied", role="ml_engineer"))
+            return every, denials, reg.verify_audit("credit", purpose="audit")
+
+    every, denials, verified = await asyncio.to_thread(as_auditor)
+    assert [e.action for e in every[:2]] == ["feature_attribution", "feedback"]
+    assert [e.seq for e in every] == sorted({e.seq for e in every})  # every page, no repeats
+    assert len(denials) == 1 and denials[0].action == "audit/read"
+    assert verified.ok
+
+
+def test_request_builders_refuse_what_the_server_would_misread() -> None:
+    with pytest.raises(ValueError, match="verdict"):
+        Requests.submit_feedback("credit", "dec_x", purpose="debugging", verdict="maybe")
+    with pytest.raises(ValueError, match="outcome"):
+        Requests.query_audit("credit", purpose="audit", outcome="refused")
+    with pytest.raises(ValueError, match="timezone"):
+        Requests.query_audit("credit", purpose="audit", since=datetime(2026, 1, 1))
+    at = datetime(2026, 1, 1, 12, tzinfo=timezone(timedelta(hours=2)))
+    assert Requests.query_audit("credit", purpose="audit", until=at).until.ToDatetime(UTC) == at

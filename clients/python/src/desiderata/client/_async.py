@@ -11,6 +11,8 @@ from grpc import aio
 from desiderata.client._errors import DesiderataRpcError
 from desiderata.client._requests import Credentials, Requests, channel_credentials, channel_options
 from desiderata.client._values import Value
+from desiderata.v1 import audit_service_pb2 as au
+from desiderata.v1 import audit_service_pb2_grpc as au_grpc
 from desiderata.v1 import explanation_service_pb2 as es
 from desiderata.v1 import explanation_service_pb2_grpc as es_grpc
 from desiderata.v1 import model_service_pb2 as ms
@@ -47,6 +49,7 @@ class AsyncClient:
         self.channel = aio.secure_channel(address, tls, options) if tls else aio.insecure_channel(address, options)
         self.explanations = es_grpc.ExplanationServiceStub(self.channel)
         self.models = ms_grpc.ModelServiceStub(self.channel)
+        self.audit = au_grpc.AuditServiceStub(self.channel)
         self.timeout_s = timeout_s
 
     async def __aenter__(self) -> AsyncClient:
@@ -167,3 +170,39 @@ class AsyncClient:
             self.models.GetModel, ms.GetModelRequest(name=name, version=version), timeout_s
         )
         return result.card
+
+    async def submit_feedback(
+        self, model: str, decision_id: str, *, purpose: str, timeout_s: float | None = None, **options: Any
+    ) -> es.SubmitFeedbackResponse:
+        """Feedback on an explanation (dynamic consumption; see `Requests.submit_feedback` for options)."""
+        request = Requests.submit_feedback(model, decision_id, purpose=purpose, **options)
+        result: es.SubmitFeedbackResponse = await self._call(self.explanations.SubmitFeedback, request, timeout_s)
+        return result
+
+    async def query_audit(
+        self, model: str, *, purpose: str, timeout_s: float | None = None, **filters: Any
+    ) -> au.QueryAuditResponse:
+        """One page of the model's audit log, oldest first (see `Requests.query_audit` for filters)."""
+        request = Requests.query_audit(model, purpose=purpose, **filters)
+        result: au.QueryAuditResponse = await self._call(self.audit.QueryAudit, request, timeout_s)
+        return result
+
+    async def audit_entries(
+        self, model: str, *, purpose: str, timeout_s: float | None = None, **filters: Any
+    ) -> AsyncIterator[au.AuditEntry]:
+        """Every audit entry that matches, oldest first, following the pages (each call one page
+        of at most `page_size`, or the server's 100). `timeout_s` bounds each page's call."""
+        token = filters.pop("page_token", "")
+        while True:
+            page = await self.query_audit(model, purpose=purpose, timeout_s=timeout_s, page_token=token, **filters)
+            for entry in page.entries:
+                yield entry
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def verify_audit(self, model: str, *, purpose: str, timeout_s: float | None = None) -> au.VerifyAuditResponse:
+        """Verifies the hash chain of the whole audit log (access is decided per model)."""
+        request = au.VerifyAuditRequest(model=model, purpose=purpose)
+        result: au.VerifyAuditResponse = await self._call(self.audit.VerifyAudit, request, timeout_s)
+        return result

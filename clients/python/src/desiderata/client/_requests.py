@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import grpc
 
 from desiderata.client._values import Value, fill_instance
+from desiderata.v1 import audit_service_pb2 as au
 from desiderata.v1 import explanation_service_pb2 as es
 from desiderata.v1 import model_service_pb2 as ms
 from desiderata.v1 import types_pb2 as pb
@@ -15,6 +17,12 @@ from desiderata.v1 import types_pb2 as pb
 __all__ = ["Credentials", "Requests", "channel_credentials"]
 
 CONSUMPTION = {"static": pb.CONSUMPTION_STATIC, "dynamic": pb.CONSUMPTION_DYNAMIC}
+VERDICT = {
+    "": es.FEEDBACK_VERDICT_UNSPECIFIED,
+    "agree": es.FEEDBACK_VERDICT_AGREE,
+    "disagree": es.FEEDBACK_VERDICT_DISAGREE,
+}
+OUTCOME = {"": au.AUDIT_OUTCOME_UNSPECIFIED, "allowed": au.AUDIT_OUTCOME_ALLOWED, "denied": au.AUDIT_OUTCOME_DENIED}
 
 
 @dataclass(frozen=True)
@@ -143,3 +151,74 @@ class Requests:
     @staticmethod
     def capabilities(model: str, purpose: str, consumption: str = "static") -> es.GetCapabilitiesRequest:
         return es.GetCapabilitiesRequest(model=model, purpose=purpose, consumption=CONSUMPTION[consumption])
+
+    @staticmethod
+    def submit_feedback(
+        model: str,
+        decision_id: str,
+        *,
+        purpose: str,
+        verdict: str = "",
+        should_matter: Sequence[str] = (),
+        should_not_matter: Sequence[str] = (),
+        text: str = "",
+        explanation_id: str = "",
+    ) -> es.SubmitFeedbackRequest:
+        """Feedback on the explanation whose disclosure carried `decision_id`.
+
+        Args:
+            verdict: "agree", "disagree" or "" (none given).
+            should_matter, should_not_matter: feature names.
+        """
+        if verdict not in VERDICT:
+            raise ValueError(f"verdict must be one of {sorted(VERDICT)}, not {verdict!r}")
+        return es.SubmitFeedbackRequest(
+            model=model,
+            decision_id=decision_id,
+            explanation_id=explanation_id,
+            verdict=VERDICT[verdict],
+            should_matter=list(should_matter),
+            should_not_matter=list(should_not_matter),
+            text=text,
+            purpose=purpose,
+        )
+
+    @staticmethod
+    def query_audit(
+        model: str,
+        *,
+        purpose: str,
+        principal: str = "",
+        role: str = "",
+        decision_id: str = "",
+        outcome: str = "",
+        since: datetime | None = None,
+        until: datetime | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> au.QueryAuditRequest:
+        """One page of a model's audit log, filtered.
+
+        Args:
+            outcome: "allowed", "denied" or "" (both).
+            since, until: timezone-aware bounds on the record time.
+            page_size: records per page; 0 is the server's default (100).
+        """
+        if outcome not in OUTCOME:
+            raise ValueError(f"outcome must be one of {sorted(OUTCOME)}, not {outcome!r}")
+        req = au.QueryAuditRequest(
+            model=model,
+            purpose=purpose,
+            principal=principal,
+            role=role,
+            decision_id=decision_id,
+            outcome=OUTCOME[outcome],
+            page_size=page_size,
+            page_token=page_token,
+        )
+        for field, bound in (("since", since), ("until", until)):
+            if bound is not None:
+                if bound.tzinfo is None:
+                    raise ValueError(f"{field} must be timezone-aware")
+                getattr(req, field).FromDatetime(bound)
+        return req

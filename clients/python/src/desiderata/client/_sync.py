@@ -10,6 +10,8 @@ import grpc
 from desiderata.client._errors import DesiderataRpcError
 from desiderata.client._requests import Credentials, Requests, channel_credentials, channel_options
 from desiderata.client._values import Value
+from desiderata.v1 import audit_service_pb2 as au
+from desiderata.v1 import audit_service_pb2_grpc as au_grpc
 from desiderata.v1 import explanation_service_pb2 as es
 from desiderata.v1 import explanation_service_pb2_grpc as es_grpc
 from desiderata.v1 import model_service_pb2 as ms
@@ -50,6 +52,7 @@ class Client:
         self.channel = grpc.secure_channel(address, tls, options) if tls else grpc.insecure_channel(address, options)
         self.explanations = es_grpc.ExplanationServiceStub(self.channel)
         self.models = ms_grpc.ModelServiceStub(self.channel)
+        self.audit = au_grpc.AuditServiceStub(self.channel)
         self.timeout_s = timeout_s
 
     def __enter__(self) -> Client:
@@ -158,3 +161,34 @@ class Client:
 
     def get_model(self, name: str, *, version: str = "", timeout_s: float | None = None) -> ms.ModelCard:
         return self._call(self.models.GetModel, ms.GetModelRequest(name=name, version=version), timeout_s).card
+
+    def submit_feedback(
+        self, model: str, decision_id: str, *, purpose: str, timeout_s: float | None = None, **options: Any
+    ) -> es.SubmitFeedbackResponse:
+        """Feedback on an explanation (dynamic consumption; see `Requests.submit_feedback` for options)."""
+        request = Requests.submit_feedback(model, decision_id, purpose=purpose, **options)
+        return self._call(self.explanations.SubmitFeedback, request, timeout_s)
+
+    def query_audit(
+        self, model: str, *, purpose: str, timeout_s: float | None = None, **filters: Any
+    ) -> au.QueryAuditResponse:
+        """One page of the model's audit log, oldest first (see `Requests.query_audit` for filters)."""
+        request = Requests.query_audit(model, purpose=purpose, **filters)
+        return self._call(self.audit.QueryAudit, request, timeout_s)
+
+    def audit_entries(
+        self, model: str, *, purpose: str, timeout_s: float | None = None, **filters: Any
+    ) -> Iterator[au.AuditEntry]:
+        """Every audit entry that matches, oldest first, following the pages (each call one page
+        of at most `page_size`, or the server's 100). `timeout_s` bounds each page's call."""
+        token = filters.pop("page_token", "")
+        while True:
+            page = self.query_audit(model, purpose=purpose, timeout_s=timeout_s, page_token=token, **filters)
+            yield from page.entries
+            token = page.next_page_token
+            if not token:
+                return
+
+    def verify_audit(self, model: str, *, purpose: str, timeout_s: float | None = None) -> au.VerifyAuditResponse:
+        """Verifies the hash chain of the whole audit log (access is decided per model)."""
+        return self._call(self.audit.VerifyAudit, au.VerifyAuditRequest(model=model, purpose=purpose), timeout_s)
