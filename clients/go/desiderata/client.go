@@ -3,11 +3,13 @@ package desiderata
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/proto"
 
 	desideratav1 "github.com/desiderata-xai/desiderata/clients/go/desiderata/v1"
 )
@@ -15,13 +17,15 @@ import (
 // DefaultTimeout bounds every call whose context carries no deadline.
 const DefaultTimeout = 30 * time.Second
 
-// Client holds one connection and the stubs of both v1 services.
+// Client holds one connection and the stubs of the v1 services.
 type Client struct {
 	conn *grpc.ClientConn
 	// Explanations is the ExplanationService stub.
 	Explanations desideratav1.ExplanationServiceClient
 	// Models is the ModelService stub.
 	Models desideratav1.ModelServiceClient
+	// Audit is the AuditService stub (regulators and auditors; see [Client.AuditEntries]).
+	Audit desideratav1.AuditServiceClient
 }
 
 type options struct {
@@ -88,7 +92,34 @@ func New(target string, opts ...Option) (*Client, error) {
 		conn:         conn,
 		Explanations: desideratav1.NewExplanationServiceClient(conn),
 		Models:       desideratav1.NewModelServiceClient(conn),
+		Audit:        desideratav1.NewAuditServiceClient(conn),
 	}, nil
+}
+
+// AuditEntries returns every entry matching req, oldest first. QueryAudit
+// answers one page at a time (at most 100 entries unless req.PageSize says
+// otherwise); AuditEntries follows next_page_token from req.PageToken until
+// it is empty. req itself is not modified. On an error it returns the entries
+// of the pages read so far with the error.
+func (c *Client) AuditEntries(ctx context.Context, req *desideratav1.QueryAuditRequest,
+	opts ...grpc.CallOption) ([]*desideratav1.AuditEntry, error) {
+	page := proto.Clone(req).(*desideratav1.QueryAuditRequest)
+	var entries []*desideratav1.AuditEntry
+	for {
+		resp, err := c.Audit.QueryAudit(ctx, page, opts...)
+		if err != nil {
+			return entries, err
+		}
+		entries = append(entries, resp.GetEntries()...)
+		next := resp.GetNextPageToken()
+		if next == "" {
+			return entries, nil
+		}
+		if next == page.PageToken { // a server bug would otherwise loop forever
+			return entries, fmt.Errorf("desiderata: QueryAudit returned page token %q again", next)
+		}
+		page.PageToken = next
+	}
 }
 
 // Close closes the connection.

@@ -16,6 +16,9 @@ var listening = regexp.MustCompile(`desiderata listening on (\S+:\d+)`)
 
 // startServer runs $DESIDERATA_SERVE_CMD (default "desiderata serve --port 0")
 // as a real process and returns its address; the process is killed at cleanup.
+// The server keeps its stores (audit log, decisions, feedback, privacy ledger)
+// in a fresh temporary XDG_STATE_HOME: a test sees only its own records, not
+// those of earlier runs or of other servers started from the same account.
 func startServer(t *testing.T) string {
 	t.Helper()
 	command := os.Getenv("DESIDERATA_SERVE_CMD")
@@ -24,6 +27,7 @@ func startServer(t *testing.T) string {
 	}
 	args := strings.Fields(command)
 	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Env = append(os.Environ(), "XDG_STATE_HOME="+t.TempDir()) // removed after the kill below
 	cmd.Stderr = os.Stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 // Demo credentials of the server's demo mode (fixed, public, demo only).
 const (
 	mlEngineerKey = "demo-ml_engineer-key"
+	regulatorKey  = "demo-regulator-key"
 	demoSubject   = "applicant-0001"
 )
 
@@ -125,6 +126,84 @@ func TestSmoke(t *testing.T) {
 		}
 		if len(resp.GetExplanation().GetFeatureAttribution().GetAttributions()) == 0 {
 			t.Errorf("no attributions for the recorded decision")
+		}
+	})
+
+	t.Run("FeedbackThenAudit", func(t *testing.T) {
+		resp, err := engineer.Explanations.Explain(ctx, explainRequest(applicant()))
+		if err != nil {
+			t.Fatalf("Explain: %v", desiderata.DecodeError(err))
+		}
+		explained := resp.GetExplanation().GetDisclosure().GetDecisionId()
+		if explained == "" {
+			t.Fatalf("no policy decision id in the disclosure: %v", resp.GetExplanation().GetDisclosure())
+		}
+		fb, err := engineer.Explanations.SubmitFeedback(ctx, &desideratav1.SubmitFeedbackRequest{
+			Model:        "credit",
+			DecisionId:   explained,
+			Verdict:      desideratav1.FeedbackVerdict_FEEDBACK_VERDICT_DISAGREE,
+			ShouldMatter: []string{"income"},
+			Purpose:      "debugging",
+		})
+		if err != nil {
+			t.Fatalf("SubmitFeedback: %v", desiderata.DecodeError(err))
+		}
+		if fb.GetDecisionId() == "" {
+			t.Fatalf("SubmitFeedback returned no decision id: %v", fb)
+		}
+
+		// Engineers do not read the audit log; the refusal is itself audited.
+		_, err = engineer.Audit.QueryAudit(ctx, &desideratav1.QueryAuditRequest{Model: "credit", Purpose: "audit"})
+		denied := desiderata.DecodeError(err)
+		if denied == nil || denied.Code != codes.PermissionDenied {
+			t.Fatalf("engineer QueryAudit: err = %v, want PERMISSION_DENIED", err)
+		}
+
+		regulator := connect(t, addr, regulatorKey)
+		const pageSize = 2
+		req := &desideratav1.QueryAuditRequest{Model: "credit", Purpose: "audit", PageSize: pageSize}
+		entries, err := regulator.AuditEntries(ctx, req)
+		if err != nil {
+			t.Fatalf("AuditEntries: %v", desiderata.DecodeError(err))
+		}
+		if req.GetPageToken() != "" {
+			t.Errorf("AuditEntries modified the request: page_token = %q", req.GetPageToken())
+		}
+		// Explain, feedback and the refusal alone are three records: more than a page.
+		if len(entries) <= pageSize {
+			t.Fatalf("%d entries with page_size %d: only the first page was read?", len(entries), pageSize)
+		}
+		byID := map[string]*desideratav1.AuditEntry{}
+		for i, e := range entries {
+			if i > 0 && e.GetSeq() <= entries[i-1].GetSeq() {
+				t.Errorf("seq %d after %d: not strictly increasing across pages", e.GetSeq(), entries[i-1].GetSeq())
+			}
+			if e.GetModel() != "credit" {
+				t.Errorf("entry of model %q in an audit of credit: %v", e.GetModel(), e)
+			}
+			byID[e.GetDecisionId()] = e
+		}
+		if e := byID[explained]; e == nil || !e.GetAllowed() || e.GetRole() != "ml_engineer" {
+			t.Errorf("explanation %s not audited as an allowed ml_engineer decision: %v", explained, e)
+		}
+		if e := byID[fb.GetDecisionId()]; e == nil || !e.GetAllowed() || e.GetAction() != "feedback" {
+			t.Errorf("feedback %s not audited as an allowed feedback decision: %v", fb.GetDecisionId(), e)
+		}
+		if denied.ErrorInfo != nil && denied.ErrorInfo.Metadata["decision_id"] != "" {
+			id := denied.ErrorInfo.Metadata["decision_id"]
+			if e := byID[id]; e == nil || e.GetAllowed() {
+				t.Errorf("refused audit read %s not audited as denied: %v", id, e)
+			}
+		} else {
+			t.Errorf("PERMISSION_DENIED without the decision id: %+v", denied)
+		}
+
+		verified, err := regulator.Audit.VerifyAudit(ctx, &desideratav1.VerifyAuditRequest{Model: "credit", Purpose: "audit"})
+		if err != nil {
+			t.Fatalf("VerifyAudit: %v", desiderata.DecodeError(err))
+		}
+		if !verified.GetOk() || verified.GetRecords() < uint64(len(entries)) {
+			t.Errorf("VerifyAudit = %v, want ok over at least %d records", verified, len(entries))
 		}
 	})
 

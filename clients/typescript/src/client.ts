@@ -1,8 +1,16 @@
-/** A promise-based client of both v1 services, with credentials and default deadlines. */
+/** A promise-based client of the v1 services, with credentials and default deadlines. */
 import { Metadata, type CallOptions, type ClientUnaryCall, type ServiceError } from "@grpc/grpc-js";
 
 import { channelCredentials, type ConnectionOptions } from "./credentials.js";
 import { decodeError } from "./errors.js";
+import {
+  type AuditEntry,
+  AuditServiceClient,
+  QueryAuditRequest,
+  type QueryAuditResponse,
+  VerifyAuditRequest,
+  type VerifyAuditResponse,
+} from "./gen/desiderata/v1/audit_service.js";
 import {
   type DeepPartial,
   ExplainDecisionRequest,
@@ -14,6 +22,8 @@ import {
   ExplanationServiceClient,
   GetCapabilitiesRequest,
   type GetCapabilitiesResponse,
+  SubmitFeedbackRequest,
+  type SubmitFeedbackResponse,
 } from "./gen/desiderata/v1/explanation_service.js";
 import {
   GetModelRequest,
@@ -53,14 +63,19 @@ type Unary<Req, Res> = (
 ) => ClientUnaryCall;
 
 /**
- * Both v1 services over one channel. Every method resolves with the response
- * or rejects with a {@link DesiderataError} whose rich details are decoded.
+ * The v1 services (explanations, models, audit) over one channel. Every method resolves
+ * with the response or rejects with a {@link DesiderataError} whose rich details are decoded.
  */
 export class DesiderataClient {
   /** The generated ExplanationService stub (callback API). */
   readonly explanations: ExplanationServiceClient;
   /** The generated ModelService stub (callback API). */
   readonly models: ModelServiceClient;
+  /**
+   * The generated AuditService stub (callback API): the hash-chained decision log,
+   * for regulators and auditors as the policy allows (action "audit/read").
+   */
+  readonly audit: AuditServiceClient;
   private readonly timeoutMs: number;
 
   /** @param address "host:port", or any gRPC target ("dns:///name:port", "ipv4:a:p,b:p") */
@@ -76,6 +91,7 @@ export class DesiderataClient {
     this.explanations = new ExplanationServiceClient(address, credentials, { interceptors, ...channel });
     // Same address, credentials and options: grpc-js shares the subchannel.
     this.models = new ModelServiceClient(address, credentials, { interceptors, ...channel });
+    this.audit = new AuditServiceClient(address, credentials, { interceptors, ...channel });
     this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   }
 
@@ -122,6 +138,18 @@ export class DesiderataClient {
     }
   }
 
+  /**
+   * Feedback on an explanation (`decisionId` = its `disclosure.decisionId`): a verdict and the
+   * features that should or should not matter. The policy decides it as dynamic consumption.
+   */
+  submitFeedback(
+    request: DeepPartial<SubmitFeedbackRequest>,
+    settings?: CallSettings,
+  ): Promise<SubmitFeedbackResponse> {
+    const req = SubmitFeedbackRequest.fromPartial(request);
+    return this.unary(this.explanations, this.explanations.submitFeedback, req, settings);
+  }
+
   listModels(request: DeepPartial<ListModelsRequest> = {}, settings?: CallSettings): Promise<ListModelsResponse> {
     return this.unary(this.models, this.models.listModels, ListModelsRequest.fromPartial(request), settings);
   }
@@ -135,9 +163,39 @@ export class DesiderataClient {
     return this.unary(this.models, this.models.predict, PredictRequest.fromPartial(request), settings);
   }
 
+  /**
+   * One page of a model's audited decisions, oldest first; pass the response's
+   * `nextPageToken` as `pageToken` for the next page (empty: no more). See {@link auditEntries}.
+   */
+  queryAudit(request: DeepPartial<QueryAuditRequest>, settings?: CallSettings): Promise<QueryAuditResponse> {
+    return this.unary(this.audit, this.audit.queryAudit, QueryAuditRequest.fromPartial(request), settings);
+  }
+
+  /** Verifies the hash chain of the whole audit log (`ok`, or the first broken record in `problem`). */
+  verifyAudit(request: DeepPartial<VerifyAuditRequest>, settings?: CallSettings): Promise<VerifyAuditResponse> {
+    return this.unary(this.audit, this.audit.verifyAudit, VerifyAuditRequest.fromPartial(request), settings);
+  }
+
+  /**
+   * Every audited decision matching `request`, oldest first: QueryAudit returns pages of at
+   * most `pageSize` entries (100 when unset), so this follows `nextPageToken` until it is empty.
+   * Paging starts at `request.pageToken` if set; `settings` (deadline, metadata) apply to each page's call.
+   */
+  async auditEntries(request: DeepPartial<QueryAuditRequest>, settings?: CallSettings): Promise<AuditEntry[]> {
+    const entries: AuditEntry[] = [];
+    let pageToken = request.pageToken ?? "";
+    do {
+      const page = await this.queryAudit({ ...request, pageToken }, settings);
+      entries.push(...page.entries);
+      pageToken = page.nextPageToken;
+    } while (pageToken !== "");
+    return entries;
+  }
+
   close(): void {
     this.explanations.close();
     this.models.close();
+    this.audit.close();
   }
 
   private deadline(settings?: CallSettings): Date {

@@ -23,6 +23,9 @@ export {
   GetCapabilitiesRequest,
   KindCapability,
   GetCapabilitiesResponse,
+  FeedbackVerdict,
+  SubmitFeedbackRequest,
+  SubmitFeedbackResponse,
   ExplanationServiceService,
   ExplanationServiceServer,
   ExplanationServiceClient,
@@ -43,3 +46,14 @@ export {
   ModelServiceServer,
   ModelServiceClient,
 } from "./gen/desiderata/v1/model_service.js";
+export {
+  AuditOutcome,
+  AuditEntry,
+  QueryAuditRequest,
+  QueryAuditResponse,
+  VerifyAuditRequest,
+  VerifyAuditResponse,
+  AuditServiceService,
+  AuditServiceServer,
+  AuditServiceClient,
+} from "./gen/desiderata/v1/audit_service.js";

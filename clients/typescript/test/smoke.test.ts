@@ -1,5 +1,8 @@
 /** Smoke test of the SDK against a real server on the demo model. */
 import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { status } from "@grpc/grpc-js";
 
@@ -9,13 +12,15 @@ import {
   DesiderataClient,
   DesiderataError,
   ExplanationKind,
+  FeedbackVerdict,
   instance,
   type FeatureInput,
   type Instance,
 } from "../src/index.js";
 import { startServer, type RunningServer } from "./server.js";
 
-const ML_ENGINEER_KEY = "demo-ml_engineer-key"; // demo credential, public by design
+const ML_ENGINEER_KEY = "demo-ml_engineer-key"; // demo credentials, public by design
+const REGULATOR_KEY = "demo-regulator-key";
 const SUBJECT = "applicant-0001";
 
 /** The demo applicant's values; integral numbers go as integers, which `number` features accept too. */
@@ -49,14 +54,19 @@ const attribution = {
 describe("desiderata TypeScript SDK against a real server", () => {
   let server: RunningServer;
   let engineer: DesiderataClient;
+  // The server's own stores (audit log, decisions, feedback, ledger) in a fresh state folder: the
+  // default one under the user's state dir is shared by every run and other SDKs' tests and keeps
+  // growing, which would make paging the audit log slow and the test depend on others' records.
+  const stateDir = mkdtempSync(join(tmpdir(), "desiderata-ts-state-"));
 
   before(async () => {
-    server = await startServer();
+    server = await startServer(90_000, { XDG_STATE_HOME: stateDir });
     engineer = new DesiderataClient(server.address, { apiKey: ML_ENGINEER_KEY, insecure: true, timeoutMs: 60_000 });
   });
   after(() => {
     engineer?.close();
     server?.stop();
+    rmSync(stateDir, { recursive: true, force: true });
   });
 
   test("a round_robin client reaches the server through an address list", async () => {
@@ -109,6 +119,55 @@ describe("desiderata TypeScript SDK against a real server", () => {
     });
     assert.equal(explanation?.recordedDecisionId, predicted.decisionId);
     assert.ok((explanation?.featureAttribution?.attributions.length ?? 0) > 0);
+  });
+
+  test("feedback on an explanation, then a regulator pages through and verifies the audit log", async () => {
+    const { explanation } = await engineer.explain({ ...attribution, instance: applicant() });
+    const explained = explanation?.disclosure?.decisionId ?? "";
+    assert.notEqual(explained, "");
+    const feedback = await engineer.submitFeedback({
+      model: "credit",
+      decisionId: explained,
+      verdict: FeedbackVerdict.FEEDBACK_VERDICT_AGREE,
+      shouldMatter: ["income"],
+      purpose: "debugging",
+    });
+    assert.notEqual(feedback.decisionId, "");
+
+    // The engineer may not read the log; the refusal is itself an audited decision.
+    let refused = "";
+    await assert.rejects(engineer.queryAudit({ model: "credit", purpose: "debugging" }), (err) => {
+      assert.ok(err instanceof DesiderataError);
+      assert.equal(err.code, status.PERMISSION_DENIED);
+      refused = err.errorInfo?.metadata.decision_id ?? "";
+      return true;
+    });
+    assert.notEqual(refused, "", "the refusal names no decision");
+
+    const regulator = new DesiderataClient(server.address, { apiKey: REGULATOR_KEY, insecure: true, timeoutMs: 60_000 });
+    try {
+      // Pages of 2: the log holds at least the explanation, the feedback and the refusal,
+      // so the refusal (logged last of the three) is past the first page.
+      const entries = await regulator.auditEntries({ model: "credit", purpose: "audit", pageSize: 2 });
+      assert.ok(entries.length > 2, `only ${entries.length} entries: not paged`);
+      const ids = entries.map((e) => e.decisionId);
+      assert.ok(ids.includes(explained), "the engineer's explanation is not in the log");
+      assert.ok(ids.includes(feedback.decisionId), "the feedback is not in the log");
+      const denial = entries.find((e) => e.decisionId === refused);
+      assert.ok(denial, "the refused QueryAudit is not in the log");
+      assert.equal(denial.allowed, false);
+      assert.equal(denial.role, "ml_engineer");
+      for (const e of entries) assert.equal(e.model, "credit");
+      for (let i = 1; i < entries.length; i++) {
+        assert.ok(entries[i].seq > entries[i - 1].seq, `seq ${entries[i].seq} after ${entries[i - 1].seq}`);
+      }
+
+      const verified = await regulator.verifyAudit({ model: "credit", purpose: "audit" });
+      assert.equal(verified.ok, true, verified.problem);
+      assert.ok(verified.records >= entries.length);
+    } finally {
+      regulator.close();
+    }
   });
 
   test("a call without credentials is UNAUTHENTICATED", async () => {

@@ -1,7 +1,10 @@
 package dev.desiderata.client;
 
+import dev.desiderata.v1.AuditEntry;
+import dev.desiderata.v1.AuditServiceGrpc;
 import dev.desiderata.v1.ExplanationServiceGrpc;
 import dev.desiderata.v1.ModelServiceGrpc;
+import dev.desiderata.v1.QueryAuditRequest;
 import io.grpc.ChannelCredentials;
 import io.grpc.ClientInterceptors;
 import io.grpc.CompositeChannelCredentials;
@@ -11,11 +14,13 @@ import io.grpc.ManagedChannel;
 import io.grpc.Channel;
 import io.grpc.TlsChannelCredentials;
 import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
 import java.util.Objects;
 import java.util.concurrent.TimeUnit;
 
 /**
- * Both v1 services over one channel, with API-key credentials, TLS and a default deadline.
+ * The v1 services over one channel, with API-key credentials, TLS and a default deadline.
  *
  * <pre>{@code
  * try (var client = DesiderataClient.builder("localhost:50051").apiKey(key).plaintext().build()) {
@@ -33,6 +38,7 @@ public final class DesiderataClient implements AutoCloseable {
   private final ManagedChannel channel;
   private final ExplanationServiceGrpc.ExplanationServiceBlockingStub explanations;
   private final ModelServiceGrpc.ModelServiceBlockingStub models;
+  private final AuditServiceGrpc.AuditServiceBlockingStub audit;
 
   private DesiderataClient(ManagedChannel channel, Duration timeout) {
     this.channel = channel;
@@ -40,6 +46,7 @@ public final class DesiderataClient implements AutoCloseable {
         timeout.isZero() ? channel : ClientInterceptors.intercept(channel, new DefaultDeadline(timeout));
     this.explanations = ExplanationServiceGrpc.newBlockingStub(intercepted);
     this.models = ModelServiceGrpc.newBlockingStub(intercepted);
+    this.audit = AuditServiceGrpc.newBlockingStub(intercepted);
   }
 
   public static Builder builder(String target) {
@@ -54,6 +61,33 @@ public final class DesiderataClient implements AutoCloseable {
   /** The ModelService blocking stub. */
   public ModelServiceGrpc.ModelServiceBlockingStub models() {
     return models;
+  }
+
+  /** The AuditService blocking stub (regulators and auditors, as the policy allows). */
+  public AuditServiceGrpc.AuditServiceBlockingStub audit() {
+    return audit;
+  }
+
+  /**
+   * Every audit entry matching {@code request}, oldest first: QueryAudit returns one page (at most
+   * {@code page_size} records, 100 by default), so this follows {@code next_page_token} until it is
+   * empty, starting from the request's own page token. Each page is a separate call with its own
+   * deadline (and an audited read), so narrow the request with its filters (role, principal,
+   * since, ...) rather than reading a long log; a failed page throws
+   * {@link io.grpc.StatusRuntimeException}.
+   */
+  public List<AuditEntry> auditEntries(QueryAuditRequest request) {
+    List<AuditEntry> entries = new ArrayList<>();
+    var page = request;
+    while (true) {
+      var response = audit.queryAudit(page);
+      entries.addAll(response.getEntriesList());
+      String next = response.getNextPageToken();
+      if (next.isEmpty()) {
+        return entries;
+      }
+      page = request.toBuilder().setPageToken(next).build();
+    }
   }
 
   /** The underlying channel, e.g. for async or future stubs. */

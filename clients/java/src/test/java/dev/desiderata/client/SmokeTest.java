@@ -5,21 +5,29 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import com.google.protobuf.Timestamp;
 import dev.desiderata.examples.Explain;
+import dev.desiderata.v1.AuditEntry;
 import dev.desiderata.v1.Consumption;
 import dev.desiderata.v1.ExplainDecisionRequest;
 import dev.desiderata.v1.ExplainRequest;
 import dev.desiderata.v1.ExplanationKind;
 import dev.desiderata.v1.Feature;
+import dev.desiderata.v1.FeedbackVerdict;
 import dev.desiderata.v1.GetCapabilitiesRequest;
 import dev.desiderata.v1.Instance;
 import dev.desiderata.v1.PredictRequest;
+import dev.desiderata.v1.QueryAuditRequest;
+import dev.desiderata.v1.SubmitFeedbackRequest;
+import dev.desiderata.v1.VerifyAuditRequest;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import java.math.BigDecimal;
 import java.math.BigInteger;
 import java.time.Duration;
+import java.time.Instant;
 import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Map;
 import java.util.Set;
 import org.junit.jupiter.api.AfterAll;
@@ -29,6 +37,7 @@ import org.junit.jupiter.api.Test;
 /** The Java SDK against a real server on the demo model. */
 class SmokeTest {
   private static final String ML_ENGINEER_KEY = "demo-ml_engineer-key"; // demo credential
+  private static final String REGULATOR_KEY = "demo-regulator-key"; // demo credential
   private static final String SUBJECT = "applicant-0001";
 
   private static TestServer server;
@@ -182,6 +191,59 @@ class SmokeTest {
     for (var v : details.badRequest()) {
       assertFalse(v.field().isEmpty());
       assertFalse(v.description().isEmpty());
+    }
+  }
+
+  @Test
+  void feedbackIsAuditedAndTheRegulatorReadsEveryPage() throws Exception {
+    // The other tests share this server's audit log: the query reads only the engineer's records
+    // from this test on, a few pages whatever ran before.
+    var since = Timestamp.newBuilder().setSeconds(Instant.now().getEpochSecond() - 1).build();
+    var explanation = engineer.explanations().explain(attribution(Explain.applicant())).getExplanation();
+    String explained = explanation.getDisclosure().getDecisionId();
+    assertFalse(explained.isEmpty(), "no policy decision id");
+    var feedback =
+        engineer
+            .explanations()
+            .submitFeedback(
+                SubmitFeedbackRequest.newBuilder()
+                    .setModel("credit")
+                    .setDecisionId(explained)
+                    .setExplanationId(explanation.getExplanationId())
+                    .setVerdict(FeedbackVerdict.FEEDBACK_VERDICT_AGREE)
+                    .setPurpose("debugging")
+                    .build());
+    assertFalse(feedback.getDecisionId().isEmpty(), "feedback has no policy decision id");
+
+    var query =
+        QueryAuditRequest.newBuilder()
+            .setModel("credit")
+            .setPurpose("audit")
+            .setRole("ml_engineer")
+            .setSince(since)
+            .setPageSize(2)
+            .build();
+    var refused = assertThrows(StatusRuntimeException.class, () -> engineer.audit().queryAudit(query));
+    assertEquals(Status.Code.PERMISSION_DENIED, ErrorDetails.from(refused).code());
+
+    try (var regulator = client(REGULATOR_KEY)) {
+      List<AuditEntry> entries = regulator.auditEntries(query);
+      // The explanation, the feedback and the refused read: more than one page of 2.
+      assertTrue(entries.size() > 2, "only " + entries.size() + " entries: pages not followed");
+      var ids = entries.stream().map(AuditEntry::getDecisionId).toList();
+      assertTrue(ids.contains(explained), "explanation " + explained + " not in the audit log");
+      assertTrue(ids.contains(feedback.getDecisionId()), "feedback decision not in the audit log");
+      for (int i = 1; i < entries.size(); i++) {
+        assertTrue(
+            entries.get(i).getSeq() > entries.get(i - 1).getSeq(),
+            "seq " + entries.get(i).getSeq() + " after " + entries.get(i - 1).getSeq());
+      }
+      var verified =
+          regulator
+              .audit()
+              .verifyAudit(VerifyAuditRequest.newBuilder().setModel("credit").setPurpose("audit").build());
+      assertTrue(verified.getOk(), "audit chain broken: " + verified.getProblem());
+      assertTrue(verified.getRecords() >= entries.size());
     }
   }
 }
