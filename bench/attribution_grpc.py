@@ -13,7 +13,7 @@ measures, p50 over distinct rows, each figure beside its in-process peer:
   errors against a reference computed independently (`reference_phi`, 1,000
   antithetic pairs per background row; its own error, measured between two
   seeds on `--ref-check-rows` rows, is printed: about 0.26%), and the share
-  of our calls' wall time during which the model ran; shap's PermutationExplainer runs 100
+  of wall time spent in the model; shap's PermutationExplainer runs 100
   permutations, the fewest of 60/80/100 that reach 2% (2.69/2.34/1.93%);
 - exact Shapley at d = 10 vs shap ExactExplainer;
 - under both Shapley figures, their floor: one bare `predict_proba` over as
@@ -29,11 +29,7 @@ measures, p50 over distinct rows, each figure beside its in-process peer:
   the answer cache is exercised past its bound).
 
 Peers are timed in process, without any RPC; ours include the round trip,
-authentication, policy, privacy admission, audit and disclosure. Ours and the
-peers run row by row in turn (`paired_p50`), and each speed-up is the median
-of the per-row ratios: the VM's speed drifts by ±15% over minutes, and a
-ratio of two loops run minutes apart moved with it (5.9× and 6.9× for the
-same code in two runs).
+authentication, policy, privacy admission, audit and disclosure.
 """
 
 from __future__ import annotations
@@ -62,7 +58,7 @@ from bench.rpc_harness import (
     explain_call,
     fused_throughput,
     p50_rpc,
-    paired_p50,
+    p50_sync,
     rel_err,
     row,
     rss_mb,
@@ -154,21 +150,10 @@ async def main() -> None:
         xs = rows_of[d][: args.shapley_rows]
         handle = app.pipeline.models.resolve(f"mlp{d}")
         in_model = timed_model(handle)
-        f1 = lambda z: model.predict_proba(z)[:, 1]  # noqa: E731
-        pe = shap.PermutationExplainer(f1, shap.maskers.Independent(bg.x, max_samples=100))
-        pe_evals = 100 * (2 * d + 1)
-        ke = shap.KernelExplainer(f1, bg.x)
-        paired = await paired_p50(
-            explain(d, "permutation_shapley", target_std_error=args.target_se),
-            [
-                (lambda x: pe(x[None], max_evals=pe_evals, silent=True).values[0], len(xs)),
-                (lambda x: ke.shap_values(x[None], nsamples=4000, l1_reg=False, silent=True)[0], args.peer_rows),
-            ],
-            xs,
-        )
-        model_share = in_model() / paired.ours_total_s
+        started = time.perf_counter()
+        ms, outs = await p50_rpc(explain(d, "permutation_shapley", target_std_error=args.target_se), xs)
+        model_share = in_model() / (time.perf_counter() - started)
         del handle.predict_proba  # back to the class's method
-        ms, outs = paired.ours_ms, paired.outs
         refs = [reference_phi(model, x, bg) for x in xs[: args.err_rows]]
         ref_err = reference_error(model, xs[: args.ref_check_rows], bg) if args.ref_check_rows else float("nan")
         print(f"    (reference's own error, between two seeds: {100 * ref_err:.2f}%)")
@@ -176,24 +161,26 @@ async def main() -> None:
         evals = statistics.median(o.quality.model_evaluations for o in outs)  # type: ignore[attr-defined]
         compute = statistics.median(o.quality.compute_ms for o in outs)  # type: ignore[attr-defined]
         ours = f"{ms:6.1f} ms @ {100 * err:4.2f}%"
-        (pms, kms), (pouts, kouts) = paired.peer_ms, paired.peer_outs
+        f1 = lambda z: model.predict_proba(z)[:, 1]  # noqa: E731
+        pe = shap.PermutationExplainer(f1, shap.maskers.Independent(bg.x, max_samples=100))
+        pe_evals = 100 * (2 * d + 1)
+        pms, pouts = p50_sync(lambda x: pe(x[None], max_evals=pe_evals, silent=True).values[0], xs)
         perr = statistics.mean(rel_err(o, r) for o, r in zip(pouts, refs, strict=False))
-        kerr = statistics.mean(rel_err(o, r) for o, r in zip(kouts, refs, strict=False))
-        record(
-            "Shapley ≤2% d=30 vs shap Permutation",
-            ours,
-            f"{pms:6.1f} ms @ {100 * perr:4.2f}%",
-            f"{paired.speedups[0]:.2f}×",
+        record("Shapley ≤2% d=30 vs shap Permutation", ours, f"{pms:6.1f} ms @ {100 * perr:4.2f}%", f"{pms / ms:.2f}×")
+        ke = shap.KernelExplainer(f1, bg.x)
+        kms, kouts = p50_sync(
+            lambda x: ke.shap_values(x[None], nsamples=4000, l1_reg=False, silent=True)[0], xs[: args.peer_rows]
         )
+        kerr = statistics.mean(rel_err(o, r) for o, r in zip(kouts, refs, strict=False))
         record(
             "Shapley ≤2% d=30 vs shap Kernel(l1_reg=False)",
             ours,
             f"{kms:6.1f} ms @ {100 * kerr:4.2f}%",
-            f"{paired.speedups[1]:.2f}×",
+            f"{kms / ms:.2f}×",
         )
         print(
             f"    (ours: median {evals:,.0f} model rows, explainer {compute:.1f} ms of {ms:.1f} ms wall = "
-            f"{100 * compute / ms:.0f}%, in the model {100 * model_share:.0f}% of our calls' wall; "
+            f"{100 * compute / ms:.0f}%, in the model {100 * model_share:.0f}% of all wall; "
             f"shap Kernel over {min(args.peer_rows, len(xs))} rows)"
         )
         floor_ms = bare_model_ms(app, f"mlp{d}", int(evals), d)
@@ -205,17 +192,17 @@ async def main() -> None:
         # ---------------------------------------------------------------- exact Shapley, d = 10
         d, model, bg = 10, models[10], backgrounds[10]
         xs = rows_of[d][: args.rows]
+        ms, outs = await p50_rpc(explain(d, "exact_shapley"), xs)
         ex = shap.ExactExplainer(
             lambda z: model.predict_proba(z)[:, 1], shap.maskers.Independent(bg.x, max_samples=100)
         )
-        paired = await paired_p50(explain(d, "exact_shapley"), [(lambda x: ex(x[None]).values[0], args.peer_rows)], xs)
-        ms, outs, pms, pouts = paired.ours_ms, paired.outs, paired.peer_ms[0], paired.peer_outs[0]
+        pms, pouts = p50_sync(lambda x: ex(x[None]).values[0], xs[: args.peer_rows])
         gap = max(float(np.abs(values(o, d) - p).max()) for o, p in zip(outs, pouts, strict=False))
         record(
             "exact Shapley d=10 vs shap ExactExplainer",
             f"{ms:6.1f} ms",
             f"{pms:6.1f} ms (max |Δ| {gap:.1e})",
-            f"{paired.speedups[0]:.2f}×",
+            f"{pms / ms:.2f}×",
         )
         rows = (1 << d) * bg.x.shape[0]
         floor_ms = bare_model_ms(app, "mlp10", rows, d)
@@ -225,21 +212,18 @@ async def main() -> None:
         d, model = 30, models[30]
         xs = rows_of[d][: args.rows]
         ig = explain(d, "integrated_gradients", steps=50, integration_rule="gauss_legendre", baseline="zero")
+        ms, outs = await p50_rpc(ig, xs)
         cig = CaptumIG(model.torch_module())
 
         def c_ig(x: np.ndarray) -> np.ndarray:
             xt = torch.tensor(x[None], dtype=torch.float32)
             return cig.attribute(xt, target=1, n_steps=50, method="gausslegendre")[0].detach().double().numpy()
 
-        paired = await paired_p50(ig, [(c_ig, len(xs))], xs)
-        ms, outs, pms, pouts = paired.ours_ms, paired.outs, paired.peer_ms[0], paired.peer_outs[0]
+        pms, pouts = p50_sync(c_ig, xs)
         rel = max(rel_err(values(o, d), p) for o, p in zip(outs, pouts, strict=True))
         evals = statistics.median(o.quality.model_evaluations for o in outs)  # type: ignore[attr-defined]
         record(
-            "IG 50 steps d=30 vs captum",
-            f"{ms:6.2f} ms",
-            f"{pms:6.2f} ms (max rel Δ {rel:.1e})",
-            f"{paired.speedups[0]:.2f}×",
+            "IG 50 steps d=30 vs captum", f"{ms:6.2f} ms", f"{pms:6.2f} ms (max rel Δ {rel:.1e})", f"{pms / ms:.2f}×"
         )
         print(f"    (ours: median {evals:.0f} model rows per answer)")
 

@@ -10,7 +10,6 @@ import asyncio
 import statistics
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -65,6 +64,16 @@ def rel_err(phi: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(phi - ref).sum() / np.abs(ref).sum())
 
 
+def p50_sync(fn: Callable[[np.ndarray], np.ndarray], xs: np.ndarray) -> tuple[float, list[np.ndarray]]:
+    fn(xs[0])
+    times, outs = [], []
+    for x in xs:
+        t = time.perf_counter()
+        outs.append(fn(x))
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times), outs
+
+
 async def p50_rpc(fn: Callable[[np.ndarray, int], Awaitable[object]], xs: np.ndarray) -> tuple[float, list[object]]:
     await fn(xs[0], 10**6)
     times, outs = [], []
@@ -73,65 +82,6 @@ async def p50_rpc(fn: Callable[[np.ndarray, int], Awaitable[object]], xs: np.nda
         outs.append(await fn(x, i))
         times.append((time.perf_counter() - t) * 1e3)
     return statistics.median(times), outs
-
-
-@dataclass
-class Paired:
-    """Our calls and the peers' timed on the same rows, alternating row by row.
-
-    Attributes:
-        ours_ms: our p50 over all rows (ms).
-        ours_total_s: the sum of our calls' times (s), the warm-up call's included.
-        outs: our answers, one per row.
-        peer_ms: each peer's p50 over its rows (ms).
-        speedups: each peer's median over its rows of (its time / ours on the same row).
-        peer_outs: each peer's answers, one per row it ran.
-    """
-
-    ours_ms: float
-    ours_total_s: float
-    outs: list[object]
-    peer_ms: list[float]
-    speedups: list[float]
-    peer_outs: list[list[np.ndarray]]
-
-
-async def paired_p50(
-    ours: Callable[[np.ndarray, int], Awaitable[object]],
-    peers: list[tuple[Callable[[np.ndarray], np.ndarray], int]],
-    xs: np.ndarray,
-) -> Paired:
-    """Times `ours` on every row and each peer ``(fn, rows)`` on the first `rows`, one row
-    at a time for all of them, after a warm-up call of each. The VM's speed drifts by ±15%
-    over minutes; timed back to back on the same row, ours and a peer see the same phase,
-    so the per-row ratio does not move with it the way a ratio of separate loops does."""
-    t = time.perf_counter()
-    await ours(xs[0], 10**6)
-    warmup_s = time.perf_counter() - t
-    for fn, _ in peers:
-        fn(xs[0])
-    times: list[float] = []
-    outs: list[object] = []
-    peer_times: list[list[float]] = [[] for _ in peers]
-    peer_outs: list[list[np.ndarray]] = [[] for _ in peers]
-    for i, x in enumerate(xs):
-        t = time.perf_counter()
-        outs.append(await ours(x, i))
-        times.append((time.perf_counter() - t) * 1e3)
-        for j, (fn, rows) in enumerate(peers):
-            if i < rows:
-                t = time.perf_counter()
-                peer_outs[j].append(fn(x))
-                peer_times[j].append((time.perf_counter() - t) * 1e3)
-    speedups = [statistics.median(p / o for p, o in zip(pt, times, strict=False)) for pt in peer_times]
-    return Paired(
-        ours_ms=statistics.median(times),
-        ours_total_s=warmup_s + sum(times) / 1e3,
-        outs=outs,
-        peer_ms=[statistics.median(pt) for pt in peer_times],
-        speedups=speedups,
-        peer_outs=peer_outs,
-    )
 
 
 async def echo_server() -> tuple[grpc.aio.Server, str]:
