@@ -138,6 +138,7 @@ class QueryAuditRequest(_message.Message):
     page_size: _builtins.int
     """Records per page; 0 uses the server default (100)."""
     page_token: _builtins.str
+    """The previous page's next_page_token; empty for the first page."""
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property

@@ -50,7 +50,9 @@ class AuditServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def QueryAudit(self, request, context):
-        """Audited decisions of one model, oldest first, filtered and paginated.
+        """Audited decisions of one model, oldest first, filtered and paginated. A
+        query's pages end at the log's newest record when its first page was read
+        (reads are audited too): query again for later records.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

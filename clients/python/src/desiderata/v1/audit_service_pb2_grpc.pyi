@@ -34,7 +34,10 @@ class AuditServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AuditServiceAsyncStub: ...
     QueryAudit: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.QueryAuditRequest, _audit_service_pb2.QueryAuditResponse]
-    """Audited decisions of one model, oldest first, filtered and paginated."""
+    """Audited decisions of one model, oldest first, filtered and paginated. A
+    query's pages end at the log's newest record when its first page was read
+    (reads are audited too): query again for later records.
+    """
     VerifyAudit: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.VerifyAuditRequest, _audit_service_pb2.VerifyAuditResponse]
     """Verifies the hash chain of the whole log."""
 
@@ -42,7 +45,10 @@ class AuditServiceStub:
 class AuditServiceAsyncStub(AuditServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     QueryAudit: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.QueryAuditRequest, _audit_service_pb2.QueryAuditResponse]  # type: ignore[assignment]
-    """Audited decisions of one model, oldest first, filtered and paginated."""
+    """Audited decisions of one model, oldest first, filtered and paginated. A
+    query's pages end at the log's newest record when its first page was read
+    (reads are audited too): query again for later records.
+    """
     VerifyAudit: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.VerifyAuditRequest, _audit_service_pb2.VerifyAuditResponse]  # type: ignore[assignment]
     """Verifies the hash chain of the whole log."""
 
@@ -53,7 +59,10 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_service_pb2.QueryAuditRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_service_pb2.QueryAuditResponse, _abc.Awaitable[_audit_service_pb2.QueryAuditResponse]]:
-        """Audited decisions of one model, oldest first, filtered and paginated."""
+        """Audited decisions of one model, oldest first, filtered and paginated. A
+        query's pages end at the log's newest record when its first page was read
+        (reads are audited too): query again for later records.
+        """
 
     @_abc_1.abstractmethod
     def VerifyAudit(

@@ -107,6 +107,7 @@ export interface QueryAuditRequest {
     | undefined;
   /** Records per page; 0 uses the server default (100). */
   pageSize: number;
+  /** The previous page's next_page_token; empty for the first page. */
   pageToken: string;
 }
 
@@ -1006,7 +1007,11 @@ export const VerifyAuditResponse: MessageFns<VerifyAuditResponse> = {
 
 export type AuditServiceService = typeof AuditServiceService;
 export const AuditServiceService = {
-  /** Audited decisions of one model, oldest first, filtered and paginated. */
+  /**
+   * Audited decisions of one model, oldest first, filtered and paginated. A
+   * query's pages end at the log's newest record when its first page was read
+   * (reads are audited too): query again for later records.
+   */
   queryAudit: {
     path: "/desiderata.v1.AuditService/QueryAudit" as const,
     requestStream: false as const,
@@ -1029,14 +1034,22 @@ export const AuditServiceService = {
 } as const;
 
 export interface AuditServiceServer extends UntypedServiceImplementation {
-  /** Audited decisions of one model, oldest first, filtered and paginated. */
+  /**
+   * Audited decisions of one model, oldest first, filtered and paginated. A
+   * query's pages end at the log's newest record when its first page was read
+   * (reads are audited too): query again for later records.
+   */
   queryAudit: handleUnaryCall<QueryAuditRequest, QueryAuditResponse>;
   /** Verifies the hash chain of the whole log. */
   verifyAudit: handleUnaryCall<VerifyAuditRequest, VerifyAuditResponse>;
 }
 
 export interface AuditServiceClient extends Client {
-  /** Audited decisions of one model, oldest first, filtered and paginated. */
+  /**
+   * Audited decisions of one model, oldest first, filtered and paginated. A
+   * query's pages end at the log's newest record when its first page was read
+   * (reads are audited too): query again for later records.
+   */
   queryAudit(
     request: QueryAuditRequest,
     callback: (error: ServiceError | null, response: QueryAuditResponse) => void,
