@@ -145,6 +145,8 @@ class AuditFilter:
         decision_id: one decision.
         since: ISO time, inclusive.
         until: ISO time, exclusive.
+        store_only: only the records that concern no model (erasures, and reads of
+            these records); `model` must then be empty.
     """
 
     principal: str = ""
@@ -155,10 +157,15 @@ class AuditFilter:
     decision_id: str = ""
     since: str = ""
     until: str = ""
+    store_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.store_only and self.model:
+            raise InvalidArgument.single("model", "must be empty when only store-wide records are read")
 
     def equalities(self) -> dict[str, str | bool]:
         """Column -> value of the equality filters that are set."""
-        out: dict[str, str | bool] = {}
+        out: dict[str, str | bool] = {"model": ""} if self.store_only else {}
         for name in ("principal", "role", "model", "purpose", "decision_id"):
             value = getattr(self, name)
             if value:

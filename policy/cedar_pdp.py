@@ -10,6 +10,11 @@ erroring policy and a skipped `forbid` would otherwise open access.
 
 Reasons are the ``@id`` annotations of the determining policies; denials with
 no matching policy carry ``policy.default_deny``.
+
+Resources are models (``Model::"<name>"``, with the card's attributes), except
+for the audit records that concern no model (erasures): reading those is
+``audit/read`` on ``Log::"store"``. A bundle whose schema has no ``Log`` type
+denies it (the request fails validation, and errors deny).
 """
 
 from __future__ import annotations
@@ -32,11 +37,14 @@ from desiderata.server.errors import InvalidArgument, UnknownPurpose
 __all__ = [
     "DEFAULT_DENY",
     "EVALUATION_ERROR",
+    "STORE_LOG",
     "UNKNOWN_ROLE",
     "Capability",
     "CedarPDP",
 ]
 
+STORE_LOG = "store"
+"""Id of the ``Log`` resource: the audit records that concern no model."""
 DEFAULT_DENY = "policy.default_deny"
 EVALUATION_ERROR = "policy.evaluation_error"
 UNKNOWN_ROLE = "policy.unknown_role"
@@ -125,13 +133,16 @@ class CedarPDP:
         Args:
             principal: the caller.
             action: one of `GLOBAL_ACTIONS`.
-            model: model name (for ``audit/read``: the model whose records are read).
-            model_attributes: the model's card attributes.
+            model: model name (for ``audit/read``: the model whose records are read, or ""
+                for the records that concern no model, decided on ``Log::"store"``).
+            model_attributes: the model's card attributes (none for the store's log).
             purpose: declared purpose.
             consumption: static or dynamic.
         """
         if action not in GLOBAL_ACTIONS:
             raise InvalidArgument.single("action", f"unknown action; expected one of {GLOBAL_ACTIONS}")
+        if not model and action != "audit/read":
+            raise InvalidArgument.single("model", f"required for {action}")
         return self._decide_actions(principal, model, model_attributes, (action,), purpose, consumption, False, False)
 
     def capabilities(
@@ -246,7 +257,7 @@ class CedarPDP:
         return Decision(new_decision_id(), False, "", None, reasons, self.version, errors)
 
     def _entities(self, principal: Principal, model: str, attrs: _Attrs) -> list[dict[str, Any]]:
-        model_attrs = {k: attrs[k] for k in self.bundle.model_attributes if k in attrs}
+        model_attrs = {k: attrs[k] for k in self.bundle.model_attributes if k in attrs} if model else {}
         user_attrs = {k: v for k, v in principal.attributes.items() if k in self.bundle.user_attributes}
         return [
             {
@@ -254,7 +265,7 @@ class CedarPDP:
                 "attrs": user_attrs,
                 "parents": [{"type": "Role", "id": principal.role}],
             },
-            {"uid": {"type": "Model", "id": model}, "attrs": model_attrs, "parents": []},
+            {"uid": _resource(model), "attrs": model_attrs, "parents": []},
         ]
 
     @staticmethod
@@ -270,7 +281,7 @@ class CedarPDP:
         return {
             "principal": {"type": "User", "id": principal.id},
             "action": {"type": "Action", "id": action},
-            "resource": {"type": "Model", "id": model},
+            "resource": _resource(model),
             "context": {
                 "purpose": purpose,
                 "consumption": consumption.value,
@@ -295,3 +306,8 @@ class CedarPDP:
             names = diag.id_annotations_by_reason
             out.append((res.allowed, tuple(sorted(names.get(r, r) for r in diag.reasons))))
         return out
+
+
+def _resource(model: str) -> dict[str, str]:
+    """The Cedar resource of a request: the model, or the store's log when there is none."""
+    return {"type": "Model", "id": model} if model else {"type": "Log", "id": STORE_LOG}

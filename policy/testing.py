@@ -15,6 +15,7 @@ A case file:
                  reasons: [end_user.own_decision]}
 
 ``request.action`` (``global/summary``, ``global/drift``, ``audit/read``) may replace ``kind``;
+``model: ""`` with ``action: audit/read`` reads the records that concern no model (``Log::"store"``);
 ``expect.error: unknown_purpose`` expects the request to be refused as bad input;
 ``expect.reasons`` is compared as a set.
 """

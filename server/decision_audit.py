@@ -31,7 +31,7 @@ def model_attributes(handle: ModelHandle) -> dict[str, str | bool | int | float]
 def audit_decision(
     audit: AuditLog,
     principal: Principal,
-    handle: ModelHandle,
+    handle: ModelHandle | None,
     action: str,
     purpose: str,
     consumption: Consumption,
@@ -43,7 +43,8 @@ def audit_decision(
     Args:
         audit: the log.
         principal: who asked.
-        handle: the model version the request resolved to.
+        handle: the model version the request resolved to; None for a request about no
+            model (a read of the store-wide records).
         action: the explanation kind or operation (e.g. ``feature_attribution``, ``feedback``).
         purpose: the declared purpose.
         consumption: static or dynamic.
@@ -60,8 +61,8 @@ def audit_decision(
         role=principal.role,
         purpose=purpose,
         consumption=consumption.value,
-        model=handle.name,
-        model_version=handle.version,
+        model=handle.name if handle is not None else "",
+        model_version=handle.version if handle is not None else "",
         policy_version=decision.policy_version,
         action=action,
         allowed=decision.allowed,

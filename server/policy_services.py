@@ -57,11 +57,15 @@ class PolicyServices:
         self.drift = DriftMonitor(rows=rows)
 
     def _authorize(self, principal: Principal, action: str, model: str, purpose: str, version: str = "") -> Decision:
-        """The policy's decision on `action`, audited; denials raise."""
+        """The policy's decision on `action`, audited; denials raise.
+
+        `model` "" is the store's log (``audit/read`` of the records that concern no model).
+        """
         p = self.pipeline
-        handle = p.models.resolve(model, version)
+        handle = p.models.resolve(model, version) if model else None
         p.check_purpose(purpose)
-        decision = p.policy.pdp.authorize(principal, action, handle.name, model_attributes(handle), purpose)
+        name, attrs = (handle.name, model_attributes(handle)) if handle is not None else ("", {})
+        decision = p.policy.pdp.authorize(principal, action, name, attrs, purpose)
         audit_decision(p.audit, principal, handle, action, purpose, Consumption.STATIC, decision)
         if not decision.allowed:
             raise PermissionDenied(
@@ -120,7 +124,14 @@ class PolicyServices:
     def query_audit(
         self, principal: Principal, model: str, purpose: str, filters: AuditFilter, page_size: int, page_token: str
     ) -> AuditPage:
-        """One page of the model's audited decisions, if the policy allows audit reads."""
+        """One page of the model's audited decisions, if the policy allows audit reads.
+
+        With ``filters.store_only`` (and `model` ""): the records that concern no model
+        (erasures, and these reads), decided as audit reads of ``Log::"store"``.
+        """
+        if filters.store_only == bool(model):
+            why = "must be empty when the store-wide records are read" if model else "required"
+            raise InvalidArgument.single("model", why)
         self._authorize(principal, "audit/read", model, purpose)
         filters = AuditFilter(**{**filters.__dict__, "model": model})
         return self.pipeline.audit.query(filters, page_size or 100, page_token)

@@ -62,10 +62,11 @@ class AuditServicer(au_grpc.AuditServiceServicer):
             decision_id=request.decision_id,
             since=_iso(request.since, "since"),
             until=_iso(request.until, "until"),
+            store_only=request.store_records,
         )
         page = self._services.query_audit(
             current_principal.get(),
-            required(request.model, "model"),
+            request.model,
             required(request.purpose, "purpose"),
             filters,
             request.page_size,

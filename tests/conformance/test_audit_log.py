@@ -176,6 +176,27 @@ def test_query_filters_and_paginates(backend: Backend) -> None:
     assert len(backend.log.query(AuditFilter(until="2999-01-01", model="credit")).records) == 12
 
 
+def test_store_wide_records_are_read_apart_from_every_model(backend: Backend) -> None:
+    # Erasures concern no model (they name no subject either); a model's query never lists
+    # them, and a store-wide query lists only them.
+    _fill(backend.log, 3)
+    backend.log.append(_record(4, model="other"))
+    backend.log.append(_record(90, model="", model_version="", action="erase_subject", role="operator"))
+    backend.log.append(_record(5))
+    backend.log.append(_record(91, model="", model_version="", action="audit/read", role="regulator"))
+    store = backend.log.query(AuditFilter(store_only=True), page_size=1)
+    ids = [r.record.decision_id for r in store.records]
+    store = backend.log.query(AuditFilter(store_only=True), page_size=1, page_token=store.next_page_token)
+    ids += [r.record.decision_id for r in store.records]
+    assert ids == ["dec_90", "dec_91"] and not store.next_page_token
+    erasures = backend.log.query(AuditFilter(store_only=True, role="operator"))
+    assert [r.record.action for r in erasures.records] == ["erase_subject"]
+    credit = backend.log.query(AuditFilter(model="credit"))
+    assert [r.record.decision_id for r in credit.records] == ["dec_1", "dec_2", "dec_3", "dec_5"]
+    with pytest.raises(InvalidArgument):
+        AuditFilter(store_only=True, model="credit")
+
+
 def test_a_query_pages_through_the_log_as_its_first_page_saw_it(backend: Backend) -> None:
     # Reads are audited: a reader following pages to the newest record would find one record
     # more per page it read, and with one record per page it would never reach the end.

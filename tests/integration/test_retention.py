@@ -20,7 +20,7 @@ from desiderata.policy.model import Principal
 from desiderata.server.decision_store import DecisionRecord, SqliteDecisionStore, new_record_id, utcnow
 from desiderata.server.errors import DecisionNotFound, InvalidArgument
 from desiderata.server.policy_services import FeedbackRequest
-from tests.integration.conftest import scrape, serving, settings_for
+from tests.integration.conftest import KEYS, scrape, serving, settings_for
 from tests.support.tiny_model import INSTANCE
 
 
@@ -193,3 +193,61 @@ def test_one_command_erases_a_subjects_decisions_and_feedback(
     assert "alice" not in first.canonical() and "bob" not in second.canonical()
     assert log.verify().ok
     log.close()
+
+
+async def test_regulators_read_erasures_among_the_store_wide_records(
+    tiny_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Erasures concern no model: a model's audit query never lists them. A regulator reads them
+    # (and nothing else of the log) with store_records, decided as audit/read on Log::"store".
+    from desiderata.server.cli import main
+    from desiderata.v1 import audit_service_pb2 as au
+    from desiderata.v1 import audit_service_pb2_grpc as au_grpc
+
+    state, config = _configured(tmp_path)
+    keys = [*KEYS, {"principal": "reg", "role": "regulator", "key": "k-reg"}]
+    settings = settings_for(tiny_repo, state, auth={"api_keys": keys})
+    async with (
+        serving(settings) as running,
+        AsyncClient(running.address, api_key="k-eng") as eng,
+        AsyncClient(running.address, api_key="k-reg") as reg,
+    ):
+        await eng.predict("tiny", INSTANCE, subject_id="alice")
+        # The operator's command, run beside the serving process on the same stores.
+        erase = ["erase", "--subject", "alice", "--request", "DSR-2026-118", "--by", "dpo", "--config", str(config)]
+        assert await asyncio.to_thread(main, erase) == 0
+        erasure_id = capsys.readouterr().out.strip().splitlines()[-1].split("(audit ")[1].rstrip(")")
+        tiny = [e async for e in reg.audit_entries("tiny", purpose="audit")]
+        assert tiny and all(e.model == "tiny" for e in tiny)
+        assert "erase_subject" not in {e.action for e in tiny}
+        store = [e async for e in reg.audit_entries("", purpose="audit", store_records=True, page_size=1)]
+        erasure, *reads = store
+        assert (erasure.action, erasure.decision_id, erasure.principal, erasure.role, erasure.request_id) == (
+            "erase_subject",
+            erasure_id,
+            "dpo",
+            "operator",
+            "DSR-2026-118",
+        )
+        assert list(erasure.reasons) == ["decisions_erased=1", "feedback_erased=0"] and erasure.model == ""
+        # Reading the store-wide records is itself one of them (the first page's read is
+        # before the page's snapshot), with its decision's reasons.
+        assert [(e.action, e.principal, e.model, e.allowed) for e in reads] == [("audit/read", "reg", "", True)]
+        assert list(reads[0].reasons) == ["regulator.audit"]
+        with pytest.raises(DesiderataRpcError) as denied:
+            await eng.query_audit("", purpose="debugging", store_records=True)
+        assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED
+        assert denied.value.details.metadata["decision_id"] in {
+            e.decision_id async for e in reg.audit_entries("", purpose="audit", store_records=True, outcome="denied")
+        }
+        async with grpc.aio.insecure_channel(running.address) as channel:
+            stub = au_grpc.AuditServiceStub(channel)
+            for request in (
+                au.QueryAuditRequest(model="tiny", purpose="audit", store_records=True),
+                au.QueryAuditRequest(purpose="audit"),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as bad:
+                    await stub.QueryAudit(request, metadata=(("x-api-key", "k-reg"),))
+                err = DesiderataRpcError.from_rpc_error(bad.value)
+                assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+                assert [f for f, _ in err.details.field_violations] == ["model"]

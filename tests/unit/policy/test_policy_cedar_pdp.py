@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from unittest import mock
 
@@ -145,6 +146,26 @@ def test_global_actions(pdp: CedarPDP) -> None:
     assert not pdp.authorize(Principal("e", "executive"), "audit/read", "credit", CREDIT, "audit").allowed
     with pytest.raises(InvalidArgument):
         pdp.authorize(reg, "feature_attribution/full", "credit", CREDIT, "audit")
+
+
+def test_the_store_log_is_a_resource_of_audit_reads_only(pdp: CedarPDP, bundle_dir: Path) -> None:
+    reg = Principal("r", "regulator")
+    store = pdp.authorize(reg, "audit/read", "", {}, "audit")
+    assert store.allowed and store.reasons == ("regulator.audit",)
+    assert not pdp.authorize(ENGINEER, "audit/read", "", {}, "debugging").allowed
+    with pytest.raises(InvalidArgument, match="model"):
+        pdp.authorize(reg, "global/summary", "", {}, "audit")
+    # A bundle written before the Log type existed cannot decide it: denied, not skipped.
+    schema = bundle_dir / "schema.cedarschema.json"
+    doc = json.loads(schema.read_text())
+    space = next(iter(doc))
+    del doc[space]["entityTypes"]["Log"]
+    doc[space]["actions"]["audit/read"]["appliesTo"]["resourceTypes"] = ["Model"]
+    schema.write_text(json.dumps(doc))
+    older = CedarPDP(parse_bundle(bundle_dir))
+    assert older.authorize(reg, "audit/read", "credit", CREDIT, "audit").allowed
+    refused = older.authorize(reg, "audit/read", "", {}, "audit")
+    assert not refused.allowed and refused.reasons == (EVALUATION_ERROR,)
 
 
 def test_remembered_decisions_equal_evaluated_ones_and_errors_are_not_remembered() -> None:

@@ -251,7 +251,8 @@ func (x *AuditEntry) GetHash() string {
 
 type QueryAuditRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Model whose decisions are read (required: access is decided per model).
+	// Model whose decisions are read (required unless store_records is set:
+	// access is decided per model).
 	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
 	// Declared purpose, e.g. "audit".
 	Purpose    string `protobuf:"bytes,2,opt,name=purpose,proto3" json:"purpose,omitempty"`
@@ -265,7 +266,13 @@ type QueryAuditRequest struct {
 	// Records per page; 0 uses the server default (100).
 	PageSize uint32 `protobuf:"varint,9,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The previous page's next_page_token; empty for the first page.
-	PageToken     string `protobuf:"bytes,10,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,10,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Read the records that concern no model instead of a model's: erasures of a
+	// subject's data (action "erase_subject", role "operator"; they name who
+	// erased, under which request reference, and how many records went, never
+	// the subject) and these reads themselves. `model` must then be empty; the
+	// policy decides it as "audit/read" on the resource Log::"store".
+	StoreRecords  bool `protobuf:"varint,11,opt,name=store_records,json=storeRecords,proto3" json:"store_records,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -368,6 +375,13 @@ func (x *QueryAuditRequest) GetPageToken() string {
 		return x.PageToken
 	}
 	return ""
+}
+
+func (x *QueryAuditRequest) GetStoreRecords() bool {
+	if x != nil {
+		return x.StoreRecords
+	}
+	return false
 }
 
 type QueryAuditResponse struct {
@@ -562,7 +576,7 @@ const file_desiderata_v1_audit_service_proto_rawDesc = "" +
 	"\areasons\x18\x0f \x03(\tR\areasons\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x10 \x01(\tR\trequestId\x12\x12\n" +
-	"\x04hash\x18\x11 \x01(\tR\x04hash\"\xed\x02\n" +
+	"\x04hash\x18\x11 \x01(\tR\x04hash\"\x92\x03\n" +
 	"\x11QueryAuditRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
 	"\apurpose\x18\x02 \x01(\tR\apurpose\x12\x1c\n" +
@@ -576,7 +590,8 @@ const file_desiderata_v1_audit_service_proto_rawDesc = "" +
 	"\tpage_size\x18\t \x01(\rR\bpageSize\x12\x1d\n" +
 	"\n" +
 	"page_token\x18\n" +
-	" \x01(\tR\tpageToken\"q\n" +
+	" \x01(\tR\tpageToken\x12#\n" +
+	"\rstore_records\x18\v \x01(\bR\fstoreRecords\"q\n" +
 	"\x12QueryAuditResponse\x123\n" +
 	"\aentries\x18\x01 \x03(\v2\x19.desiderata.v1.AuditEntryR\aentries\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"D\n" +

@@ -30,7 +30,8 @@ const (
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type AuditServiceClient interface {
-	// Audited decisions of one model, oldest first, filtered and paginated. A
+	// Audited decisions of one model (or the records that concern no model, such
+	// as erasures: store_records), oldest first, filtered and paginated. A
 	// query's pages end at the log's newest record when its first page was read
 	// (reads are audited too): query again for later records.
 	QueryAudit(ctx context.Context, in *QueryAuditRequest, opts ...grpc.CallOption) (*QueryAuditResponse, error)
@@ -70,7 +71,8 @@ func (c *auditServiceClient) VerifyAudit(ctx context.Context, in *VerifyAuditReq
 // All implementations must embed UnimplementedAuditServiceServer
 // for forward compatibility.
 type AuditServiceServer interface {
-	// Audited decisions of one model, oldest first, filtered and paginated. A
+	// Audited decisions of one model (or the records that concern no model, such
+	// as erasures: store_records), oldest first, filtered and paginated. A
 	// query's pages end at the log's newest record when its first page was read
 	// (reads are audited too): query again for later records.
 	QueryAudit(context.Context, *QueryAuditRequest) (*QueryAuditResponse, error)

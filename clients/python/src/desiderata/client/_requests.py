@@ -196,14 +196,20 @@ class Requests:
         until: datetime | None = None,
         page_size: int = 0,
         page_token: str = "",
+        store_records: bool = False,
     ) -> au.QueryAuditRequest:
         """One page of a model's audit log, filtered.
 
         Args:
+            model: the model whose records are read; "" with `store_records`.
             outcome: "allowed", "denied" or "" (both).
             since, until: timezone-aware bounds on the record time.
             page_size: records per page; 0 is the server's default (100).
+            store_records: read the records that concern no model instead (erasures of a
+                subject's data, and these reads); `model` must be "".
         """
+        if store_records and model:
+            raise ValueError("model must be empty when store_records is set")
         if outcome not in OUTCOME:
             raise ValueError(f"outcome must be one of {sorted(OUTCOME)}, not {outcome!r}")
         req = au.QueryAuditRequest(
@@ -215,6 +221,7 @@ class Requests:
             outcome=OUTCOME[outcome],
             page_size=page_size,
             page_token=page_token,
+            store_records=store_records,
         )
         for field, bound in (("since", since), ("until", until)):
             if bound is not None:

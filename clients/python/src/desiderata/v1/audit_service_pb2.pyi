@@ -126,8 +126,11 @@ class QueryAuditRequest(_message.Message):
     UNTIL_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STORE_RECORDS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
-    """Model whose decisions are read (required: access is decided per model)."""
+    """Model whose decisions are read (required unless store_records is set:
+    access is decided per model).
+    """
     purpose: _builtins.str
     """Declared purpose, e.g. "audit"."""
     principal: _builtins.str
@@ -139,6 +142,13 @@ class QueryAuditRequest(_message.Message):
     """Records per page; 0 uses the server default (100)."""
     page_token: _builtins.str
     """The previous page's next_page_token; empty for the first page."""
+    store_records: _builtins.bool
+    """Read the records that concern no model instead of a model's: erasures of a
+    subject's data (action "erase_subject", role "operator"; they name who
+    erased, under which request reference, and how many records went, never
+    the subject) and these reads themselves. `model` must then be empty; the
+    policy decides it as "audit/read" on the resource Log::"store".
+    """
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -156,10 +166,11 @@ class QueryAuditRequest(_message.Message):
         until: _timestamp_pb2.Timestamp | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        store_records: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision_id", b"decision_id", "model", b"model", "outcome", b"outcome", "page_size", b"page_size", "page_token", b"page_token", "principal", b"principal", "purpose", b"purpose", "role", b"role", "since", b"since", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision_id", b"decision_id", "model", b"model", "outcome", b"outcome", "page_size", b"page_size", "page_token", b"page_token", "principal", b"principal", "purpose", b"purpose", "role", b"role", "since", b"since", "store_records", b"store_records", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -50,7 +50,8 @@ class AuditServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def QueryAudit(self, request, context):
-        """Audited decisions of one model, oldest first, filtered and paginated. A
+        """Audited decisions of one model (or the records that concern no model, such
+        as erasures: store_records), oldest first, filtered and paginated. A
         query's pages end at the log's newest record when its first page was read
         (reads are audited too): query again for later records.
         """

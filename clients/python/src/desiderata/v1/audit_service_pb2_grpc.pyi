@@ -34,7 +34,8 @@ class AuditServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AuditServiceAsyncStub: ...
     QueryAudit: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.QueryAuditRequest, _audit_service_pb2.QueryAuditResponse]
-    """Audited decisions of one model, oldest first, filtered and paginated. A
+    """Audited decisions of one model (or the records that concern no model, such
+    as erasures: store_records), oldest first, filtered and paginated. A
     query's pages end at the log's newest record when its first page was read
     (reads are audited too): query again for later records.
     """
@@ -45,7 +46,8 @@ class AuditServiceStub:
 class AuditServiceAsyncStub(AuditServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     QueryAudit: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.QueryAuditRequest, _audit_service_pb2.QueryAuditResponse]  # type: ignore[assignment]
-    """Audited decisions of one model, oldest first, filtered and paginated. A
+    """Audited decisions of one model (or the records that concern no model, such
+    as erasures: store_records), oldest first, filtered and paginated. A
     query's pages end at the log's newest record when its first page was read
     (reads are audited too): query again for later records.
     """
@@ -59,7 +61,8 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_service_pb2.QueryAuditRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_service_pb2.QueryAuditResponse, _abc.Awaitable[_audit_service_pb2.QueryAuditResponse]]:
-        """Audited decisions of one model, oldest first, filtered and paginated. A
+        """Audited decisions of one model (or the records that concern no model, such
+        as erasures: store_records), oldest first, filtered and paginated. A
         query's pages end at the log's newest record when its first page was read
         (reads are audited too): query again for later records.
         """

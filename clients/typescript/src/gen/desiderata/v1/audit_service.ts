@@ -92,7 +92,10 @@ export interface AuditEntry {
 }
 
 export interface QueryAuditRequest {
-  /** Model whose decisions are read (required: access is decided per model). */
+  /**
+   * Model whose decisions are read (required unless store_records is set:
+   * access is decided per model).
+   */
   model: string;
   /** Declared purpose, e.g. "audit". */
   purpose: string;
@@ -109,6 +112,14 @@ export interface QueryAuditRequest {
   pageSize: number;
   /** The previous page's next_page_token; empty for the first page. */
   pageToken: string;
+  /**
+   * Read the records that concern no model instead of a model's: erasures of a
+   * subject's data (action "erase_subject", role "operator"; they name who
+   * erased, under which request reference, and how many records went, never
+   * the subject) and these reads themselves. `model` must then be empty; the
+   * policy decides it as "audit/read" on the resource Log::"store".
+   */
+  storeRecords: boolean;
 }
 
 export interface QueryAuditResponse {
@@ -506,6 +517,7 @@ function createBaseQueryAuditRequest(): QueryAuditRequest {
     until: undefined,
     pageSize: 0,
     pageToken: "",
+    storeRecords: false,
   };
 }
 
@@ -540,6 +552,9 @@ export const QueryAuditRequest: MessageFns<QueryAuditRequest> = {
     }
     if (message.pageToken !== "") {
       writer.uint32(82).string(message.pageToken);
+    }
+    if (message.storeRecords !== false) {
+      writer.uint32(88).bool(message.storeRecords);
     }
     return writer;
   },
@@ -637,6 +652,14 @@ export const QueryAuditRequest: MessageFns<QueryAuditRequest> = {
             message.pageToken = reader.string();
             continue;
           }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.storeRecords = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -673,6 +696,11 @@ export const QueryAuditRequest: MessageFns<QueryAuditRequest> = {
         : isSet(object.page_token)
         ? globalThis.String(object.page_token)
         : "",
+      storeRecords: isSet(object.storeRecords)
+        ? globalThis.Boolean(object.storeRecords)
+        : isSet(object.store_records)
+        ? globalThis.Boolean(object.store_records)
+        : false,
     };
   },
 
@@ -708,6 +736,9 @@ export const QueryAuditRequest: MessageFns<QueryAuditRequest> = {
     if (message.pageToken !== "") {
       obj.pageToken = message.pageToken;
     }
+    if (message.storeRecords !== false) {
+      obj.storeRecords = message.storeRecords;
+    }
     return obj;
   },
 
@@ -726,6 +757,7 @@ export const QueryAuditRequest: MessageFns<QueryAuditRequest> = {
     message.until = object.until ?? undefined;
     message.pageSize = object.pageSize ?? 0;
     message.pageToken = object.pageToken ?? "";
+    message.storeRecords = object.storeRecords ?? false;
     return message;
   },
 };
@@ -1008,7 +1040,8 @@ export const VerifyAuditResponse: MessageFns<VerifyAuditResponse> = {
 export type AuditServiceService = typeof AuditServiceService;
 export const AuditServiceService = {
   /**
-   * Audited decisions of one model, oldest first, filtered and paginated. A
+   * Audited decisions of one model (or the records that concern no model, such
+   * as erasures: store_records), oldest first, filtered and paginated. A
    * query's pages end at the log's newest record when its first page was read
    * (reads are audited too): query again for later records.
    */
@@ -1035,7 +1068,8 @@ export const AuditServiceService = {
 
 export interface AuditServiceServer extends UntypedServiceImplementation {
   /**
-   * Audited decisions of one model, oldest first, filtered and paginated. A
+   * Audited decisions of one model (or the records that concern no model, such
+   * as erasures: store_records), oldest first, filtered and paginated. A
    * query's pages end at the log's newest record when its first page was read
    * (reads are audited too): query again for later records.
    */
@@ -1046,7 +1080,8 @@ export interface AuditServiceServer extends UntypedServiceImplementation {
 
 export interface AuditServiceClient extends Client {
   /**
-   * Audited decisions of one model, oldest first, filtered and paginated. A
+   * Audited decisions of one model (or the records that concern no model, such
+   * as erasures: store_records), oldest first, filtered and paginated. A
    * query's pages end at the log's newest record when its first page was read
    * (reads are audited too): query again for later records.
    */
