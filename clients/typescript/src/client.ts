@@ -20,8 +20,12 @@ import {
   ExplainStreamRequest,
   type ExplainStreamResponse,
   ExplanationServiceClient,
+  GetAttributionDriftRequest,
+  type GetAttributionDriftResponse,
   GetCapabilitiesRequest,
   type GetCapabilitiesResponse,
+  GetGlobalSummaryRequest,
+  type GetGlobalSummaryResponse,
   SubmitFeedbackRequest,
   type SubmitFeedbackResponse,
 } from "./gen/desiderata/v1/explanation_service.js";
@@ -53,6 +57,31 @@ export interface CallSettings {
   /** This call's deadline in milliseconds from now. */
   timeoutMs?: number;
   metadata?: Metadata;
+}
+
+/** What {@link DesiderataClient.globalSummary} asks besides the model. */
+export interface GlobalSummaryOptions {
+  /**
+   * Declared purpose, e.g. "monitoring", "transparency" or "audit"; the policy decides it on the
+   * action "global/summary". Required.
+   */
+  purpose: string;
+  /** Model version; empty or unset selects the served version. */
+  modelVersion?: string;
+}
+
+/** What {@link DesiderataClient.attributionDrift} asks besides the model. */
+export interface AttributionDriftOptions {
+  /** Declared purpose, e.g. "monitoring", "audit"; the policy decides it on the action "global/drift". Required. */
+  purpose: string;
+  /** Model version; empty or unset selects the served version. */
+  modelVersion?: string;
+  /**
+   * How many of the version's most recent recorded decisions are compared: 0 or unset means
+   * the server's default (500), at most 5,000 (more is INVALID_ARGUMENT). Fewer than 20
+   * decisions in the window is FAILED_PRECONDITION.
+   */
+  maxDecisions?: number;
 }
 
 type Unary<Req, Res> = (
@@ -113,6 +142,67 @@ export class DesiderataClient {
   ): Promise<GetCapabilitiesResponse> {
     const req = GetCapabilitiesRequest.fromPartial(request);
     return this.unary(this.explanations, this.explanations.getCapabilities, req, settings);
+  }
+
+  /**
+   * Global view of a model: mean |attribution| per feature and predicted class over a sample
+   * of its training reference (the policy decides the action "global/summary").
+   *
+   * The response names the `model`, `modelVersion` and local `method` behind it, and lists
+   * `classes`, one per predicted class: `classLabel`, the reference `rows` predicted as it, and
+   * `features` (largest mean |attribution| first), each with its `meanAbsAttribution` (mean |attribution|, in units of the class
+   * probability, rounded as the caller's tier says) and `share` (its share of the summed mean
+   * |attribution| over all features, in [0, 1]). `disclosure` carries the policy decision.
+   *
+   * @param model model name
+   */
+  globalSummary(
+    model: string,
+    options: GlobalSummaryOptions,
+    settings?: CallSettings,
+  ): Promise<GetGlobalSummaryResponse> {
+    const req = GetGlobalSummaryRequest.fromPartial({
+      model,
+      modelVersion: options.modelVersion ?? "",
+      purpose: options.purpose,
+    });
+    return this.unary(this.explanations, this.explanations.getGlobalSummary, req, settings);
+  }
+
+  /**
+   * Attribution drift: the most recent recorded decisions (ModelService.Predict) of a model
+   * version, explained and compared feature by feature with its training reference (the policy
+   * decides the action "global/drift"). Only aggregates over at least 20 decisions are returned:
+   * fewer is FAILED_PRECONDITION.
+   *
+   * The response names the `model`, `modelVersion`, the local `method` behind both samples
+   * ("integrated_gradients" or "permutation_shapley") and the `targetClass` whose attributions
+   * are compared; `referenceRows` and `decisions` count the two samples, recorded between
+   * `firstDecisionAt` and `lastDecisionAt`. `alpha` is the family-wise false-alarm rate of the
+   * feature tests; `shareDistance` is the total-variation distance, in [0, 1], between the two
+   * importance profiles (each feature's share of the summed mean |attribution|), and
+   * `shareThreshold` the distance random splits of the pooled rows exceed with probability
+   * `alpha`. `drifted` is set when some feature drifted. `features` come most drifted (largest
+   * KS statistic) first, each with `referenceMeanAbsAttribution` and `recentMeanAbsAttribution`
+   * (mean |attribution|, in units of the class probability), `ksStatistic` (two-sample
+   * Kolmogorov-Smirnov statistic of the signed attributions, in [0, 1]), `pValue` (not adjusted
+   * for the number of features) and `drifted` (`pValue` times the number of features is below
+   * `alpha`: Bonferroni). `disclosure` carries the policy decision.
+   *
+   * @param model model name
+   */
+  attributionDrift(
+    model: string,
+    options: AttributionDriftOptions,
+    settings?: CallSettings,
+  ): Promise<GetAttributionDriftResponse> {
+    const req = GetAttributionDriftRequest.fromPartial({
+      model,
+      modelVersion: options.modelVersion ?? "",
+      purpose: options.purpose,
+      maxDecisions: options.maxDecisions ?? 0,
+    });
+    return this.unary(this.explanations, this.explanations.getAttributionDrift, req, settings);
   }
 
   /**

@@ -8,7 +8,14 @@
  * const { explanation } = await client.explain({ model: "credit", instance: applicant, kind: ExplanationKind.EXPLANATION_KIND_FEATURE_ATTRIBUTION, purpose: "debugging" });
  * ```
  */
-export { DesiderataClient, DEFAULT_TIMEOUT_MS, type CallSettings, type ClientOptions } from "./client.js";
+export {
+  DesiderataClient,
+  DEFAULT_TIMEOUT_MS,
+  type AttributionDriftOptions,
+  type CallSettings,
+  type ClientOptions,
+  type GlobalSummaryOptions,
+} from "./client.js";
 export { bearerMetadata, channelCredentials, type ConnectionOptions } from "./credentials.js";
 export { DesiderataError, decodeError, type FieldViolation, type QuotaViolation } from "./errors.js";
 export { AsNumber, asNumber, featureValue, instance, type FeatureInput } from "./instance.js";
@@ -23,6 +30,13 @@ export {
   GetCapabilitiesRequest,
   KindCapability,
   GetCapabilitiesResponse,
+  GetGlobalSummaryRequest,
+  FeatureImportance,
+  ClassSummary,
+  GetGlobalSummaryResponse,
+  GetAttributionDriftRequest,
+  FeatureDrift,
+  GetAttributionDriftResponse,
   FeedbackVerdict,
   SubmitFeedbackRequest,
   SubmitFeedbackResponse,

@@ -21,6 +21,7 @@ import { startServer, type RunningServer } from "./server.js";
 
 const ML_ENGINEER_KEY = "demo-ml_engineer-key"; // demo credentials, public by design
 const REGULATOR_KEY = "demo-regulator-key";
+const EXECUTIVE_KEY = "demo-executive-key";
 const SUBJECT = "applicant-0001";
 
 /** The demo applicant's values; integral numbers go as integers, which `number` features accept too. */
@@ -168,6 +169,116 @@ describe("desiderata TypeScript SDK against a real server", () => {
     } finally {
       regulator.close();
     }
+  });
+
+  test("GetGlobalSummary gives an executive mean |attribution| per feature and predicted class", async () => {
+    const executive = new DesiderataClient(server.address, { apiKey: EXECUTIVE_KEY, insecure: true, timeoutMs: 60_000 });
+    try {
+      const summary = await executive.globalSummary("credit", { purpose: "monitoring" });
+      assert.equal(summary.model, "credit");
+      assert.notEqual(summary.modelVersion, "");
+      assert.ok(["integrated_gradients", "permutation_shapley"].includes(summary.method), summary.method);
+      assert.equal(summary.disclosure?.tier, "global/summary");
+      assert.deepEqual(summary.disclosure?.reasons, ["executive.global_summary"]);
+      assert.notEqual(summary.disclosure?.decisionId ?? "", "");
+      assert.ok(summary.classes.length > 0, "no classes");
+      assert.ok(summary.classes.reduce((n, c) => n + c.rows, 0) > 0, "no reference rows");
+      for (const c of summary.classes) {
+        assert.notEqual(c.classLabel, "");
+        // Every feature of the model, most important first.
+        assert.deepEqual(c.features.map((f) => f.feature).sort(), Object.keys(APPLICANT).sort());
+        for (const f of c.features) {
+          assert.notEqual(f.displayName, "");
+          const mean = f.meanAbsAttribution;
+          assert.ok(Number.isFinite(mean) && mean >= 0, `${f.feature} mean |attribution| ${mean}`);
+          assert.ok(f.share >= 0 && f.share <= 1, `${f.feature} share ${f.share}`);
+        }
+        const means = c.features.map((f) => f.meanAbsAttribution);
+        assert.deepEqual(means, [...means].sort((a, b) => b - a), "features not most important first");
+        if (means.some((m) => m > 0)) {
+          const shares = c.features.reduce((n, f) => n + f.share, 0);
+          assert.ok(Math.abs(shares - 1) < 1e-6, `shares sum to ${shares}`);
+        }
+      }
+
+      // The version asked for is the one summarized: an unknown one is NOT_FOUND.
+      await assert.rejects(executive.globalSummary("credit", { purpose: "monitoring", modelVersion: "99" }), (err) => {
+        assert.ok(err instanceof DesiderataError);
+        assert.equal(err.code, status.NOT_FOUND);
+        return true;
+      });
+    } finally {
+      executive.close();
+    }
+  });
+
+  test("an executive is PERMISSION_DENIED attribution drift", async () => {
+    // Windows of recent decisions can be differenced: the demo policy keeps drift from executives.
+    const executive = new DesiderataClient(server.address, { apiKey: EXECUTIVE_KEY, insecure: true, timeoutMs: 60_000 });
+    try {
+      await assert.rejects(executive.attributionDrift("credit", { purpose: "monitoring" }), (err) => {
+        assert.ok(err instanceof DesiderataError);
+        assert.equal(err.code, status.PERMISSION_DENIED);
+        assert.notEqual(err.errorInfo?.metadata.decision_id ?? "", "", "the refusal names no decision");
+        return true;
+      });
+    } finally {
+      executive.close();
+    }
+  });
+
+  test("GetAttributionDrift compares the newest recorded decisions with the training reference", async () => {
+    const monitoring = { purpose: "monitoring" };
+    // A window of fewer than 20 decisions is refused, whatever is recorded.
+    await assert.rejects(engineer.attributionDrift("credit", { ...monitoring, maxDecisions: 5 }), (err) => {
+      assert.ok(err instanceof DesiderataError);
+      assert.equal(err.code, status.FAILED_PRECONDITION);
+      assert.match(err.details, /at least 20 recorded decisions/);
+      return true;
+    });
+    await assert.rejects(engineer.attributionDrift("credit", { ...monitoring, maxDecisions: 5001 }), (err) => {
+      assert.ok(err instanceof DesiderataError);
+      assert.equal(err.code, status.INVALID_ARGUMENT);
+      return true;
+    });
+
+    // Record 21 decisions (other tests may have recorded some before).
+    for (let i = 0; i < 21; i++) {
+      const predicted = await engineer.predict({
+        model: "credit",
+        instance: applicant({ age: 20 + i, income: 80 + 7 * i, amount: 500 + 60 * i }),
+        subjectId: `drift-${i}`,
+      });
+      assert.notEqual(predicted.decisionId, "");
+    }
+
+    const drift = await engineer.attributionDrift("credit", { ...monitoring, maxDecisions: 20 });
+    assert.equal(drift.model, "credit");
+    assert.notEqual(drift.modelVersion, "");
+    assert.ok(["integrated_gradients", "permutation_shapley"].includes(drift.method), drift.method);
+    assert.notEqual(drift.targetClass, "");
+    assert.equal(drift.decisions, 20, "maxDecisions was not the window");
+    assert.ok(drift.referenceRows > 0);
+    assert.ok(drift.firstDecisionAt instanceof Date && drift.lastDecisionAt instanceof Date);
+    assert.ok(drift.firstDecisionAt <= drift.lastDecisionAt);
+    assert.ok(drift.alpha > 0 && drift.alpha < 1, `alpha ${drift.alpha}`);
+    assert.ok(drift.shareDistance >= 0 && drift.shareDistance <= 1, `share distance ${drift.shareDistance}`);
+    assert.ok(drift.shareThreshold >= 0 && drift.shareThreshold <= 1, `share threshold ${drift.shareThreshold}`);
+    assert.equal(drift.drifted, drift.features.some((f) => f.drifted));
+    assert.equal(drift.disclosure?.tier, "global/drift");
+    assert.notEqual(drift.disclosure?.decisionId ?? "", "");
+    assert.deepEqual(drift.features.map((f) => f.feature).sort(), Object.keys(APPLICANT).sort());
+    for (const f of drift.features) {
+      assert.ok(f.referenceMeanAbsAttribution >= 0 && f.recentMeanAbsAttribution >= 0, f.feature);
+      assert.ok(f.ksStatistic >= 0 && f.ksStatistic <= 1, `${f.feature} KS ${f.ksStatistic}`);
+      assert.ok(f.pValue >= 0 && f.pValue <= 1, `${f.feature} p ${f.pValue}`);
+    }
+    const ks = drift.features.map((f) => f.ksStatistic);
+    assert.deepEqual(ks, [...ks].sort((a, b) => b - a), "features not most drifted first");
+
+    // Unset maxDecisions: the server's default window (500) holds every decision recorded so far.
+    const all = await engineer.attributionDrift("credit", monitoring);
+    assert.ok(all.decisions > 20, `${all.decisions} decisions in the default window`);
   });
 
   test("a call without credentials is UNAUTHENTICATED", async () => {
