@@ -16,18 +16,26 @@ PostgreSQL):
     trigger BEFORE DELETE ON <table>:
         pass if  row time < before  OR  row subject = subject_id
         else     RAISE '<message>'
+
+A deletion runs `DELETE_BATCH` rows per transaction (`delete_in_batches`), so
+a first expiry over a large backlog never holds the write lock for long.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
+from collections.abc import Callable
 from typing import Literal
 
 from desiderata.policy.postgres import Conn
 
 __all__ = [
+    "BATCH_PAUSE_S",
+    "DELETE_BATCH",
     "Allow",
     "control_table",
+    "delete_in_batches",
     "pg_allowed_delete",
     "pg_delete_guard",
     "sqlite_allowed_delete",
@@ -36,6 +44,29 @@ __all__ = [
 
 Allow = Literal["before", "subject_id"]
 """The control table's column an allowance fills: a cutoff time, or a subject id."""
+
+DELETE_BATCH = 5000
+"""Most rows one deleting transaction removes: a first expiry over a large backlog holds the
+write lock for one batch at a time, and the store's writers (Predict, feedback) go in between."""
+
+BATCH_PAUSE_S = 0.002
+"""Pause between two deleting transactions, so that the calls waiting for the store get it."""
+
+
+def delete_in_batches(one_batch: Callable[[], int], size: int) -> int:
+    """Runs `one_batch` (one deleting transaction of at most `size` rows, returning how many it
+    deleted) until one comes back short; returns the total.
+
+    Pauses `BATCH_PAUSE_S` between batches: a released lock is not handed to a waiting thread, and
+    without the pause Predict's inserts starved until the whole deletion was over.
+    """
+    total = 0
+    while True:
+        n = one_batch()
+        total += n
+        if n < size:
+            return total
+        time.sleep(BATCH_PAUSE_S)
 
 
 def control_table(table: str) -> str:

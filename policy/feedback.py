@@ -26,7 +26,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from desiderata.policy.allowed_deletion import Allow, control_table, sqlite_allowed_delete, sqlite_delete_trigger
+from desiderata.policy.allowed_deletion import (
+    DELETE_BATCH,
+    Allow,
+    control_table,
+    delete_in_batches,
+    sqlite_allowed_delete,
+    sqlite_delete_trigger,
+)
 from desiderata.policy.audit import utc_now
 from desiderata.server.errors import InvalidArgument, Unavailable
 
@@ -78,6 +85,9 @@ class Feedback:
 class FeedbackStore(ABC):
     """Validated feedback, stored in submission order; backends store JSON bodies by model."""
 
+    delete_batch = DELETE_BATCH
+    """Most rows one deleting transaction removes (`policy.allowed_deletion`)."""
+
     @abstractmethod
     def _append(self, body: str, model: str) -> None:
         """Stores one JSON body (raises `Unavailable` when the store cannot be reached)."""
@@ -88,8 +98,8 @@ class FeedbackStore(ABC):
 
     @abstractmethod
     def _delete(self, allow: Allow, value: str) -> int:
-        """Deletes, in one transaction, the feedback that `value` in column `allow` of
-        feedback_deletion allows; returns how many (raises `Unavailable` as `_append`)."""
+        """Deletes the feedback that `value` in column `allow` of feedback_deletion allows,
+        `delete_batch` rows per transaction; returns how many (raises `Unavailable` as `_append`)."""
 
     @abstractmethod
     def ping(self) -> None:
@@ -232,12 +242,17 @@ class SqliteFeedbackStore(FeedbackStore):
         return [str(body) for (body,) in rows]
 
     def _delete(self, allow: Allow, value: str) -> int:
-        delete = f"DELETE FROM feedback WHERE {_SQLITE_WHERE[allow]}"
-        try:
-            with self._lock:
-                return sqlite_allowed_delete(self._conn, "feedback", allow, value, delete, (value,))
-        except sqlite3.Error as exc:
-            raise Unavailable(f"feedback store unavailable: {exc.__class__.__name__}") from exc
+        delete = f"DELETE FROM feedback WHERE id IN (SELECT id FROM feedback WHERE {_SQLITE_WHERE[allow]} LIMIT ?)"
+
+        def one_batch() -> int:
+            try:
+                with self._lock:
+                    params = (value, self.delete_batch)
+                    return sqlite_allowed_delete(self._conn, "feedback", allow, value, delete, params)
+            except sqlite3.Error as exc:
+                raise Unavailable(f"feedback store unavailable: {exc.__class__.__name__}") from exc
+
+        return delete_in_batches(one_batch, self.delete_batch)
 
     def ping(self) -> None:
         try:

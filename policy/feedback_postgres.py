@@ -11,9 +11,15 @@ the SQLite default.
 
 from __future__ import annotations
 
-from desiderata.policy.allowed_deletion import Allow, control_table, pg_allowed_delete, pg_delete_guard
+from desiderata.policy.allowed_deletion import (
+    Allow,
+    control_table,
+    delete_in_batches,
+    pg_allowed_delete,
+    pg_delete_guard,
+)
 from desiderata.policy.feedback import FeedbackStore
-from desiderata.policy.postgres import PgConnection, append_only, create_schema
+from desiderata.policy.postgres import Conn, PgConnection, append_only, create_schema
 
 __all__ = ["PostgresFeedbackStore"]
 
@@ -72,8 +78,12 @@ class PostgresFeedbackStore(FeedbackStore):
         return [str(body) for (body,) in rows]
 
     def _delete(self, allow: Allow, value: str) -> int:
-        delete = f"DELETE FROM feedback WHERE {_WHERE[allow]}"
-        return self._pg.run(lambda conn: pg_allowed_delete(conn, "feedback", allow, value, delete, (value,)))
+        delete = f"DELETE FROM feedback WHERE id IN (SELECT id FROM feedback WHERE {_WHERE[allow]} LIMIT %s)"
+
+        def one_batch(conn: Conn) -> int:
+            return pg_allowed_delete(conn, "feedback", allow, value, delete, (value, self.delete_batch))
+
+        return delete_in_batches(lambda: self._pg.run(one_batch), self.delete_batch)
 
     def ping(self) -> None:
         self._pg.run(lambda conn: conn.execute("SELECT 1 FROM feedback LIMIT 1").fetchall())

@@ -17,21 +17,25 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from desiderata.policy.allowed_deletion import Allow, control_table, sqlite_allowed_delete, sqlite_delete_trigger
+from desiderata.policy.allowed_deletion import (
+    DELETE_BATCH,
+    Allow,
+    control_table,
+    delete_in_batches,
+    sqlite_allowed_delete,
+    sqlite_delete_trigger,
+)
 from desiderata.server.errors import DecisionNotFound, InternalError, Unavailable
 from desiderata.server.model_card import FeatureValue
 
 __all__ = [
-    "BATCH_PAUSE_S",
-    "DELETE_BATCH",
     "DELETION",
     "RECENT",
     "TABLE",
@@ -39,7 +43,6 @@ __all__ = [
     "DecisionStore",
     "SqliteDecisionStore",
     "decode_row",
-    "delete_in_batches",
     "encode_row",
     "new_record_id",
     "stored_time",
@@ -122,22 +125,6 @@ def stored_time(t: datetime) -> str:
     return t.astimezone(UTC).isoformat()
 
 
-def delete_in_batches(one_batch: Callable[[], int], size: int) -> int:
-    """Runs `one_batch` (one deleting transaction of at most `size` decisions, returning how many
-    it deleted) until one comes back short; returns the total.
-
-    Pauses `BATCH_PAUSE_S` between batches: a released lock is not handed to a waiting thread, and
-    without the pause Predict's inserts starved until the whole deletion was over.
-    """
-    total = 0
-    while True:
-        n = one_batch()
-        total += n
-        if n < size:
-            return total
-        time.sleep(BATCH_PAUSE_S)
-
-
 def decode_row(row: Sequence[Any]) -> DecisionRecord:
     """The record of a stored row (`Row` order)."""
     return DecisionRecord(
@@ -177,13 +164,6 @@ RECENT = (
 
 DELETION = control_table("decisions")
 """The control table of `policy.allowed_deletion`: what a deleting transaction allows."""
-
-DELETE_BATCH = 5000
-"""Most decisions one deleting transaction removes: a first expiry over a large backlog holds the
-write lock for one batch at a time, and Predict's inserts go in between."""
-
-BATCH_PAUSE_S = 0.002
-"""Pause between two deleting transactions, so that the calls waiting for the store get it."""
 
 _SQLITE_TRIGGERS = """
 CREATE TRIGGER IF NOT EXISTS decisions_no_update BEFORE UPDATE ON decisions

@@ -16,16 +16,20 @@ from datetime import datetime
 
 import psycopg
 
-from desiderata.policy.allowed_deletion import Allow, pg_allowed_delete, pg_delete_guard
+from desiderata.policy.allowed_deletion import (
+    DELETE_BATCH,
+    Allow,
+    delete_in_batches,
+    pg_allowed_delete,
+    pg_delete_guard,
+)
 from desiderata.policy.postgres import Conn, PgConnection, append_only, create_schema
 from desiderata.server.decision_store import (
-    DELETE_BATCH,
     DELETION,
     RECENT,
     TABLE,
     DecisionRecord,
     decode_row,
-    delete_in_batches,
     encode_row,
     stored_time,
 )

@@ -137,6 +137,20 @@ def test_erasure_deletes_one_subjects_feedback_and_no_one_elses(backend: Backend
     assert len(store.all()) == 2
 
 
+def test_expiry_and_erasure_delete_a_batch_per_transaction(backend: Backend) -> None:
+    store = backend.store
+    store.delete_batch = 2  # one transaction deletes at most two rows
+    for i in range(5):
+        store.submit(_fb(decision_id=f"old{i}"), FEATURES)
+    for i in range(4):
+        store.submit(_fb(decision_id=f"c{i}", principal="carol-app", role="end_user", subject_id="carol"), FEATURES)
+    store.submit(_fb(decision_id="kept", principal="dan-app", role="end_user", subject_id="dan"), FEATURES)
+    assert store.erase_subject("carol") == 4  # 2 + 2 + 0
+    assert [f.decision_id for f in store.all()] == [*(f"old{i}" for i in range(5)), "kept"]
+    assert store.expire(datetime.now(UTC) + timedelta(seconds=1)) == 6  # 2 + 2 + 2 + 0
+    assert store.all() == []
+
+
 @pytest.mark.parametrize("sql", ["UPDATE feedback SET body = '{}'", "DELETE FROM feedback"])
 def test_other_clients_still_cannot_delete_after_expiry_or_erasure(backend: Backend, sql: str) -> None:
     backend.store.submit(_fb(subject_id="bob"), FEATURES)
