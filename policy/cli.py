@@ -27,7 +27,7 @@ from desiderata.policy.decision import PolicyInput
 from desiderata.policy.model import Consumption, Principal
 from desiderata.policy.policy_bundle import BundleError, parse_bundle
 from desiderata.policy.testing import run_bundle_tests
-from desiderata.server.errors import UnknownPurpose
+from desiderata.server.errors import InvalidArgument, UnknownPurpose
 
 __all__ = ["run_audit_verify", "run_explain", "run_test", "run_validate"]
 
@@ -118,7 +118,9 @@ def run_explain(argv: list[str], out: TextIO = sys.stdout) -> int:
     parser.add_argument("--role", required=True)
     parser.add_argument("--subject", default="")
     parser.add_argument("--attr", action="append", default=[], help="principal attribute key=value")
-    parser.add_argument("--model", required=True)
+    parser.add_argument(
+        "--model", required=True, help='model name; "" with --action audit/read: the store-wide records (Log::"store")'
+    )
     parser.add_argument("--model-attr", action="append", default=[], help="e.g. domain=credit dp_trained=false")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--kind", choices=[k.value for k in Kind])
@@ -156,7 +158,7 @@ def run_explain(argv: list[str], out: TextIO = sys.stdout) -> int:
             decision = pdp.decide(q)
         else:
             decision = pdp.authorize(principal, args.action, args.model, dict(model_attrs), args.purpose, consumption)
-    except UnknownPurpose as exc:
+    except (UnknownPurpose, InvalidArgument) as exc:
         print(f"refused (INVALID_ARGUMENT): {exc.message}", file=out)
         return 1
     where = {s.policy_id: f"{s.effect} at {s.file}:{s.line}" for s in pdp.bundle.sources}

@@ -54,6 +54,17 @@ def test_explain_shows_reasons_with_their_source() -> None:
     assert _run(run_explain, ["--role"])[0] == 2
 
 
+def test_explain_decides_reads_of_the_store_wide_records() -> None:
+    store = [str(default_bundle_dir()), "--model", "", "--action", "audit/read", "--purpose", "audit"]
+    code, out = _run(run_explain, [*store, "--role", "regulator"])
+    assert code == 0 and out.startswith("ALLOW audit/read") and "because regulator.audit: permit at" in out
+    code, out = _run(run_explain, [*store, "--role", "executive"])
+    assert code == 0 and out.startswith("DENY -") and "policy.default_deny" in out
+    summary = [str(default_bundle_dir()), "--model", "", "--action", "global/summary", "--purpose", "audit"]
+    code, out = _run(run_explain, [*summary, "--role", "regulator"])
+    assert code == 1 and out.startswith("refused (INVALID_ARGUMENT)") and "model" in out
+
+
 def test_audit_verify(tmp_path: Path) -> None:
     db = tmp_path / "audit.db"
     log = SqliteAuditLog(db)
