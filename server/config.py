@@ -18,6 +18,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from desiderata.server.connections import ConnectionSettings
+
 __all__ = [
     "DEMO_KEYS",
     "ApiKey",
@@ -98,6 +100,8 @@ class ServerSettings(BaseModel):
     reached, gRPC health says NOT_SERVING (server/readiness.py). 0 disables the probes."""
     tls: TlsSettings = TlsSettings()
     """TLS / mTLS certificates."""
+    connections: ConnectionSettings = ConnectionSettings()
+    """HTTP/2 connection management: maximum age, idle limit, keepalive pings (server/connections.py)."""
 
 
 class ApiKey(BaseModel):

@@ -35,6 +35,7 @@ from desiderata.server.aged_cache import Sweepable, sweep_interval, watch_ages
 from desiderata.server.allocator import tune_malloc
 from desiderata.server.chunk_runner import ChunkRunner
 from desiderata.server.config import DEMO_KEYS, DriftSettings, Settings
+from desiderata.server.connections import channel_options
 from desiderata.server.drift_watch import watch_drift
 from desiderata.server.grpc import oip
 from desiderata.server.grpc.interceptors import AuthInterceptor, RequestIdInterceptor
@@ -229,6 +230,7 @@ def build_server(settings: Settings) -> App:
         ("grpc.max_receive_message_length", settings.server.max_receive_message_bytes),
         ("grpc.max_send_message_length", settings.server.max_send_message_bytes),
         ("grpc.so_reuseport", 0),
+        *channel_options(settings.server.connections),
     ]
     server = aio.server(
         interceptors=[RequestIdInterceptor(metrics, settings.server.max_concurrent_rpcs), AuthInterceptor(keys)],
