@@ -11,6 +11,7 @@ is down fails closed.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 from collections.abc import Callable
@@ -115,8 +116,10 @@ class Pipeline:
         self.feedback.close()
 
     async def _off_loop(self, fn: Callable[[], T], deadline: float | None, cancel: threading.Event | None = None) -> T:
-        """Runs `fn` on the worker pool, bounded by `deadline` (monotonic)."""
-        future = asyncio.get_running_loop().run_in_executor(self._pool, fn)
+        """Runs `fn` on the worker pool, bounded by `deadline` (monotonic), in a copy of the
+        caller's context: the request id and trace context bound by the interceptor reach the
+        worker's log lines and audit records (an executor, unlike `asyncio.to_thread`, copies none)."""
+        future = asyncio.get_running_loop().run_in_executor(self._pool, contextvars.copy_context().run, fn)
         timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         if cancel is not None:
             self._in_flight.add(cancel)

@@ -1,7 +1,8 @@
 """Server interceptors: request ids, authentication, and the error boundary.
 
 - `RequestIdInterceptor` gives every call a request id (the caller's
-  ``x-request-id`` or a fresh one), binds it to the structlog context, returns
+  ``x-request-id`` or a fresh one), binds it to the structlog context (with
+  the caller's W3C ``traceparent`` trace and span ids, when valid), returns
   it in the trailers, maps any escaping error to a gRPC status with rich
   details (`status.to_grpc_status`), turns undecodable request bytes into
   INVALID_ARGUMENT, writes one access log line per call and, past
@@ -30,6 +31,7 @@ from desiderata.policy.model import Principal
 from desiderata.server.config import ApiKey
 from desiderata.server.errors import DesiderataError, InvalidArgument, Overloaded, QuotaViolation, Unauthenticated
 from desiderata.server.grpc.status import to_grpc_status
+from desiderata.server.logging import trace_context
 
 __all__ = [
     "ANONYMOUS_SERVICES",
@@ -183,9 +185,10 @@ class RequestIdInterceptor(_Interceptor):
 
         def wrap(behavior: Behavior, streaming: bool) -> Behavior:
             async def begin(context: Ctx) -> tuple[str, float]:
-                rid = _metadata(context).get("x-request-id", "")[:64] or uuid.uuid4().hex
+                metadata = _metadata(context)
+                rid = metadata.get("x-request-id", "")[:64] or uuid.uuid4().hex
                 request_id.set(rid)
-                structlog.contextvars.bind_contextvars(request_id=rid)
+                structlog.contextvars.bind_contextvars(request_id=rid, **trace_context(metadata.get("traceparent", "")))
                 context.set_trailing_metadata((("x-request-id", rid),))
                 return rid, time.perf_counter()
 

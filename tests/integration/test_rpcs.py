@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import grpc
+import pytest
+import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from desiderata.client import AsyncClient
+from desiderata.client._values import instance as instance_proto
+from desiderata.policy.audit import AuditFilter
+from desiderata.server.logging import configure_logging
 from desiderata.v1 import types_pb2 as pb
-from tests.integration.conftest import Running
+from tests.integration.conftest import Running, serving, settings_for
 from tests.support.tiny_model import INSTANCE
 
 
@@ -85,3 +93,37 @@ async def test_request_id_is_echoed(tiny_server: Running) -> None:
         await call
         trailers = dict(await call.trailing_metadata())
     assert trailers.get("x-request-id") == "abc123"
+
+
+async def test_a_callers_trace_context_is_in_every_log_line_of_its_call(
+    tiny_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from desiderata.v1 import explanation_service_pb2 as es
+    from desiderata.v1 import explanation_service_pb2_grpc as es_grpc
+
+    trace, span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    settings = settings_for(tiny_repo, tmp_path, logging={"format": "json", "level": "info"})
+    request = es.ExplainRequest(model="tiny", purpose="debugging", instance=instance_proto(INSTANCE))
+    saved = structlog.get_config()
+    configure_logging(settings.logging)  # as `desiderata serve` does: JSON lines on (captured) stderr
+    try:
+        async with serving(settings) as running, grpc.aio.insecure_channel(running.address) as channel:
+            stub = es_grpc.ExplanationServiceStub(channel)
+            capsys.readouterr()
+            await stub.Explain(request, metadata=(("x-api-key", "k-eng"), ("traceparent", f"00-{trace}-{span}-01")))
+            traced = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+            await stub.Explain(request, metadata=(("x-api-key", "k-eng"), ("traceparent", "00-bad-01")))
+            untraced = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+            records = running.app.pipeline.audit.query(AuditFilter(principal="eng")).records
+            audited = [s.record for s in records if s.record.action == "feature_attribution"]
+    finally:
+        structlog.configure(**saved)
+    # The decision is logged on a worker thread, the access line on the event loop: both carry
+    # the trace and the request id, and so does the call's audit record.
+    assert {"policy_decision", "explanation_served", "rpc"} <= {e["event"] for e in traced}
+    assert [e for e in traced if (e.get("trace_id"), e.get("parent_span_id")) != (trace, span)] == []
+    assert len({e["request_id"] for e in traced}) == 1
+    assert {"policy_decision", "rpc"} <= {e["event"] for e in untraced}
+    rids = [next(e["request_id"] for e in lines if e["event"] == "rpc") for lines in (traced, untraced)]
+    assert [r.request_id for r in audited] == rids
+    assert not any("trace_id" in e for e in untraced)
