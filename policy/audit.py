@@ -143,6 +143,8 @@ class AuditFilter:
         purpose: declared purpose.
         allowed: only allowed (True) or denied (False) decisions.
         decision_id: one decision.
+        action: the explanation kind or operation asked (e.g. ``feature_attribution``,
+            ``audit/read``, ``erase_subject``).
         since: ISO time, inclusive.
         until: ISO time, exclusive.
         store_only: only the records that concern no model (erasures, and reads of
@@ -155,6 +157,7 @@ class AuditFilter:
     purpose: str = ""
     allowed: bool | None = None
     decision_id: str = ""
+    action: str = ""
     since: str = ""
     until: str = ""
     store_only: bool = False
@@ -166,7 +169,7 @@ class AuditFilter:
     def equalities(self) -> dict[str, str | bool]:
         """Column -> value of the equality filters that are set."""
         out: dict[str, str | bool] = {"model": ""} if self.store_only else {}
-        for name in ("principal", "role", "model", "purpose", "decision_id"):
+        for name in ("principal", "role", "model", "purpose", "decision_id", "action"):
             value = getattr(self, name)
             if value:
                 out[name] = value

@@ -60,6 +60,7 @@ class AuditServicer(au_grpc.AuditServiceServicer):
             purpose="",
             allowed=outcome,
             decision_id=request.decision_id,
+            action=request.action,
             since=_iso(request.since, "since"),
             until=_iso(request.until, "until"),
             store_only=request.store_records,

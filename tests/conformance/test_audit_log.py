@@ -189,8 +189,11 @@ def test_store_wide_records_are_read_apart_from_every_model(backend: Backend) ->
     store = backend.log.query(AuditFilter(store_only=True), page_size=1, page_token=store.next_page_token)
     ids += [r.record.decision_id for r in store.records]
     assert ids == ["dec_90", "dec_91"] and not store.next_page_token
-    erasures = backend.log.query(AuditFilter(store_only=True, role="operator"))
-    assert [r.record.action for r in erasures.records] == ["erase_subject"]
+    erasures = backend.log.query(AuditFilter(store_only=True, action="erase_subject"))
+    assert [r.record.decision_id for r in erasures.records] == ["dec_90"]
+    reads = backend.log.query(AuditFilter(action="audit/read"))
+    assert [r.record.decision_id for r in reads.records] == ["dec_91"]
+    assert backend.log.query(AuditFilter(model="credit", action="audit/read")).records == ()
     credit = backend.log.query(AuditFilter(model="credit"))
     assert [r.record.decision_id for r in credit.records] == ["dec_1", "dec_2", "dec_3", "dec_5"]
     with pytest.raises(InvalidArgument):

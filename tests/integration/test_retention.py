@@ -234,6 +234,8 @@ async def test_regulators_read_erasures_among_the_store_wide_records(
         # before the page's snapshot), with its decision's reasons.
         assert [(e.action, e.principal, e.model, e.allowed) for e in reads] == [("audit/read", "reg", "", True)]
         assert list(reads[0].reasons) == ["regulator.audit"]
+        only = [e async for e in reg.audit_entries("", purpose="audit", store_records=True, action="erase_subject")]
+        assert [e.decision_id for e in only] == [erasure_id]
         with pytest.raises(DesiderataRpcError) as denied:
             await eng.query_audit("", purpose="debugging", store_records=True)
         assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED

@@ -272,7 +272,10 @@ type QueryAuditRequest struct {
 	// erased, under which request reference, and how many records went, never
 	// the subject) and these reads themselves. `model` must then be empty; the
 	// policy decides it as "audit/read" on the resource Log::"store".
-	StoreRecords  bool `protobuf:"varint,11,opt,name=store_records,json=storeRecords,proto3" json:"store_records,omitempty"`
+	StoreRecords bool `protobuf:"varint,11,opt,name=store_records,json=storeRecords,proto3" json:"store_records,omitempty"`
+	// Only records of this explanation kind or operation, e.g.
+	// "feature_attribution", "feedback", "audit/read", "erase_subject".
+	Action        string `protobuf:"bytes,12,opt,name=action,proto3" json:"action,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -382,6 +385,13 @@ func (x *QueryAuditRequest) GetStoreRecords() bool {
 		return x.StoreRecords
 	}
 	return false
+}
+
+func (x *QueryAuditRequest) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
 }
 
 type QueryAuditResponse struct {
@@ -576,7 +586,7 @@ const file_desiderata_v1_audit_service_proto_rawDesc = "" +
 	"\areasons\x18\x0f \x03(\tR\areasons\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x10 \x01(\tR\trequestId\x12\x12\n" +
-	"\x04hash\x18\x11 \x01(\tR\x04hash\"\x92\x03\n" +
+	"\x04hash\x18\x11 \x01(\tR\x04hash\"\xaa\x03\n" +
 	"\x11QueryAuditRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
 	"\apurpose\x18\x02 \x01(\tR\apurpose\x12\x1c\n" +
@@ -591,7 +601,8 @@ const file_desiderata_v1_audit_service_proto_rawDesc = "" +
 	"\n" +
 	"page_token\x18\n" +
 	" \x01(\tR\tpageToken\x12#\n" +
-	"\rstore_records\x18\v \x01(\bR\fstoreRecords\"q\n" +
+	"\rstore_records\x18\v \x01(\bR\fstoreRecords\x12\x16\n" +
+	"\x06action\x18\f \x01(\tR\x06action\"q\n" +
 	"\x12QueryAuditResponse\x123\n" +
 	"\aentries\x18\x01 \x03(\v2\x19.desiderata.v1.AuditEntryR\aentries\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"D\n" +

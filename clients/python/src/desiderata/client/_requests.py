@@ -197,6 +197,7 @@ class Requests:
         page_size: int = 0,
         page_token: str = "",
         store_records: bool = False,
+        action: str = "",
     ) -> au.QueryAuditRequest:
         """One page of a model's audit log, filtered.
 
@@ -207,6 +208,8 @@ class Requests:
             page_size: records per page; 0 is the server's default (100).
             store_records: read the records that concern no model instead (erasures of a
                 subject's data, and these reads); `model` must be "".
+            action: only records of this explanation kind or operation, e.g.
+                "feature_attribution", "feedback", "audit/read", "erase_subject".
         """
         if store_records and model:
             raise ValueError("model must be empty when store_records is set")
@@ -222,6 +225,7 @@ class Requests:
             page_size=page_size,
             page_token=page_token,
             store_records=store_records,
+            action=action,
         )
         for field, bound in (("since", since), ("until", until)):
             if bound is not None:

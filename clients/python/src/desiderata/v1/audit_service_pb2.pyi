@@ -127,6 +127,7 @@ class QueryAuditRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     STORE_RECORDS_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model whose decisions are read (required unless store_records is set:
     access is decided per model).
@@ -149,6 +150,10 @@ class QueryAuditRequest(_message.Message):
     the subject) and these reads themselves. `model` must then be empty; the
     policy decides it as "audit/read" on the resource Log::"store".
     """
+    action: _builtins.str
+    """Only records of this explanation kind or operation, e.g.
+    "feature_attribution", "feedback", "audit/read", "erase_subject".
+    """
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -167,10 +172,11 @@ class QueryAuditRequest(_message.Message):
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
         store_records: _builtins.bool = ...,
+        action: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision_id", b"decision_id", "model", b"model", "outcome", b"outcome", "page_size", b"page_size", "page_token", b"page_token", "principal", b"principal", "purpose", b"purpose", "role", b"role", "since", b"since", "store_records", b"store_records", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "decision_id", b"decision_id", "model", b"model", "outcome", b"outcome", "page_size", b"page_size", "page_token", b"page_token", "principal", b"principal", "purpose", b"purpose", "role", b"role", "since", b"since", "store_records", b"store_records", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -120,6 +120,11 @@ export interface QueryAuditRequest {
    * policy decides it as "audit/read" on the resource Log::"store".
    */
   storeRecords: boolean;
+  /**
+   * Only records of this explanation kind or operation, e.g.
+   * "feature_attribution", "feedback", "audit/read", "erase_subject".
+   */
+  action: string;
 }
 
 export interface QueryAuditResponse {
@@ -518,6 +523,7 @@ function createBaseQueryAuditRequest(): QueryAuditRequest {
     pageSize: 0,
     pageToken: "",
     storeRecords: false,
+    action: "",
   };
 }
 
@@ -555,6 +561,9 @@ export const QueryAuditRequest: MessageFns<QueryAuditRequest> = {
     }
     if (message.storeRecords !== false) {
       writer.uint32(88).bool(message.storeRecords);
+    }
+    if (message.action !== "") {
+      writer.uint32(98).string(message.action);
     }
     return writer;
   },
@@ -660,6 +669,14 @@ export const QueryAuditRequest: MessageFns<QueryAuditRequest> = {
             message.storeRecords = reader.bool();
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.action = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -701,6 +718,7 @@ export const QueryAuditRequest: MessageFns<QueryAuditRequest> = {
         : isSet(object.store_records)
         ? globalThis.Boolean(object.store_records)
         : false,
+      action: isSet(object.action) ? globalThis.String(object.action) : "",
     };
   },
 
@@ -739,6 +757,9 @@ export const QueryAuditRequest: MessageFns<QueryAuditRequest> = {
     if (message.storeRecords !== false) {
       obj.storeRecords = message.storeRecords;
     }
+    if (message.action !== "") {
+      obj.action = message.action;
+    }
     return obj;
   },
 
@@ -758,6 +779,7 @@ export const QueryAuditRequest: MessageFns<QueryAuditRequest> = {
     message.pageSize = object.pageSize ?? 0;
     message.pageToken = object.pageToken ?? "";
     message.storeRecords = object.storeRecords ?? false;
+    message.action = object.action ?? "";
     return message;
   },
 };
