@@ -127,8 +127,10 @@ class CedarPDP:
         model_attributes: _Attrs,
         purpose: str,
         consumption: Consumption = Consumption.STATIC,
+        own_decision: bool = False,
     ) -> Decision:
-        """Decides a non-instance action (``global/summary``, ``global/drift``, ``audit/read``).
+        """Decides a non-instance action (``global/summary``, ``global/drift``, ``audit/read``,
+        ``decisions/list``).
 
         Args:
             principal: the caller.
@@ -138,12 +140,15 @@ class CedarPDP:
             model_attributes: the model's card attributes (none for the store's log).
             purpose: declared purpose.
             consumption: static or dynamic.
+            own_decision: the request is about the caller's own subject (``decisions/list``).
         """
         if action not in GLOBAL_ACTIONS:
             raise InvalidArgument.single("action", f"unknown action; expected one of {GLOBAL_ACTIONS}")
         if not model and action != "audit/read":
             raise InvalidArgument.single("model", f"required for {action}")
-        return self._decide_actions(principal, model, model_attributes, (action,), purpose, consumption, False, False)
+        return self._decide_actions(
+            principal, model, model_attributes, (action,), purpose, consumption, own_decision, False
+        )
 
     def capabilities(
         self,

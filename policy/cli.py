@@ -124,7 +124,7 @@ def run_explain(argv: list[str], out: TextIO = sys.stdout) -> int:
     parser.add_argument("--model-attr", action="append", default=[], help="e.g. domain=credit dp_trained=false")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--kind", choices=[k.value for k in Kind])
-    target.add_argument("--action", choices=["global/summary", "global/drift", "audit/read"])
+    target.add_argument("--action", choices=["global/summary", "global/drift", "audit/read", "decisions/list"])
     parser.add_argument("--purpose", required=True)
     parser.add_argument("--consumption", choices=["static", "dynamic"], default="static")
     parser.add_argument("--own-decision", action="store_true")
@@ -157,7 +157,9 @@ def run_explain(argv: list[str], out: TextIO = sys.stdout) -> int:
             )
             decision = pdp.decide(q)
         else:
-            decision = pdp.authorize(principal, args.action, args.model, dict(model_attrs), args.purpose, consumption)
+            decision = pdp.authorize(
+                principal, args.action, args.model, dict(model_attrs), args.purpose, consumption, args.own_decision
+            )
     except (UnknownPurpose, InvalidArgument) as exc:
         print(f"refused (INVALID_ARGUMENT): {exc.message}", file=out)
         return 1

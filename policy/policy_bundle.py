@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from desiderata.policy.model import BUILTIN_PURPOSES, BUILTIN_ROLES
 from desiderata.policy.profiles import DisclosureProfile
-from desiderata.policy.tier_profiles import KIND_TIERS, TierProfileSpec, all_tiers
+from desiderata.policy.tier_profiles import KIND_TIERS, OPTIONAL_ACTIONS, TierProfileSpec, all_tiers
 
 __all__ = [
     "SCHEMA_FILE",
@@ -286,7 +286,7 @@ def _load_schema(
         return raw, None, {}, frozenset()
     ns = raw.get("", {}) if isinstance(raw, dict) else {}
     declared = set(ns.get("actions", {}))
-    for missing in sorted(set(all_tiers()) - declared):
+    for missing in sorted(set(all_tiers()) - set(OPTIONAL_ACTIONS) - declared):
         problems.append(BundleProblem(SCHEMA_FILE, 0, f"action {missing!r} is not declared"))
     for extra in sorted(declared - set(all_tiers())):
         problems.append(BundleProblem(SCHEMA_FILE, 0, f"unknown action {extra!r} (not a tier)"))

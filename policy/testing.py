@@ -14,7 +14,8 @@ A case file:
         expect: {allowed: true, tier: feature_attribution/narrative,
                  reasons: [end_user.own_decision]}
 
-``request.action`` (``global/summary``, ``global/drift``, ``audit/read``) may replace ``kind``;
+``request.action`` (``global/summary``, ``global/drift``, ``audit/read``, ``decisions/list``) may replace
+``kind`` (``own_decision`` then says the request is about the caller's own subject);
 ``model: ""`` with ``action: audit/read`` reads the records that concern no model (``Log::"store"``);
 ``expect.error: unknown_purpose`` expects the request to be refused as bad input;
 ``expect.reasons`` is compared as a set.
@@ -53,7 +54,7 @@ class CaseRequest(BaseModel):
 
     model: str
     kind: Kind | None = None
-    action: Literal["global/summary", "global/drift", "audit/read"] | None = None
+    action: Literal["global/summary", "global/drift", "audit/read", "decisions/list"] | None = None
     purpose: str
     consumption: Consumption = Consumption.STATIC
     own_decision: bool = False
@@ -183,7 +184,7 @@ def run_case(
             )
         else:
             action = r.action or ""  # CaseRequest guarantees one of kind / action
-            decision = pdp.authorize(principal, action, r.model, attrs, r.purpose, r.consumption)
+            decision = pdp.authorize(principal, action, r.model, attrs, r.purpose, r.consumption, r.own_decision)
     except UnknownPurpose:
         if case.expect.error == "unknown_purpose":
             return "", None

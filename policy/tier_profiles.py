@@ -25,6 +25,7 @@ from desiderata.policy.profiles import CounterfactualLimits, DisclosureProfile
 __all__ = [
     "GLOBAL_ACTIONS",
     "KIND_TIERS",
+    "OPTIONAL_ACTIONS",
     "PROTECTED_TOKEN",
     "CounterfactualLimits",
     "PrivacyParams",
@@ -48,17 +49,22 @@ KIND_TIERS: dict[Kind, tuple[str, ...]] = {
 }
 """Candidate tiers of each kind, most revealing first."""
 
-GLOBAL_ACTIONS: tuple[str, ...] = ("global/summary", "global/drift", "audit/read")
+OPTIONAL_ACTIONS: tuple[str, ...] = ("decisions/list",)
+"""Actions added after bundles were written: a schema may leave them out (then they are
+denied: the request fails validation, and errors deny)."""
+
+GLOBAL_ACTIONS: tuple[str, ...] = ("global/summary", "global/drift", "audit/read", *OPTIONAL_ACTIONS)
 """Actions that are not an explanation of one instance. ``global/drift`` is apart from
 ``global/summary``: drift aggregates the newest recorded decisions, and windows that
-differ by one decision can be differenced, so it goes to roles trusted with decisions."""
+differ by one decision can be differenced, so it goes to roles trusted with decisions.
+``decisions/list`` lists the decisions recorded about one subject (ListDecisions)."""
 
 PROTECTED_TOKEN = "@protected"
 """In ``redacted_features``: every feature the model card marks protected."""
 
 
 def all_tiers() -> tuple[str, ...]:
-    """Every action name the schema must declare, kinds' tiers first."""
+    """Every action name a schema may declare, kinds' tiers first; all but `OPTIONAL_ACTIONS` must be."""
     return tuple(t for tiers in KIND_TIERS.values() for t in tiers) + GLOBAL_ACTIONS
 
 

@@ -37,6 +37,8 @@ from desiderata.server.model_card import FeatureValue
 
 __all__ = [
     "DELETION",
+    "FIRST_PAGE",
+    "OF_SUBJECT",
     "RECENT",
     "TABLE",
     "DecisionRecord",
@@ -45,6 +47,8 @@ __all__ = [
     "decode_row",
     "encode_row",
     "new_record_id",
+    "of_subject_params",
+    "page_after",
     "stored_time",
 ]
 
@@ -88,6 +92,11 @@ class DecisionStore(Protocol):
 
     def recent(self, model: str, model_version: str, limit: int) -> list[DecisionRecord]:
         """The newest `limit` decisions of one model version, newest first."""
+        ...
+
+    def of_subject(self, subject_id: str, model: str, after: tuple[str, str], limit: int) -> list[DecisionRecord]:
+        """Up to `limit` decisions about `subject_id` by any version of `model`, newest first,
+        older than `after` (a `page_after` key: stored time and id; `FIRST_PAGE` for the newest)."""
         ...
 
     def expire(self, before: datetime) -> int:
@@ -162,6 +171,28 @@ RECENT = (
 )
 """The newest decisions of a model version (ISO 8601 UTC times sort as text); `%s` placeholders."""
 
+OF_SUBJECT = (
+    "SELECT decision_id, subject_id, principal_id, model, model_version, features, probabilities, created_at "
+    "FROM decisions WHERE subject_id = %s AND model = %s "
+    "AND (created_at < %s OR (created_at = %s AND decision_id < %s)) "
+    "ORDER BY created_at DESC, decision_id DESC LIMIT %s"
+)
+"""A page of one subject's decisions of one model, newest first, after a (time, id) key."""
+
+FIRST_PAGE = ("9999-12-31T23:59:59.999999+00:00", "")
+"""The key before the newest decision: later than any stored time."""
+
+
+def page_after(rec: DecisionRecord) -> tuple[str, str]:
+    """The key a page that ended at `rec` resumes after: its stored time and id."""
+    return stored_time(rec.created_at), rec.decision_id
+
+
+def of_subject_params(subject_id: str, model: str, after: tuple[str, str], limit: int) -> tuple[object, ...]:
+    """The parameters of `OF_SUBJECT`."""
+    return subject_id, model, after[0], after[0], after[1], limit
+
+
 DELETION = control_table("decisions")
 """The control table of `policy.allowed_deletion`: what a deleting transaction allows."""
 
@@ -214,6 +245,15 @@ class SqliteDecisionStore:
         try:
             with self._lock:
                 rows = self._db.execute(RECENT.replace("%s", "?"), (model, model_version, limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise Unavailable(f"decision store unavailable: {exc.__class__.__name__}") from exc
+        return [decode_row(r) for r in rows]
+
+    def of_subject(self, subject_id: str, model: str, after: tuple[str, str], limit: int) -> list[DecisionRecord]:
+        params = of_subject_params(subject_id, model, after, limit)
+        try:
+            with self._lock:
+                rows = self._db.execute(OF_SUBJECT.replace("%s", "?"), params).fetchall()
         except sqlite3.Error as exc:
             raise Unavailable(f"decision store unavailable: {exc.__class__.__name__}") from exc
         return [decode_row(r) for r in rows]

@@ -26,11 +26,13 @@ from desiderata.policy.allowed_deletion import (
 from desiderata.policy.postgres import Conn, PgConnection, append_only, create_schema
 from desiderata.server.decision_store import (
     DELETION,
+    OF_SUBJECT,
     RECENT,
     TABLE,
     DecisionRecord,
     decode_row,
     encode_row,
+    of_subject_params,
     stored_time,
 )
 from desiderata.server.errors import DecisionNotFound, InternalError
@@ -81,6 +83,11 @@ class PostgresDecisionStore:
 
     def recent(self, model: str, model_version: str, limit: int) -> list[DecisionRecord]:
         rows = self._pg.run(lambda conn: conn.execute(RECENT, (model, model_version, limit)).fetchall())
+        return [decode_row(r) for r in rows]
+
+    def of_subject(self, subject_id: str, model: str, after: tuple[str, str], limit: int) -> list[DecisionRecord]:
+        params = of_subject_params(subject_id, model, after, limit)
+        rows = self._pg.run(lambda conn: conn.execute(OF_SUBJECT, params).fetchall())
         return [decode_row(r) for r in rows]
 
     def expire(self, before: datetime) -> int:

@@ -17,6 +17,7 @@ import numpy as np
 from grpc import aio
 
 from desiderata.policy.model import Consumption
+from desiderata.server.decision_listing import list_decisions
 from desiderata.server.errors import InvalidArgument
 from desiderata.server.grpc import convert, render
 from desiderata.server.grpc.interceptors import current_principal
@@ -231,6 +232,33 @@ class ModelServicer(ms_grpc.ModelServiceServicer):
             raise InvalidArgument.single("name", "required")
         handle = self._pipeline.models.resolve(request.name, request.version)
         return ms.GetModelResponse(card=render.card_to_proto(handle.card))
+
+    async def ListDecisions(self, request: ms.ListDecisionsRequest, context: Ctx) -> ms.ListDecisionsResponse:
+        page = list_decisions(
+            self._pipeline,
+            current_principal.get(),
+            model=request.model,
+            purpose=request.purpose,
+            subject_id=request.subject_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        classes = self._pipeline.models.resolve(request.model).card.class_names
+        return ms.ListDecisionsResponse(
+            decisions=[
+                ms.RecordedDecision(
+                    decision_id=rec.decision_id,
+                    model=rec.model,
+                    model_version=rec.model_version,
+                    recorded_at=render.timestamp(rec.created_at),
+                    predicted_class=(
+                        classes[int(np.argmax(rec.probabilities))] if len(rec.probabilities) == len(classes) else ""
+                    ),
+                )
+                for rec in page.records
+            ],
+            next_page_token=page.next_page_token,
+        )
 
     async def Predict(self, request: ms.PredictRequest, context: Ctx) -> ms.PredictResponse:
         if not request.model:

@@ -14,7 +14,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from desiderata.server.decision_store import TABLE, DecisionRecord, DecisionStore, SqliteDecisionStore, new_record_id
+from desiderata.server.decision_store import (
+    FIRST_PAGE,
+    TABLE,
+    DecisionRecord,
+    DecisionStore,
+    SqliteDecisionStore,
+    new_record_id,
+    page_after,
+)
 from desiderata.server.decision_store_postgres import PostgresDecisionStore
 from desiderata.server.errors import DecisionNotFound, InternalError, Unavailable
 from tests.support.postgres_server import run_sql, terminate_other_connections
@@ -91,6 +99,32 @@ def test_recent_decisions_are_one_versions_newest_first(backend: Backend) -> Non
     assert len(backend.store.recent("credit", "3", 100)) == 5
     assert [r.subject_id for r in backend.store.recent("credit", "2", 100)] == ["subject-9"]
     assert backend.store.recent("credit", "7", 100) == []
+
+
+def test_a_subjects_decisions_page_newest_first_over_every_version(backend: Backend) -> None:
+    """What ListDecisions reads: one subject's decisions of one model, any version."""
+    base = datetime(2026, 11, 23, 1, 2, 3, tzinfo=UTC)
+    mine = [
+        _record(i, subject_id="carol", model_version=str(1 + i % 2), created_at=base + timedelta(seconds=i))
+        for i in (2, 0, 3, 1)
+    ]
+    tie = _record(5, subject_id="carol", created_at=base + timedelta(seconds=1))  # same time as another
+    for rec in [*mine, tie, _record(4, subject_id="dan"), _record(6, subject_id="carol", model="other")]:
+        backend.store.record(rec)
+    pages: list[list[DecisionRecord]] = []
+    after = FIRST_PAGE
+    while True:
+        page = backend.store.of_subject("carol", "credit", after, 2)
+        pages.append(page)
+        if len(page) < 2:
+            break
+        after = page_after(page[-1])
+    got = [r for p in pages for r in p]
+    at_one = sorted((r for r in (mine[3], tie)), key=lambda r: r.decision_id, reverse=True)
+    assert got == [mine[2], mine[0], *at_one, mine[1]]  # time, then id, both descending
+    assert [len(p) for p in pages] == [2, 2, 1]
+    assert backend.store.of_subject("carol", "other", FIRST_PAGE, 10)[0].model == "other"
+    assert backend.store.of_subject("erin", "credit", FIRST_PAGE, 10) == []
 
 
 def test_unknown_id_is_not_found(backend: Backend) -> None:

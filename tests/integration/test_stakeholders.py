@@ -95,6 +95,44 @@ async def test_end_user_gets_a_narrative_of_their_own_decision_only(demo: Runnin
     assert len(page.entries) == 1 and not page.entries[0].allowed and page.entries[0].role == "end_user"
 
 
+async def test_an_end_user_lists_their_own_decisions_and_explains_one(demo: Running) -> None:
+    async with client(demo, "ml_engineer") as eng:
+        mine = [await eng.predict("credit", APPLICANT, subject_id="applicant-0001") for _ in range(3)]
+        theirs = await eng.predict("credit", APPLICANT, subject_id="applicant-0002")
+        refused = await denied(eng.list_decisions("credit", purpose="debugging", subject_id="applicant-0001"))
+    async with client(demo, "end_user") as user:
+        first = await user.list_decisions("credit", purpose="transparency", page_size=2)
+        token = first.next_page_token
+        rest = await user.list_decisions("credit", purpose="transparency", page_size=2, page_token=token)
+        listed = [*first.decisions, *rest.decisions]
+        ex = await user.explain_decision(listed[0].decision_id, purpose="transparency")
+        other = await denied(user.list_decisions("credit", purpose="transparency", subject_id="applicant-0002"))
+        with pytest.raises(DesiderataRpcError) as bad:
+            await user.list_decisions("credit", purpose="transparency", page_token="not-a-token")
+    assert [d.decision_id for d in listed] == [r.decision_id for r in reversed(mine)]  # newest first
+    assert first.next_page_token and not rest.next_page_token
+    assert all(d.model == "credit" and d.predicted_class in ("good", "bad") for d in listed)
+    assert ex.disclosure.tier == "feature_attribution/narrative"
+    assert "end_user.own_decisions_only" in other.details.metadata["reasons"]
+    assert bad.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in bad.value.details.field_violations] == ["page_token"]
+    assert "policy.default_deny" in refused.details.metadata["reasons"]
+    # A loan officer handling a contest lists another subject's; every list is audited.
+    async with client(demo, "domain_expert") as officer:
+        contest = await officer.list_decisions("credit", purpose="contest", subject_id="applicant-0002")
+    assert [d.decision_id for d in contest.decisions] == [theirs.decision_id]
+    async with client(demo, "regulator") as reg:
+        lists = [e async for e in reg.audit_entries("credit", purpose="audit", action="decisions/list")]
+    # (the bad token was refused before the policy was asked: nothing to audit)
+    assert [(e.role, e.allowed) for e in lists] == [
+        ("ml_engineer", False),
+        ("end_user", True),
+        ("end_user", True),
+        ("end_user", False),
+        ("domain_expert", True),
+    ]
+
+
 async def test_regulator_reads_the_audit_log_and_global_summaries(demo: Running) -> None:
     async with client(demo, "ml_engineer") as eng:
         explained = [await eng.explain("credit", APPLICANT, purpose="debugging") for _ in range(2)]

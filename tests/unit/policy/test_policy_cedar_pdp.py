@@ -168,6 +168,25 @@ def test_the_store_log_is_a_resource_of_audit_reads_only(pdp: CedarPDP, bundle_d
     assert not refused.allowed and refused.reasons == (EVALUATION_ERROR,)
 
 
+def test_listing_decisions_is_decided_on_the_callers_own_subject(pdp: CedarPDP, bundle_dir: Path) -> None:
+    own = pdp.authorize(SUBJECT, "decisions/list", "credit", CREDIT, "transparency", own_decision=True)
+    assert own.allowed and own.reasons == ("end_user.own_decisions_list",)
+    other = pdp.authorize(SUBJECT, "decisions/list", "credit", CREDIT, "transparency")
+    assert not other.allowed and other.reasons == ("end_user.own_decisions_only",)
+    # A bundle written before the action existed still loads, and denies it.
+    policies = bundle_dir / "stakeholders.cedar"
+    text = policies.read_text()
+    policies.write_text(text[: text.index("// End users list the decisions recorded about them")])
+    (bundle_dir / "stakeholders_test.yaml").unlink()
+    schema = bundle_dir / "schema.cedarschema.json"
+    doc = json.loads(schema.read_text())
+    del doc[next(iter(doc))]["actions"]["decisions/list"]
+    schema.write_text(json.dumps(doc))
+    older = CedarPDP(parse_bundle(bundle_dir))
+    refused = older.authorize(SUBJECT, "decisions/list", "credit", CREDIT, "transparency", own_decision=True)
+    assert not refused.allowed and refused.reasons == (EVALUATION_ERROR,)
+
+
 def test_remembered_decisions_equal_evaluated_ones_and_errors_are_not_remembered() -> None:
     bundle = load_bundle(default_bundle_dir())
     cached, fresh = CedarPDP(bundle), CedarPDP(bundle, cache_size=0)

@@ -21,9 +21,9 @@ def _run(fn: object, argv: list[str]) -> tuple[int, str]:
 
 def test_validate_and_test_pass_on_the_shipped_bundle() -> None:
     code, out = _run(run_validate, [str(default_bundle_dir())])
-    assert code == 0 and out.startswith("ok: 9 policies")
+    assert code == 0 and out.startswith("ok: 11 policies")
     code, out = _run(run_test, [str(default_bundle_dir())])
-    assert code == 0 and "33 passed, 0 failed" in out
+    assert code == 0 and "38 passed, 0 failed" in out
     assert "PASS stakeholders_test.yaml" in out
 
 
@@ -37,7 +37,7 @@ def test_test_reports_failures(bundle_dir: Path) -> None:
     path = bundle_dir / "stakeholders_test.yaml"
     path.write_text(path.read_text().replace("tier: robustness/full", "tier: robustness/none"))
     code, out = _run(run_test, [str(bundle_dir)])
-    assert code == 1 and "FAIL stakeholders_test.yaml" in out and "32 passed, 1 failed" in out
+    assert code == 1 and "FAIL stakeholders_test.yaml" in out and "37 passed, 1 failed" in out
 
 
 def test_explain_shows_reasons_with_their_source() -> None:

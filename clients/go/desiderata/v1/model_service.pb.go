@@ -844,6 +844,222 @@ func (x *PredictResponse) GetRecordedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+type ListDecisionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Model whose decisions are listed (required: access is decided per model).
+	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// Declared purpose, e.g. "transparency" or "contest".
+	Purpose string `protobuf:"bytes,2,opt,name=purpose,proto3" json:"purpose,omitempty"`
+	// Whom the decisions are about; empty means the caller's own subject (end
+	// users).
+	SubjectId string `protobuf:"bytes,3,opt,name=subject_id,json=subjectId,proto3" json:"subject_id,omitempty"`
+	// Decisions per page; 0 uses the server default (50), at most 500.
+	PageSize uint32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The previous page's next_page_token; empty for the first page.
+	PageToken     string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDecisionsRequest) Reset() {
+	*x = ListDecisionsRequest{}
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDecisionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDecisionsRequest) ProtoMessage() {}
+
+func (x *ListDecisionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDecisionsRequest.ProtoReflect.Descriptor instead.
+func (*ListDecisionsRequest) Descriptor() ([]byte, []int) {
+	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ListDecisionsRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *ListDecisionsRequest) GetPurpose() string {
+	if x != nil {
+		return x.Purpose
+	}
+	return ""
+}
+
+func (x *ListDecisionsRequest) GetSubjectId() string {
+	if x != nil {
+		return x.SubjectId
+	}
+	return ""
+}
+
+func (x *ListDecisionsRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListDecisionsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// A recorded decision as listed: which, when, and its outcome; never the
+// features it was made from.
+type RecordedDecision struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Id for ExplanationService.ExplainDecision.
+	DecisionId   string                 `protobuf:"bytes,1,opt,name=decision_id,json=decisionId,proto3" json:"decision_id,omitempty"`
+	Model        string                 `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
+	ModelVersion string                 `protobuf:"bytes,3,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
+	RecordedAt   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=recorded_at,json=recordedAt,proto3" json:"recorded_at,omitempty"`
+	// The predicted class (the decision's outcome), by the served card's class
+	// names; empty when this version's classes no longer match the served card.
+	PredictedClass string `protobuf:"bytes,5,opt,name=predicted_class,json=predictedClass,proto3" json:"predicted_class,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RecordedDecision) Reset() {
+	*x = RecordedDecision{}
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordedDecision) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordedDecision) ProtoMessage() {}
+
+func (x *RecordedDecision) ProtoReflect() protoreflect.Message {
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordedDecision.ProtoReflect.Descriptor instead.
+func (*RecordedDecision) Descriptor() ([]byte, []int) {
+	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *RecordedDecision) GetDecisionId() string {
+	if x != nil {
+		return x.DecisionId
+	}
+	return ""
+}
+
+func (x *RecordedDecision) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *RecordedDecision) GetModelVersion() string {
+	if x != nil {
+		return x.ModelVersion
+	}
+	return ""
+}
+
+func (x *RecordedDecision) GetRecordedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RecordedAt
+	}
+	return nil
+}
+
+func (x *RecordedDecision) GetPredictedClass() string {
+	if x != nil {
+		return x.PredictedClass
+	}
+	return ""
+}
+
+type ListDecisionsResponse struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Decisions []*RecordedDecision    `protobuf:"bytes,1,rep,name=decisions,proto3" json:"decisions,omitempty"`
+	// Token of the next page; empty on the last one.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDecisionsResponse) Reset() {
+	*x = ListDecisionsResponse{}
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDecisionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDecisionsResponse) ProtoMessage() {}
+
+func (x *ListDecisionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDecisionsResponse.ProtoReflect.Descriptor instead.
+func (*ListDecisionsResponse) Descriptor() ([]byte, []int) {
+	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ListDecisionsResponse) GetDecisions() []*RecordedDecision {
+	if x != nil {
+		return x.Decisions
+	}
+	return nil
+}
+
+func (x *ListDecisionsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 var File_desiderata_v1_model_service_proto protoreflect.FileDescriptor
 
 const file_desiderata_v1_model_service_proto_rawDesc = "" +
@@ -924,12 +1140,32 @@ const file_desiderata_v1_model_service_proto_rawDesc = "" +
 	"prediction\x18\x04 \x01(\v2\x19.desiderata.v1.PredictionR\n" +
 	"prediction\x12;\n" +
 	"\vrecorded_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"recordedAt2\xf8\x01\n" +
+	"recordedAt\"\xa1\x01\n" +
+	"\x14ListDecisionsRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
+	"\apurpose\x18\x02 \x01(\tR\apurpose\x12\x1d\n" +
+	"\n" +
+	"subject_id\x18\x03 \x01(\tR\tsubjectId\x12\x1b\n" +
+	"\tpage_size\x18\x04 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x05 \x01(\tR\tpageToken\"\xd4\x01\n" +
+	"\x10RecordedDecision\x12\x1f\n" +
+	"\vdecision_id\x18\x01 \x01(\tR\n" +
+	"decisionId\x12\x14\n" +
+	"\x05model\x18\x02 \x01(\tR\x05model\x12#\n" +
+	"\rmodel_version\x18\x03 \x01(\tR\fmodelVersion\x12;\n" +
+	"\vrecorded_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"recordedAt\x12'\n" +
+	"\x0fpredicted_class\x18\x05 \x01(\tR\x0epredictedClass\"~\n" +
+	"\x15ListDecisionsResponse\x12=\n" +
+	"\tdecisions\x18\x01 \x03(\v2\x1f.desiderata.v1.RecordedDecisionR\tdecisions\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken2\xd4\x02\n" +
 	"\fModelService\x12Q\n" +
 	"\n" +
 	"ListModels\x12 .desiderata.v1.ListModelsRequest\x1a!.desiderata.v1.ListModelsResponse\x12K\n" +
 	"\bGetModel\x12\x1e.desiderata.v1.GetModelRequest\x1a\x1f.desiderata.v1.GetModelResponse\x12H\n" +
-	"\aPredict\x12\x1d.desiderata.v1.PredictRequest\x1a\x1e.desiderata.v1.PredictResponseBt\n" +
+	"\aPredict\x12\x1d.desiderata.v1.PredictRequest\x1a\x1e.desiderata.v1.PredictResponse\x12Z\n" +
+	"\rListDecisions\x12#.desiderata.v1.ListDecisionsRequest\x1a$.desiderata.v1.ListDecisionsResponseBt\n" +
 	"\x11dev.desiderata.v1B\x11ModelServiceProtoP\x01ZJgithub.com/desiderata-xai/desiderata/clients/go/desiderata/v1;desideratav1b\x06proto3"
 
 var (
@@ -944,7 +1180,7 @@ func file_desiderata_v1_model_service_proto_rawDescGZIP() []byte {
 	return file_desiderata_v1_model_service_proto_rawDescData
 }
 
-var file_desiderata_v1_model_service_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_desiderata_v1_model_service_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_desiderata_v1_model_service_proto_goTypes = []any{
 	(*FeatureSpec)(nil),           // 0: desiderata.v1.FeatureSpec
 	(*TrainingData)(nil),          // 1: desiderata.v1.TrainingData
@@ -957,32 +1193,39 @@ var file_desiderata_v1_model_service_proto_goTypes = []any{
 	(*GetModelResponse)(nil),      // 8: desiderata.v1.GetModelResponse
 	(*PredictRequest)(nil),        // 9: desiderata.v1.PredictRequest
 	(*PredictResponse)(nil),       // 10: desiderata.v1.PredictResponse
-	(FeatureType)(0),              // 11: desiderata.v1.FeatureType
-	(*Instance)(nil),              // 12: desiderata.v1.Instance
-	(*Prediction)(nil),            // 13: desiderata.v1.Prediction
-	(*timestamppb.Timestamp)(nil), // 14: google.protobuf.Timestamp
+	(*ListDecisionsRequest)(nil),  // 11: desiderata.v1.ListDecisionsRequest
+	(*RecordedDecision)(nil),      // 12: desiderata.v1.RecordedDecision
+	(*ListDecisionsResponse)(nil), // 13: desiderata.v1.ListDecisionsResponse
+	(FeatureType)(0),              // 14: desiderata.v1.FeatureType
+	(*Instance)(nil),              // 15: desiderata.v1.Instance
+	(*Prediction)(nil),            // 16: desiderata.v1.Prediction
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
 }
 var file_desiderata_v1_model_service_proto_depIdxs = []int32{
-	11, // 0: desiderata.v1.FeatureSpec.type:type_name -> desiderata.v1.FeatureType
+	14, // 0: desiderata.v1.FeatureSpec.type:type_name -> desiderata.v1.FeatureType
 	0,  // 1: desiderata.v1.ModelCard.features:type_name -> desiderata.v1.FeatureSpec
 	1,  // 2: desiderata.v1.ModelCard.training_data:type_name -> desiderata.v1.TrainingData
 	2,  // 3: desiderata.v1.ModelCard.privacy:type_name -> desiderata.v1.PrivacyFacts
 	5,  // 4: desiderata.v1.ListModelsResponse.models:type_name -> desiderata.v1.ModelSummary
 	3,  // 5: desiderata.v1.GetModelResponse.card:type_name -> desiderata.v1.ModelCard
-	12, // 6: desiderata.v1.PredictRequest.instance:type_name -> desiderata.v1.Instance
-	13, // 7: desiderata.v1.PredictResponse.prediction:type_name -> desiderata.v1.Prediction
-	14, // 8: desiderata.v1.PredictResponse.recorded_at:type_name -> google.protobuf.Timestamp
-	4,  // 9: desiderata.v1.ModelService.ListModels:input_type -> desiderata.v1.ListModelsRequest
-	7,  // 10: desiderata.v1.ModelService.GetModel:input_type -> desiderata.v1.GetModelRequest
-	9,  // 11: desiderata.v1.ModelService.Predict:input_type -> desiderata.v1.PredictRequest
-	6,  // 12: desiderata.v1.ModelService.ListModels:output_type -> desiderata.v1.ListModelsResponse
-	8,  // 13: desiderata.v1.ModelService.GetModel:output_type -> desiderata.v1.GetModelResponse
-	10, // 14: desiderata.v1.ModelService.Predict:output_type -> desiderata.v1.PredictResponse
-	12, // [12:15] is the sub-list for method output_type
-	9,  // [9:12] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	15, // 6: desiderata.v1.PredictRequest.instance:type_name -> desiderata.v1.Instance
+	16, // 7: desiderata.v1.PredictResponse.prediction:type_name -> desiderata.v1.Prediction
+	17, // 8: desiderata.v1.PredictResponse.recorded_at:type_name -> google.protobuf.Timestamp
+	17, // 9: desiderata.v1.RecordedDecision.recorded_at:type_name -> google.protobuf.Timestamp
+	12, // 10: desiderata.v1.ListDecisionsResponse.decisions:type_name -> desiderata.v1.RecordedDecision
+	4,  // 11: desiderata.v1.ModelService.ListModels:input_type -> desiderata.v1.ListModelsRequest
+	7,  // 12: desiderata.v1.ModelService.GetModel:input_type -> desiderata.v1.GetModelRequest
+	9,  // 13: desiderata.v1.ModelService.Predict:input_type -> desiderata.v1.PredictRequest
+	11, // 14: desiderata.v1.ModelService.ListDecisions:input_type -> desiderata.v1.ListDecisionsRequest
+	6,  // 15: desiderata.v1.ModelService.ListModels:output_type -> desiderata.v1.ListModelsResponse
+	8,  // 16: desiderata.v1.ModelService.GetModel:output_type -> desiderata.v1.GetModelResponse
+	10, // 17: desiderata.v1.ModelService.Predict:output_type -> desiderata.v1.PredictResponse
+	13, // 18: desiderata.v1.ModelService.ListDecisions:output_type -> desiderata.v1.ListDecisionsResponse
+	15, // [15:19] is the sub-list for method output_type
+	11, // [11:15] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_desiderata_v1_model_service_proto_init() }
@@ -998,7 +1241,7 @@ func file_desiderata_v1_model_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_desiderata_v1_model_service_proto_rawDesc), len(file_desiderata_v1_model_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,9 +21,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ModelService_ListModels_FullMethodName = "/desiderata.v1.ModelService/ListModels"
-	ModelService_GetModel_FullMethodName   = "/desiderata.v1.ModelService/GetModel"
-	ModelService_Predict_FullMethodName    = "/desiderata.v1.ModelService/Predict"
+	ModelService_ListModels_FullMethodName    = "/desiderata.v1.ModelService/ListModels"
+	ModelService_GetModel_FullMethodName      = "/desiderata.v1.ModelService/GetModel"
+	ModelService_Predict_FullMethodName       = "/desiderata.v1.ModelService/Predict"
+	ModelService_ListDecisions_FullMethodName = "/desiderata.v1.ModelService/ListDecisions"
 )
 
 // ModelServiceClient is the client API for ModelService service.
@@ -35,6 +36,11 @@ type ModelServiceClient interface {
 	GetModel(ctx context.Context, in *GetModelRequest, opts ...grpc.CallOption) (*GetModelResponse, error)
 	// Scores an instance for a subject, records the decision, returns its id.
 	Predict(ctx context.Context, in *PredictRequest, opts ...grpc.CallOption) (*PredictResponse, error)
+	// The decisions recorded about one subject by a model (any version), newest
+	// first, paginated: an end user lists their own (GDPR Art. 15, right of
+	// access) to ask ExplanationService.ExplainDecision about them; staff as the
+	// policy allows (action "decisions/list"). Each list is audited.
+	ListDecisions(ctx context.Context, in *ListDecisionsRequest, opts ...grpc.CallOption) (*ListDecisionsResponse, error)
 }
 
 type modelServiceClient struct {
@@ -75,6 +81,16 @@ func (c *modelServiceClient) Predict(ctx context.Context, in *PredictRequest, op
 	return out, nil
 }
 
+func (c *modelServiceClient) ListDecisions(ctx context.Context, in *ListDecisionsRequest, opts ...grpc.CallOption) (*ListDecisionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListDecisionsResponse)
+	err := c.cc.Invoke(ctx, ModelService_ListDecisions_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ModelServiceServer is the server API for ModelService service.
 // All implementations must embed UnimplementedModelServiceServer
 // for forward compatibility.
@@ -84,6 +100,11 @@ type ModelServiceServer interface {
 	GetModel(context.Context, *GetModelRequest) (*GetModelResponse, error)
 	// Scores an instance for a subject, records the decision, returns its id.
 	Predict(context.Context, *PredictRequest) (*PredictResponse, error)
+	// The decisions recorded about one subject by a model (any version), newest
+	// first, paginated: an end user lists their own (GDPR Art. 15, right of
+	// access) to ask ExplanationService.ExplainDecision about them; staff as the
+	// policy allows (action "decisions/list"). Each list is audited.
+	ListDecisions(context.Context, *ListDecisionsRequest) (*ListDecisionsResponse, error)
 	mustEmbedUnimplementedModelServiceServer()
 }
 
@@ -102,6 +123,9 @@ func (UnimplementedModelServiceServer) GetModel(context.Context, *GetModelReques
 }
 func (UnimplementedModelServiceServer) Predict(context.Context, *PredictRequest) (*PredictResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Predict not implemented")
+}
+func (UnimplementedModelServiceServer) ListDecisions(context.Context, *ListDecisionsRequest) (*ListDecisionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListDecisions not implemented")
 }
 func (UnimplementedModelServiceServer) mustEmbedUnimplementedModelServiceServer() {}
 func (UnimplementedModelServiceServer) testEmbeddedByValue()                      {}
@@ -178,6 +202,24 @@ func _ModelService_Predict_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ModelService_ListDecisions_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListDecisionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ModelServiceServer).ListDecisions(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ModelService_ListDecisions_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ModelServiceServer).ListDecisions(ctx, req.(*ListDecisionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ModelService_ServiceDesc is the grpc.ServiceDesc for ModelService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -196,6 +238,10 @@ var ModelService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Predict",
 			Handler:    _ModelService_Predict_Handler,
+		},
+		{
+			MethodName: "ListDecisions",
+			Handler:    _ModelService_ListDecisions_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

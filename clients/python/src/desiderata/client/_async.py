@@ -155,6 +155,24 @@ class AsyncClient:
         )
         return result
 
+    async def list_decisions(
+        self,
+        model: str,
+        *,
+        purpose: str,
+        subject_id: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        timeout_s: float | None = None,
+    ) -> ms.ListDecisionsResponse:
+        """One page of the decisions recorded about a subject by `model` (any version), newest
+        first; `subject_id` "" is the caller's own (end users). Ids for `explain_decision`."""
+        request = ms.ListDecisionsRequest(
+            model=model, purpose=purpose, subject_id=subject_id, page_size=page_size, page_token=page_token
+        )
+        result: ms.ListDecisionsResponse = await self._call(self.models.ListDecisions, request, timeout_s)
+        return result
+
     async def list_models(
         self, *, page_size: int = 0, page_token: str = "", timeout_s: float | None = None
     ) -> ms.ListModelsResponse:

@@ -150,6 +150,23 @@ class Client:
         """Scores an instance for a subject; the response carries the decision id."""
         return self._call(self.models.Predict, Requests.predict(model, features, subject_id), timeout_s)
 
+    def list_decisions(
+        self,
+        model: str,
+        *,
+        purpose: str,
+        subject_id: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        timeout_s: float | None = None,
+    ) -> ms.ListDecisionsResponse:
+        """One page of the decisions recorded about a subject by `model` (any version), newest
+        first; `subject_id` "" is the caller's own (end users). Ids for `explain_decision`."""
+        request = ms.ListDecisionsRequest(
+            model=model, purpose=purpose, subject_id=subject_id, page_size=page_size, page_token=page_token
+        )
+        return self._call(self.models.ListDecisions, request, timeout_s)
+
     def list_models(
         self, *, page_size: int = 0, page_token: str = "", timeout_s: float | None = None
     ) -> ms.ListModelsResponse:

@@ -49,6 +49,11 @@ class ModelServiceStub:
                 request_serializer=desiderata_dot_v1_dot_model__service__pb2.PredictRequest.SerializeToString,
                 response_deserializer=desiderata_dot_v1_dot_model__service__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.ListDecisions = channel.unary_unary(
+                '/desiderata.v1.ModelService/ListDecisions',
+                request_serializer=desiderata_dot_v1_dot_model__service__pb2.ListDecisionsRequest.SerializeToString,
+                response_deserializer=desiderata_dot_v1_dot_model__service__pb2.ListDecisionsResponse.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
@@ -74,6 +79,16 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDecisions(self, request, context):
+        """The decisions recorded about one subject by a model (any version), newest
+        first, paginated: an end user lists their own (GDPR Art. 15, right of
+        access) to ask ExplanationService.ExplainDecision about them; staff as the
+        policy allows (action "decisions/list"). Each list is audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -91,6 +106,11 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.Predict,
                     request_deserializer=desiderata_dot_v1_dot_model__service__pb2.PredictRequest.FromString,
                     response_serializer=desiderata_dot_v1_dot_model__service__pb2.PredictResponse.SerializeToString,
+            ),
+            'ListDecisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDecisions,
+                    request_deserializer=desiderata_dot_v1_dot_model__service__pb2.ListDecisionsRequest.FromString,
+                    response_serializer=desiderata_dot_v1_dot_model__service__pb2.ListDecisionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -174,6 +194,33 @@ class ModelService:
             '/desiderata.v1.ModelService/Predict',
             desiderata_dot_v1_dot_model__service__pb2.PredictRequest.SerializeToString,
             desiderata_dot_v1_dot_model__service__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDecisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/desiderata.v1.ModelService/ListDecisions',
+            desiderata_dot_v1_dot_model__service__pb2.ListDecisionsRequest.SerializeToString,
+            desiderata_dot_v1_dot_model__service__pb2.ListDecisionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -36,6 +36,12 @@ class ModelServiceStub:
     """The model card."""
     Predict: _grpc.UnaryUnaryMultiCallable[_model_service_pb2.PredictRequest, _model_service_pb2.PredictResponse]
     """Scores an instance for a subject, records the decision, returns its id."""
+    ListDecisions: _grpc.UnaryUnaryMultiCallable[_model_service_pb2.ListDecisionsRequest, _model_service_pb2.ListDecisionsResponse]
+    """The decisions recorded about one subject by a model (any version), newest
+    first, paginated: an end user lists their own (GDPR Art. 15, right of
+    access) to ask ExplanationService.ExplainDecision about them; staff as the
+    policy allows (action "decisions/list"). Each list is audited.
+    """
 
 @_typing.type_check_only
 class ModelServiceAsyncStub(ModelServiceStub):
@@ -45,6 +51,12 @@ class ModelServiceAsyncStub(ModelServiceStub):
     """The model card."""
     Predict: _aio.UnaryUnaryMultiCallable[_model_service_pb2.PredictRequest, _model_service_pb2.PredictResponse]  # type: ignore[assignment]
     """Scores an instance for a subject, records the decision, returns its id."""
+    ListDecisions: _aio.UnaryUnaryMultiCallable[_model_service_pb2.ListDecisionsRequest, _model_service_pb2.ListDecisionsResponse]  # type: ignore[assignment]
+    """The decisions recorded about one subject by a model (any version), newest
+    first, paginated: an end user lists their own (GDPR Art. 15, right of
+    access) to ask ExplanationService.ExplainDecision about them; staff as the
+    policy allows (action "decisions/list"). Each list is audited.
+    """
 
 class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -69,5 +81,17 @@ class ModelServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_model_service_pb2.PredictResponse, _abc.Awaitable[_model_service_pb2.PredictResponse]]:
         """Scores an instance for a subject, records the decision, returns its id."""
+
+    @_abc_1.abstractmethod
+    def ListDecisions(
+        self,
+        request: _model_service_pb2.ListDecisionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_model_service_pb2.ListDecisionsResponse, _abc.Awaitable[_model_service_pb2.ListDecisionsResponse]]:
+        """The decisions recorded about one subject by a model (any version), newest
+        first, paginated: an end user lists their own (GDPR Art. 15, right of
+        access) to ask ExplanationService.ExplainDecision about them; staff as the
+        policy allows (action "decisions/list"). Each list is audited.
+        """
 
 def add_ModelServiceServicer_to_server(servicer: ModelServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
