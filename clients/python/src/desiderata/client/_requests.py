@@ -184,6 +184,19 @@ class Requests:
         )
 
     @staticmethod
+    def list_decisions(
+        model: str, *, purpose: str, subject_id: str = "", page_size: int = 0, page_token: str = ""
+    ) -> ms.ListDecisionsRequest:
+        """One page of the decisions recorded about a subject ("" : the caller's own) by `model`.
+
+        Args:
+            page_size: decisions per page; 0 is the server's default (50), at most 500.
+        """
+        return ms.ListDecisionsRequest(
+            model=model, purpose=purpose, subject_id=subject_id, page_size=page_size, page_token=page_token
+        )
+
+    @staticmethod
     def query_audit(
         model: str,
         *,

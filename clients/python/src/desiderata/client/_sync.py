@@ -162,8 +162,8 @@ class Client:
     ) -> ms.ListDecisionsResponse:
         """One page of the decisions recorded about a subject by `model` (any version), newest
         first; `subject_id` "" is the caller's own (end users). Ids for `explain_decision`."""
-        request = ms.ListDecisionsRequest(
-            model=model, purpose=purpose, subject_id=subject_id, page_size=page_size, page_token=page_token
+        request = Requests.list_decisions(
+            model, purpose=purpose, subject_id=subject_id, page_size=page_size, page_token=page_token
         )
         return self._call(self.models.ListDecisions, request, timeout_s)
 
