@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from desiderata.server.connections import ConnectionSettings
+from desiderata.server.listener import ConnectionSettings, TlsSettings
 
 __all__ = [
     "DEMO_KEYS",
@@ -42,34 +42,6 @@ def default_state_dir() -> Path:
     """Where the embedded stores live unless configured: $XDG_STATE_HOME/desiderata."""
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "desiderata"
-
-
-class TlsSettings(BaseModel):
-    """TLS for the listening port; mTLS when a client CA is given."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    cert_file: Path | None = None
-    """PEM server certificate chain; TLS is on when this and `key_file` are set."""
-    key_file: Path | None = None
-    """PEM private key of the server certificate."""
-    client_ca_file: Path | None = None
-    """PEM CA bundle of client certificates; when set, clients must present one (mTLS)."""
-
-    @model_validator(mode="after")
-    def _pair(self) -> TlsSettings:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("tls.cert_file and tls.key_file must be set together")
-        if self.client_ca_file is not None and self.cert_file is None:
-            raise ValueError("tls.client_ca_file (mTLS) needs tls.cert_file and tls.key_file")
-        for p in (self.cert_file, self.key_file, self.client_ca_file):
-            if p is not None and not p.is_file():
-                raise ValueError(f"TLS file {p} does not exist")
-        return self
-
-    @property
-    def enabled(self) -> bool:
-        return self.cert_file is not None
 
 
 class ServerSettings(BaseModel):
@@ -101,7 +73,7 @@ class ServerSettings(BaseModel):
     tls: TlsSettings = TlsSettings()
     """TLS / mTLS certificates."""
     connections: ConnectionSettings = ConnectionSettings()
-    """HTTP/2 connection management: maximum age, idle limit, keepalive pings (server/connections.py)."""
+    """HTTP/2 connection management: maximum age, idle limit, keepalive pings (server/listener.py)."""
 
 
 class ApiKey(BaseModel):

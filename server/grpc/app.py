@@ -35,12 +35,12 @@ from desiderata.server.aged_cache import Sweepable, sweep_interval, watch_ages
 from desiderata.server.allocator import tune_malloc
 from desiderata.server.chunk_runner import ChunkRunner
 from desiderata.server.config import DEMO_KEYS, DriftSettings, Settings
-from desiderata.server.connections import channel_options
 from desiderata.server.drift_watch import watch_drift
 from desiderata.server.grpc import oip
 from desiderata.server.grpc.interceptors import AuthInterceptor, RequestIdInterceptor
 from desiderata.server.grpc.policy_servicers import AuditServicer
 from desiderata.server.grpc.servicers import ExplanationServicer, ModelServicer
+from desiderata.server.listener import channel_options
 from desiderata.server.metrics import Metrics, MetricsEndpoint
 from desiderata.server.model_repository import BUILTIN_DEMO, ModelRepository
 from desiderata.server.model_watch import ModelReloads, watch_models

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from desiderata.server.connections import ConnectionSettings, channel_options
+from desiderata.server.listener import ConnectionSettings, channel_options
 from tests.integration.conftest import Running, serving, settings_for
 
 

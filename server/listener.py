@@ -1,10 +1,12 @@
-"""How the server manages its HTTP/2 connections: maximum age, idle limit, keepalive pings.
+"""The listening port's settings: TLS, and how the server manages its HTTP/2 connections.
 
-Why: gRPC keeps one connection per client channel for as long as it can, which
-two things in production do not survive unmanaged. Behind a Kubernetes Service
-(an L4 balancer), a long-lived client stays on the replica it first reached,
-so replicas added by a scale-up get none of its calls until it reconnects;
-a maximum connection age makes clients reconnect, and re-resolve the address,
+`TlsSettings` secures the port (mTLS with a client CA); `ConnectionSettings`
+sets maximum age, idle limit and keepalive pings. Why the latter: gRPC keeps
+one connection per client channel for as long as it can, which two things in
+production do not survive unmanaged. Behind a Kubernetes Service (an L4
+balancer), a long-lived client stays on the replica it first reached, so
+replicas added by a scale-up get none of its calls until it reconnects; a
+maximum connection age makes clients reconnect, and re-resolve the address,
 on a schedule (gRPC proposal A9). And clients that send keepalive pings more
 often than the server accepts (5 minutes by default) are cut off with GOAWAY
 ``too_many_pings``; the interval the server accepts must match what the
@@ -14,9 +16,39 @@ channel arguments; every default is gRPC's own.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pathlib import Path
 
-__all__ = ["ConnectionSettings", "channel_options"]
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["ConnectionSettings", "TlsSettings", "channel_options"]
+
+
+class TlsSettings(BaseModel):
+    """TLS for the listening port; mTLS when a client CA is given."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cert_file: Path | None = None
+    """PEM server certificate chain; TLS is on when this and `key_file` are set."""
+    key_file: Path | None = None
+    """PEM private key of the server certificate."""
+    client_ca_file: Path | None = None
+    """PEM CA bundle of client certificates; when set, clients must present one (mTLS)."""
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls.cert_file and tls.key_file must be set together")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("tls.client_ca_file (mTLS) needs tls.cert_file and tls.key_file")
+        for p in (self.cert_file, self.key_file, self.client_ca_file):
+            if p is not None and not p.is_file():
+                raise ValueError(f"TLS file {p} does not exist")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None
 
 
 class ConnectionSettings(BaseModel):
