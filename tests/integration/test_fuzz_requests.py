@@ -157,7 +157,9 @@ def _seeds(decision_id: str, tiny: ModelHandle) -> list[tuple[str, Message]]:
         ("Predict", Requests.predict("tiny", INSTANCE, subject_id="alice")),
         ("ListModels", ms.ListModelsRequest()),
         ("GetModel", ms.GetModelRequest(name="tiny")),
+        ("ListDecisions", ms.ListDecisionsRequest(model="tiny", purpose="transparency")),
         ("QueryAudit", aus.QueryAuditRequest(model="tiny", purpose="audit")),
+        ("QueryAudit", aus.QueryAuditRequest(purpose="audit", store_records=True, action="erase_subject")),
         ("VerifyAudit", aus.VerifyAuditRequest(model="tiny", purpose="audit")),
     ]
 
