@@ -32,11 +32,14 @@ import {
 import {
   GetModelRequest,
   type GetModelResponse,
+  ListDecisionsRequest,
+  type ListDecisionsResponse,
   ListModelsRequest,
   type ListModelsResponse,
   ModelServiceClient,
   PredictRequest,
   type PredictResponse,
+  type RecordedDecision,
 } from "./gen/desiderata/v1/model_service.js";
 
 /** Deadline of calls that set none, in milliseconds. */
@@ -82,6 +85,21 @@ export interface AttributionDriftOptions {
    * decisions in the window is FAILED_PRECONDITION.
    */
   maxDecisions?: number;
+}
+
+/** What {@link DesiderataClient.listDecisions} and {@link DesiderataClient.decisions} ask besides the model. */
+export interface ListDecisionsOptions {
+  /**
+   * Declared purpose, e.g. "transparency", "recourse" or "contest"; the policy decides it on the
+   * action "decisions/list". Required.
+   */
+  purpose: string;
+  /** Whose decisions: empty or unset means the caller's own subject (end users). */
+  subjectId?: string;
+  /** Decisions per page: 0 or unset means the server's default (50), at most 500 (more is INVALID_ARGUMENT). */
+  pageSize?: number;
+  /** The previous page's `nextPageToken`; empty or unset for the first page. */
+  pageToken?: string;
 }
 
 type Unary<Req, Res> = (
@@ -251,6 +269,57 @@ export class DesiderataClient {
   /** Scores an instance for a subject and records the decision. */
   predict(request: DeepPartial<PredictRequest>, settings?: CallSettings): Promise<PredictResponse> {
     return this.unary(this.models, this.models.predict, PredictRequest.fromPartial(request), settings);
+  }
+
+  /**
+   * One page of the decisions recorded (by {@link predict}) about one subject by a model, any of
+   * its versions, newest first; pass the response's `nextPageToken` as `pageToken` for the next
+   * page (empty: no more). See {@link decisions}.
+   *
+   * Each `RecordedDecision` gives its `decisionId` (for {@link explainDecision}), `model`,
+   * `modelVersion`, `recordedAt` and `predictedClass` (empty when that version's classes no longer
+   * match the served card), never the features it was made from. `subjectId` empty or unset lists
+   * the caller's own subject (end users); `pageSize` 0 or unset means the server's default (50),
+   * at most 500.
+   *
+   * The policy decides the action "decisions/list"; the shipped policy lets end users list their
+   * own (purposes "transparency", "recourse", "contest") and domain experts of the model's domain
+   * anyone's ("transparency", "contest"); others are PERMISSION_DENIED. Every list is audited.
+   *
+   * @param model model name
+   */
+  listDecisions(
+    model: string,
+    options: ListDecisionsOptions,
+    settings?: CallSettings,
+  ): Promise<ListDecisionsResponse> {
+    const req = ListDecisionsRequest.fromPartial({
+      model,
+      purpose: options.purpose,
+      subjectId: options.subjectId ?? "",
+      pageSize: options.pageSize ?? 0,
+      pageToken: options.pageToken ?? "",
+    });
+    return this.unary(this.models, this.models.listDecisions, req, settings);
+  }
+
+  /**
+   * Every decision recorded about one subject by a model, newest first: {@link listDecisions}
+   * returns pages of at most `pageSize` decisions (50 when unset), so this follows `nextPageToken`
+   * until it is empty. Paging starts at `options.pageToken` if set; `settings` (deadline, metadata)
+   * apply to each page's call, and each page's call is audited.
+   *
+   * @param model model name
+   */
+  async decisions(model: string, options: ListDecisionsOptions, settings?: CallSettings): Promise<RecordedDecision[]> {
+    const decisions: RecordedDecision[] = [];
+    let pageToken = options.pageToken ?? "";
+    do {
+      const page = await this.listDecisions(model, { ...options, pageToken }, settings);
+      decisions.push(...page.decisions);
+      pageToken = page.nextPageToken;
+    } while (pageToken !== "");
+    return decisions;
   }
 
   /**

@@ -15,6 +15,7 @@ export {
   type CallSettings,
   type ClientOptions,
   type GlobalSummaryOptions,
+  type ListDecisionsOptions,
 } from "./client.js";
 export { bearerMetadata, channelCredentials, type ConnectionOptions } from "./credentials.js";
 export { DesiderataError, decodeError, type FieldViolation, type QuotaViolation } from "./errors.js";
@@ -56,6 +57,9 @@ export {
   GetModelResponse,
   PredictRequest,
   PredictResponse,
+  ListDecisionsRequest,
+  RecordedDecision,
+  ListDecisionsResponse,
   ModelServiceService,
   ModelServiceServer,
   ModelServiceClient,

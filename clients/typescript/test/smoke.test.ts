@@ -22,6 +22,8 @@ import { startServer, type RunningServer } from "./server.js";
 const ML_ENGINEER_KEY = "demo-ml_engineer-key"; // demo credentials, public by design
 const REGULATOR_KEY = "demo-regulator-key";
 const EXECUTIVE_KEY = "demo-executive-key";
+const END_USER_KEY = "demo-end_user-key"; // acts for SUBJECT
+const DOMAIN_EXPERT_KEY = "demo-domain_expert-key"; // domain "credit"
 const SUBJECT = "applicant-0001";
 
 /** The demo applicant's values; integral numbers go as integers, which `number` features accept too. */
@@ -279,6 +281,116 @@ describe("desiderata TypeScript SDK against a real server", () => {
     // Unset maxDecisions: the server's default window (500) holds every decision recorded so far.
     const all = await engineer.attributionDrift("credit", monitoring);
     assert.ok(all.decisions > 20, `${all.decisions} decisions in the default window`);
+  });
+
+  test("ListDecisions: an end user pages through their own decisions, newest first, and explains one", async () => {
+    // Other tests record decisions about SUBJECT too: the three recorded here are its newest.
+    const mine: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      mine.push((await engineer.predict({ model: "credit", instance: applicant(), subjectId: SUBJECT })).decisionId);
+    }
+    const theirs = (await engineer.predict({ model: "credit", instance: applicant(), subjectId: "applicant-0002" }))
+      .decisionId;
+    assert.equal(new Set([...mine, theirs, ""]).size, 5, "predict returned an empty or repeated decision id");
+
+    const denial = (err: unknown): string => {
+      assert.ok(err instanceof DesiderataError);
+      assert.equal(err.code, status.PERMISSION_DENIED);
+      const id = err.errorInfo?.metadata.decision_id ?? "";
+      assert.notEqual(id, "", "the refusal names no decision");
+      return id;
+    };
+    let engineerRefusal = "";
+    await assert.rejects(engineer.listDecisions("credit", { purpose: "debugging", subjectId: SUBJECT }), (err) => {
+      engineerRefusal = denial(err);
+      return true;
+    });
+
+    const user = new DesiderataClient(server.address, { apiKey: END_USER_KEY, insecure: true, timeoutMs: 60_000 });
+    const officer = new DesiderataClient(server.address, { apiKey: DOMAIN_EXPERT_KEY, insecure: true, timeoutMs: 60_000 });
+    const regulator = new DesiderataClient(server.address, { apiKey: REGULATOR_KEY, insecure: true, timeoutMs: 60_000 });
+    try {
+      const own = { purpose: "transparency", pageSize: 2 };
+      const first = await user.listDecisions("credit", own);
+      assert.equal(first.decisions.length, 2, "pageSize was not the page's size");
+      assert.notEqual(first.nextPageToken, "", "no token after the first of several pages");
+      const listed = [...first.decisions];
+      let pages = 1;
+      for (let token = first.nextPageToken; token !== ""; pages++) {
+        const page = await user.listDecisions("credit", { ...own, pageToken: token });
+        assert.ok(page.decisions.length >= 1 && page.decisions.length <= 2, `a page of ${page.decisions.length}`);
+        for (const d of page.decisions) {
+          assert.ok(!listed.some((l) => l.decisionId === d.decisionId), `${d.decisionId} listed twice`);
+        }
+        listed.push(...page.decisions);
+        token = page.nextPageToken;
+      }
+      const ids = listed.map((d) => d.decisionId);
+      assert.deepEqual(ids.slice(0, 3), [...mine].reverse(), "the new decisions are not first, newest first");
+      assert.ok(!ids.includes(theirs), "another subject's decision listed");
+      for (const d of listed) {
+        assert.equal(d.model, "credit");
+        assert.notEqual(d.modelVersion, "");
+        assert.ok(["good", "bad"].includes(d.predictedClass), `predicted class ${JSON.stringify(d.predictedClass)}`);
+        assert.ok(d.recordedAt instanceof Date, "no recordedAt");
+      }
+      for (let i = 1; i < listed.length; i++) {
+        assert.ok(listed[i].recordedAt! <= listed[i - 1].recordedAt!, `decision ${i} is newer than the one before`);
+      }
+      // decisions() follows the tokens itself: the same list.
+      assert.deepEqual((await user.decisions("credit", own)).map((d) => d.decisionId), ids);
+
+      // A token this server did not issue is refused before the policy is asked (not audited).
+      await assert.rejects(user.listDecisions("credit", { ...own, pageToken: "not-a-token" }), (err) => {
+        assert.ok(err instanceof DesiderataError);
+        assert.equal(err.code, status.INVALID_ARGUMENT);
+        assert.deepEqual((err.badRequest ?? []).map((v) => v.field), ["page_token"]);
+        return true;
+      });
+
+      // The end user lists only their own subject's decisions.
+      let userRefusal = "";
+      await assert.rejects(
+        user.listDecisions("credit", { purpose: "transparency", subjectId: "applicant-0002" }),
+        (err) => {
+          userRefusal = denial(err);
+          assert.ok(err instanceof DesiderataError);
+          assert.match(err.errorInfo?.metadata.reasons ?? "", /end_user\.own_decisions_only/);
+          return true;
+        },
+      );
+
+      // ... and may explain one of them by its listed id.
+      const { explanation } = await user.explainDecision({
+        decisionId: ids[0],
+        kind: ExplanationKind.EXPLANATION_KIND_FEATURE_ATTRIBUTION,
+        purpose: "transparency",
+        consumption: Consumption.CONSUMPTION_STATIC,
+      });
+      assert.equal(explanation?.recordedDecisionId, ids[0]);
+      assert.equal(explanation?.disclosure?.tier, "feature_attribution/narrative");
+
+      // A loan officer handling a contest lists another subject's decisions.
+      const contest = await officer.decisions("credit", { purpose: "contest", subjectId: "applicant-0002" });
+      assert.equal(contest[0]?.decisionId, theirs, "the officer does not find applicant-0002's newest decision");
+      assert.ok(!contest.some((d) => mine.includes(d.decisionId)), "applicant-0001's decisions listed");
+
+      // Every list is audited, allowed or not.
+      const lists = await regulator.auditEntries({ model: "credit", purpose: "audit", action: "decisions/list" });
+      const refusals = lists.filter((e) => !e.allowed).map((e) => [e.decisionId, e.role, e.purpose]);
+      assert.deepEqual(refusals, [
+        [engineerRefusal, "ml_engineer", "debugging"],
+        [userRefusal, "end_user", "transparency"],
+      ]);
+      const allowed = lists.filter((e) => e.allowed).map((e) => `${e.role} ${e.purpose}`);
+      // One audited list per page: the walk above, then decisions() over the same pages.
+      assert.deepEqual(allowed, [...Array<string>(2 * pages).fill("end_user transparency"), "domain_expert contest"]);
+      for (const e of lists) assert.equal(e.action, "decisions/list");
+    } finally {
+      user.close();
+      officer.close();
+      regulator.close();
+    }
   });
 
   test("a call without credentials is UNAUTHENTICATED", async () => {
