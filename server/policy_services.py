@@ -129,15 +129,15 @@ class PolicyServices:
         With ``filters.store_only`` (and `model` ""): the records that concern no model
         (erasures, and these reads), decided as audit reads of ``Log::"store"``.
         """
-        if filters.store_only == bool(model):
-            why = "must be empty when the store-wide records are read" if model else "required"
-            raise InvalidArgument.single("model", why)
+        _check_scope(model, filters.store_only)
         self._authorize(principal, "audit/read", model, purpose)
         filters = AuditFilter(**{**filters.__dict__, "model": model})
         return self.pipeline.audit.query(filters, page_size or 100, page_token)
 
-    def verify_audit(self, principal: Principal, model: str, purpose: str) -> VerifyResult:
-        """Verifies the whole hash chain (if the policy allows audit reads)."""
+    def verify_audit(self, principal: Principal, model: str, purpose: str, store_records: bool = False) -> VerifyResult:
+        """Verifies the whole hash chain (if the policy allows audit reads of `model`, or with
+        `store_records` and `model` "", of the records that concern no model)."""
+        _check_scope(model, store_records)
         self._authorize(principal, "audit/read", model, purpose)
         return self.pipeline.audit.verify()
 
@@ -181,3 +181,10 @@ class PolicyServices:
             text=request.text,
         )
         return p.feedback.submit(fb, frozenset(handle.schema.names)), decision
+
+
+def _check_scope(model: str, store_records: bool) -> None:
+    """An audit read names a model, or asks for the store-wide records, never both or neither."""
+    if store_records == bool(model):
+        why = "must be empty when the store-wide records are read" if model else "required"
+        raise InvalidArgument.single("model", why)

@@ -99,7 +99,7 @@ class AuditServicer(au_grpc.AuditServiceServicer):
 
     async def VerifyAudit(self, request: au.VerifyAuditRequest, context: Ctx) -> au.VerifyAuditResponse:
         result = self._services.verify_audit(
-            current_principal.get(), required(request.model, "model"), required(request.purpose, "purpose")
+            current_principal.get(), request.model, required(request.purpose, "purpose"), request.store_records
         )
         return au.VerifyAuditResponse(ok=result.ok, records=result.records, problem=result.problem)
 

@@ -236,6 +236,11 @@ async def test_regulators_read_erasures_among_the_store_wide_records(
         assert list(reads[0].reasons) == ["regulator.audit"]
         only = [e async for e in reg.audit_entries("", purpose="audit", store_records=True, action="erase_subject")]
         assert [e.decision_id for e in only] == [erasure_id]
+        verified = await reg.verify_audit("", purpose="audit", store_records=True)
+        assert verified.ok and verified.records > len(store)
+        with pytest.raises(DesiderataRpcError) as refused:
+            await eng.verify_audit("", purpose="debugging", store_records=True)
+        assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
         with pytest.raises(DesiderataRpcError) as denied:
             await eng.query_audit("", purpose="debugging", store_records=True)
         assert denied.value.code == grpc.StatusCode.PERMISSION_DENIED
@@ -244,12 +249,15 @@ async def test_regulators_read_erasures_among_the_store_wide_records(
         }
         async with grpc.aio.insecure_channel(running.address) as channel:
             stub = au_grpc.AuditServiceStub(channel)
-            for request in (
-                au.QueryAuditRequest(model="tiny", purpose="audit", store_records=True),
-                au.QueryAuditRequest(purpose="audit"),
-            ):
+            calls = (
+                (stub.QueryAudit, au.QueryAuditRequest(model="tiny", purpose="audit", store_records=True)),
+                (stub.QueryAudit, au.QueryAuditRequest(purpose="audit")),
+                (stub.VerifyAudit, au.VerifyAuditRequest(model="tiny", purpose="audit", store_records=True)),
+                (stub.VerifyAudit, au.VerifyAuditRequest(purpose="audit")),
+            )
+            for method, request in calls:
                 with pytest.raises(grpc.aio.AioRpcError) as bad:
-                    await stub.QueryAudit(request, metadata=(("x-api-key", "k-reg"),))
+                    await method(request, metadata=(("x-api-key", "k-reg"),))
                 err = DesiderataRpcError.from_rpc_error(bad.value)
                 assert err.code == grpc.StatusCode.INVALID_ARGUMENT
                 assert [f for f, _ in err.details.field_violations] == ["model"]

@@ -448,9 +448,13 @@ func (x *QueryAuditResponse) GetNextPageToken() string {
 
 type VerifyAuditRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Model the caller audits (access is decided per model).
-	Model         string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
-	Purpose       string `protobuf:"bytes,2,opt,name=purpose,proto3" json:"purpose,omitempty"`
+	// Model the caller audits (access is decided per model; required unless
+	// store_records is set).
+	Model   string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	Purpose string `protobuf:"bytes,2,opt,name=purpose,proto3" json:"purpose,omitempty"`
+	// Decide the read on the records that concern no model (Log::"store", as
+	// QueryAudit's store_records) instead of a model; `model` must be empty.
+	StoreRecords  bool `protobuf:"varint,3,opt,name=store_records,json=storeRecords,proto3" json:"store_records,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -497,6 +501,13 @@ func (x *VerifyAuditRequest) GetPurpose() string {
 		return x.Purpose
 	}
 	return ""
+}
+
+func (x *VerifyAuditRequest) GetStoreRecords() bool {
+	if x != nil {
+		return x.StoreRecords
+	}
+	return false
 }
 
 type VerifyAuditResponse struct {
@@ -605,10 +616,11 @@ const file_desiderata_v1_audit_service_proto_rawDesc = "" +
 	"\x06action\x18\f \x01(\tR\x06action\"q\n" +
 	"\x12QueryAuditResponse\x123\n" +
 	"\aentries\x18\x01 \x03(\v2\x19.desiderata.v1.AuditEntryR\aentries\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"D\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"i\n" +
 	"\x12VerifyAuditRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12\x18\n" +
-	"\apurpose\x18\x02 \x01(\tR\apurpose\"Y\n" +
+	"\apurpose\x18\x02 \x01(\tR\apurpose\x12#\n" +
+	"\rstore_records\x18\x03 \x01(\bR\fstoreRecords\"Y\n" +
 	"\x13VerifyAuditResponse\x12\x0e\n" +
 	"\x02ok\x18\x01 \x01(\bR\x02ok\x12\x18\n" +
 	"\arecords\x18\x02 \x01(\x04R\arecords\x12\x18\n" +

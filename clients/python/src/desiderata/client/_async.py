@@ -219,8 +219,11 @@ class AsyncClient:
             if not token:
                 return
 
-    async def verify_audit(self, model: str, *, purpose: str, timeout_s: float | None = None) -> au.VerifyAuditResponse:
-        """Verifies the hash chain of the whole audit log (access is decided per model)."""
-        request = au.VerifyAuditRequest(model=model, purpose=purpose)
+    async def verify_audit(
+        self, model: str, *, purpose: str, store_records: bool = False, timeout_s: float | None = None
+    ) -> au.VerifyAuditResponse:
+        """Verifies the hash chain of the whole audit log (access is decided per model, or with
+        `store_records` and `model` "" on the records that concern no model)."""
+        request = au.VerifyAuditRequest(model=model, purpose=purpose, store_records=store_records)
         result: au.VerifyAuditResponse = await self._call(self.audit.VerifyAudit, request, timeout_s)
         return result

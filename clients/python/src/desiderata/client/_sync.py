@@ -206,6 +206,10 @@ class Client:
             if not token:
                 return
 
-    def verify_audit(self, model: str, *, purpose: str, timeout_s: float | None = None) -> au.VerifyAuditResponse:
-        """Verifies the hash chain of the whole audit log (access is decided per model)."""
-        return self._call(self.audit.VerifyAudit, au.VerifyAuditRequest(model=model, purpose=purpose), timeout_s)
+    def verify_audit(
+        self, model: str, *, purpose: str, store_records: bool = False, timeout_s: float | None = None
+    ) -> au.VerifyAuditResponse:
+        """Verifies the hash chain of the whole audit log (access is decided per model, or with
+        `store_records` and `model` "" on the records that concern no model)."""
+        request = au.VerifyAuditRequest(model=model, purpose=purpose, store_records=store_records)
+        return self._call(self.audit.VerifyAudit, request, timeout_s)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!desiderata/v1/audit_service.proto\x12\rdesiderata.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x02\n\nAuditEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x04 \x01(\t\x12\x0c\n\x04role\x18\x05 \x01(\t\x12\x0f\n\x07purpose\x18\x06 \x01(\t\x12\x13\n\x0b\x63onsumption\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12\x15\n\rmodel_version\x18\t \x01(\t\x12\x16\n\x0epolicy_version\x18\n \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x0b \x01(\t\x12\x0f\n\x07\x61llowed\x18\x0c \x01(\x08\x12\x0c\n\x04tier\x18\r \x01(\t\x12\x16\n\x0eprivacy_charge\x18\x0e \x01(\x01\x12\x0f\n\x07reasons\x18\x0f \x03(\t\x12\x12\n\nrequest_id\x18\x10 \x01(\t\x12\x0c\n\x04hash\x18\x11 \x01(\t\"\xbb\x02\n\x11QueryAuditRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x05 \x01(\t\x12,\n\x07outcome\x18\x06 \x01(\x0e\x32\x1b.desiderata.v1.AuditOutcome\x12)\n\x05since\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\t \x01(\r\x12\x12\n\npage_token\x18\n \x01(\t\x12\x15\n\rstore_records\x18\x0b \x01(\x08\x12\x0e\n\x06\x61\x63tion\x18\x0c \x01(\t\"Y\n\x12QueryAuditResponse\x12*\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.desiderata.v1.AuditEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"4\n\x12VerifyAuditRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\"C\n\x13VerifyAuditResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07records\x18\x02 \x01(\x04\x12\x0f\n\x07problem\x18\x03 \x01(\t*b\n\x0c\x41uditOutcome\x12\x1d\n\x19\x41UDIT_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41UDIT_OUTCOME_ALLOWED\x10\x01\x12\x18\n\x14\x41UDIT_OUTCOME_DENIED\x10\x02\x32\xb7\x01\n\x0c\x41uditService\x12Q\n\nQueryAudit\x12 .desiderata.v1.QueryAuditRequest\x1a!.desiderata.v1.QueryAuditResponse\x12T\n\x0bVerifyAudit\x12!.desiderata.v1.VerifyAuditRequest\x1a\".desiderata.v1.VerifyAuditResponseBt\n\x11\x64\x65v.desiderata.v1B\x11\x41uditServiceProtoP\x01ZJgithub.com/desiderata-xai/desiderata/clients/go/desiderata/v1;desideratav1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!desiderata/v1/audit_service.proto\x12\rdesiderata.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x02\n\nAuditEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tprincipal\x18\x04 \x01(\t\x12\x0c\n\x04role\x18\x05 \x01(\t\x12\x0f\n\x07purpose\x18\x06 \x01(\t\x12\x13\n\x0b\x63onsumption\x18\x07 \x01(\t\x12\r\n\x05model\x18\x08 \x01(\t\x12\x15\n\rmodel_version\x18\t \x01(\t\x12\x16\n\x0epolicy_version\x18\n \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x0b \x01(\t\x12\x0f\n\x07\x61llowed\x18\x0c \x01(\x08\x12\x0c\n\x04tier\x18\r \x01(\t\x12\x16\n\x0eprivacy_charge\x18\x0e \x01(\x01\x12\x0f\n\x07reasons\x18\x0f \x03(\t\x12\x12\n\nrequest_id\x18\x10 \x01(\t\x12\x0c\n\x04hash\x18\x11 \x01(\t\"\xbb\x02\n\x11QueryAuditRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x05 \x01(\t\x12,\n\x07outcome\x18\x06 \x01(\x0e\x32\x1b.desiderata.v1.AuditOutcome\x12)\n\x05since\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\t \x01(\r\x12\x12\n\npage_token\x18\n \x01(\t\x12\x15\n\rstore_records\x18\x0b \x01(\x08\x12\x0e\n\x06\x61\x63tion\x18\x0c \x01(\t\"Y\n\x12QueryAuditResponse\x12*\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x19.desiderata.v1.AuditEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"K\n\x12VerifyAuditRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12\x15\n\rstore_records\x18\x03 \x01(\x08\"C\n\x13VerifyAuditResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07records\x18\x02 \x01(\x04\x12\x0f\n\x07problem\x18\x03 \x01(\t*b\n\x0c\x41uditOutcome\x12\x1d\n\x19\x41UDIT_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41UDIT_OUTCOME_ALLOWED\x10\x01\x12\x18\n\x14\x41UDIT_OUTCOME_DENIED\x10\x02\x32\xb7\x01\n\x0c\x41uditService\x12Q\n\nQueryAudit\x12 .desiderata.v1.QueryAuditRequest\x1a!.desiderata.v1.QueryAuditResponse\x12T\n\x0bVerifyAudit\x12!.desiderata.v1.VerifyAuditRequest\x1a\".desiderata.v1.VerifyAuditResponseBt\n\x11\x64\x65v.desiderata.v1B\x11\x41uditServiceProtoP\x01ZJgithub.com/desiderata-xai/desiderata/clients/go/desiderata/v1;desideratav1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'desiderata.v1.audit_service
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\021dev.desiderata.v1B\021AuditServiceProtoP\001ZJgithub.com/desiderata-xai/desiderata/clients/go/desiderata/v1;desideratav1'
-  _globals['_AUDITOUTCOME']._serialized_start=963
-  _globals['_AUDITOUTCOME']._serialized_end=1061
+  _globals['_AUDITOUTCOME']._serialized_start=986
+  _globals['_AUDITOUTCOME']._serialized_end=1084
   _globals['_AUDITENTRY']._serialized_start=86
   _globals['_AUDITENTRY']._serialized_end=429
   _globals['_QUERYAUDITREQUEST']._serialized_start=432
@@ -42,9 +42,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUERYAUDITRESPONSE']._serialized_start=749
   _globals['_QUERYAUDITRESPONSE']._serialized_end=838
   _globals['_VERIFYAUDITREQUEST']._serialized_start=840
-  _globals['_VERIFYAUDITREQUEST']._serialized_end=892
-  _globals['_VERIFYAUDITRESPONSE']._serialized_start=894
-  _globals['_VERIFYAUDITRESPONSE']._serialized_end=961
-  _globals['_AUDITSERVICE']._serialized_start=1064
-  _globals['_AUDITSERVICE']._serialized_end=1247
+  _globals['_VERIFYAUDITREQUEST']._serialized_end=915
+  _globals['_VERIFYAUDITRESPONSE']._serialized_start=917
+  _globals['_VERIFYAUDITRESPONSE']._serialized_end=984
+  _globals['_AUDITSERVICE']._serialized_start=1087
+  _globals['_AUDITSERVICE']._serialized_end=1270
 # @@protoc_insertion_point(module_scope)

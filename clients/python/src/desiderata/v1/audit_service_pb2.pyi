@@ -211,18 +211,26 @@ class VerifyAuditRequest(_message.Message):
 
     MODEL_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
+    STORE_RECORDS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
-    """Model the caller audits (access is decided per model)."""
+    """Model the caller audits (access is decided per model; required unless
+    store_records is set).
+    """
     purpose: _builtins.str
+    store_records: _builtins.bool
+    """Decide the read on the records that concern no model (Log::"store", as
+    QueryAudit's store_records) instead of a model; `model` must be empty.
+    """
     def __init__(
         self,
         *,
         model: _builtins.str = ...,
         purpose: _builtins.str = ...,
+        store_records: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "purpose", b"purpose"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "purpose", b"purpose", "store_records", b"store_records"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -133,9 +133,17 @@ export interface QueryAuditResponse {
 }
 
 export interface VerifyAuditRequest {
-  /** Model the caller audits (access is decided per model). */
+  /**
+   * Model the caller audits (access is decided per model; required unless
+   * store_records is set).
+   */
   model: string;
   purpose: string;
+  /**
+   * Decide the read on the records that concern no model (Log::"store", as
+   * QueryAudit's store_records) instead of a model; `model` must be empty.
+   */
+  storeRecords: boolean;
 }
 
 export interface VerifyAuditResponse {
@@ -874,7 +882,7 @@ export const QueryAuditResponse: MessageFns<QueryAuditResponse> = {
 };
 
 function createBaseVerifyAuditRequest(): VerifyAuditRequest {
-  return { model: "", purpose: "" };
+  return { model: "", purpose: "", storeRecords: false };
 }
 
 export const VerifyAuditRequest: MessageFns<VerifyAuditRequest> = {
@@ -884,6 +892,9 @@ export const VerifyAuditRequest: MessageFns<VerifyAuditRequest> = {
     }
     if (message.purpose !== "") {
       writer.uint32(18).string(message.purpose);
+    }
+    if (message.storeRecords !== false) {
+      writer.uint32(24).bool(message.storeRecords);
     }
     return writer;
   },
@@ -917,6 +928,14 @@ export const VerifyAuditRequest: MessageFns<VerifyAuditRequest> = {
             message.purpose = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.storeRecords = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -933,6 +952,11 @@ export const VerifyAuditRequest: MessageFns<VerifyAuditRequest> = {
     return {
       model: isSet(object.model) ? globalThis.String(object.model) : "",
       purpose: isSet(object.purpose) ? globalThis.String(object.purpose) : "",
+      storeRecords: isSet(object.storeRecords)
+        ? globalThis.Boolean(object.storeRecords)
+        : isSet(object.store_records)
+        ? globalThis.Boolean(object.store_records)
+        : false,
     };
   },
 
@@ -944,6 +968,9 @@ export const VerifyAuditRequest: MessageFns<VerifyAuditRequest> = {
     if (message.purpose !== "") {
       obj.purpose = message.purpose;
     }
+    if (message.storeRecords !== false) {
+      obj.storeRecords = message.storeRecords;
+    }
     return obj;
   },
 
@@ -954,6 +981,7 @@ export const VerifyAuditRequest: MessageFns<VerifyAuditRequest> = {
     const message = createBaseVerifyAuditRequest();
     message.model = object.model ?? "";
     message.purpose = object.purpose ?? "";
+    message.storeRecords = object.storeRecords ?? false;
     return message;
   },
 };
