@@ -22,7 +22,7 @@ type Client struct {
 	conn *grpc.ClientConn
 	// Explanations is the ExplanationService stub.
 	Explanations desideratav1.ExplanationServiceClient
-	// Models is the ModelService stub.
+	// Models is the ModelService stub (see [Client.Decisions] for ListDecisions).
 	Models desideratav1.ModelServiceClient
 	// Audit is the AuditService stub (regulators and auditors; see [Client.AuditEntries]).
 	Audit desideratav1.AuditServiceClient
@@ -117,6 +117,36 @@ func (c *Client) AuditEntries(ctx context.Context, req *desideratav1.QueryAuditR
 		}
 		if next == page.PageToken { // a server bug would otherwise loop forever
 			return entries, fmt.Errorf("desiderata: QueryAudit returned page token %q again", next)
+		}
+		page.PageToken = next
+	}
+}
+
+// Decisions returns the decisions recorded about one subject by a model (any
+// version), newest first, without the features they were made from. An empty
+// req.SubjectId means the caller's own subject (end users, who list their own
+// to ask ExplainDecision about them); staff list a subject's decisions as the
+// policy allows (action "decisions/list"). Every list is audited. ListDecisions
+// answers one page at a time (50 decisions unless req.PageSize says
+// otherwise); Decisions follows next_page_token from req.PageToken until it is
+// empty. req itself is not modified. On an error it returns the decisions of
+// the pages read so far with the error.
+func (c *Client) Decisions(ctx context.Context, req *desideratav1.ListDecisionsRequest,
+	opts ...grpc.CallOption) ([]*desideratav1.RecordedDecision, error) {
+	page := proto.Clone(req).(*desideratav1.ListDecisionsRequest)
+	var decisions []*desideratav1.RecordedDecision
+	for {
+		resp, err := c.Models.ListDecisions(ctx, page, opts...)
+		if err != nil {
+			return decisions, err
+		}
+		decisions = append(decisions, resp.GetDecisions()...)
+		next := resp.GetNextPageToken()
+		if next == "" {
+			return decisions, nil
+		}
+		if next == page.PageToken { // a server bug would otherwise loop forever
+			return decisions, fmt.Errorf("desiderata: ListDecisions returned page token %q again", next)
 		}
 		page.PageToken = next
 	}

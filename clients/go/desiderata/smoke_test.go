@@ -13,9 +13,12 @@ import (
 
 // Demo credentials of the server's demo mode (fixed, public, demo only).
 const (
-	mlEngineerKey = "demo-ml_engineer-key"
-	regulatorKey  = "demo-regulator-key"
-	demoSubject   = "applicant-0001"
+	mlEngineerKey   = "demo-ml_engineer-key"
+	regulatorKey    = "demo-regulator-key"
+	endUserKey      = "demo-end_user-key"      // acts for demoSubject
+	domainExpertKey = "demo-domain_expert-key" // domain "credit"
+	demoSubject     = "applicant-0001"
+	otherSubject    = "applicant-0002"
 )
 
 func connect(t *testing.T, addr, key string) *desiderata.Client {
@@ -204,6 +207,83 @@ func TestSmoke(t *testing.T) {
 		}
 		if !verified.GetOk() || verified.GetRecords() < uint64(len(entries)) {
 			t.Errorf("VerifyAudit = %v, want ok over at least %d records", verified, len(entries))
+		}
+	})
+
+	t.Run("Decisions", func(t *testing.T) {
+		predict := func(subject string) string {
+			t.Helper()
+			pred, err := engineer.Models.Predict(ctx, &desideratav1.PredictRequest{
+				Model: "credit", Instance: applicant(), SubjectId: subject,
+			})
+			if err != nil {
+				t.Fatalf("Predict for %s: %v", subject, desiderata.DecodeError(err))
+			}
+			if pred.GetDecisionId() == "" {
+				t.Fatalf("Predict for %s returned no decision id: %v", subject, pred)
+			}
+			return pred.GetDecisionId()
+		}
+		var own []string // oldest first
+		for range 3 {
+			own = append(own, predict(demoSubject))
+		}
+		other := predict(otherSubject)
+
+		endUser := connect(t, addr, endUserKey)
+		const pageSize = 2 // the three new decisions alone span two pages
+		req := &desideratav1.ListDecisionsRequest{Model: "credit", Purpose: "transparency", PageSize: pageSize}
+		decisions, err := endUser.Decisions(ctx, req)
+		if err != nil {
+			t.Fatalf("Decisions: %v", desiderata.DecodeError(err))
+		}
+		if req.GetPageToken() != "" {
+			t.Errorf("Decisions modified the request: page_token = %q", req.GetPageToken())
+		}
+		if len(decisions) < len(own) {
+			t.Fatalf("%d decisions, want at least the %d new ones: %v", len(decisions), len(own), decisions)
+		}
+		for i, id := range own {
+			// newest first: the last prediction comes first
+			if got := decisions[len(own)-1-i].GetDecisionId(); got != id {
+				t.Errorf("decision %d = %s, want %s (newest first: %v)", len(own)-1-i, got, id, own)
+			}
+		}
+		seen := map[string]bool{}
+		for _, d := range decisions {
+			if seen[d.GetDecisionId()] {
+				t.Errorf("decision %s listed twice across pages", d.GetDecisionId())
+			}
+			seen[d.GetDecisionId()] = true
+			if d.GetDecisionId() == other {
+				t.Errorf("%s's decision %s in %s's list", otherSubject, other, demoSubject)
+			}
+			if d.GetModel() != "credit" {
+				t.Errorf("decision of model %q in a list of credit: %v", d.GetModel(), d)
+			}
+			if c := d.GetPredictedClass(); c != "good" && c != "bad" {
+				t.Errorf("predicted class %q, want good or bad: %v", c, d)
+			}
+		}
+
+		// An end user lists only their own subject's decisions.
+		_, err = endUser.Decisions(ctx, &desideratav1.ListDecisionsRequest{
+			Model: "credit", Purpose: "transparency", SubjectId: otherSubject,
+		})
+		if e := desiderata.DecodeError(err); e == nil || e.Code != codes.PermissionDenied {
+			t.Errorf("end user listing %s: err = %v, want PERMISSION_DENIED", otherSubject, err)
+		}
+
+		// A loan officer handling a contest lists any subject's decisions of a credit model.
+		expert := connect(t, addr, domainExpertKey)
+		theirs, err := expert.Decisions(ctx, &desideratav1.ListDecisionsRequest{
+			Model: "credit", Purpose: "contest", SubjectId: otherSubject,
+		})
+		if err != nil {
+			t.Fatalf("domain expert Decisions: %v", desiderata.DecodeError(err))
+		}
+		if len(theirs) != 1 || theirs[0].GetDecisionId() != other {
+			t.Errorf("domain expert's list of %s = %v, want only %s", otherSubject, theirs, other)
 		}
 	})
 
