@@ -3,8 +3,10 @@ package dev.desiderata.client;
 import dev.desiderata.v1.AuditEntry;
 import dev.desiderata.v1.AuditServiceGrpc;
 import dev.desiderata.v1.ExplanationServiceGrpc;
+import dev.desiderata.v1.ListDecisionsRequest;
 import dev.desiderata.v1.ModelServiceGrpc;
 import dev.desiderata.v1.QueryAuditRequest;
+import dev.desiderata.v1.RecordedDecision;
 import io.grpc.ChannelCredentials;
 import io.grpc.ClientInterceptors;
 import io.grpc.CompositeChannelCredentials;
@@ -85,6 +87,31 @@ public final class DesiderataClient implements AutoCloseable {
       String next = response.getNextPageToken();
       if (next.isEmpty()) {
         return entries;
+      }
+      page = request.toBuilder().setPageToken(next).build();
+    }
+  }
+
+  /**
+   * Every decision recorded about one subject by {@code request}'s model (any version), newest
+   * first, without the features it was made from: ListDecisions returns one page (at most {@code
+   * page_size} decisions, 50 by default), so this follows {@code next_page_token} until it is
+   * empty, starting from the request's own page token. An empty {@code subject_id} is the caller's
+   * own subject (end users, who may list their own decisions to ask
+   * {@code ExplainDecision} about them); others list whose decisions the policy allows (action
+   * {@code "decisions/list"}). Each page is a separate call with its own deadline and is itself
+   * audited; a failed page (e.g. {@code PERMISSION_DENIED}) throws
+   * {@link io.grpc.StatusRuntimeException}.
+   */
+  public List<RecordedDecision> decisions(ListDecisionsRequest request) {
+    List<RecordedDecision> decisions = new ArrayList<>();
+    var page = request;
+    while (true) {
+      var response = models.listDecisions(page);
+      decisions.addAll(response.getDecisionsList());
+      String next = response.getNextPageToken();
+      if (next.isEmpty()) {
+        return decisions;
       }
       page = request.toBuilder().setPageToken(next).build();
     }

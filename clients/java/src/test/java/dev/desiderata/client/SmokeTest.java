@@ -16,8 +16,10 @@ import dev.desiderata.v1.Feature;
 import dev.desiderata.v1.FeedbackVerdict;
 import dev.desiderata.v1.GetCapabilitiesRequest;
 import dev.desiderata.v1.Instance;
+import dev.desiderata.v1.ListDecisionsRequest;
 import dev.desiderata.v1.PredictRequest;
 import dev.desiderata.v1.QueryAuditRequest;
+import dev.desiderata.v1.RecordedDecision;
 import dev.desiderata.v1.SubmitFeedbackRequest;
 import dev.desiderata.v1.VerifyAuditRequest;
 import io.grpc.Status;
@@ -26,6 +28,7 @@ import java.math.BigDecimal;
 import java.math.BigInteger;
 import java.time.Duration;
 import java.time.Instant;
+import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
@@ -38,7 +41,10 @@ import org.junit.jupiter.api.Test;
 class SmokeTest {
   private static final String ML_ENGINEER_KEY = "demo-ml_engineer-key"; // demo credential
   private static final String REGULATOR_KEY = "demo-regulator-key"; // demo credential
+  private static final String END_USER_KEY = "demo-end_user-key"; // demo credential, subject applicant-0001
+  private static final String DOMAIN_EXPERT_KEY = "demo-domain_expert-key"; // demo credential, domain credit
   private static final String SUBJECT = "applicant-0001";
+  private static final String OTHER_SUBJECT = "applicant-0002";
 
   private static TestServer server;
   private static DesiderataClient engineer;
@@ -163,6 +169,69 @@ class SmokeTest {
             .getExplanation();
     assertEquals(predicted.getDecisionId(), explanation.getRecordedDecisionId());
     assertTrue(explanation.getFeatureAttribution().getAttributionsCount() > 0);
+  }
+
+  private static String predictFor(String subject) {
+    var predicted =
+        engineer
+            .models()
+            .predict(
+                PredictRequest.newBuilder()
+                    .setModel("credit")
+                    .setInstance(Explain.applicant())
+                    .setSubjectId(subject)
+                    .build());
+    assertFalse(predicted.getDecisionId().isEmpty(), "no decision id");
+    return predicted.getDecisionId();
+  }
+
+  @Test
+  void anEndUserListsTheirOwnDecisionsNewestFirst() throws Exception {
+    // Other tests may record decisions about SUBJECT too (earlier): the new ones come first.
+    List<String> recorded = new ArrayList<>();
+    for (int i = 0; i < 3; i++) {
+      recorded.add(predictFor(SUBJECT));
+    }
+    String others = predictFor(OTHER_SUBJECT);
+
+    try (var endUser = client(END_USER_KEY)) {
+      // No subject_id: the end user's own; pages of 2, so 3 decisions take more than one page.
+      List<RecordedDecision> own =
+          endUser.decisions(
+              ListDecisionsRequest.newBuilder().setModel("credit").setPurpose("transparency").setPageSize(2).build());
+      var ids = own.stream().map(RecordedDecision::getDecisionId).toList();
+      assertTrue(ids.size() >= 3, "only " + ids.size() + " decisions: pages not followed");
+      assertEquals(List.of(recorded.get(2), recorded.get(1), recorded.get(0)), ids.subList(0, 3), "not newest first");
+      assertFalse(ids.contains(others), "another subject's decision listed");
+      for (var d : own) {
+        assertEquals("credit", d.getModel());
+        assertTrue(Set.of("good", "bad").contains(d.getPredictedClass()), "class " + d.getPredictedClass());
+      }
+
+      var refused =
+          assertThrows(
+              StatusRuntimeException.class,
+              () ->
+                  endUser.decisions(
+                      ListDecisionsRequest.newBuilder()
+                          .setModel("credit")
+                          .setPurpose("transparency")
+                          .setSubjectId(OTHER_SUBJECT)
+                          .build()));
+      assertEquals(Status.Code.PERMISSION_DENIED, ErrorDetails.from(refused).code());
+    }
+
+    try (var expert = client(DOMAIN_EXPERT_KEY)) {
+      var contested =
+          expert.decisions(
+              ListDecisionsRequest.newBuilder()
+                  .setModel("credit")
+                  .setPurpose("contest")
+                  .setSubjectId(OTHER_SUBJECT)
+                  .build());
+      assertEquals(
+          List.of(others), contested.stream().map(RecordedDecision::getDecisionId).toList(), "contest listing");
+    }
   }
 
   @Test
