@@ -27,7 +27,7 @@ from desiderata.explainers.base import ExplainContext
 from desiderata.explainers.types import Explanation
 from desiderata.policy.accounting import epsilon_from_rho
 from desiderata.policy.audit import AuditLog
-from desiderata.policy.decision import Decision, PolicyInput
+from desiderata.policy.decision import Decision
 from desiderata.policy.feedback import FeedbackStore
 from desiderata.policy.guard import Admission, Budget, PrivacyGuard
 from desiderata.policy.model import Consumption, Principal
@@ -36,7 +36,7 @@ from desiderata.policy.store import PolicyStore
 from desiderata.server.admission import admit
 from desiderata.server.answer_cache import AnswerCache
 from desiderata.server.config import ExplainSettings
-from desiderata.server.decision_audit import audit_decision, model_attributes
+from desiderata.server.decision_audit import audit_decision, decide_explanation, model_attributes
 from desiderata.server.decision_store import DecisionRecord, DecisionStore, new_record_id, utcnow
 from desiderata.server.errors import (
     DeadlineExceeded,
@@ -186,42 +186,6 @@ class Pipeline:
                 f"unknown purpose {purpose!r}", [FieldViolation("purpose", f"must be one of {sorted(known)}")]
             )
 
-    def _decide(self, principal: Principal, handle: ModelHandle, call: ExplainCall, own: bool) -> Decision:
-        request = PolicyInput(
-            principal=principal,
-            model=handle.name,
-            model_attributes=model_attributes(handle),
-            kind=call.kind,
-            purpose=call.purpose,
-            consumption=call.consumption,
-            own_decision=own,
-            submitted_instance=call.features is not None,
-        )
-        decision = self.policy.decide(request)
-        log.info(
-            "policy_decision",
-            decision_id=decision.decision_id,
-            principal=principal.id,
-            role=principal.role,
-            model=handle.name,
-            model_version=handle.version,
-            kind=call.kind.value,
-            purpose=call.purpose,
-            consumption=call.consumption.value,
-            allowed=decision.allowed,
-            tier=decision.tier,
-            reasons=list(decision.reasons),
-            policy_version=decision.policy_version,
-        )
-        if not decision.allowed or decision.profile is None:
-            audit_decision(self.audit, principal, handle, call.kind.value, call.purpose, call.consumption, decision)
-            raise PermissionDenied(
-                f"policy denies {call.kind.value} explanations to role {principal.role!r} for purpose {call.purpose!r}",
-                decision_id=decision.decision_id,
-                reasons=decision.reasons,
-            )
-        return decision
-
     # ----------------------------------------------------------- explanations
 
     async def explain(
@@ -335,7 +299,7 @@ class Pipeline:
             handle.schema.validate(call.features)
             features = call.features
         self.check_purpose(call.purpose)
-        decision = self._decide(principal, handle, call, own)
+        decision = decide_explanation(self.policy, self.audit, principal, handle, call, own)
         method, params = resolve_method(handle, call, decision, self.settings)
         if decision.profile is None:
             raise InternalError("an allowed decision without a profile")
