@@ -23,6 +23,7 @@ import torch
 from desiderata.explainers.base import ExplainableModel, ExplainContext
 from desiderata.explainers.influence_config import InfluenceConfig, load_influence_config
 from desiderata.explainers.influence_index import Progress, SampleIndex, load_or_build_index, require_checkpoints
+from desiderata.explainers.torch_threads import adopt_torch_threads
 from desiderata.server.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 
 __all__ = ["check_model", "get_index", "module_for", "precompute", "stop_builds"]
@@ -54,6 +55,7 @@ def _in_background(build: Callable[[], SampleIndex]) -> Future[SampleIndex]:
     future: Future[SampleIndex] = Future()
 
     def run() -> None:
+        adopt_torch_threads()
         try:
             with _ONE_BUILD:
                 future.set_running_or_notify_cancel()

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import TypeVar, cast
+
+from desiderata.explainers.torch_threads import torch_executor
 
 __all__ = ["SEQUENTIAL", "ChunkRunner"]
 
@@ -35,7 +37,7 @@ class ChunkRunner:
         if helpers < 0:
             raise ValueError("helpers must be ≥ 0")
         self.helpers = helpers
-        self._pool = ThreadPoolExecutor(helpers, thread_name_prefix="desiderata-chunks") if helpers else None
+        self._pool = torch_executor(helpers, "desiderata-chunks") if helpers else None
 
     def map(self, fn: Callable[[T], R], chunks: Sequence[T]) -> list[R]:
         """``[fn(c) for c in chunks]``, in order, with the chunks spread over free threads.

@@ -25,6 +25,7 @@ from typing import Protocol
 import structlog
 
 from desiderata.explainers.base import Cancelled, ExplainableModel, ExplainContext
+from desiderata.explainers.torch_threads import adopt_torch_threads
 from desiderata.server.attribution_drift import MIN_DECISIONS, DriftMonitor
 from desiderata.server.decision_store import DecisionStore
 from desiderata.server.errors import DesiderataError
@@ -55,6 +56,7 @@ def check_models(
         window: newest decisions of each served version compared.
         stop: set to end the check at its next row.
     """
+    adopt_torch_threads()  # runs on asyncio's default executor, whose threads we did not start
     compared = 0
     for handle in models.served():
         name, version = handle.card.name, handle.card.version

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import structlog
 
+from desiderata.explainers.torch_threads import adopt_torch_threads
 from desiderata.server.chunk_runner import SEQUENTIAL, ChunkRunner
 from desiderata.server.errors import ModelNotFound
 from desiderata.server.model_folders import Signature, folder_digest, folder_signature, model_folders, version_key
@@ -188,6 +189,7 @@ class ModelRepository:
 
         Loads run on the calling thread (seconds for a large program): call it off the event loop.
         """
+        adopt_torch_threads()  # loads check the program by running it
         with self._lock:
             if self._closed:
                 return RepositoryChange()

@@ -24,6 +24,7 @@ import structlog
 
 from desiderata.explainers import registry
 from desiderata.explainers.base import ExplainContext
+from desiderata.explainers.torch_threads import torch_executor
 from desiderata.explainers.types import Explanation
 from desiderata.policy.accounting import epsilon_from_rho
 from desiderata.policy.audit import AuditLog
@@ -101,7 +102,7 @@ class Pipeline:
     _in_flight: set[threading.Event] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
-        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="desiderata-worker")
+        self._pool = torch_executor(self.workers, "desiderata-worker")
         self.answers = AnswerCache(self.settings.answer_cache_size, self.settings.cache_max_age_s)
 
     def close(self) -> None:

@@ -35,6 +35,7 @@ import structlog
 
 from desiderata.explainers.base import Cancelled, ExplainContext
 from desiderata.explainers.influence_store import precompute
+from desiderata.explainers.torch_threads import adopt_torch_threads
 from desiderata.server.model_handle import ModelHandle
 from desiderata.server.model_repository import BUILTIN_DEMO
 
@@ -113,6 +114,7 @@ class _Cancelled(Exception):
 
 
 def _run(handles: list[tuple[ModelHandle, tuple[str, ...]]], state: Precompute) -> None:
+    adopt_torch_threads()
     try:
         for handle, methods in handles:
             key = f"{handle.name}/{handle.version}"
