@@ -13,6 +13,9 @@ Measured on the 2-core machine: 2,000 forward and backward passes of a
 CPU, against 0.467 s and 0.46 s once the thread had adopted the count; a
 server with one worker answering a stream of IG requests kept the second core
 90% busy spinning (process CPU 189%, 100% once adopted, calls/s unchanged).
+Over gRPC with the default two workers and one chunk helper, medians of three
+alternating runs, before → after: permutation Shapley at 2% on the 30-feature
+MLP 57 → 47 ms, exact Shapley at d = 10 33 → 30 ms, IG 8.0 → 7.3 ms.
 Adopting costs about 0.3 µs, so code that may run on a thread it did not start
 can call `adopt_torch_threads` first.
 """
