@@ -24,7 +24,8 @@ measures, p50 over distinct rows, each figure beside its in-process peer:
   explanation: SDK, authentication and conversion, no pipeline) in ms and
   calls/s with the echo's p50, and IG calls/s of a second server that fuses
   concurrent model evaluations (`models.fuse_rows`, 4 workers) with its calls
-  per fused batch;
+  per fused batch; and IG rows/s through ExplainBatch (64 rows per call, 2
+  callers), each row admitted, charged and audited as a call of its own;
 - resident memory over `--requests` IG requests (distinct rows and seeds, so
   the answer cache is exercised past its bound).
 
@@ -279,6 +280,28 @@ async def main() -> None:
             f"{floor_ms:6.2f} ms, {floor_cps:5.0f} /s",
             f"echo {echo_ms:6.2f} ms",
             "",
+        )
+        batch_rows = 64
+
+        async def ig_batch(i: int) -> object:
+            rows = [row(pool[(i * batch_rows + k) % len(pool)]) for k in range(batch_rows)]
+            params = Requests.attribution_params(
+                method="integrated_gradients",
+                target_class="yes",
+                seed=10**7 + i,  # no answer-cache hits across calls
+                steps=50,
+                integration_rule="gauss_legendre",
+                baseline="zero",
+            )
+            return await client.explain_batch("mlp30", rows, purpose="debugging", params=params)
+
+        await closed_loop(ig_batch, 2, 4)
+        batch_rps = batch_rows * await closed_loop(ig_batch, 2, max(8, n_calls // batch_rows))
+        record(
+            f"  IG rows/s, ExplainBatch ({batch_rows} per call, 2 clients)",
+            f"{batch_rps:8.0f} /s",
+            f"unary {ours_cps:8.0f} /s",
+            f"{batch_rps / ours_cps:.2f}×",
         )
         fused_cps, per_batch = await fused_throughput(root, args.clients, n_calls, pool)
         record(

@@ -223,6 +223,10 @@ class ExplainSettings(BaseModel):
     """Largest model-row budget a caller may ask of a sampling method."""
     max_exact_players: int = Field(default=14, ge=1, le=20)
     """Most players exact Shapley enumerates (2^d coalitions)."""
+    max_batch_instances: int = Field(default=256, ge=1, le=100_000)
+    """Most instances one ExplainBatch call may carry. Each is admitted and charged as a
+    call of its own, and the whole batch is answered in one response, so this also bounds
+    the response size and how long one call holds a worker."""
     background_size: int = Field(default=100, ge=1, le=10_000)
     """Rows of the k-means background summarised from the training reference."""
     answer_cache_size: int = Field(default=1024, ge=0)

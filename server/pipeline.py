@@ -30,14 +30,14 @@ from desiderata.policy.accounting import epsilon_from_rho
 from desiderata.policy.audit import AuditLog
 from desiderata.policy.decision import Decision
 from desiderata.policy.feedback import FeedbackStore
-from desiderata.policy.guard import Admission, Budget, PrivacyGuard
-from desiderata.policy.model import Consumption, Principal
+from desiderata.policy.guard import Admission, PrivacyGuard
+from desiderata.policy.model import Principal
 from desiderata.policy.profiles import DisclosureProfile
 from desiderata.policy.store import PolicyStore
 from desiderata.server.admission import admit
 from desiderata.server.answer_cache import AnswerCache
 from desiderata.server.config import ExplainSettings
-from desiderata.server.decision_audit import audit_decision, decide_explanation, model_attributes
+from desiderata.server.decision_audit import audit_decision, decide_explanation
 from desiderata.server.decision_store import DecisionRecord, DecisionStore, new_record_id, utcnow
 from desiderata.server.errors import (
     DeadlineExceeded,
@@ -116,7 +116,7 @@ class Pipeline:
         self.audit.close()
         self.feedback.close()
 
-    async def _off_loop(self, fn: Callable[[], T], deadline: float | None, cancel: threading.Event | None = None) -> T:
+    async def off_loop(self, fn: Callable[[], T], deadline: float | None, cancel: threading.Event | None = None) -> T:
         """Runs `fn` on the worker pool, bounded by `deadline` (monotonic), in a copy of the
         caller's context: the request id and trace context bound by the interceptor reach the
         worker's log lines and audit records (an executor, unlike `asyncio.to_thread`, copies none)."""
@@ -157,7 +157,7 @@ class Pipeline:
         handle = self.models.resolve(model, version)
         handle.schema.validate(features)
         x = handle.schema.encode(features)
-        probs = await self._off_loop(lambda: handle.predict_proba(x[None, :])[0], deadline)
+        probs = await self.off_loop(lambda: handle.predict_proba(x[None, :])[0], deadline)
         rec = DecisionRecord(
             decision_id=new_record_id(),
             subject_id=subject_id,
@@ -168,7 +168,7 @@ class Pipeline:
             probabilities=tuple(float(p) for p in probs),
             created_at=utcnow(),
         )
-        await self._off_loop(lambda: self.decisions.record(rec), deadline)
+        await self.off_loop(lambda: self.decisions.record(rec), deadline)
         log.info(
             "decision_recorded",
             decision_id=rec.decision_id,
@@ -204,7 +204,7 @@ class Pipeline:
         """
         cancel = threading.Event()
         work = lambda: self._explain(principal, call, deadline, cancel, progress)  # noqa: E731
-        return await self._off_loop(work, deadline, cancel)
+        return await self.off_loop(work, deadline, cancel)
 
     def _explain(
         self,
@@ -214,25 +214,31 @@ class Pipeline:
         cancel: threading.Event,
         progress: Callable[[ServedExplanation], None] | None,
     ) -> ServedExplanation:
-        p = self._prepare(principal, call)
+        p = self.prepare(principal, call)
+        return self.settle(principal, call, p, self.compute(call, p, deadline, cancel, progress))
+
+    def compute(
+        self,
+        call: ExplainCall,
+        p: Prepared,
+        deadline: float | None,
+        cancel: threading.Event,
+        progress: Callable[[ServedExplanation], None] | None = None,
+    ) -> Answer:
+        """Explains (or finds in the answer cache) and discloses an admitted call; on any
+        failure, or a deadline passed or a caller gone by the end, its reservation is released."""
         profile, admission, handle = p.profile, p.admission, p.handle
-        try:
-            explainer = build_explainer(registry.get(p.method), profile, self.settings)
-        except BaseException:
-            self.guard.release(admission)
-            raise
         seed = admission.explainer_seed if profile.privacy.noisy else call.seed
         stream_ok = progress is not None and not profile.privacy.noisy
 
-        def serve(ex: Explanation, shown: Disclosed, budget: Budget | None, charge: float) -> ServedExplanation:
-            return served_explanation(handle, p.probs, ex, shown, p.decision, budget, charge, p.record)
-
         def on_progress(ex: Explanation) -> None:
             if progress is not None:
-                progress(serve(ex, disclose(ex, profile, handle.card, call.locale), None, 0.0))
+                shown = disclose(ex, profile, handle.card, call.locale)
+                progress(served_explanation(handle, p.probs, ex, shown, p.decision, None, 0.0, p.record))
 
         ctx = ExplainContext(seed=seed, deadline=deadline, cancel=cancel, progress=on_progress if stream_ok else None)
         try:
+            explainer = build_explainer(registry.get(p.method), profile, self.settings)
             # Raw answers only, after admission: noise, disclosure and charging still apply to a hit.
             key = self.answers.key(
                 model=handle.name,
@@ -251,14 +257,23 @@ class Pipeline:
                 self.answers.put(key, raw)
             shown = disclose(raw, profile, handle.card, call.locale, self.guard, admission)
             ctx.check()  # a caller that went away, or a passed deadline, is not charged
-            budget = self.guard.commit_with_budget(admission, profile.privacy)
         except BaseException as exc:
             self.guard.release(admission)
             if isinstance(exc, DesiderataError) or not isinstance(exc, Exception):
                 raise
             log.exception("explainer_failed", method=p.method, model=handle.name)
             raise InternalError("explainer failed") from exc
-        privacy = profile.privacy
+        return Answer(raw, shown, cached)
+
+    def settle(self, principal: Principal, call: ExplainCall, p: Prepared, answer: Answer) -> ServedExplanation:
+        """Charges a computed answer's reservation, audits and logs it, and serves it."""
+        try:
+            budget = self.guard.commit_with_budget(p.admission, p.profile.privacy)
+        except BaseException:
+            self.guard.release(p.admission)
+            raise
+        raw, shown, handle = answer.raw, answer.shown, p.handle
+        privacy = p.profile.privacy
         charge = epsilon_from_rho(privacy.rho_per_query, privacy.delta) if privacy.noisy else 0.0
         audit_decision(
             self.audit, principal, handle, call.kind.value, call.purpose, call.consumption, p.decision, charge
@@ -270,7 +285,7 @@ class Pipeline:
                 method=p.method,
                 tier=p.decision.tier,
                 noised=shown.noised,
-                cached=cached,
+                cached=answer.cached,
                 seconds=raw.quality.compute_ms / 1e3,
                 rows=raw.quality.model_evaluations,
             )
@@ -282,9 +297,9 @@ class Pipeline:
             compute_ms=round(raw.quality.compute_ms, 3),
             noised=shown.noised,
         )
-        return serve(raw, shown, budget, charge)
+        return served_explanation(handle, p.probs, raw, shown, p.decision, budget, charge, p.record)
 
-    def _prepare(self, principal: Principal, call: ExplainCall) -> _Prepared:
+    def prepare(self, principal: Principal, call: ExplainCall) -> Prepared:
         """Resolve, decide (denials audited), predict and admit (budget reserved before any work)."""
         record: DecisionRecord | None = None
         if call.decision_id:
@@ -322,7 +337,7 @@ class Pipeline:
             x=x,
             probs=probs,
         )
-        return _Prepared(record, handle, a.decision, a.profile, a.method, a.params, x, probs, a.admission)
+        return Prepared(record, handle, a.decision, a.profile, a.method, a.params, x, probs, a.admission)
 
     def _check_reproduced(self, record: DecisionRecord, probs: np.ndarray) -> None:
         """Logs and counts a recorded decision that the loaded model no longer reproduces (the
@@ -341,36 +356,9 @@ class Pipeline:
         if self.metrics is not None:
             self.metrics.decisions_not_reproduced.labels(record.model, record.model_version).inc()
 
-    def capabilities(
-        self, principal: Principal, model: str, version: str, purpose: str, consumption: Consumption
-    ) -> tuple[ModelHandle, list[KindCapability], Budget | None, str]:
-        """What `principal` may ask of a model, from the same decision point."""
-        handle = self.models.resolve(model, version)
-        self.check_purpose(purpose)
-        caps = self.policy.capabilities(principal, handle.name, model_attributes(handle), purpose, consumption)
-        out: list[KindCapability] = []
-        budget: Budget | None = None
-        for c in caps:
-            available = [
-                m
-                for m in registry.names(c.kind)
-                if (handle.card.differentiable or not registry.get(m).capabilities.white_box)
-                and (not c.profile.methods or m in c.profile.methods)
-            ]
-            if not available:
-                continue
-            out.append(
-                KindCapability(
-                    c.kind, c.tier, tuple(available), c.may_submit_instances, c.profile.narrative_only, c.profile.top_k
-                )
-            )
-            if budget is None:
-                budget = self.guard.remaining(principal.id, handle.name, c.profile.privacy)
-        return handle, out, budget, self.policy.version
-
 
 @dataclass(frozen=True)
-class _Prepared:
+class Prepared:
     """What resolve, decide, predict and admit hand to the explainer step."""
 
     record: DecisionRecord | None
@@ -382,3 +370,12 @@ class _Prepared:
     x: np.ndarray
     probs: np.ndarray
     admission: Admission
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A computed, disclosed explanation whose reservation is not charged yet."""
+
+    raw: Explanation
+    shown: Disclosed
+    cached: bool

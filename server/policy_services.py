@@ -1,7 +1,7 @@
 """Pipeline operations beyond single explanations, each decided by the same
 policy and audited: global summaries (``global/summary``), attribution drift
 (``global/drift``), the audit log (``audit/read``) and feedback on explanations
-(dynamic consumption).
+(dynamic consumption); and what a caller may ask of a model (its capabilities).
 """
 
 from __future__ import annotations
@@ -14,16 +14,20 @@ from typing import TypeVar
 
 import numpy as np
 
+from desiderata.explainers import registry
 from desiderata.explainers.base import ExplainContext, Kind
 from desiderata.policy.audit import AuditFilter, AuditPage, VerifyResult
 from desiderata.policy.decision import Decision, PolicyInput
 from desiderata.policy.feedback import Feedback, Verdict
+from desiderata.policy.guard import Budget
 from desiderata.policy.model import Consumption, Principal
 from desiderata.server.attribution_drift import AttributionDrift, DriftMonitor, check_window
 from desiderata.server.decision_audit import audit_decision, model_attributes
 from desiderata.server.errors import InvalidArgument, PermissionDenied
 from desiderata.server.global_views import GlobalSummaries, GlobalSummary, RowAttributions
+from desiderata.server.model_handle import ModelHandle
 from desiderata.server.pipeline import Pipeline
+from desiderata.server.served import KindCapability
 
 __all__ = ["FeedbackRequest", "PolicyServices"]
 
@@ -79,7 +83,7 @@ class PolicyServices:
         """`view` on the worker pool; it stops at the deadline or when the caller cancels."""
         cancel = threading.Event()
         work = lambda: view(ExplainContext(deadline=deadline, cancel=cancel))  # noqa: E731
-        return await self.pipeline._off_loop(work, deadline, cancel)
+        return await self.pipeline.off_loop(work, deadline, cancel)
 
     async def global_summary(
         self, principal: Principal, model: str, version: str, purpose: str, deadline: float | None
@@ -181,6 +185,34 @@ class PolicyServices:
             text=request.text,
         )
         return p.feedback.submit(fb, frozenset(handle.schema.names)), decision
+
+    def capabilities(
+        self, principal: Principal, model: str, version: str, purpose: str, consumption: Consumption
+    ) -> tuple[ModelHandle, list[KindCapability], Budget | None, str]:
+        """What `principal` may ask of a model, from the same decision point."""
+        p = self.pipeline
+        handle = p.models.resolve(model, version)
+        p.check_purpose(purpose)
+        caps = p.policy.capabilities(principal, handle.name, model_attributes(handle), purpose, consumption)
+        out: list[KindCapability] = []
+        budget: Budget | None = None
+        for c in caps:
+            available = [
+                m
+                for m in registry.names(c.kind)
+                if (handle.card.differentiable or not registry.get(m).capabilities.white_box)
+                and (not c.profile.methods or m in c.profile.methods)
+            ]
+            if not available:
+                continue
+            out.append(
+                KindCapability(
+                    c.kind, c.tier, tuple(available), c.may_submit_instances, c.profile.narrative_only, c.profile.top_k
+                )
+            )
+            if budget is None:
+                budget = p.guard.remaining(principal.id, handle.name, c.profile.privacy)
+        return handle, out, budget, p.policy.version
 
 
 def _check_scope(model: str, store_records: bool) -> None:

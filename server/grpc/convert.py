@@ -8,8 +8,10 @@ back, domain answers → messages, is `render`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
+from collections.abc import Sequence
 
 from desiderata.explainers.base import Kind
 from desiderata.explainers.types import (
@@ -25,7 +27,7 @@ from desiderata.server.model_card import FeatureValue
 from desiderata.server.served import ExplainCall
 from desiderata.v1 import types_pb2 as pb
 
-__all__ = ["KIND_FROM_PROTO", "KIND_TO_PROTO", "explain_call", "features_from_proto"]
+__all__ = ["KIND_FROM_PROTO", "KIND_TO_PROTO", "explain_batch_calls", "explain_call", "features_from_proto"]
 
 KIND_FROM_PROTO = {
     pb.EXPLANATION_KIND_FEATURE_ATTRIBUTION: Kind.FEATURE_ATTRIBUTION,
@@ -128,6 +130,42 @@ def explain_call(
         locale=locale or "en",
         seed=seed,
     )
+
+
+def explain_batch_calls(
+    *,
+    kind: int,
+    purpose: str,
+    consumption: int,
+    params: pb.ExplanationParams,
+    locale: str,
+    model: str,
+    model_version: str,
+    instances: Sequence[pb.Instance],
+) -> list[ExplainCall]:
+    """The transport-neutral calls of ExplainBatch, one per instance (fields ``instances[i]``)."""
+    problems: list[FieldViolation] = []
+    try:
+        base = explain_call(
+            kind=kind,
+            purpose=purpose,
+            consumption=consumption,
+            params=params,
+            locale=locale,
+            model=model,
+            model_version=model_version,
+        )
+    except InvalidArgument as exc:
+        problems.extend(exc.violations)
+    features: list[dict[str, FeatureValue]] = []
+    for i, instance in enumerate(instances):
+        try:
+            features.append(features_from_proto(instance, prefix=f"instances[{i}]"))
+        except InvalidArgument as exc:
+            problems.extend(exc.violations)
+    if problems:
+        raise InvalidArgument(f"{len(problems)} invalid field(s)", problems)
+    return [dataclasses.replace(base, features=f) for f in features]
 
 
 def _params(kind: Kind, params: pb.ExplanationParams) -> tuple[object, str, int]:

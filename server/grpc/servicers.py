@@ -17,6 +17,7 @@ import numpy as np
 from grpc import aio
 
 from desiderata.policy.model import Consumption
+from desiderata.server.batch_explain import explain_batch
 from desiderata.server.decision_listing import list_decisions
 from desiderata.server.errors import InvalidArgument
 from desiderata.server.grpc import convert, render
@@ -105,6 +106,22 @@ class ExplanationServicer(es_grpc.ExplanationServiceServicer):
         )
         return es.ExplainResponse(explanation=render.explanation_to_proto(served))
 
+    async def ExplainBatch(self, request: es.ExplainBatchRequest, context: Ctx) -> es.ExplainBatchResponse:
+        calls = convert.explain_batch_calls(
+            kind=request.kind,
+            purpose=request.purpose,
+            consumption=request.consumption,
+            params=request.params,
+            locale=request.locale,
+            model=request.model,
+            model_version=request.model_version,
+            instances=request.instances,
+        )
+        served = await explain_batch(
+            self._pipeline, current_principal.get(), calls, _deadline(context, self._default_deadline_s)
+        )
+        return es.ExplainBatchResponse(explanations=[render.explanation_to_proto(s) for s in served])
+
     async def ExplainDecision(self, request: es.ExplainDecisionRequest, context: Ctx) -> es.ExplainDecisionResponse:
         if not request.decision_id:
             raise InvalidArgument.single("decision_id", "required")
@@ -173,7 +190,7 @@ class ExplanationServicer(es_grpc.ExplanationServiceServicer):
             raise InvalidArgument.single("model", "required")
         if not request.purpose:
             raise InvalidArgument.single("purpose", "required: the purpose to check capabilities for")
-        handle, caps, budget, policy_version = self._pipeline.capabilities(
+        handle, caps, budget, policy_version = self._services.capabilities(
             principal, request.model, request.model_version, request.purpose, consumption
         )
         out = es.GetCapabilitiesResponse(

@@ -148,6 +148,7 @@ def _seeds(decision_id: str, tiny: ModelHandle) -> list[tuple[str, Message]]:
         ("Explain", Requests.explain("tiny", INSTANCE, purpose="debugging", params=ig)),
         ("Explain", Requests.explain("tiny", INSTANCE, purpose="debugging", kind=pb.EXPLANATION_KIND_COUNTERFACTUAL)),
         ("Explain", Requests.explain("tiny", INSTANCE, purpose="debugging", kind=pb.EXPLANATION_KIND_ROBUSTNESS)),
+        ("ExplainBatch", Requests.explain_batch("tiny", [INSTANCE, INSTANCE], purpose="debugging", params=ig)),
         ("ExplainDecision", Requests.explain_decision(decision_id, purpose="transparency")),
         ("ExplainStream", es.ExplainStreamRequest(request=Requests.explain("tiny", INSTANCE, purpose="debugging"))),
         ("GetCapabilities", Requests.capabilities("tiny", "debugging")),

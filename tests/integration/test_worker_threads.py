@@ -34,7 +34,7 @@ async def test_worker_threads_use_the_configured_count(tiny_repo: Path, tmp_path
     try:
         async with serving(settings_for(tiny_repo, tmp_path, models={"torch_threads": configured})) as running:
             pipeline = running.app.pipeline
-            seen = {await pipeline._off_loop(lambda: int(_omp()), None) for _ in range(4)}
+            seen = {await pipeline.off_loop(lambda: int(_omp()), None) for _ in range(4)}
     finally:
         torch.set_num_threads(before)
     assert seen == {configured}

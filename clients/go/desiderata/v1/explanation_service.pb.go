@@ -223,6 +223,155 @@ func (x *ExplainResponse) GetExplanation() *Explanation {
 	return nil
 }
 
+type ExplainBatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Model name.
+	Model string `protobuf:"bytes,1,opt,name=model,proto3" json:"model,omitempty"`
+	// Model version; empty selects the served version.
+	ModelVersion string `protobuf:"bytes,2,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
+	// The instances, explained in this order; invalid fields are named
+	// instances[i].features[name].
+	Instances     []*Instance        `protobuf:"bytes,3,rep,name=instances,proto3" json:"instances,omitempty"`
+	Kind          ExplanationKind    `protobuf:"varint,4,opt,name=kind,proto3,enum=desiderata.v1.ExplanationKind" json:"kind,omitempty"`
+	Purpose       string             `protobuf:"bytes,5,opt,name=purpose,proto3" json:"purpose,omitempty"`
+	Consumption   Consumption        `protobuf:"varint,6,opt,name=consumption,proto3,enum=desiderata.v1.Consumption" json:"consumption,omitempty"`
+	Params        *ExplanationParams `protobuf:"bytes,7,opt,name=params,proto3" json:"params,omitempty"`
+	Locale        string             `protobuf:"bytes,8,opt,name=locale,proto3" json:"locale,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainBatchRequest) Reset() {
+	*x = ExplainBatchRequest{}
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainBatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainBatchRequest) ProtoMessage() {}
+
+func (x *ExplainBatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainBatchRequest.ProtoReflect.Descriptor instead.
+func (*ExplainBatchRequest) Descriptor() ([]byte, []int) {
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ExplainBatchRequest) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *ExplainBatchRequest) GetModelVersion() string {
+	if x != nil {
+		return x.ModelVersion
+	}
+	return ""
+}
+
+func (x *ExplainBatchRequest) GetInstances() []*Instance {
+	if x != nil {
+		return x.Instances
+	}
+	return nil
+}
+
+func (x *ExplainBatchRequest) GetKind() ExplanationKind {
+	if x != nil {
+		return x.Kind
+	}
+	return ExplanationKind_EXPLANATION_KIND_UNSPECIFIED
+}
+
+func (x *ExplainBatchRequest) GetPurpose() string {
+	if x != nil {
+		return x.Purpose
+	}
+	return ""
+}
+
+func (x *ExplainBatchRequest) GetConsumption() Consumption {
+	if x != nil {
+		return x.Consumption
+	}
+	return Consumption_CONSUMPTION_UNSPECIFIED
+}
+
+func (x *ExplainBatchRequest) GetParams() *ExplanationParams {
+	if x != nil {
+		return x.Params
+	}
+	return nil
+}
+
+func (x *ExplainBatchRequest) GetLocale() string {
+	if x != nil {
+		return x.Locale
+	}
+	return ""
+}
+
+type ExplainBatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One explanation per instance, in request order.
+	Explanations  []*Explanation `protobuf:"bytes,1,rep,name=explanations,proto3" json:"explanations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainBatchResponse) Reset() {
+	*x = ExplainBatchResponse{}
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainBatchResponse) ProtoMessage() {}
+
+func (x *ExplainBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainBatchResponse.ProtoReflect.Descriptor instead.
+func (*ExplainBatchResponse) Descriptor() ([]byte, []int) {
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ExplainBatchResponse) GetExplanations() []*Explanation {
+	if x != nil {
+		return x.Explanations
+	}
+	return nil
+}
+
 type ExplainDecisionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Id returned by ModelService.Predict.
@@ -238,7 +387,7 @@ type ExplainDecisionRequest struct {
 
 func (x *ExplainDecisionRequest) Reset() {
 	*x = ExplainDecisionRequest{}
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[2]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -250,7 +399,7 @@ func (x *ExplainDecisionRequest) String() string {
 func (*ExplainDecisionRequest) ProtoMessage() {}
 
 func (x *ExplainDecisionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[2]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -263,7 +412,7 @@ func (x *ExplainDecisionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainDecisionRequest.ProtoReflect.Descriptor instead.
 func (*ExplainDecisionRequest) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{2}
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ExplainDecisionRequest) GetDecisionId() string {
@@ -317,7 +466,7 @@ type ExplainDecisionResponse struct {
 
 func (x *ExplainDecisionResponse) Reset() {
 	*x = ExplainDecisionResponse{}
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[3]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -329,7 +478,7 @@ func (x *ExplainDecisionResponse) String() string {
 func (*ExplainDecisionResponse) ProtoMessage() {}
 
 func (x *ExplainDecisionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[3]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -342,7 +491,7 @@ func (x *ExplainDecisionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainDecisionResponse.ProtoReflect.Descriptor instead.
 func (*ExplainDecisionResponse) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{3}
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ExplainDecisionResponse) GetExplanation() *Explanation {
@@ -361,7 +510,7 @@ type ExplainStreamRequest struct {
 
 func (x *ExplainStreamRequest) Reset() {
 	*x = ExplainStreamRequest{}
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[4]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -373,7 +522,7 @@ func (x *ExplainStreamRequest) String() string {
 func (*ExplainStreamRequest) ProtoMessage() {}
 
 func (x *ExplainStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[4]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -386,7 +535,7 @@ func (x *ExplainStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainStreamRequest.ProtoReflect.Descriptor instead.
 func (*ExplainStreamRequest) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{4}
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ExplainStreamRequest) GetRequest() *ExplainRequest {
@@ -409,7 +558,7 @@ type ExplainStreamResponse struct {
 
 func (x *ExplainStreamResponse) Reset() {
 	*x = ExplainStreamResponse{}
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[5]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -421,7 +570,7 @@ func (x *ExplainStreamResponse) String() string {
 func (*ExplainStreamResponse) ProtoMessage() {}
 
 func (x *ExplainStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[5]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -434,7 +583,7 @@ func (x *ExplainStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainStreamResponse.ProtoReflect.Descriptor instead.
 func (*ExplainStreamResponse) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{5}
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ExplainStreamResponse) GetExplanation() *Explanation {
@@ -470,7 +619,7 @@ type GetCapabilitiesRequest struct {
 
 func (x *GetCapabilitiesRequest) Reset() {
 	*x = GetCapabilitiesRequest{}
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[6]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -482,7 +631,7 @@ func (x *GetCapabilitiesRequest) String() string {
 func (*GetCapabilitiesRequest) ProtoMessage() {}
 
 func (x *GetCapabilitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[6]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -495,7 +644,7 @@ func (x *GetCapabilitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapabilitiesRequest.ProtoReflect.Descriptor instead.
 func (*GetCapabilitiesRequest) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{6}
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetCapabilitiesRequest) GetModel() string {
@@ -545,7 +694,7 @@ type KindCapability struct {
 
 func (x *KindCapability) Reset() {
 	*x = KindCapability{}
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[7]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -557,7 +706,7 @@ func (x *KindCapability) String() string {
 func (*KindCapability) ProtoMessage() {}
 
 func (x *KindCapability) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[7]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -570,7 +719,7 @@ func (x *KindCapability) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KindCapability.ProtoReflect.Descriptor instead.
 func (*KindCapability) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{7}
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *KindCapability) GetKind() ExplanationKind {
@@ -630,7 +779,7 @@ type GetCapabilitiesResponse struct {
 
 func (x *GetCapabilitiesResponse) Reset() {
 	*x = GetCapabilitiesResponse{}
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[8]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -642,7 +791,7 @@ func (x *GetCapabilitiesResponse) String() string {
 func (*GetCapabilitiesResponse) ProtoMessage() {}
 
 func (x *GetCapabilitiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[8]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -655,7 +804,7 @@ func (x *GetCapabilitiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapabilitiesResponse.ProtoReflect.Descriptor instead.
 func (*GetCapabilitiesResponse) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{8}
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetCapabilitiesResponse) GetModel() string {
@@ -711,7 +860,7 @@ type GetGlobalSummaryRequest struct {
 
 func (x *GetGlobalSummaryRequest) Reset() {
 	*x = GetGlobalSummaryRequest{}
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[9]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -723,7 +872,7 @@ func (x *GetGlobalSummaryRequest) String() string {
 func (*GetGlobalSummaryRequest) ProtoMessage() {}
 
 func (x *GetGlobalSummaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[9]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -736,7 +885,7 @@ func (x *GetGlobalSummaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGlobalSummaryRequest.ProtoReflect.Descriptor instead.
 func (*GetGlobalSummaryRequest) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{9}
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetGlobalSummaryRequest) GetModel() string {
@@ -775,7 +924,7 @@ type FeatureImportance struct {
 
 func (x *FeatureImportance) Reset() {
 	*x = FeatureImportance{}
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[10]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -787,7 +936,7 @@ func (x *FeatureImportance) String() string {
 func (*FeatureImportance) ProtoMessage() {}
 
 func (x *FeatureImportance) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[10]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -800,7 +949,7 @@ func (x *FeatureImportance) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeatureImportance.ProtoReflect.Descriptor instead.
 func (*FeatureImportance) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{10}
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *FeatureImportance) GetFeature() string {
@@ -843,7 +992,7 @@ type ClassSummary struct {
 
 func (x *ClassSummary) Reset() {
 	*x = ClassSummary{}
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[11]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -855,7 +1004,7 @@ func (x *ClassSummary) String() string {
 func (*ClassSummary) ProtoMessage() {}
 
 func (x *ClassSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[11]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -868,7 +1017,7 @@ func (x *ClassSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClassSummary.ProtoReflect.Descriptor instead.
 func (*ClassSummary) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{11}
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ClassSummary) GetClassLabel() string {
@@ -905,7 +1054,7 @@ type GetGlobalSummaryResponse struct {
 
 func (x *GetGlobalSummaryResponse) Reset() {
 	*x = GetGlobalSummaryResponse{}
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[12]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -917,7 +1066,7 @@ func (x *GetGlobalSummaryResponse) String() string {
 func (*GetGlobalSummaryResponse) ProtoMessage() {}
 
 func (x *GetGlobalSummaryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[12]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -930,7 +1079,7 @@ func (x *GetGlobalSummaryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetGlobalSummaryResponse.ProtoReflect.Descriptor instead.
 func (*GetGlobalSummaryResponse) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{12}
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetGlobalSummaryResponse) GetModel() string {
@@ -982,7 +1131,7 @@ type GetAttributionDriftRequest struct {
 
 func (x *GetAttributionDriftRequest) Reset() {
 	*x = GetAttributionDriftRequest{}
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[13]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -994,7 +1143,7 @@ func (x *GetAttributionDriftRequest) String() string {
 func (*GetAttributionDriftRequest) ProtoMessage() {}
 
 func (x *GetAttributionDriftRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[13]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1007,7 +1156,7 @@ func (x *GetAttributionDriftRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAttributionDriftRequest.ProtoReflect.Descriptor instead.
 func (*GetAttributionDriftRequest) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{13}
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetAttributionDriftRequest) GetModel() string {
@@ -1059,7 +1208,7 @@ type FeatureDrift struct {
 
 func (x *FeatureDrift) Reset() {
 	*x = FeatureDrift{}
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[14]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1071,7 +1220,7 @@ func (x *FeatureDrift) String() string {
 func (*FeatureDrift) ProtoMessage() {}
 
 func (x *FeatureDrift) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[14]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1084,7 +1233,7 @@ func (x *FeatureDrift) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeatureDrift.ProtoReflect.Descriptor instead.
 func (*FeatureDrift) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{14}
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *FeatureDrift) GetFeature() string {
@@ -1167,7 +1316,7 @@ type GetAttributionDriftResponse struct {
 
 func (x *GetAttributionDriftResponse) Reset() {
 	*x = GetAttributionDriftResponse{}
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[15]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1179,7 +1328,7 @@ func (x *GetAttributionDriftResponse) String() string {
 func (*GetAttributionDriftResponse) ProtoMessage() {}
 
 func (x *GetAttributionDriftResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[15]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1192,7 +1341,7 @@ func (x *GetAttributionDriftResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAttributionDriftResponse.ProtoReflect.Descriptor instead.
 func (*GetAttributionDriftResponse) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{15}
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetAttributionDriftResponse) GetModel() string {
@@ -1311,7 +1460,7 @@ type SubmitFeedbackRequest struct {
 
 func (x *SubmitFeedbackRequest) Reset() {
 	*x = SubmitFeedbackRequest{}
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[16]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1323,7 +1472,7 @@ func (x *SubmitFeedbackRequest) String() string {
 func (*SubmitFeedbackRequest) ProtoMessage() {}
 
 func (x *SubmitFeedbackRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[16]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1336,7 +1485,7 @@ func (x *SubmitFeedbackRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitFeedbackRequest.ProtoReflect.Descriptor instead.
 func (*SubmitFeedbackRequest) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{16}
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SubmitFeedbackRequest) GetModel() string {
@@ -1406,7 +1555,7 @@ type SubmitFeedbackResponse struct {
 
 func (x *SubmitFeedbackResponse) Reset() {
 	*x = SubmitFeedbackResponse{}
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[17]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1418,7 +1567,7 @@ func (x *SubmitFeedbackResponse) String() string {
 func (*SubmitFeedbackResponse) ProtoMessage() {}
 
 func (x *SubmitFeedbackResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[17]
+	mi := &file_desiderata_v1_explanation_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1431,7 +1580,7 @@ func (x *SubmitFeedbackResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitFeedbackResponse.ProtoReflect.Descriptor instead.
 func (*SubmitFeedbackResponse) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{17}
+	return file_desiderata_v1_explanation_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SubmitFeedbackResponse) GetDecisionId() string {
@@ -1463,7 +1612,18 @@ const file_desiderata_v1_explanation_service_proto_rawDesc = "" +
 	"\x06params\x18\a \x01(\v2 .desiderata.v1.ExplanationParamsR\x06params\x12\x16\n" +
 	"\x06locale\x18\b \x01(\tR\x06locale\"O\n" +
 	"\x0fExplainResponse\x12<\n" +
-	"\vexplanation\x18\x01 \x01(\v2\x1a.desiderata.v1.ExplanationR\vexplanation\"\x97\x02\n" +
+	"\vexplanation\x18\x01 \x01(\v2\x1a.desiderata.v1.ExplanationR\vexplanation\"\xe5\x02\n" +
+	"\x13ExplainBatchRequest\x12\x14\n" +
+	"\x05model\x18\x01 \x01(\tR\x05model\x12#\n" +
+	"\rmodel_version\x18\x02 \x01(\tR\fmodelVersion\x125\n" +
+	"\tinstances\x18\x03 \x03(\v2\x17.desiderata.v1.InstanceR\tinstances\x122\n" +
+	"\x04kind\x18\x04 \x01(\x0e2\x1e.desiderata.v1.ExplanationKindR\x04kind\x12\x18\n" +
+	"\apurpose\x18\x05 \x01(\tR\apurpose\x12<\n" +
+	"\vconsumption\x18\x06 \x01(\x0e2\x1a.desiderata.v1.ConsumptionR\vconsumption\x128\n" +
+	"\x06params\x18\a \x01(\v2 .desiderata.v1.ExplanationParamsR\x06params\x12\x16\n" +
+	"\x06locale\x18\b \x01(\tR\x06locale\"V\n" +
+	"\x14ExplainBatchResponse\x12>\n" +
+	"\fexplanations\x18\x01 \x03(\v2\x1a.desiderata.v1.ExplanationR\fexplanations\"\x97\x02\n" +
 	"\x16ExplainDecisionRequest\x12\x1f\n" +
 	"\vdecision_id\x18\x01 \x01(\tR\n" +
 	"decisionId\x122\n" +
@@ -1570,9 +1730,10 @@ const file_desiderata_v1_explanation_service_proto_rawDesc = "" +
 	"\x0fFeedbackVerdict\x12 \n" +
 	"\x1cFEEDBACK_VERDICT_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16FEEDBACK_VERDICT_AGREE\x10\x01\x12\x1d\n" +
-	"\x19FEEDBACK_VERDICT_DISAGREE\x10\x022\xb2\x05\n" +
+	"\x19FEEDBACK_VERDICT_DISAGREE\x10\x022\x8b\x06\n" +
 	"\x12ExplanationService\x12H\n" +
-	"\aExplain\x12\x1d.desiderata.v1.ExplainRequest\x1a\x1e.desiderata.v1.ExplainResponse\x12`\n" +
+	"\aExplain\x12\x1d.desiderata.v1.ExplainRequest\x1a\x1e.desiderata.v1.ExplainResponse\x12W\n" +
+	"\fExplainBatch\x12\".desiderata.v1.ExplainBatchRequest\x1a#.desiderata.v1.ExplainBatchResponse\x12`\n" +
 	"\x0fExplainDecision\x12%.desiderata.v1.ExplainDecisionRequest\x1a&.desiderata.v1.ExplainDecisionResponse\x12\\\n" +
 	"\rExplainStream\x12#.desiderata.v1.ExplainStreamRequest\x1a$.desiderata.v1.ExplainStreamResponse0\x01\x12`\n" +
 	"\x0fGetCapabilities\x12%.desiderata.v1.GetCapabilitiesRequest\x1a&.desiderata.v1.GetCapabilitiesResponse\x12c\n" +
@@ -1594,80 +1755,89 @@ func file_desiderata_v1_explanation_service_proto_rawDescGZIP() []byte {
 }
 
 var file_desiderata_v1_explanation_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_desiderata_v1_explanation_service_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_desiderata_v1_explanation_service_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_desiderata_v1_explanation_service_proto_goTypes = []any{
 	(FeedbackVerdict)(0),                // 0: desiderata.v1.FeedbackVerdict
 	(*ExplainRequest)(nil),              // 1: desiderata.v1.ExplainRequest
 	(*ExplainResponse)(nil),             // 2: desiderata.v1.ExplainResponse
-	(*ExplainDecisionRequest)(nil),      // 3: desiderata.v1.ExplainDecisionRequest
-	(*ExplainDecisionResponse)(nil),     // 4: desiderata.v1.ExplainDecisionResponse
-	(*ExplainStreamRequest)(nil),        // 5: desiderata.v1.ExplainStreamRequest
-	(*ExplainStreamResponse)(nil),       // 6: desiderata.v1.ExplainStreamResponse
-	(*GetCapabilitiesRequest)(nil),      // 7: desiderata.v1.GetCapabilitiesRequest
-	(*KindCapability)(nil),              // 8: desiderata.v1.KindCapability
-	(*GetCapabilitiesResponse)(nil),     // 9: desiderata.v1.GetCapabilitiesResponse
-	(*GetGlobalSummaryRequest)(nil),     // 10: desiderata.v1.GetGlobalSummaryRequest
-	(*FeatureImportance)(nil),           // 11: desiderata.v1.FeatureImportance
-	(*ClassSummary)(nil),                // 12: desiderata.v1.ClassSummary
-	(*GetGlobalSummaryResponse)(nil),    // 13: desiderata.v1.GetGlobalSummaryResponse
-	(*GetAttributionDriftRequest)(nil),  // 14: desiderata.v1.GetAttributionDriftRequest
-	(*FeatureDrift)(nil),                // 15: desiderata.v1.FeatureDrift
-	(*GetAttributionDriftResponse)(nil), // 16: desiderata.v1.GetAttributionDriftResponse
-	(*SubmitFeedbackRequest)(nil),       // 17: desiderata.v1.SubmitFeedbackRequest
-	(*SubmitFeedbackResponse)(nil),      // 18: desiderata.v1.SubmitFeedbackResponse
-	(*Instance)(nil),                    // 19: desiderata.v1.Instance
-	(ExplanationKind)(0),                // 20: desiderata.v1.ExplanationKind
-	(Consumption)(0),                    // 21: desiderata.v1.Consumption
-	(*ExplanationParams)(nil),           // 22: desiderata.v1.ExplanationParams
-	(*Explanation)(nil),                 // 23: desiderata.v1.Explanation
-	(*Budget)(nil),                      // 24: desiderata.v1.Budget
-	(*Disclosure)(nil),                  // 25: desiderata.v1.Disclosure
-	(*timestamppb.Timestamp)(nil),       // 26: google.protobuf.Timestamp
+	(*ExplainBatchRequest)(nil),         // 3: desiderata.v1.ExplainBatchRequest
+	(*ExplainBatchResponse)(nil),        // 4: desiderata.v1.ExplainBatchResponse
+	(*ExplainDecisionRequest)(nil),      // 5: desiderata.v1.ExplainDecisionRequest
+	(*ExplainDecisionResponse)(nil),     // 6: desiderata.v1.ExplainDecisionResponse
+	(*ExplainStreamRequest)(nil),        // 7: desiderata.v1.ExplainStreamRequest
+	(*ExplainStreamResponse)(nil),       // 8: desiderata.v1.ExplainStreamResponse
+	(*GetCapabilitiesRequest)(nil),      // 9: desiderata.v1.GetCapabilitiesRequest
+	(*KindCapability)(nil),              // 10: desiderata.v1.KindCapability
+	(*GetCapabilitiesResponse)(nil),     // 11: desiderata.v1.GetCapabilitiesResponse
+	(*GetGlobalSummaryRequest)(nil),     // 12: desiderata.v1.GetGlobalSummaryRequest
+	(*FeatureImportance)(nil),           // 13: desiderata.v1.FeatureImportance
+	(*ClassSummary)(nil),                // 14: desiderata.v1.ClassSummary
+	(*GetGlobalSummaryResponse)(nil),    // 15: desiderata.v1.GetGlobalSummaryResponse
+	(*GetAttributionDriftRequest)(nil),  // 16: desiderata.v1.GetAttributionDriftRequest
+	(*FeatureDrift)(nil),                // 17: desiderata.v1.FeatureDrift
+	(*GetAttributionDriftResponse)(nil), // 18: desiderata.v1.GetAttributionDriftResponse
+	(*SubmitFeedbackRequest)(nil),       // 19: desiderata.v1.SubmitFeedbackRequest
+	(*SubmitFeedbackResponse)(nil),      // 20: desiderata.v1.SubmitFeedbackResponse
+	(*Instance)(nil),                    // 21: desiderata.v1.Instance
+	(ExplanationKind)(0),                // 22: desiderata.v1.ExplanationKind
+	(Consumption)(0),                    // 23: desiderata.v1.Consumption
+	(*ExplanationParams)(nil),           // 24: desiderata.v1.ExplanationParams
+	(*Explanation)(nil),                 // 25: desiderata.v1.Explanation
+	(*Budget)(nil),                      // 26: desiderata.v1.Budget
+	(*Disclosure)(nil),                  // 27: desiderata.v1.Disclosure
+	(*timestamppb.Timestamp)(nil),       // 28: google.protobuf.Timestamp
 }
 var file_desiderata_v1_explanation_service_proto_depIdxs = []int32{
-	19, // 0: desiderata.v1.ExplainRequest.instance:type_name -> desiderata.v1.Instance
-	20, // 1: desiderata.v1.ExplainRequest.kind:type_name -> desiderata.v1.ExplanationKind
-	21, // 2: desiderata.v1.ExplainRequest.consumption:type_name -> desiderata.v1.Consumption
-	22, // 3: desiderata.v1.ExplainRequest.params:type_name -> desiderata.v1.ExplanationParams
-	23, // 4: desiderata.v1.ExplainResponse.explanation:type_name -> desiderata.v1.Explanation
-	20, // 5: desiderata.v1.ExplainDecisionRequest.kind:type_name -> desiderata.v1.ExplanationKind
-	21, // 6: desiderata.v1.ExplainDecisionRequest.consumption:type_name -> desiderata.v1.Consumption
-	22, // 7: desiderata.v1.ExplainDecisionRequest.params:type_name -> desiderata.v1.ExplanationParams
-	23, // 8: desiderata.v1.ExplainDecisionResponse.explanation:type_name -> desiderata.v1.Explanation
-	1,  // 9: desiderata.v1.ExplainStreamRequest.request:type_name -> desiderata.v1.ExplainRequest
-	23, // 10: desiderata.v1.ExplainStreamResponse.explanation:type_name -> desiderata.v1.Explanation
-	21, // 11: desiderata.v1.GetCapabilitiesRequest.consumption:type_name -> desiderata.v1.Consumption
-	20, // 12: desiderata.v1.KindCapability.kind:type_name -> desiderata.v1.ExplanationKind
-	8,  // 13: desiderata.v1.GetCapabilitiesResponse.capabilities:type_name -> desiderata.v1.KindCapability
-	24, // 14: desiderata.v1.GetCapabilitiesResponse.budget:type_name -> desiderata.v1.Budget
-	11, // 15: desiderata.v1.ClassSummary.features:type_name -> desiderata.v1.FeatureImportance
-	12, // 16: desiderata.v1.GetGlobalSummaryResponse.classes:type_name -> desiderata.v1.ClassSummary
-	25, // 17: desiderata.v1.GetGlobalSummaryResponse.disclosure:type_name -> desiderata.v1.Disclosure
-	26, // 18: desiderata.v1.GetAttributionDriftResponse.first_decision_at:type_name -> google.protobuf.Timestamp
-	26, // 19: desiderata.v1.GetAttributionDriftResponse.last_decision_at:type_name -> google.protobuf.Timestamp
-	15, // 20: desiderata.v1.GetAttributionDriftResponse.features:type_name -> desiderata.v1.FeatureDrift
-	25, // 21: desiderata.v1.GetAttributionDriftResponse.disclosure:type_name -> desiderata.v1.Disclosure
-	0,  // 22: desiderata.v1.SubmitFeedbackRequest.verdict:type_name -> desiderata.v1.FeedbackVerdict
-	26, // 23: desiderata.v1.SubmitFeedbackResponse.recorded_at:type_name -> google.protobuf.Timestamp
-	1,  // 24: desiderata.v1.ExplanationService.Explain:input_type -> desiderata.v1.ExplainRequest
-	3,  // 25: desiderata.v1.ExplanationService.ExplainDecision:input_type -> desiderata.v1.ExplainDecisionRequest
-	5,  // 26: desiderata.v1.ExplanationService.ExplainStream:input_type -> desiderata.v1.ExplainStreamRequest
-	7,  // 27: desiderata.v1.ExplanationService.GetCapabilities:input_type -> desiderata.v1.GetCapabilitiesRequest
-	10, // 28: desiderata.v1.ExplanationService.GetGlobalSummary:input_type -> desiderata.v1.GetGlobalSummaryRequest
-	14, // 29: desiderata.v1.ExplanationService.GetAttributionDrift:input_type -> desiderata.v1.GetAttributionDriftRequest
-	17, // 30: desiderata.v1.ExplanationService.SubmitFeedback:input_type -> desiderata.v1.SubmitFeedbackRequest
-	2,  // 31: desiderata.v1.ExplanationService.Explain:output_type -> desiderata.v1.ExplainResponse
-	4,  // 32: desiderata.v1.ExplanationService.ExplainDecision:output_type -> desiderata.v1.ExplainDecisionResponse
-	6,  // 33: desiderata.v1.ExplanationService.ExplainStream:output_type -> desiderata.v1.ExplainStreamResponse
-	9,  // 34: desiderata.v1.ExplanationService.GetCapabilities:output_type -> desiderata.v1.GetCapabilitiesResponse
-	13, // 35: desiderata.v1.ExplanationService.GetGlobalSummary:output_type -> desiderata.v1.GetGlobalSummaryResponse
-	16, // 36: desiderata.v1.ExplanationService.GetAttributionDrift:output_type -> desiderata.v1.GetAttributionDriftResponse
-	18, // 37: desiderata.v1.ExplanationService.SubmitFeedback:output_type -> desiderata.v1.SubmitFeedbackResponse
-	31, // [31:38] is the sub-list for method output_type
-	24, // [24:31] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	21, // 0: desiderata.v1.ExplainRequest.instance:type_name -> desiderata.v1.Instance
+	22, // 1: desiderata.v1.ExplainRequest.kind:type_name -> desiderata.v1.ExplanationKind
+	23, // 2: desiderata.v1.ExplainRequest.consumption:type_name -> desiderata.v1.Consumption
+	24, // 3: desiderata.v1.ExplainRequest.params:type_name -> desiderata.v1.ExplanationParams
+	25, // 4: desiderata.v1.ExplainResponse.explanation:type_name -> desiderata.v1.Explanation
+	21, // 5: desiderata.v1.ExplainBatchRequest.instances:type_name -> desiderata.v1.Instance
+	22, // 6: desiderata.v1.ExplainBatchRequest.kind:type_name -> desiderata.v1.ExplanationKind
+	23, // 7: desiderata.v1.ExplainBatchRequest.consumption:type_name -> desiderata.v1.Consumption
+	24, // 8: desiderata.v1.ExplainBatchRequest.params:type_name -> desiderata.v1.ExplanationParams
+	25, // 9: desiderata.v1.ExplainBatchResponse.explanations:type_name -> desiderata.v1.Explanation
+	22, // 10: desiderata.v1.ExplainDecisionRequest.kind:type_name -> desiderata.v1.ExplanationKind
+	23, // 11: desiderata.v1.ExplainDecisionRequest.consumption:type_name -> desiderata.v1.Consumption
+	24, // 12: desiderata.v1.ExplainDecisionRequest.params:type_name -> desiderata.v1.ExplanationParams
+	25, // 13: desiderata.v1.ExplainDecisionResponse.explanation:type_name -> desiderata.v1.Explanation
+	1,  // 14: desiderata.v1.ExplainStreamRequest.request:type_name -> desiderata.v1.ExplainRequest
+	25, // 15: desiderata.v1.ExplainStreamResponse.explanation:type_name -> desiderata.v1.Explanation
+	23, // 16: desiderata.v1.GetCapabilitiesRequest.consumption:type_name -> desiderata.v1.Consumption
+	22, // 17: desiderata.v1.KindCapability.kind:type_name -> desiderata.v1.ExplanationKind
+	10, // 18: desiderata.v1.GetCapabilitiesResponse.capabilities:type_name -> desiderata.v1.KindCapability
+	26, // 19: desiderata.v1.GetCapabilitiesResponse.budget:type_name -> desiderata.v1.Budget
+	13, // 20: desiderata.v1.ClassSummary.features:type_name -> desiderata.v1.FeatureImportance
+	14, // 21: desiderata.v1.GetGlobalSummaryResponse.classes:type_name -> desiderata.v1.ClassSummary
+	27, // 22: desiderata.v1.GetGlobalSummaryResponse.disclosure:type_name -> desiderata.v1.Disclosure
+	28, // 23: desiderata.v1.GetAttributionDriftResponse.first_decision_at:type_name -> google.protobuf.Timestamp
+	28, // 24: desiderata.v1.GetAttributionDriftResponse.last_decision_at:type_name -> google.protobuf.Timestamp
+	17, // 25: desiderata.v1.GetAttributionDriftResponse.features:type_name -> desiderata.v1.FeatureDrift
+	27, // 26: desiderata.v1.GetAttributionDriftResponse.disclosure:type_name -> desiderata.v1.Disclosure
+	0,  // 27: desiderata.v1.SubmitFeedbackRequest.verdict:type_name -> desiderata.v1.FeedbackVerdict
+	28, // 28: desiderata.v1.SubmitFeedbackResponse.recorded_at:type_name -> google.protobuf.Timestamp
+	1,  // 29: desiderata.v1.ExplanationService.Explain:input_type -> desiderata.v1.ExplainRequest
+	3,  // 30: desiderata.v1.ExplanationService.ExplainBatch:input_type -> desiderata.v1.ExplainBatchRequest
+	5,  // 31: desiderata.v1.ExplanationService.ExplainDecision:input_type -> desiderata.v1.ExplainDecisionRequest
+	7,  // 32: desiderata.v1.ExplanationService.ExplainStream:input_type -> desiderata.v1.ExplainStreamRequest
+	9,  // 33: desiderata.v1.ExplanationService.GetCapabilities:input_type -> desiderata.v1.GetCapabilitiesRequest
+	12, // 34: desiderata.v1.ExplanationService.GetGlobalSummary:input_type -> desiderata.v1.GetGlobalSummaryRequest
+	16, // 35: desiderata.v1.ExplanationService.GetAttributionDrift:input_type -> desiderata.v1.GetAttributionDriftRequest
+	19, // 36: desiderata.v1.ExplanationService.SubmitFeedback:input_type -> desiderata.v1.SubmitFeedbackRequest
+	2,  // 37: desiderata.v1.ExplanationService.Explain:output_type -> desiderata.v1.ExplainResponse
+	4,  // 38: desiderata.v1.ExplanationService.ExplainBatch:output_type -> desiderata.v1.ExplainBatchResponse
+	6,  // 39: desiderata.v1.ExplanationService.ExplainDecision:output_type -> desiderata.v1.ExplainDecisionResponse
+	8,  // 40: desiderata.v1.ExplanationService.ExplainStream:output_type -> desiderata.v1.ExplainStreamResponse
+	11, // 41: desiderata.v1.ExplanationService.GetCapabilities:output_type -> desiderata.v1.GetCapabilitiesResponse
+	15, // 42: desiderata.v1.ExplanationService.GetGlobalSummary:output_type -> desiderata.v1.GetGlobalSummaryResponse
+	18, // 43: desiderata.v1.ExplanationService.GetAttributionDrift:output_type -> desiderata.v1.GetAttributionDriftResponse
+	20, // 44: desiderata.v1.ExplanationService.SubmitFeedback:output_type -> desiderata.v1.SubmitFeedbackResponse
+	37, // [37:45] is the sub-list for method output_type
+	29, // [29:37] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_desiderata_v1_explanation_service_proto_init() }
@@ -1682,7 +1852,7 @@ func file_desiderata_v1_explanation_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_desiderata_v1_explanation_service_proto_rawDesc), len(file_desiderata_v1_explanation_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   18,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

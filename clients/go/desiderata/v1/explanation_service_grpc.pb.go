@@ -23,6 +23,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	ExplanationService_Explain_FullMethodName             = "/desiderata.v1.ExplanationService/Explain"
+	ExplanationService_ExplainBatch_FullMethodName        = "/desiderata.v1.ExplanationService/ExplainBatch"
 	ExplanationService_ExplainDecision_FullMethodName     = "/desiderata.v1.ExplanationService/ExplainDecision"
 	ExplanationService_ExplainStream_FullMethodName       = "/desiderata.v1.ExplanationService/ExplainStream"
 	ExplanationService_GetCapabilities_FullMethodName     = "/desiderata.v1.ExplanationService/GetCapabilities"
@@ -37,6 +38,14 @@ const (
 type ExplanationServiceClient interface {
 	// Explains an instance the caller supplies.
 	Explain(ctx context.Context, in *ExplainRequest, opts ...grpc.CallOption) (*ExplainResponse, error)
+	// Explains many instances of one model with the same kind, purpose and
+	// parameters in one call: one policy decision for the batch, while each
+	// instance is admitted, noised, disclosed, charged and audited as if it had
+	// been asked alone. All or nothing: an invalid instance, or a batch that
+	// does not fit the caller's rate or budget, fails the call with nothing
+	// charged. At most the server's explain.max_batch_instances (256 by
+	// default) instances per call.
+	ExplainBatch(ctx context.Context, in *ExplainBatchRequest, opts ...grpc.CallOption) (*ExplainBatchResponse, error)
 	// Explains a decision recorded earlier by ModelService.Predict.
 	ExplainDecision(ctx context.Context, in *ExplainDecisionRequest, opts ...grpc.CallOption) (*ExplainDecisionResponse, error)
 	// Streams successive refinements of a sampling estimate; the last message
@@ -68,6 +77,16 @@ func (c *explanationServiceClient) Explain(ctx context.Context, in *ExplainReque
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ExplainResponse)
 	err := c.cc.Invoke(ctx, ExplanationService_Explain_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *explanationServiceClient) ExplainBatch(ctx context.Context, in *ExplainBatchRequest, opts ...grpc.CallOption) (*ExplainBatchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExplainBatchResponse)
+	err := c.cc.Invoke(ctx, ExplanationService_ExplainBatch_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -149,6 +168,14 @@ func (c *explanationServiceClient) SubmitFeedback(ctx context.Context, in *Submi
 type ExplanationServiceServer interface {
 	// Explains an instance the caller supplies.
 	Explain(context.Context, *ExplainRequest) (*ExplainResponse, error)
+	// Explains many instances of one model with the same kind, purpose and
+	// parameters in one call: one policy decision for the batch, while each
+	// instance is admitted, noised, disclosed, charged and audited as if it had
+	// been asked alone. All or nothing: an invalid instance, or a batch that
+	// does not fit the caller's rate or budget, fails the call with nothing
+	// charged. At most the server's explain.max_batch_instances (256 by
+	// default) instances per call.
+	ExplainBatch(context.Context, *ExplainBatchRequest) (*ExplainBatchResponse, error)
 	// Explains a decision recorded earlier by ModelService.Predict.
 	ExplainDecision(context.Context, *ExplainDecisionRequest) (*ExplainDecisionResponse, error)
 	// Streams successive refinements of a sampling estimate; the last message
@@ -178,6 +205,9 @@ type UnimplementedExplanationServiceServer struct{}
 
 func (UnimplementedExplanationServiceServer) Explain(context.Context, *ExplainRequest) (*ExplainResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Explain not implemented")
+}
+func (UnimplementedExplanationServiceServer) ExplainBatch(context.Context, *ExplainBatchRequest) (*ExplainBatchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ExplainBatch not implemented")
 }
 func (UnimplementedExplanationServiceServer) ExplainDecision(context.Context, *ExplainDecisionRequest) (*ExplainDecisionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ExplainDecision not implemented")
@@ -232,6 +262,24 @@ func _ExplanationService_Explain_Handler(srv interface{}, ctx context.Context, d
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ExplanationServiceServer).Explain(ctx, req.(*ExplainRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ExplanationService_ExplainBatch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExplainBatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ExplanationServiceServer).ExplainBatch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ExplanationService_ExplainBatch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ExplanationServiceServer).ExplainBatch(ctx, req.(*ExplainBatchRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -347,6 +395,10 @@ var ExplanationService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Explain",
 			Handler:    _ExplanationService_Explain_Handler,
+		},
+		{
+			MethodName: "ExplainBatch",
+			Handler:    _ExplanationService_ExplainBatch_Handler,
 		},
 		{
 			MethodName: "ExplainDecision",

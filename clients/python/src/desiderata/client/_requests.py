@@ -122,6 +122,43 @@ class Requests:
         return req
 
     @staticmethod
+    def explain_batch(
+        model: str,
+        rows: Sequence[Mapping[str, Value]],
+        *,
+        purpose: str,
+        consumption: str = "static",
+        kind: int = pb.EXPLANATION_KIND_FEATURE_ATTRIBUTION,
+        params: pb.ExplanationParams | None = None,
+        method: str = "",
+        model_version: str = "",
+        locale: str = "",
+    ) -> es.ExplainBatchRequest:
+        single = Requests.explain(
+            model,
+            {},
+            purpose=purpose,
+            consumption=consumption,
+            kind=kind,
+            params=params,
+            method=method,
+            model_version=model_version,
+            locale=locale,
+        )
+        req = es.ExplainBatchRequest(
+            model=single.model,
+            model_version=single.model_version,
+            kind=single.kind,
+            purpose=single.purpose,
+            consumption=single.consumption,
+            params=single.params,
+            locale=single.locale,
+        )
+        for row in rows:
+            fill_instance(req.instances.add(), row)
+        return req
+
+    @staticmethod
     def explain_decision(
         decision_id: str,
         *,

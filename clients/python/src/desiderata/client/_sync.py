@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -82,6 +82,21 @@ class Client:
         """Explains a submitted instance (see `Requests.explain` for options)."""
         request = Requests.explain(model, features, purpose=purpose, **options)
         return self._call(self.explanations.Explain, request, timeout_s).explanation
+
+    def explain_batch(
+        self,
+        model: str,
+        rows: Sequence[Mapping[str, Value]],
+        *,
+        purpose: str,
+        timeout_s: float | None = None,
+        **options: Any,
+    ) -> list[pb.Explanation]:
+        """One explanation per row, in order, from one ExplainBatch call (at most the server's
+        ``explain.max_batch_instances`` rows; each is admitted and charged as a call of its own)."""
+        request = Requests.explain_batch(model, rows, purpose=purpose, **options)
+        response: es.ExplainBatchResponse = self._call(self.explanations.ExplainBatch, request, timeout_s)
+        return list(response.explanations)
 
     def explain_decision(
         self, decision_id: str, *, purpose: str, timeout_s: float | None = None, **options: Any

@@ -26,7 +26,7 @@ from desiderata.v1 import types_pb2 as desiderata_dot_v1_dot_types__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'desiderata/v1/explanation_service.proto\x12\rdesiderata.v1\x1a\x19\x64\x65siderata/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x93\x02\n\x0e\x45xplainRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12)\n\x08instance\x18\x03 \x01(\x0b\x32\x17.desiderata.v1.Instance\x12,\n\x04kind\x18\x04 \x01(\x0e\x32\x1e.desiderata.v1.ExplanationKind\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12/\n\x0b\x63onsumption\x18\x06 \x01(\x0e\x32\x1a.desiderata.v1.Consumption\x12\x30\n\x06params\x18\x07 \x01(\x0b\x32 .desiderata.v1.ExplanationParams\x12\x0e\n\x06locale\x18\x08 \x01(\t\"B\n\x0f\x45xplainResponse\x12/\n\x0b\x65xplanation\x18\x01 \x01(\x0b\x32\x1a.desiderata.v1.Explanation\"\xdf\x01\n\x16\x45xplainDecisionRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12,\n\x04kind\x18\x02 \x01(\x0e\x32\x1e.desiderata.v1.ExplanationKind\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12/\n\x0b\x63onsumption\x18\x04 \x01(\x0e\x32\x1a.desiderata.v1.Consumption\x12\x30\n\x06params\x18\x05 \x01(\x0b\x32 .desiderata.v1.ExplanationParams\x12\x0e\n\x06locale\x18\x06 \x01(\t\"J\n\x17\x45xplainDecisionResponse\x12/\n\x0b\x65xplanation\x18\x01 \x01(\x0b\x32\x1a.desiderata.v1.Explanation\"F\n\x14\x45xplainStreamRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.desiderata.v1.ExplainRequest\"j\n\x15\x45xplainStreamResponse\x12/\n\x0b\x65xplanation\x18\x01 \x01(\x0b\x32\x1a.desiderata.v1.Explanation\x12\x11\n\titeration\x18\x02 \x01(\r\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\"\x80\x01\n\x16GetCapabilitiesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12/\n\x0b\x63onsumption\x18\x04 \x01(\x0e\x32\x1a.desiderata.v1.Consumption\"\xa2\x01\n\x0eKindCapability\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.desiderata.v1.ExplanationKind\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x0f\n\x07methods\x18\x03 \x03(\t\x12\x1c\n\x14may_submit_instances\x18\x04 \x01(\x08\x12\x16\n\x0enarrative_only\x18\x05 \x01(\x08\x12\r\n\x05top_k\x18\x06 \x01(\r\"\xc1\x01\n\x17GetCapabilitiesResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x33\n\x0c\x63\x61pabilities\x18\x04 \x03(\x0b\x32\x1d.desiderata.v1.KindCapability\x12%\n\x06\x62udget\x18\x05 \x01(\x0b\x32\x15.desiderata.v1.Budget\x12\x16\n\x0epolicy_version\x18\x06 \x01(\t\"P\n\x17GetGlobalSummaryRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\"g\n\x11\x46\x65\x61tureImportance\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x1c\n\x14mean_abs_attribution\x18\x03 \x01(\x01\x12\r\n\x05share\x18\x04 \x01(\x01\"e\n\x0c\x43lassSummary\x12\x13\n\x0b\x63lass_label\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\r\x12\x32\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32 .desiderata.v1.FeatureImportance\"\xad\x01\n\x18GetGlobalSummaryResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12,\n\x07\x63lasses\x18\x04 \x03(\x0b\x32\x1b.desiderata.v1.ClassSummary\x12-\n\ndisclosure\x18\x05 \x01(\x0b\x32\x19.desiderata.v1.Disclosure\"j\n\x1aGetAttributionDriftRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x15\n\rmax_decisions\x18\x04 \x01(\r\"\xba\x01\n\x0c\x46\x65\x61tureDrift\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12&\n\x1ereference_mean_abs_attribution\x18\x03 \x01(\x01\x12#\n\x1brecent_mean_abs_attribution\x18\x04 \x01(\x01\x12\x14\n\x0cks_statistic\x18\x05 \x01(\x01\x12\x0f\n\x07p_value\x18\x06 \x01(\x01\x12\x0f\n\x07\x64rifted\x18\x07 \x01(\x08\"\xb0\x03\n\x1bGetAttributionDriftResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x14\n\x0ctarget_class\x18\x04 \x01(\t\x12\x16\n\x0ereference_rows\x18\x05 \x01(\r\x12\x11\n\tdecisions\x18\x06 \x01(\r\x12\x35\n\x11\x66irst_decision_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_decision_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61lpha\x18\t \x01(\x01\x12\x16\n\x0eshare_distance\x18\n \x01(\x01\x12\x17\n\x0fshare_threshold\x18\x0b \x01(\x01\x12\x0f\n\x07\x64rifted\x18\x0c \x01(\x08\x12-\n\x08\x66\x65\x61tures\x18\r \x03(\x0b\x32\x1b.desiderata.v1.FeatureDrift\x12-\n\ndisclosure\x18\x0e \x01(\x0b\x32\x19.desiderata.v1.Disclosure\"\xd5\x01\n\x15SubmitFeedbackRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12\x16\n\x0e\x65xplanation_id\x18\x03 \x01(\t\x12/\n\x07verdict\x18\x04 \x01(\x0e\x32\x1e.desiderata.v1.FeedbackVerdict\x12\x15\n\rshould_matter\x18\x05 \x03(\t\x12\x19\n\x11should_not_matter\x18\x06 \x03(\t\x12\x0c\n\x04text\x18\x07 \x01(\t\x12\x0f\n\x07purpose\x18\x08 \x01(\t\"^\n\x16SubmitFeedbackResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12/\n\x0brecorded_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*n\n\x0f\x46\x65\x65\x64\x62\x61\x63kVerdict\x12 \n\x1c\x46\x45\x45\x44\x42\x41\x43K_VERDICT_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46\x45\x45\x44\x42\x41\x43K_VERDICT_AGREE\x10\x01\x12\x1d\n\x19\x46\x45\x45\x44\x42\x41\x43K_VERDICT_DISAGREE\x10\x02\x32\xb2\x05\n\x12\x45xplanationService\x12H\n\x07\x45xplain\x12\x1d.desiderata.v1.ExplainRequest\x1a\x1e.desiderata.v1.ExplainResponse\x12`\n\x0f\x45xplainDecision\x12%.desiderata.v1.ExplainDecisionRequest\x1a&.desiderata.v1.ExplainDecisionResponse\x12\\\n\rExplainStream\x12#.desiderata.v1.ExplainStreamRequest\x1a$.desiderata.v1.ExplainStreamResponse0\x01\x12`\n\x0fGetCapabilities\x12%.desiderata.v1.GetCapabilitiesRequest\x1a&.desiderata.v1.GetCapabilitiesResponse\x12\x63\n\x10GetGlobalSummary\x12&.desiderata.v1.GetGlobalSummaryRequest\x1a\'.desiderata.v1.GetGlobalSummaryResponse\x12l\n\x13GetAttributionDrift\x12).desiderata.v1.GetAttributionDriftRequest\x1a*.desiderata.v1.GetAttributionDriftResponse\x12]\n\x0eSubmitFeedback\x12$.desiderata.v1.SubmitFeedbackRequest\x1a%.desiderata.v1.SubmitFeedbackResponseBz\n\x11\x64\x65v.desiderata.v1B\x17\x45xplanationServiceProtoP\x01ZJgithub.com/desiderata-xai/desiderata/clients/go/desiderata/v1;desideratav1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'desiderata/v1/explanation_service.proto\x12\rdesiderata.v1\x1a\x19\x64\x65siderata/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x93\x02\n\x0e\x45xplainRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12)\n\x08instance\x18\x03 \x01(\x0b\x32\x17.desiderata.v1.Instance\x12,\n\x04kind\x18\x04 \x01(\x0e\x32\x1e.desiderata.v1.ExplanationKind\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12/\n\x0b\x63onsumption\x18\x06 \x01(\x0e\x32\x1a.desiderata.v1.Consumption\x12\x30\n\x06params\x18\x07 \x01(\x0b\x32 .desiderata.v1.ExplanationParams\x12\x0e\n\x06locale\x18\x08 \x01(\t\"B\n\x0f\x45xplainResponse\x12/\n\x0b\x65xplanation\x18\x01 \x01(\x0b\x32\x1a.desiderata.v1.Explanation\"\x99\x02\n\x13\x45xplainBatchRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12*\n\tinstances\x18\x03 \x03(\x0b\x32\x17.desiderata.v1.Instance\x12,\n\x04kind\x18\x04 \x01(\x0e\x32\x1e.desiderata.v1.ExplanationKind\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12/\n\x0b\x63onsumption\x18\x06 \x01(\x0e\x32\x1a.desiderata.v1.Consumption\x12\x30\n\x06params\x18\x07 \x01(\x0b\x32 .desiderata.v1.ExplanationParams\x12\x0e\n\x06locale\x18\x08 \x01(\t\"H\n\x14\x45xplainBatchResponse\x12\x30\n\x0c\x65xplanations\x18\x01 \x03(\x0b\x32\x1a.desiderata.v1.Explanation\"\xdf\x01\n\x16\x45xplainDecisionRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12,\n\x04kind\x18\x02 \x01(\x0e\x32\x1e.desiderata.v1.ExplanationKind\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12/\n\x0b\x63onsumption\x18\x04 \x01(\x0e\x32\x1a.desiderata.v1.Consumption\x12\x30\n\x06params\x18\x05 \x01(\x0b\x32 .desiderata.v1.ExplanationParams\x12\x0e\n\x06locale\x18\x06 \x01(\t\"J\n\x17\x45xplainDecisionResponse\x12/\n\x0b\x65xplanation\x18\x01 \x01(\x0b\x32\x1a.desiderata.v1.Explanation\"F\n\x14\x45xplainStreamRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.desiderata.v1.ExplainRequest\"j\n\x15\x45xplainStreamResponse\x12/\n\x0b\x65xplanation\x18\x01 \x01(\x0b\x32\x1a.desiderata.v1.Explanation\x12\x11\n\titeration\x18\x02 \x01(\r\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\"\x80\x01\n\x16GetCapabilitiesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12/\n\x0b\x63onsumption\x18\x04 \x01(\x0e\x32\x1a.desiderata.v1.Consumption\"\xa2\x01\n\x0eKindCapability\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.desiderata.v1.ExplanationKind\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x0f\n\x07methods\x18\x03 \x03(\t\x12\x1c\n\x14may_submit_instances\x18\x04 \x01(\x08\x12\x16\n\x0enarrative_only\x18\x05 \x01(\x08\x12\r\n\x05top_k\x18\x06 \x01(\r\"\xc1\x01\n\x17GetCapabilitiesResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x33\n\x0c\x63\x61pabilities\x18\x04 \x03(\x0b\x32\x1d.desiderata.v1.KindCapability\x12%\n\x06\x62udget\x18\x05 \x01(\x0b\x32\x15.desiderata.v1.Budget\x12\x16\n\x0epolicy_version\x18\x06 \x01(\t\"P\n\x17GetGlobalSummaryRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\"g\n\x11\x46\x65\x61tureImportance\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x1c\n\x14mean_abs_attribution\x18\x03 \x01(\x01\x12\r\n\x05share\x18\x04 \x01(\x01\"e\n\x0c\x43lassSummary\x12\x13\n\x0b\x63lass_label\x18\x01 \x01(\t\x12\x0c\n\x04rows\x18\x02 \x01(\r\x12\x32\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32 .desiderata.v1.FeatureImportance\"\xad\x01\n\x18GetGlobalSummaryResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12,\n\x07\x63lasses\x18\x04 \x03(\x0b\x32\x1b.desiderata.v1.ClassSummary\x12-\n\ndisclosure\x18\x05 \x01(\x0b\x32\x19.desiderata.v1.Disclosure\"j\n\x1aGetAttributionDriftRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x15\n\rmax_decisions\x18\x04 \x01(\r\"\xba\x01\n\x0c\x46\x65\x61tureDrift\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12&\n\x1ereference_mean_abs_attribution\x18\x03 \x01(\x01\x12#\n\x1brecent_mean_abs_attribution\x18\x04 \x01(\x01\x12\x14\n\x0cks_statistic\x18\x05 \x01(\x01\x12\x0f\n\x07p_value\x18\x06 \x01(\x01\x12\x0f\n\x07\x64rifted\x18\x07 \x01(\x08\"\xb0\x03\n\x1bGetAttributionDriftResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x14\n\x0ctarget_class\x18\x04 \x01(\t\x12\x16\n\x0ereference_rows\x18\x05 \x01(\r\x12\x11\n\tdecisions\x18\x06 \x01(\r\x12\x35\n\x11\x66irst_decision_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10last_decision_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61lpha\x18\t \x01(\x01\x12\x16\n\x0eshare_distance\x18\n \x01(\x01\x12\x17\n\x0fshare_threshold\x18\x0b \x01(\x01\x12\x0f\n\x07\x64rifted\x18\x0c \x01(\x08\x12-\n\x08\x66\x65\x61tures\x18\r \x03(\x0b\x32\x1b.desiderata.v1.FeatureDrift\x12-\n\ndisclosure\x18\x0e \x01(\x0b\x32\x19.desiderata.v1.Disclosure\"\xd5\x01\n\x15SubmitFeedbackRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12\x16\n\x0e\x65xplanation_id\x18\x03 \x01(\t\x12/\n\x07verdict\x18\x04 \x01(\x0e\x32\x1e.desiderata.v1.FeedbackVerdict\x12\x15\n\rshould_matter\x18\x05 \x03(\t\x12\x19\n\x11should_not_matter\x18\x06 \x03(\t\x12\x0c\n\x04text\x18\x07 \x01(\t\x12\x0f\n\x07purpose\x18\x08 \x01(\t\"^\n\x16SubmitFeedbackResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12/\n\x0brecorded_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*n\n\x0f\x46\x65\x65\x64\x62\x61\x63kVerdict\x12 \n\x1c\x46\x45\x45\x44\x42\x41\x43K_VERDICT_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x46\x45\x45\x44\x42\x41\x43K_VERDICT_AGREE\x10\x01\x12\x1d\n\x19\x46\x45\x45\x44\x42\x41\x43K_VERDICT_DISAGREE\x10\x02\x32\x8b\x06\n\x12\x45xplanationService\x12H\n\x07\x45xplain\x12\x1d.desiderata.v1.ExplainRequest\x1a\x1e.desiderata.v1.ExplainResponse\x12W\n\x0c\x45xplainBatch\x12\".desiderata.v1.ExplainBatchRequest\x1a#.desiderata.v1.ExplainBatchResponse\x12`\n\x0f\x45xplainDecision\x12%.desiderata.v1.ExplainDecisionRequest\x1a&.desiderata.v1.ExplainDecisionResponse\x12\\\n\rExplainStream\x12#.desiderata.v1.ExplainStreamRequest\x1a$.desiderata.v1.ExplainStreamResponse0\x01\x12`\n\x0fGetCapabilities\x12%.desiderata.v1.GetCapabilitiesRequest\x1a&.desiderata.v1.GetCapabilitiesResponse\x12\x63\n\x10GetGlobalSummary\x12&.desiderata.v1.GetGlobalSummaryRequest\x1a\'.desiderata.v1.GetGlobalSummaryResponse\x12l\n\x13GetAttributionDrift\x12).desiderata.v1.GetAttributionDriftRequest\x1a*.desiderata.v1.GetAttributionDriftResponse\x12]\n\x0eSubmitFeedback\x12$.desiderata.v1.SubmitFeedbackRequest\x1a%.desiderata.v1.SubmitFeedbackResponseBz\n\x11\x64\x65v.desiderata.v1B\x17\x45xplanationServiceProtoP\x01ZJgithub.com/desiderata-xai/desiderata/clients/go/desiderata/v1;desideratav1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,44 +34,48 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'desiderata.v1.explanation_s
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\021dev.desiderata.v1B\027ExplanationServiceProtoP\001ZJgithub.com/desiderata-xai/desiderata/clients/go/desiderata/v1;desideratav1'
-  _globals['_FEEDBACKVERDICT']._serialized_start=2948
-  _globals['_FEEDBACKVERDICT']._serialized_end=3058
+  _globals['_FEEDBACKVERDICT']._serialized_start=3306
+  _globals['_FEEDBACKVERDICT']._serialized_end=3416
   _globals['_EXPLAINREQUEST']._serialized_start=119
   _globals['_EXPLAINREQUEST']._serialized_end=394
   _globals['_EXPLAINRESPONSE']._serialized_start=396
   _globals['_EXPLAINRESPONSE']._serialized_end=462
-  _globals['_EXPLAINDECISIONREQUEST']._serialized_start=465
-  _globals['_EXPLAINDECISIONREQUEST']._serialized_end=688
-  _globals['_EXPLAINDECISIONRESPONSE']._serialized_start=690
-  _globals['_EXPLAINDECISIONRESPONSE']._serialized_end=764
-  _globals['_EXPLAINSTREAMREQUEST']._serialized_start=766
-  _globals['_EXPLAINSTREAMREQUEST']._serialized_end=836
-  _globals['_EXPLAINSTREAMRESPONSE']._serialized_start=838
-  _globals['_EXPLAINSTREAMRESPONSE']._serialized_end=944
-  _globals['_GETCAPABILITIESREQUEST']._serialized_start=947
-  _globals['_GETCAPABILITIESREQUEST']._serialized_end=1075
-  _globals['_KINDCAPABILITY']._serialized_start=1078
-  _globals['_KINDCAPABILITY']._serialized_end=1240
-  _globals['_GETCAPABILITIESRESPONSE']._serialized_start=1243
-  _globals['_GETCAPABILITIESRESPONSE']._serialized_end=1436
-  _globals['_GETGLOBALSUMMARYREQUEST']._serialized_start=1438
-  _globals['_GETGLOBALSUMMARYREQUEST']._serialized_end=1518
-  _globals['_FEATUREIMPORTANCE']._serialized_start=1520
-  _globals['_FEATUREIMPORTANCE']._serialized_end=1623
-  _globals['_CLASSSUMMARY']._serialized_start=1625
-  _globals['_CLASSSUMMARY']._serialized_end=1726
-  _globals['_GETGLOBALSUMMARYRESPONSE']._serialized_start=1729
-  _globals['_GETGLOBALSUMMARYRESPONSE']._serialized_end=1902
-  _globals['_GETATTRIBUTIONDRIFTREQUEST']._serialized_start=1904
-  _globals['_GETATTRIBUTIONDRIFTREQUEST']._serialized_end=2010
-  _globals['_FEATUREDRIFT']._serialized_start=2013
-  _globals['_FEATUREDRIFT']._serialized_end=2199
-  _globals['_GETATTRIBUTIONDRIFTRESPONSE']._serialized_start=2202
-  _globals['_GETATTRIBUTIONDRIFTRESPONSE']._serialized_end=2634
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=2637
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=2850
-  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=2852
-  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=2946
-  _globals['_EXPLANATIONSERVICE']._serialized_start=3061
-  _globals['_EXPLANATIONSERVICE']._serialized_end=3751
+  _globals['_EXPLAINBATCHREQUEST']._serialized_start=465
+  _globals['_EXPLAINBATCHREQUEST']._serialized_end=746
+  _globals['_EXPLAINBATCHRESPONSE']._serialized_start=748
+  _globals['_EXPLAINBATCHRESPONSE']._serialized_end=820
+  _globals['_EXPLAINDECISIONREQUEST']._serialized_start=823
+  _globals['_EXPLAINDECISIONREQUEST']._serialized_end=1046
+  _globals['_EXPLAINDECISIONRESPONSE']._serialized_start=1048
+  _globals['_EXPLAINDECISIONRESPONSE']._serialized_end=1122
+  _globals['_EXPLAINSTREAMREQUEST']._serialized_start=1124
+  _globals['_EXPLAINSTREAMREQUEST']._serialized_end=1194
+  _globals['_EXPLAINSTREAMRESPONSE']._serialized_start=1196
+  _globals['_EXPLAINSTREAMRESPONSE']._serialized_end=1302
+  _globals['_GETCAPABILITIESREQUEST']._serialized_start=1305
+  _globals['_GETCAPABILITIESREQUEST']._serialized_end=1433
+  _globals['_KINDCAPABILITY']._serialized_start=1436
+  _globals['_KINDCAPABILITY']._serialized_end=1598
+  _globals['_GETCAPABILITIESRESPONSE']._serialized_start=1601
+  _globals['_GETCAPABILITIESRESPONSE']._serialized_end=1794
+  _globals['_GETGLOBALSUMMARYREQUEST']._serialized_start=1796
+  _globals['_GETGLOBALSUMMARYREQUEST']._serialized_end=1876
+  _globals['_FEATUREIMPORTANCE']._serialized_start=1878
+  _globals['_FEATUREIMPORTANCE']._serialized_end=1981
+  _globals['_CLASSSUMMARY']._serialized_start=1983
+  _globals['_CLASSSUMMARY']._serialized_end=2084
+  _globals['_GETGLOBALSUMMARYRESPONSE']._serialized_start=2087
+  _globals['_GETGLOBALSUMMARYRESPONSE']._serialized_end=2260
+  _globals['_GETATTRIBUTIONDRIFTREQUEST']._serialized_start=2262
+  _globals['_GETATTRIBUTIONDRIFTREQUEST']._serialized_end=2368
+  _globals['_FEATUREDRIFT']._serialized_start=2371
+  _globals['_FEATUREDRIFT']._serialized_end=2557
+  _globals['_GETATTRIBUTIONDRIFTRESPONSE']._serialized_start=2560
+  _globals['_GETATTRIBUTIONDRIFTRESPONSE']._serialized_end=2992
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=2995
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=3208
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=3210
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=3304
+  _globals['_EXPLANATIONSERVICE']._serialized_start=3419
+  _globals['_EXPLANATIONSERVICE']._serialized_end=4198
 # @@protoc_insertion_point(module_scope)

@@ -109,6 +109,76 @@ class ExplainResponse(_message.Message):
 Global___ExplainResponse: _TypeAlias = ExplainResponse  # noqa: Y015
 
 @_typing.final
+class ExplainBatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    CONSUMPTION_FIELD_NUMBER: _builtins.int
+    PARAMS_FIELD_NUMBER: _builtins.int
+    LOCALE_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """Model name."""
+    model_version: _builtins.str
+    """Model version; empty selects the served version."""
+    kind: _types_pb2.ExplanationKind.ValueType
+    purpose: _builtins.str
+    consumption: _types_pb2.Consumption.ValueType
+    locale: _builtins.str
+    @_builtins.property
+    def instances(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Instance]:
+        """The instances, explained in this order; invalid fields are named
+        instances[i].features[name].
+        """
+
+    @_builtins.property
+    def params(self) -> _types_pb2.ExplanationParams: ...
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        model_version: _builtins.str = ...,
+        instances: _abc.Iterable[_types_pb2.Instance] | None = ...,
+        kind: _types_pb2.ExplanationKind.ValueType = ...,
+        purpose: _builtins.str = ...,
+        consumption: _types_pb2.Consumption.ValueType = ...,
+        params: _types_pb2.ExplanationParams | None = ...,
+        locale: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumption", b"consumption", "instances", b"instances", "kind", b"kind", "locale", b"locale", "model", b"model", "model_version", b"model_version", "params", b"params", "purpose", b"purpose"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainBatchRequest: _TypeAlias = ExplainBatchRequest  # noqa: Y015
+
+@_typing.final
+class ExplainBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPLANATIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def explanations(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Explanation]:
+        """One explanation per instance, in request order."""
+
+    def __init__(
+        self,
+        *,
+        explanations: _abc.Iterable[_types_pb2.Explanation] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["explanations", b"explanations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainBatchResponse: _TypeAlias = ExplainBatchResponse  # noqa: Y015
+
+@_typing.final
 class ExplainDecisionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -39,6 +39,11 @@ class ExplanationServiceStub:
                 request_serializer=desiderata_dot_v1_dot_explanation__service__pb2.ExplainRequest.SerializeToString,
                 response_deserializer=desiderata_dot_v1_dot_explanation__service__pb2.ExplainResponse.FromString,
                 _registered_method=True)
+        self.ExplainBatch = channel.unary_unary(
+                '/desiderata.v1.ExplanationService/ExplainBatch',
+                request_serializer=desiderata_dot_v1_dot_explanation__service__pb2.ExplainBatchRequest.SerializeToString,
+                response_deserializer=desiderata_dot_v1_dot_explanation__service__pb2.ExplainBatchResponse.FromString,
+                _registered_method=True)
         self.ExplainDecision = channel.unary_unary(
                 '/desiderata.v1.ExplanationService/ExplainDecision',
                 request_serializer=desiderata_dot_v1_dot_explanation__service__pb2.ExplainDecisionRequest.SerializeToString,
@@ -76,6 +81,19 @@ class ExplanationServiceServicer:
 
     def Explain(self, request, context):
         """Explains an instance the caller supplies.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExplainBatch(self, request, context):
+        """Explains many instances of one model with the same kind, purpose and
+        parameters in one call: one policy decision for the batch, while each
+        instance is admitted, noised, disclosed, charged and audited as if it had
+        been asked alone. All or nothing: an invalid instance, or a batch that
+        does not fit the caller's rate or budget, fails the call with nothing
+        charged. At most the server's explain.max_batch_instances (256 by
+        default) instances per call.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -136,6 +154,11 @@ def add_ExplanationServiceServicer_to_server(servicer, server):
                     request_deserializer=desiderata_dot_v1_dot_explanation__service__pb2.ExplainRequest.FromString,
                     response_serializer=desiderata_dot_v1_dot_explanation__service__pb2.ExplainResponse.SerializeToString,
             ),
+            'ExplainBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainBatch,
+                    request_deserializer=desiderata_dot_v1_dot_explanation__service__pb2.ExplainBatchRequest.FromString,
+                    response_serializer=desiderata_dot_v1_dot_explanation__service__pb2.ExplainBatchResponse.SerializeToString,
+            ),
             'ExplainDecision': grpc.unary_unary_rpc_method_handler(
                     servicer.ExplainDecision,
                     request_deserializer=desiderata_dot_v1_dot_explanation__service__pb2.ExplainDecisionRequest.FromString,
@@ -194,6 +217,33 @@ class ExplanationService:
             '/desiderata.v1.ExplanationService/Explain',
             desiderata_dot_v1_dot_explanation__service__pb2.ExplainRequest.SerializeToString,
             desiderata_dot_v1_dot_explanation__service__pb2.ExplainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/desiderata.v1.ExplanationService/ExplainBatch',
+            desiderata_dot_v1_dot_explanation__service__pb2.ExplainBatchRequest.SerializeToString,
+            desiderata_dot_v1_dot_explanation__service__pb2.ExplainBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

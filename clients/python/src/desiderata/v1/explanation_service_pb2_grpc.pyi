@@ -35,6 +35,15 @@ class ExplanationServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ExplanationServiceAsyncStub: ...
     Explain: _grpc.UnaryUnaryMultiCallable[_explanation_service_pb2.ExplainRequest, _explanation_service_pb2.ExplainResponse]
     """Explains an instance the caller supplies."""
+    ExplainBatch: _grpc.UnaryUnaryMultiCallable[_explanation_service_pb2.ExplainBatchRequest, _explanation_service_pb2.ExplainBatchResponse]
+    """Explains many instances of one model with the same kind, purpose and
+    parameters in one call: one policy decision for the batch, while each
+    instance is admitted, noised, disclosed, charged and audited as if it had
+    been asked alone. All or nothing: an invalid instance, or a batch that
+    does not fit the caller's rate or budget, fails the call with nothing
+    charged. At most the server's explain.max_batch_instances (256 by
+    default) instances per call.
+    """
     ExplainDecision: _grpc.UnaryUnaryMultiCallable[_explanation_service_pb2.ExplainDecisionRequest, _explanation_service_pb2.ExplainDecisionResponse]
     """Explains a decision recorded earlier by ModelService.Predict."""
     ExplainStream: _grpc.UnaryStreamMultiCallable[_explanation_service_pb2.ExplainStreamRequest, _explanation_service_pb2.ExplainStreamResponse]
@@ -61,6 +70,15 @@ class ExplanationServiceAsyncStub(ExplanationServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Explain: _aio.UnaryUnaryMultiCallable[_explanation_service_pb2.ExplainRequest, _explanation_service_pb2.ExplainResponse]  # type: ignore[assignment]
     """Explains an instance the caller supplies."""
+    ExplainBatch: _aio.UnaryUnaryMultiCallable[_explanation_service_pb2.ExplainBatchRequest, _explanation_service_pb2.ExplainBatchResponse]  # type: ignore[assignment]
+    """Explains many instances of one model with the same kind, purpose and
+    parameters in one call: one policy decision for the batch, while each
+    instance is admitted, noised, disclosed, charged and audited as if it had
+    been asked alone. All or nothing: an invalid instance, or a batch that
+    does not fit the caller's rate or budget, fails the call with nothing
+    charged. At most the server's explain.max_batch_instances (256 by
+    default) instances per call.
+    """
     ExplainDecision: _aio.UnaryUnaryMultiCallable[_explanation_service_pb2.ExplainDecisionRequest, _explanation_service_pb2.ExplainDecisionResponse]  # type: ignore[assignment]
     """Explains a decision recorded earlier by ModelService.Predict."""
     ExplainStream: _aio.UnaryStreamMultiCallable[_explanation_service_pb2.ExplainStreamRequest, _explanation_service_pb2.ExplainStreamResponse]  # type: ignore[assignment]
@@ -90,6 +108,21 @@ class ExplanationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_explanation_service_pb2.ExplainResponse, _abc.Awaitable[_explanation_service_pb2.ExplainResponse]]:
         """Explains an instance the caller supplies."""
+
+    @_abc_1.abstractmethod
+    def ExplainBatch(
+        self,
+        request: _explanation_service_pb2.ExplainBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_explanation_service_pb2.ExplainBatchResponse, _abc.Awaitable[_explanation_service_pb2.ExplainBatchResponse]]:
+        """Explains many instances of one model with the same kind, purpose and
+        parameters in one call: one policy decision for the batch, while each
+        instance is admitted, noised, disclosed, charged and audited as if it had
+        been asked alone. All or nothing: an invalid instance, or a batch that
+        does not fit the caller's rate or budget, fails the call with nothing
+        charged. At most the server's explain.max_batch_instances (256 by
+        default) instances per call.
+        """
 
     @_abc_1.abstractmethod
     def ExplainDecision(

@@ -107,6 +107,28 @@ export interface ExplainResponse {
   explanation: Explanation | undefined;
 }
 
+export interface ExplainBatchRequest {
+  /** Model name. */
+  model: string;
+  /** Model version; empty selects the served version. */
+  modelVersion: string;
+  /**
+   * The instances, explained in this order; invalid fields are named
+   * instances[i].features[name].
+   */
+  instances: Instance[];
+  kind: ExplanationKind;
+  purpose: string;
+  consumption: Consumption;
+  params: ExplanationParams | undefined;
+  locale: string;
+}
+
+export interface ExplainBatchResponse {
+  /** One explanation per instance, in request order. */
+  explanations: Explanation[];
+}
+
 export interface ExplainDecisionRequest {
   /** Id returned by ModelService.Predict. */
   decisionId: string;
@@ -538,6 +560,275 @@ export const ExplainResponse: MessageFns<ExplainResponse> = {
     message.explanation = (object.explanation !== undefined && object.explanation !== null)
       ? Explanation.fromPartial(object.explanation)
       : undefined;
+    return message;
+  },
+};
+
+function createBaseExplainBatchRequest(): ExplainBatchRequest {
+  return {
+    model: "",
+    modelVersion: "",
+    instances: [],
+    kind: 0,
+    purpose: "",
+    consumption: 0,
+    params: undefined,
+    locale: "",
+  };
+}
+
+export const ExplainBatchRequest: MessageFns<ExplainBatchRequest> = {
+  encode(message: ExplainBatchRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    if (message.modelVersion !== "") {
+      writer.uint32(18).string(message.modelVersion);
+    }
+    for (const v of message.instances) {
+      Instance.encode(v!, writer.uint32(26).fork()).join();
+    }
+    if (message.kind !== 0) {
+      writer.uint32(32).int32(message.kind);
+    }
+    if (message.purpose !== "") {
+      writer.uint32(42).string(message.purpose);
+    }
+    if (message.consumption !== 0) {
+      writer.uint32(48).int32(message.consumption);
+    }
+    if (message.params !== undefined) {
+      ExplanationParams.encode(message.params, writer.uint32(58).fork()).join();
+    }
+    if (message.locale !== "") {
+      writer.uint32(66).string(message.locale);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExplainBatchRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExplainBatchRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.modelVersion = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.instances.push(Instance.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.kind = reader.int32() as any;
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.purpose = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.consumption = reader.int32() as any;
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.params = ExplanationParams.decode(reader, reader.uint32());
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.locale = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExplainBatchRequest {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      modelVersion: isSet(object.modelVersion)
+        ? globalThis.String(object.modelVersion)
+        : isSet(object.model_version)
+        ? globalThis.String(object.model_version)
+        : "",
+      instances: globalThis.Array.isArray(object?.instances)
+        ? object.instances.map((e: any) => Instance.fromJSON(e))
+        : [],
+      kind: isSet(object.kind) ? explanationKindFromJSON(object.kind) : 0,
+      purpose: isSet(object.purpose) ? globalThis.String(object.purpose) : "",
+      consumption: isSet(object.consumption) ? consumptionFromJSON(object.consumption) : 0,
+      params: isSet(object.params) ? ExplanationParams.fromJSON(object.params) : undefined,
+      locale: isSet(object.locale) ? globalThis.String(object.locale) : "",
+    };
+  },
+
+  toJSON(message: ExplainBatchRequest): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.modelVersion !== "") {
+      obj.modelVersion = message.modelVersion;
+    }
+    if (message.instances?.length) {
+      obj.instances = message.instances.map((e) => Instance.toJSON(e));
+    }
+    if (message.kind !== 0) {
+      obj.kind = explanationKindToJSON(message.kind);
+    }
+    if (message.purpose !== "") {
+      obj.purpose = message.purpose;
+    }
+    if (message.consumption !== 0) {
+      obj.consumption = consumptionToJSON(message.consumption);
+    }
+    if (message.params !== undefined) {
+      obj.params = ExplanationParams.toJSON(message.params);
+    }
+    if (message.locale !== "") {
+      obj.locale = message.locale;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ExplainBatchRequest>, I>>(base?: I): ExplainBatchRequest {
+    return ExplainBatchRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ExplainBatchRequest>, I>>(object: I): ExplainBatchRequest {
+    const message = createBaseExplainBatchRequest();
+    message.model = object.model ?? "";
+    message.modelVersion = object.modelVersion ?? "";
+    message.instances = object.instances?.map((e) => Instance.fromPartial(e)) || [];
+    message.kind = object.kind ?? 0;
+    message.purpose = object.purpose ?? "";
+    message.consumption = object.consumption ?? 0;
+    message.params = (object.params !== undefined && object.params !== null)
+      ? ExplanationParams.fromPartial(object.params)
+      : undefined;
+    message.locale = object.locale ?? "";
+    return message;
+  },
+};
+
+function createBaseExplainBatchResponse(): ExplainBatchResponse {
+  return { explanations: [] };
+}
+
+export const ExplainBatchResponse: MessageFns<ExplainBatchResponse> = {
+  encode(message: ExplainBatchResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.explanations) {
+      Explanation.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExplainBatchResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExplainBatchResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.explanations.push(Explanation.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExplainBatchResponse {
+    return {
+      explanations: globalThis.Array.isArray(object?.explanations)
+        ? object.explanations.map((e: any) => Explanation.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ExplainBatchResponse): unknown {
+    const obj: any = {};
+    if (message.explanations?.length) {
+      obj.explanations = message.explanations.map((e) => Explanation.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ExplainBatchResponse>, I>>(base?: I): ExplainBatchResponse {
+    return ExplainBatchResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ExplainBatchResponse>, I>>(object: I): ExplainBatchResponse {
+    const message = createBaseExplainBatchResponse();
+    message.explanations = object.explanations?.map((e) => Explanation.fromPartial(e)) || [];
     return message;
   },
 };
@@ -2812,6 +3103,25 @@ export const ExplanationServiceService = {
     responseSerialize: (value: ExplainResponse): Buffer => Buffer.from(ExplainResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ExplainResponse => ExplainResponse.decode(value),
   },
+  /**
+   * Explains many instances of one model with the same kind, purpose and
+   * parameters in one call: one policy decision for the batch, while each
+   * instance is admitted, noised, disclosed, charged and audited as if it had
+   * been asked alone. All or nothing: an invalid instance, or a batch that
+   * does not fit the caller's rate or budget, fails the call with nothing
+   * charged. At most the server's explain.max_batch_instances (256 by
+   * default) instances per call.
+   */
+  explainBatch: {
+    path: "/desiderata.v1.ExplanationService/ExplainBatch" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ExplainBatchRequest): Buffer => Buffer.from(ExplainBatchRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ExplainBatchRequest => ExplainBatchRequest.decode(value),
+    responseSerialize: (value: ExplainBatchResponse): Buffer =>
+      Buffer.from(ExplainBatchResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ExplainBatchResponse => ExplainBatchResponse.decode(value),
+  },
   /** Explains a decision recorded earlier by ModelService.Predict. */
   explainDecision: {
     path: "/desiderata.v1.ExplanationService/ExplainDecision" as const,
@@ -2899,6 +3209,16 @@ export const ExplanationServiceService = {
 export interface ExplanationServiceServer extends UntypedServiceImplementation {
   /** Explains an instance the caller supplies. */
   explain: handleUnaryCall<ExplainRequest, ExplainResponse>;
+  /**
+   * Explains many instances of one model with the same kind, purpose and
+   * parameters in one call: one policy decision for the batch, while each
+   * instance is admitted, noised, disclosed, charged and audited as if it had
+   * been asked alone. All or nothing: an invalid instance, or a batch that
+   * does not fit the caller's rate or budget, fails the call with nothing
+   * charged. At most the server's explain.max_batch_instances (256 by
+   * default) instances per call.
+   */
+  explainBatch: handleUnaryCall<ExplainBatchRequest, ExplainBatchResponse>;
   /** Explains a decision recorded earlier by ModelService.Predict. */
   explainDecision: handleUnaryCall<ExplainDecisionRequest, ExplainDecisionResponse>;
   /**
@@ -2940,6 +3260,30 @@ export interface ExplanationServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ExplainResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Explains many instances of one model with the same kind, purpose and
+   * parameters in one call: one policy decision for the batch, while each
+   * instance is admitted, noised, disclosed, charged and audited as if it had
+   * been asked alone. All or nothing: an invalid instance, or a batch that
+   * does not fit the caller's rate or budget, fails the call with nothing
+   * charged. At most the server's explain.max_batch_instances (256 by
+   * default) instances per call.
+   */
+  explainBatch(
+    request: ExplainBatchRequest,
+    callback: (error: ServiceError | null, response: ExplainBatchResponse) => void,
+  ): ClientUnaryCall;
+  explainBatch(
+    request: ExplainBatchRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ExplainBatchResponse) => void,
+  ): ClientUnaryCall;
+  explainBatch(
+    request: ExplainBatchRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ExplainBatchResponse) => void,
   ): ClientUnaryCall;
   /** Explains a decision recorded earlier by ModelService.Predict. */
   explainDecision(
