@@ -14,7 +14,7 @@ explained, so a batch that does not fit the caller's budget is refused with
 nothing charged; an explainer failure, a passed deadline or a cancelled call
 releases every reservation; instances are charged only once all are
 computed. (Were the ledger to fail while charging, the instances charged
-before it stay charged: the safe direction, never served uncharged.)
+before it stay charged, the safe direction, and the rest are released.)
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def answer_batch(
     answers: list[Answer] = []
     failed = -1  # the instance whose computation failed (it released its own reservation)
     try:
-        for call, x, p in zip(calls, xs, probs, strict=True):
+        for call, x, px in zip(calls, xs, probs, strict=True):
             a = admit(
                 pipeline.guard,
                 pipeline.policy,
@@ -100,9 +100,9 @@ def answer_batch(
                 method=method,
                 params=params,
                 x=x,
-                probs=p,
+                probs=px,
             )
-            prepared.append(Prepared(None, handle, a.decision, a.profile, a.method, a.params, x, p, a.admission))
+            prepared.append(Prepared(None, handle, a.decision, a.profile, a.method, a.params, x, px, a.admission))
         for i, (call, p) in enumerate(zip(calls, prepared, strict=True)):
             failed = i
             answers.append(pipeline.compute(call, p, deadline, cancel))
@@ -113,7 +113,15 @@ def answer_batch(
             if i != failed:
                 pipeline.guard.release(p.admission)
         raise
-    return [pipeline.settle(principal, c, p, a) for c, p, a in zip(calls, prepared, answers, strict=True)]
+    served: list[ServedExplanation] = []
+    try:
+        for c, p, answer in zip(calls, prepared, answers, strict=True):
+            served.append(pipeline.settle(principal, c, p, answer))  # releases its own on failure
+    except BaseException:
+        for p in prepared[len(served) + 1 :]:
+            pipeline.guard.release(p.admission)
+        raise
+    return served
 
 
 async def explain_batch(

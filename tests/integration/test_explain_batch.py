@@ -11,10 +11,14 @@ import yaml
 
 from desiderata.client import AsyncClient, DesiderataRpcError
 from desiderata.policy.audit import AuditFilter
+from desiderata.policy.guard import Admission, Budget
+from desiderata.policy.privacy_params import PrivacyParams
 from desiderata.policy.store import default_bundle_dir
+from desiderata.server.config import Settings
+from desiderata.server.errors import Unavailable
 from desiderata.v1 import types_pb2 as pb
 from tests.integration.conftest import Running, serving, settings_for
-from tests.integration.test_stakeholders import APPLICANT, KEY
+from tests.integration.test_stakeholders import APPLICANT, client
 from tests.support.tiny_model import INSTANCE
 
 ROWS = [INSTANCE, {**INSTANCE, "x1": -0.7, "color": "blue"}, {**INSTANCE, "x2": 75, "flag": False}]
@@ -70,21 +74,27 @@ async def test_end_users_may_not_batch_submitted_instances(tiny_server: Running)
     assert [(s.record.action, s.record.allowed) for s in records] == [("feature_attribution", False)]
 
 
-async def test_a_batch_over_the_budget_charges_nothing(tmp_path: Path) -> None:
+def _budgeted(tmp_path: Path, queries: int) -> Settings:
+    """The demo with the domain expert's summary tier limited to `queries` lifetime queries, noised."""
     bundle = tmp_path / "bundle"
     shutil.copytree(default_bundle_dir(), bundle)
     profiles = yaml.safe_load((bundle / "profiles.yaml").read_text())
     profiles["profiles"]["feature_attribution/summary"]["privacy"] = {
-        "lifetime_queries": 3,
+        "lifetime_queries": queries,
         "clip_norm": 0.5,
         "noise_multiplier": 0.5,
     }
     (bundle / "profiles.yaml").write_text(yaml.safe_dump(profiles))
-    settings = settings_for(
-        None, tmp_path, auth={"api_keys": [], "demo_keys": True}, policy={"bundle_dir": str(bundle)}
-    )
-    rows = [{**APPLICANT, "amount": 1000.0 + 250 * i} for i in range(4)]
-    async with serving(settings) as running, AsyncClient(running.address, api_key=KEY["domain_expert"]) as officer:
+    keys = {"api_keys": [], "demo_keys": True}
+    return settings_for(None, tmp_path, auth=keys, policy={"bundle_dir": str(bundle)})
+
+
+ROWS_CREDIT = [{**APPLICANT, "amount": 1000.0 + 250 * i} for i in range(6)]
+
+
+async def test_a_batch_over_the_budget_charges_nothing(tmp_path: Path) -> None:
+    rows = ROWS_CREDIT[:4]
+    async with serving(_budgeted(tmp_path, 3)) as running, client(running, "domain_expert") as officer:
         with pytest.raises(DesiderataRpcError) as info:
             await officer.explain_batch("credit", rows, purpose="transparency")
         assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and info.value.details.quota_violations
@@ -99,3 +109,26 @@ async def test_a_batch_over_the_budget_charges_nothing(tmp_path: Path) -> None:
         with pytest.raises(DesiderataRpcError) as info:
             await officer.explain("credit", rows[3], purpose="transparency")
         assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_a_ledger_failure_while_charging_releases_the_rest(tmp_path: Path) -> None:
+    async with serving(_budgeted(tmp_path, 4)) as running, client(running, "domain_expert") as officer:
+        guard = running.app.pipeline.guard
+        commit = guard.commit_with_budget
+        calls = 0
+
+        def flaky(admission: Admission, privacy: PrivacyParams) -> Budget:
+            nonlocal calls
+            calls += 1
+            if calls == 2:
+                raise Unavailable("the budget ledger is unavailable")
+            return commit(admission, privacy)
+
+        guard.commit_with_budget = flaky  # type: ignore[method-assign]
+        with pytest.raises(DesiderataRpcError) as info:
+            await officer.explain_batch("credit", ROWS_CREDIT[:3], purpose="transparency")
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        del guard.commit_with_budget
+        # One row was charged; the second and third were released, so three queries are left.
+        batch = await officer.explain_batch("credit", ROWS_CREDIT[3:6], purpose="transparency")
+        assert [b.disclosure.budget.queries_remaining for b in batch] == [2, 1, 0]
