@@ -152,6 +152,105 @@ func (c *Client) Decisions(ctx context.Context, req *desideratav1.ListDecisionsR
 	}
 }
 
+// ExplainOption sets an optional field of the request of [Client.ExplainBatch].
+type ExplainOption func(*explainOptions)
+
+type explainOptions struct {
+	kind         desideratav1.ExplanationKind
+	consumption  desideratav1.Consumption
+	params       *desideratav1.ExplanationParams
+	modelVersion string
+	locale       string
+	call         []grpc.CallOption
+}
+
+// WithKind sets the explanation kind (default feature attribution).
+func WithKind(k desideratav1.ExplanationKind) ExplainOption {
+	return func(o *explainOptions) { o.kind = k }
+}
+
+// WithConsumption sets how the explanation is consumed (default static).
+func WithConsumption(c desideratav1.Consumption) ExplainOption {
+	return func(o *explainOptions) { o.consumption = c }
+}
+
+// WithParams sets the explanation parameters, e.g. the attribution method
+// (default none: the server chooses).
+func WithParams(p *desideratav1.ExplanationParams) ExplainOption {
+	return func(o *explainOptions) { o.params = p }
+}
+
+// WithModelVersion selects a model version (default the served version).
+func WithModelVersion(v string) ExplainOption {
+	return func(o *explainOptions) { o.modelVersion = v }
+}
+
+// WithLocale sets the locale of narrative sentences, e.g. "en" (default the
+// server's, "en").
+func WithLocale(l string) ExplainOption {
+	return func(o *explainOptions) { o.locale = l }
+}
+
+// WithCallOptions appends grpc call options to the call.
+func WithCallOptions(opts ...grpc.CallOption) ExplainOption {
+	return func(o *explainOptions) { o.call = append(o.call, opts...) }
+}
+
+// ExplainBatch explains every row of a table with one ExplainBatch call and
+// returns one explanation per row, in the order of rows. Each row is converted
+// as [NewInstance] does; the kind (feature attribution unless [WithKind]),
+// purpose, consumption (static unless [WithConsumption]), parameters and
+// locale are those of every row.
+//
+// The server takes at most its explain.max_batch_instances rows (256 by
+// default) and answers all or nothing: an invalid row fails the whole call
+// with INVALID_ARGUMENT, its field violations named
+// "instances[i].features[name]" (see [DecodeError]), and a batch that does not
+// fit the caller's rate or budget fails with nothing charged. Each row is
+// admitted, charged and audited as a call of its own, so its answer is the
+// one Explain would give for it alone. Callers who may not submit instances
+// (end users) get PERMISSION_DENIED.
+//
+// A row that cannot be converted is an error naming the row and the feature,
+// before any call; other errors are the call's, for [DecodeError].
+func (c *Client) ExplainBatch(ctx context.Context, model string, rows []map[string]any, purpose string,
+	opts ...ExplainOption) ([]*desideratav1.Explanation, error) {
+	o := explainOptions{
+		kind:        desideratav1.ExplanationKind_EXPLANATION_KIND_FEATURE_ATTRIBUTION,
+		consumption: desideratav1.Consumption_CONSUMPTION_STATIC,
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	req := &desideratav1.ExplainBatchRequest{
+		Model:        model,
+		ModelVersion: o.modelVersion,
+		Instances:    make([]*desideratav1.Instance, 0, len(rows)),
+		Kind:         o.kind,
+		Purpose:      purpose,
+		Consumption:  o.consumption,
+		Params:       o.params,
+		Locale:       o.locale,
+	}
+	for i, row := range rows {
+		inst, err := instance(row)
+		if err != nil {
+			return nil, fmt.Errorf("desiderata: rows[%d]: %w", i, err)
+		}
+		req.Instances = append(req.Instances, inst)
+	}
+	resp, err := c.Explanations.ExplainBatch(ctx, req, o.call...)
+	if err != nil {
+		return nil, err
+	}
+	explanations := resp.GetExplanations()
+	if len(explanations) != len(rows) { // one per row, or the order means nothing
+		return nil, fmt.Errorf("desiderata: ExplainBatch returned %d explanations for %d rows",
+			len(explanations), len(rows))
+	}
+	return explanations, nil
+}
+
 // Close closes the connection.
 func (c *Client) Close() error { return c.conn.Close() }
 

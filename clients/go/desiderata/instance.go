@@ -36,14 +36,9 @@ func Value(v any) (*desideratav1.FeatureValue, error) {
 //
 //	inst, err := desiderata.NewInstance(map[string]any{"age": 30, "income": 129.0, "home": "rent"})
 func NewInstance(features map[string]any) (*desideratav1.Instance, error) {
-	names := slices.Sorted(maps.Keys(features))
-	inst := &desideratav1.Instance{Features: make([]*desideratav1.Feature, 0, len(names))}
-	for _, name := range names {
-		fv, err := value(features[name])
-		if err != nil {
-			return nil, fmt.Errorf("desiderata: feature %q: %w", name, err)
-		}
-		inst.Features = append(inst.Features, &desideratav1.Feature{Name: name, Value: fv})
+	inst, err := instance(features)
+	if err != nil {
+		return nil, fmt.Errorf("desiderata: %w", err)
 	}
 	return inst, nil
 }
@@ -56,6 +51,21 @@ func MustInstance(features map[string]any) *desideratav1.Instance {
 		panic(err)
 	}
 	return inst
+}
+
+// instance is [NewInstance] without the package prefix on its error, for
+// callers that add their own context (e.g. the row of a batch).
+func instance(features map[string]any) (*desideratav1.Instance, error) {
+	names := slices.Sorted(maps.Keys(features))
+	inst := &desideratav1.Instance{Features: make([]*desideratav1.Feature, 0, len(names))}
+	for _, name := range names {
+		fv, err := value(features[name])
+		if err != nil {
+			return nil, fmt.Errorf("feature %q: %w", name, err)
+		}
+		inst.Features = append(inst.Features, &desideratav1.Feature{Name: name, Value: fv})
+	}
+	return inst, nil
 }
 
 func value(v any) (*desideratav1.FeatureValue, error) {

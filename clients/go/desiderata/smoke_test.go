@@ -2,6 +2,8 @@ package desiderata_test
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -58,6 +60,15 @@ func explainRequest(inst *desideratav1.Instance) *desideratav1.ExplainRequest {
 	}
 }
 
+// attributionValues is an explanation's feature attributions as (feature, value) pairs, in order.
+func attributionValues(e *desideratav1.Explanation) []string {
+	var out []string
+	for _, a := range e.GetFeatureAttribution().GetAttributions() {
+		out = append(out, fmt.Sprintf("%s=%v", a.GetFeature(), a.GetValue()))
+	}
+	return out
+}
+
 func TestSmoke(t *testing.T) {
 	addr := startServer(t)
 	ctx := context.Background()
@@ -83,6 +94,66 @@ func TestSmoke(t *testing.T) {
 		}
 		if e.GetDisclosure().GetDecisionId() == "" {
 			t.Errorf("no policy decision id in the disclosure: %v", e.GetDisclosure())
+		}
+	})
+
+	t.Run("ExplainBatch", func(t *testing.T) {
+		var rows []map[string]any
+		for _, amount := range []float64{500.0, 1500.0, 4000.0} {
+			row := applicantFeatures()
+			row["amount"] = amount
+			rows = append(rows, row)
+		}
+		batch, err := engineer.ExplainBatch(ctx, "credit", rows, "debugging")
+		if err != nil {
+			t.Fatalf("ExplainBatch: %v", desiderata.DecodeError(err))
+		}
+		if len(batch) != len(rows) {
+			t.Fatalf("%d explanations for %d rows", len(batch), len(rows))
+		}
+		distinct := map[string]bool{}
+		for i, row := range rows {
+			got := attributionValues(batch[i])
+			if len(got) == 0 {
+				t.Fatalf("row %d: no attributions in %v", i, batch[i])
+			}
+			distinct[fmt.Sprint(got)] = true
+			alone, err := engineer.Explanations.Explain(ctx, explainRequest(desiderata.MustInstance(row)))
+			if err != nil {
+				t.Fatalf("Explain of row %d: %v", i, desiderata.DecodeError(err))
+			}
+			if want := attributionValues(alone.GetExplanation()); !slices.Equal(got, want) {
+				t.Errorf("row %d (amount %v): batch attributions %v, want those of Explain alone %v",
+					i, row["amount"], got, want)
+			}
+		}
+		if len(distinct) != len(rows) { // else a reordering would go unnoticed
+			t.Errorf("%d distinct answers for %d different rows", len(distinct), len(rows))
+		}
+	})
+
+	t.Run("ExplainBatchInvalidRow", func(t *testing.T) {
+		bad := applicantFeatures()
+		bad["bogus"] = 1.0
+		_, err := engineer.ExplainBatch(ctx, "credit", []map[string]any{applicantFeatures(), bad}, "debugging")
+		e := desiderata.DecodeError(err)
+		if e == nil || e.Code != codes.InvalidArgument {
+			t.Fatalf("err = %v, want INVALID_ARGUMENT", err)
+		}
+		var fields []string
+		for _, v := range e.BadRequest {
+			fields = append(fields, v.Field)
+		}
+		if !slices.Contains(fields, "instances[1].features[bogus]") {
+			t.Errorf("field violations %v, want instances[1].features[bogus] among them", fields)
+		}
+	})
+
+	t.Run("ExplainBatchEndUser", func(t *testing.T) {
+		endUser := connect(t, addr, endUserKey)
+		_, err := endUser.ExplainBatch(ctx, "credit", []map[string]any{applicantFeatures()}, "transparency")
+		if e := desiderata.DecodeError(err); e == nil || e.Code != codes.PermissionDenied {
+			t.Fatalf("end user ExplainBatch: err = %v, want PERMISSION_DENIED", err)
 		}
 	})
 
