@@ -3,6 +3,7 @@ import { Metadata, type CallOptions, type ClientUnaryCall, type ServiceError } f
 
 import { channelCredentials, type ConnectionOptions } from "./credentials.js";
 import { decodeError } from "./errors.js";
+import { type FeatureInput, instance } from "./instance.js";
 import {
   type AuditEntry,
   AuditServiceClient,
@@ -13,6 +14,8 @@ import {
 } from "./gen/desiderata/v1/audit_service.js";
 import {
   type DeepPartial,
+  ExplainBatchRequest,
+  type ExplainBatchResponse,
   ExplainDecisionRequest,
   type ExplainDecisionResponse,
   ExplainRequest,
@@ -41,6 +44,7 @@ import {
   type PredictResponse,
   type RecordedDecision,
 } from "./gen/desiderata/v1/model_service.js";
+import type { Explanation, Instance } from "./gen/desiderata/v1/types.js";
 
 /** Deadline of calls that set none, in milliseconds. */
 export const DEFAULT_TIMEOUT_MS = 30_000;
@@ -102,6 +106,20 @@ export interface ListDecisionsOptions {
   pageToken?: string;
 }
 
+/**
+ * One row of {@link DesiderataClient.explainBatch}: plain feature values, converted by {@link instance}
+ * (an object, or a Map to keep any order), or an `Instance` already built, e.g. by `instance(...)`.
+ */
+export type BatchRow = Readonly<Record<string, FeatureInput>> | ReadonlyMap<string, FeatureInput> | Instance;
+
+/**
+ * What {@link DesiderataClient.explainBatch} asks besides the model, rows and purpose: the other fields
+ * of an `ExplainRequest`, with the same meaning and the same defaults (`kind` unset: feature
+ * attribution, unless `params` say otherwise; `consumption` unset: static; `modelVersion` unset: the
+ * served version; `locale` unset: "en").
+ */
+export type ExplainBatchOptions = Omit<DeepPartial<ExplainBatchRequest>, "model" | "purpose" | "instances">;
+
 type Unary<Req, Res> = (
   request: Req,
   metadata: Metadata,
@@ -144,6 +162,41 @@ export class DesiderataClient {
 
   explain(request: DeepPartial<ExplainRequest>, settings?: CallSettings): Promise<ExplainResponse> {
     return this.unary(this.explanations, this.explanations.explain, ExplainRequest.fromPartial(request), settings);
+  }
+
+  /**
+   * One explanation per row, in the rows' order, from one ExplainBatch call: one round trip and one
+   * policy decision for the batch, while each row is admitted, noised, disclosed, charged and audited
+   * as a call of its own, so each answer is the one {@link explain} would give that row. At most the
+   * server's `explain.max_batch_instances` rows (256 by default). All or nothing: an invalid row
+   * (`instances[i].features[name]` in `err.badRequest`) or a batch that does not fit the caller's
+   * rate or budget rejects the call with nothing charged. A row that cannot be converted (see
+   * {@link instance}) rejects with a TypeError or RangeError naming `rows[i]`, before any call.
+   *
+   * @param model model name
+   * @param rows the instances, as plain feature values or built `Instance`s
+   * @param purpose declared purpose, e.g. "debugging", "monitoring", "audit"
+   */
+  async explainBatch(
+    model: string,
+    rows: readonly BatchRow[],
+    purpose: string,
+    options: ExplainBatchOptions = {},
+    settings?: CallSettings,
+  ): Promise<Explanation[]> {
+    const req = ExplainBatchRequest.fromPartial({
+      ...options,
+      model,
+      purpose,
+      instances: rows.map((row, i) => toInstance(row, i)),
+    });
+    const res = await this.unary<ExplainBatchRequest, ExplainBatchResponse>(
+      this.explanations,
+      this.explanations.explainBatch,
+      req,
+      settings,
+    );
+    return res.explanations;
   }
 
   explainDecision(
@@ -373,5 +426,17 @@ export class DesiderataClient {
         err ? reject(decodeError(err)) : resolve(res),
       );
     });
+  }
+}
+
+/** A batch row as an `Instance`: built ones as they are, plain values through {@link instance}. */
+function toInstance(row: BatchRow, i: number): DeepPartial<Instance> {
+  if (!(row instanceof Map) && Array.isArray((row as { features?: unknown }).features)) return row as Instance;
+  try {
+    return instance(row as Readonly<Record<string, FeatureInput>> | ReadonlyMap<string, FeatureInput>);
+  } catch (err) {
+    if (err instanceof TypeError) throw new TypeError(`rows[${i}]: ${err.message}`);
+    if (err instanceof RangeError) throw new RangeError(`rows[${i}]: ${err.message}`);
+    throw err;
   }
 }

@@ -12,8 +12,10 @@ export {
   DesiderataClient,
   DEFAULT_TIMEOUT_MS,
   type AttributionDriftOptions,
+  type BatchRow,
   type CallSettings,
   type ClientOptions,
+  type ExplainBatchOptions,
   type GlobalSummaryOptions,
   type ListDecisionsOptions,
 } from "./client.js";
@@ -24,6 +26,8 @@ export * from "./gen/desiderata/v1/types.js";
 export {
   ExplainRequest,
   ExplainResponse,
+  ExplainBatchRequest,
+  ExplainBatchResponse,
   ExplainDecisionRequest,
   ExplainDecisionResponse,
   ExplainStreamRequest,

@@ -14,6 +14,7 @@ import {
   ExplanationKind,
   FeedbackVerdict,
   instance,
+  type Explanation,
   type FeatureInput,
   type Instance,
 } from "../src/index.js";
@@ -434,6 +435,53 @@ describe("desiderata TypeScript SDK against a real server", () => {
         return true;
       },
     );
+  });
+
+  test("ExplainBatch: one explanation per row, in order, each the one Explain gives the row alone", async () => {
+    const rows = [500, 1500, 4000].map((amount) => ({ ...APPLICANT, amount }));
+    const batch = await engineer.explainBatch("credit", rows, "debugging");
+    assert.equal(batch.length, 3);
+    const values = (ex: Explanation | undefined) =>
+      (ex?.featureAttribution?.attributions ?? []).map((a) => [a.feature, a.value] as const);
+    // Three different rows, three different answers: a mix-up of the order would show.
+    assert.equal(new Set(batch.map((ex) => JSON.stringify(values(ex)))).size, 3, "rows with the same answer");
+    for (const [i, row] of rows.entries()) {
+      assert.equal(batch[i].kind, ExplanationKind.EXPLANATION_KIND_FEATURE_ATTRIBUTION);
+      assert.ok(values(batch[i]).length > 0, `no attributions for row ${i}`);
+      const { explanation } = await engineer.explain({ ...attribution, instance: instance(row) });
+      assert.deepEqual(values(batch[i]), values(explanation), `row ${i} differs from its Explain`);
+    }
+  });
+
+  test("ExplainBatch names the invalid field of the row it is in, and sends nothing for a row it cannot convert", async () => {
+    const rows = [APPLICANT, { ...APPLICANT, bogus: 1 }]; // two rows: a reversed batch would name instances[0]
+    await assert.rejects(engineer.explainBatch("credit", rows, "debugging"), (err) => {
+      assert.ok(err instanceof DesiderataError);
+      assert.equal(err.code, status.INVALID_ARGUMENT);
+      const fields = (err.badRequest ?? []).map((v) => v.field);
+      assert.ok(fields.includes("instances[1].features[bogus]"), `bogus not named: ${fields.join(", ")}`);
+      return true;
+    });
+    const unconvertible = [APPLICANT, { ...APPLICANT, income: null as unknown as FeatureInput }];
+    await assert.rejects(engineer.explainBatch("credit", unconvertible, "debugging"), (err) => {
+      assert.ok(err instanceof TypeError && !(err instanceof DesiderataError));
+      assert.match(err.message, /^rows\[1\]: feature "income"/);
+      return true;
+    });
+  });
+
+  test("an end user is PERMISSION_DENIED a batch of submitted instances", async () => {
+    const user = new DesiderataClient(server.address, { apiKey: END_USER_KEY, insecure: true, timeoutMs: 60_000 });
+    try {
+      await assert.rejects(user.explainBatch("credit", [APPLICANT, { ...APPLICANT, amount: 1500 }], "transparency"), (err) => {
+        assert.ok(err instanceof DesiderataError);
+        assert.equal(err.code, status.PERMISSION_DENIED);
+        assert.notEqual(err.errorInfo?.metadata.decision_id ?? "", "", "the refusal names no decision");
+        return true;
+      });
+    } finally {
+      user.close();
+    }
   });
 
   test("leaving an ExplainStream early cancels the call and frees the server's worker", async () => {
