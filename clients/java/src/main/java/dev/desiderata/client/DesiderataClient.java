@@ -2,6 +2,8 @@ package dev.desiderata.client;
 
 import dev.desiderata.v1.AuditEntry;
 import dev.desiderata.v1.AuditServiceGrpc;
+import dev.desiderata.v1.ExplainBatchRequest;
+import dev.desiderata.v1.Explanation;
 import dev.desiderata.v1.ExplanationServiceGrpc;
 import dev.desiderata.v1.ListDecisionsRequest;
 import dev.desiderata.v1.ModelServiceGrpc;
@@ -68,6 +70,25 @@ public final class DesiderataClient implements AutoCloseable {
   /** The AuditService blocking stub (regulators and auditors, as the policy allows). */
   public AuditServiceGrpc.AuditServiceBlockingStub audit() {
     return audit;
+  }
+
+  /**
+   * One explanation per instance of {@code request}, in request order, from one ExplainBatch call:
+   * many instances of one model with the same kind, purpose, consumption and parameters (build each
+   * instance with {@link Instances}, as for {@code Explain}). At most the server's {@code
+   * explain.max_batch_instances} instances (256 by default); each is admitted, noised, disclosed,
+   * charged and audited as a call of its own, so each answer is the one {@code Explain} gives for
+   * that instance alone. One call under the client's default deadline for the whole batch (for
+   * another: {@code explanations().withDeadlineAfter(...).explainBatch(request)}).
+   *
+   * <p>All or nothing: an invalid instance fails the call with {@code INVALID_ARGUMENT}, its fields
+   * named {@code instances[i].features[name]} in the field violations of {@link ErrorDetails#from};
+   * a batch over the caller's rate or budget fails with {@code RESOURCE_EXHAUSTED} and nothing
+   * charged; end users, who may not submit instances, get {@code PERMISSION_DENIED}. A failed call
+   * throws {@link io.grpc.StatusRuntimeException}.
+   */
+  public List<Explanation> explainBatch(ExplainBatchRequest request) {
+    return explanations.explainBatch(request).getExplanationsList();
   }
 
   /**

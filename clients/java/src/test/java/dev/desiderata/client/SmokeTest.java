@@ -9,8 +9,10 @@ import com.google.protobuf.Timestamp;
 import dev.desiderata.examples.Explain;
 import dev.desiderata.v1.AuditEntry;
 import dev.desiderata.v1.Consumption;
+import dev.desiderata.v1.ExplainBatchRequest;
 import dev.desiderata.v1.ExplainDecisionRequest;
 import dev.desiderata.v1.ExplainRequest;
+import dev.desiderata.v1.Explanation;
 import dev.desiderata.v1.ExplanationKind;
 import dev.desiderata.v1.Feature;
 import dev.desiderata.v1.FeedbackVerdict;
@@ -76,6 +78,31 @@ class SmokeTest {
         .build();
   }
 
+  private static ExplainBatchRequest attributions(String purpose, List<Instance> instances) {
+    return ExplainBatchRequest.newBuilder()
+        .setModel("credit")
+        .addAllInstances(instances)
+        .setKind(ExplanationKind.EXPLANATION_KIND_FEATURE_ATTRIBUTION)
+        .setPurpose(purpose)
+        .setConsumption(Consumption.CONSUMPTION_STATIC)
+        .build();
+  }
+
+  /** The demo applicant asking for {@code amount}. */
+  private static Instance applicantAsking(double amount) {
+    var applicant = Explain.applicant().toBuilder();
+    applicant.getFeaturesBuilderList().stream()
+        .filter(f -> f.getName().equals("amount"))
+        .forEach(f -> f.setValue(Instances.value(amount)));
+    return applicant.build();
+  }
+
+  private static List<Map.Entry<String, Double>> attributionValues(Explanation explanation) {
+    return explanation.getFeatureAttribution().getAttributionsList().stream()
+        .map(a -> Map.entry(a.getFeature(), a.getValue()))
+        .toList();
+  }
+
   @Test
   void roundRobinClientsReachTheServerThroughTheDnsResolver() throws Exception {
     try (var balanced =
@@ -124,6 +151,45 @@ class SmokeTest {
     var explained =
         explanation.getFeatureAttribution().getAttributionsList().stream().map(a -> a.getFeature()).toList();
     assertEquals(features.keySet(), Set.copyOf(explained));
+  }
+
+  @Test
+  void explainBatchAnswersEachRowAsIfAskedAlone() {
+    var rows = List.of(applicantAsking(500.0), applicantAsking(1500.0), applicantAsking(4000.0));
+    assertEquals(3, Set.copyOf(rows).size(), "three different rows");
+    List<Explanation> batch = engineer.explainBatch(attributions("debugging", rows));
+    assertEquals(rows.size(), batch.size(), "one explanation per row");
+    assertEquals(3, batch.stream().map(SmokeTest::attributionValues).distinct().count(), "three different answers");
+    for (int i = 0; i < rows.size(); i++) {
+      var alone = engineer.explanations().explain(attribution(rows.get(i))).getExplanation();
+      assertFalse(attributionValues(alone).isEmpty(), "no attributions for row " + i);
+      assertEquals(attributionValues(alone), attributionValues(batch.get(i)), "row " + i);
+    }
+  }
+
+  @Test
+  void anInvalidRowFailsTheWholeBatchNamingItsField() {
+    var bogus =
+        Explain.applicant().toBuilder()
+            .addFeatures(Feature.newBuilder().setName("bogus").setValue(Instances.value(1.0)))
+            .build();
+    var e =
+        assertThrows(
+            StatusRuntimeException.class,
+            () -> engineer.explainBatch(attributions("debugging", List.of(Explain.applicant(), bogus))));
+    var details = ErrorDetails.from(e);
+    assertEquals(Status.Code.INVALID_ARGUMENT, details.code());
+    var fields = details.badRequest().stream().map(ErrorDetails.FieldViolation::field).toList();
+    assertTrue(fields.contains("instances[1].features[bogus]"), "field violations: " + details.badRequest());
+  }
+
+  @Test
+  void anEndUserMayNotBatchSubmittedInstances() throws Exception {
+    var request = attributions("transparency", List.of(Explain.applicant(), applicantAsking(1500.0)));
+    try (var endUser = client(END_USER_KEY)) {
+      var e = assertThrows(StatusRuntimeException.class, () -> endUser.explainBatch(request));
+      assertEquals(Status.Code.PERMISSION_DENIED, ErrorDetails.from(e).code());
+    }
   }
 
   @Test
