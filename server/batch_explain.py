@@ -24,7 +24,6 @@ from collections.abc import Sequence
 
 from desiderata.explainers.base import ExplainContext
 from desiderata.policy.model import Principal
-from desiderata.server.admission import admit
 from desiderata.server.decision_audit import decide_explanation
 from desiderata.server.errors import FieldViolation, InternalError, InvalidArgument
 from desiderata.server.method_choice import resolve_method
@@ -88,21 +87,7 @@ def answer_batch(
     failed = -1  # the instance whose computation failed (it released its own reservation)
     try:
         for call, x, px in zip(calls, xs, probs, strict=True):
-            a = admit(
-                pipeline.guard,
-                pipeline.policy,
-                pipeline.audit,
-                pipeline.settings,
-                principal=principal,
-                handle=handle,
-                call=call,
-                decision=decision,
-                method=method,
-                params=params,
-                x=x,
-                probs=px,
-            )
-            prepared.append(Prepared(None, handle, a.decision, a.profile, a.method, a.params, x, px, a.admission))
+            prepared.append(pipeline.admit(principal, handle, call, decision, method, params, x, px))
         for i, (call, p) in enumerate(zip(calls, prepared, strict=True)):
             failed = i
             answers.append(pipeline.compute(call, p, deadline, cancel))

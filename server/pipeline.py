@@ -323,6 +323,21 @@ class Pipeline:
         probs = handle.predict_proba(x[None, :])[0]
         if record is not None:
             self._check_reproduced(record, probs)
+        return self.admit(principal, handle, call, decision, method, params, x, probs, record)
+
+    def admit(
+        self,
+        principal: Principal,
+        handle: ModelHandle,
+        call: ExplainCall,
+        decision: Decision,
+        method: str,
+        params: Any,
+        x: np.ndarray,
+        probs: np.ndarray,
+        record: DecisionRecord | None = None,
+    ) -> Prepared:
+        """The guard's reservation for one allowed instance (`server.admission.admit`), ready to compute."""
         a = admit(
             self.guard,
             self.policy,
