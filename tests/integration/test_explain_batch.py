@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import time
 from pathlib import Path
 
 import grpc
@@ -10,6 +12,7 @@ import pytest
 import yaml
 
 from desiderata.client import AsyncClient, DesiderataRpcError
+from desiderata.client._requests import Requests
 from desiderata.policy.audit import AuditFilter
 from desiderata.policy.guard import Admission, Budget
 from desiderata.policy.privacy_params import PrivacyParams
@@ -131,4 +134,23 @@ async def test_a_ledger_failure_while_charging_releases_the_rest(tmp_path: Path)
         del guard.commit_with_budget
         # One row was charged; the second and third were released, so three queries are left.
         batch = await officer.explain_batch("credit", ROWS_CREDIT[3:6], purpose="transparency")
+        assert [b.disclosure.budget.queries_remaining for b in batch] == [2, 1, 0]
+
+
+async def test_a_passed_deadline_releases_every_instance(tmp_path: Path) -> None:
+    slow = Requests.attribution_params(method="permutation_shapley", target_std_error=1e-6, max_samples=4_000_000)
+    async with serving(_budgeted(tmp_path, 3)) as running, client(running, "domain_expert") as officer:
+        with pytest.raises(DesiderataRpcError) as info:
+            await officer.explain_batch("credit", ROWS_CREDIT[:3], purpose="transparency", params=slow, timeout_s=0.5)
+        assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        # The worker releases the reservations as it stops, just after the caller's deadline.
+        started = time.monotonic()
+        while True:
+            try:
+                batch = await officer.explain_batch("credit", ROWS_CREDIT[3:6], purpose="transparency")
+                break
+            except DesiderataRpcError as exc:
+                assert exc.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert time.monotonic() - started < 10, "the timed-out batch kept its reservations"
+                await asyncio.sleep(0.1)
         assert [b.disclosure.budget.queries_remaining for b in batch] == [2, 1, 0]
