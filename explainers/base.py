@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -197,3 +197,23 @@ class Explainer(ABC):
         Returns:
             An immutable explanation with its quality figures.
         """
+
+    def explain_many(
+        self, model: ExplainableModel, xs: Sequence[np.ndarray], params: Any, ctxs: Sequence[ExplainContext]
+    ) -> list[Explanation]:
+        """Explains several instances of one model with the same parameters (ExplainBatch).
+
+        One by one here; a method whose model evaluations gain from sharing batches
+        across instances overrides it. Each answer is the one `explain` gives the
+        instance alone, up to the float32 rounding of a larger product.
+
+        Args:
+            model: the served model.
+            xs: encoded, validated instances, each of shape ``(n_columns,)``.
+            params: the family's typed parameters, shared by all.
+            ctxs: one context per instance (its seed; deadline and cancellation).
+
+        Returns:
+            One explanation per instance, in order.
+        """
+        return [self.explain(model, x, params, ctx) for x, ctx in zip(xs, ctxs, strict=True)]

@@ -12,6 +12,7 @@ the relative completeness gap is ≤ 1e-3 or the step cap is reached.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -30,7 +31,7 @@ from desiderata.explainers.base import (
 from desiderata.explainers.baselines import baseline_vector
 from desiderata.explainers.registry import register
 from desiderata.explainers.types import AttributionParams, AttributionResult, Explanation, Quality
-from desiderata.server.errors import FailedPrecondition, InvalidArgument
+from desiderata.server.errors import InvalidArgument
 
 __all__ = ["RULES", "IntegratedGradients", "group_sum", "quadrature"]
 
@@ -40,6 +41,8 @@ DEFAULT_RULE = "riemann_trapezoid"
 MAX_STEPS = 4096
 ADAPTIVE_MAX_STEPS = 4096
 TARGET_RELATIVE_GAP = 1e-3
+MAX_PASS_ROWS = 1 << 14
+"""Rows of one forward/backward pass when instances share passes (bounds the memory of a batch)."""
 
 
 @lru_cache(maxsize=64)
@@ -100,20 +103,35 @@ def group_sum(columns: np.ndarray, groups: list[list[int]]) -> np.ndarray:
 
 
 def _integrate(
-    model: ExplainableModel, x: np.ndarray, b: np.ndarray, target: int, rule: str, steps: int
-) -> tuple[np.ndarray, float, float]:
-    """Per-column IG, f(x) and f(b), in one forward/backward pass.
+    model: ExplainableModel,
+    xs: Sequence[np.ndarray],
+    b: np.ndarray,
+    target: int,
+    rule: str,
+    steps: int,
+    ctx: ExplainContext,
+) -> list[tuple[np.ndarray, float, float]]:
+    """Per-column IG, f(x) and f(b) of each instance, its whole path in one forward/backward pass.
 
     The end points ride in the same batch as the path (their gradients are
-    computed and ignored): one forward instead of two.
+    computed and ignored): one forward instead of two. Several instances share
+    passes of up to `MAX_PASS_ROWS` rows; each instance's sums are taken over its
+    own rows, so one instance alone gets exactly what it got before batching.
     """
     a, w = _path_tensors(rule, steps)
-    xt = torch.as_tensor(x, dtype=torch.float32)
     bt = torch.as_tensor(b, dtype=torch.float32)
-    grads, out = target_gradients(model, torch.cat([bt + a * (xt - bt), xt[None], bt[None]]), target)
-    avg = (w * grads[:steps]).sum(0)
-    attr = ((xt - bt) * avg).double().numpy()
-    return attr, float(out[steps]), float(out[steps + 1])
+    per = max(1, MAX_PASS_ROWS // (steps + 2))
+    out: list[tuple[np.ndarray, float, float]] = []
+    for first in range(0, len(xs), per):
+        ctx.check()
+        xts = [torch.as_tensor(x, dtype=torch.float32) for x in xs[first : first + per]]
+        blocks = [torch.cat([bt + a * (xt - bt), xt[None], bt[None]]) for xt in xts]
+        grads, outs = target_gradients(model, blocks[0] if len(blocks) == 1 else torch.cat(blocks), target)
+        for j, xt in enumerate(xts):
+            at = j * (steps + 2)
+            avg = (w * grads[at : at + steps]).sum(0)
+            out.append((((xt - bt) * avg).double().numpy(), float(outs[at + steps]), float(outs[at + steps + 1])))
+    return out
 
 
 class IntegratedGradients(Explainer):
@@ -124,6 +142,19 @@ class IntegratedGradients(Explainer):
     capabilities = Capabilities(kind=Kind.FEATURE_ATTRIBUTION, white_box=True)
 
     def explain(self, model: ExplainableModel, x: np.ndarray, params: Any, ctx: ExplainContext) -> Explanation:
+        return self.explain_many(model, [x], params, [ctx])[0]
+
+    def explain_many(
+        self, model: ExplainableModel, xs: Sequence[np.ndarray], params: Any, ctxs: Sequence[ExplainContext]
+    ) -> list[Explanation]:
+        """Explains instances together: each round of steps evaluates every instance's path
+        in shared forward/backward passes (the rows of 64 instances at 50 steps cost about
+        as much as those of 5 alone). With adaptive steps, only the instances whose
+        completeness gap is still too large go on to the next, doubled, round.
+
+        The target class of each instance is predicted in one batch, and each answer's
+        `compute_ms` is its share of the whole.
+        """
         if not isinstance(params, AttributionParams):
             raise TypeError("IntegratedGradients needs AttributionParams")
         if model.torch_module() is None:
@@ -137,53 +168,72 @@ class IntegratedGradients(Explainer):
             )
         if params.steps > MAX_STEPS:
             raise InvalidArgument.single("params.attribution.steps", f"at most {MAX_STEPS}")
-        try:
-            b = baseline_vector(model, params.baseline or "card")
-        except FailedPrecondition:
-            raise
+        b = baseline_vector(model, params.baseline or "card")
         started = time.perf_counter()
-        target = params.target_class
-        if target is None:
-            target = int(np.argmax(model.predict_proba(x[None, :])[0]))
+        if not xs:
+            return []
+        if params.target_class is None:
+            targets = [int(t) for t in np.argmax(model.predict_proba(np.stack(xs)), axis=1)]
+        else:
+            targets = [params.target_class] * len(xs)
         adaptive = params.steps == 0
         steps = params.steps or DEFAULT_STEPS
-        evaluations = 0
-        while True:
-            ctx.check()
-            cols, f_x, f_b = _integrate(model, x, b, target, rule, steps)
-            evaluations += steps + 2
-            gap = abs(float(cols.sum()) - (f_x - f_b))
-            rel = gap / max(abs(f_x - f_b), float(np.abs(group_sum(cols, model.schema.groups)).sum()), 1e-12)
-            if not adaptive or rel <= TARGET_RELATIVE_GAP or steps >= ADAPTIVE_MAX_STEPS:
+        done: dict[int, _Integral] = {}
+        pending = list(range(len(xs)))
+        while pending:
+            for target in sorted({targets[i] for i in pending}):
+                idx = [i for i in pending if targets[i] == target]
+                sums = _integrate(model, [xs[i] for i in idx], b, target, rule, steps, ctxs[idx[0]])
+                for i, (cols, f_x, f_b) in zip(idx, sums, strict=True):
+                    evaluations = (done[i].evaluations if i in done else 0) + steps + 2
+                    done[i] = _Integral(cols, f_x, f_b, steps, evaluations, model.schema.groups)
+            pending = [i for i in pending if adaptive and done[i].rel > TARGET_RELATIVE_GAP]
+            if steps >= ADAPTIVE_MAX_STEPS:
                 break
             steps *= 2
+        share = (time.perf_counter() - started) * 1e3 / len(xs)
+        return [self._package(model, params, rule, targets[i], done[i], share) for i in range(len(xs))]
+
+    def _package(
+        self, model: ExplainableModel, params: AttributionParams, rule: str, target: int, r: _Integral, ms: float
+    ) -> Explanation:
         warnings: tuple[str, ...] = ()
-        if rel > TARGET_RELATIVE_GAP:
-            warnings = (f"relative completeness gap {rel:.2e} above {TARGET_RELATIVE_GAP:g}",)
-        values = group_sum(cols, model.schema.groups)
+        if r.rel > TARGET_RELATIVE_GAP:
+            warnings = (f"relative completeness gap {r.rel:.2e} above {TARGET_RELATIVE_GAP:g}",)
         result = AttributionResult(
             players=tuple(model.schema.names),
-            values=values,
+            values=group_sum(r.cols, model.schema.groups),
             std_errors=None,
             target_class=target,
-            output=f_x,
-            baseline_output=f_b,
+            output=r.f_x,
+            baseline_output=r.f_b,
         )
         quality = Quality(
-            completeness_gap=gap,
-            relative_completeness_gap=rel,
-            model_evaluations=evaluations,
-            compute_ms=(time.perf_counter() - started) * 1e3,
-            converged=rel <= TARGET_RELATIVE_GAP,
+            completeness_gap=r.gap,
+            relative_completeness_gap=r.rel,
+            model_evaluations=r.evaluations,
+            compute_ms=ms,
+            converged=r.rel <= TARGET_RELATIVE_GAP,
             warnings=warnings,
         )
         used = {
-            "steps": steps,
+            "steps": r.steps,
             "integration_rule": rule,
             "baseline": params.baseline or "card",
             "target_class": target,
         }
         return Explanation(Kind.FEATURE_ATTRIBUTION, self.name, self.version, used, result, quality)
+
+
+class _Integral:
+    """One instance's integral at some step count, with its completeness gap (absolute and relative)."""
+
+    def __init__(
+        self, cols: np.ndarray, f_x: float, f_b: float, steps: int, evaluations: int, groups: list[list[int]]
+    ) -> None:
+        self.cols, self.f_x, self.f_b, self.steps, self.evaluations = cols, f_x, f_b, steps, evaluations
+        self.gap = abs(float(cols.sum()) - (f_x - f_b))
+        self.rel = self.gap / max(abs(f_x - f_b), float(np.abs(group_sum(cols, groups)).sum()), 1e-12)
 
 
 register(IntegratedGradients, default_for_kind=True)

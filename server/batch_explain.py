@@ -7,7 +7,10 @@ batch, while everything the privacy model counts stays per instance: each
 instance is
 admitted (rate, lifetime queries, privacy loss, the extraction monitor, which
 may move it to a stricter tier), noised, disclosed, charged and audited
-exactly as if it had been asked alone, with its own answer-cache entry.
+exactly as if it had been asked alone, with its own answer-cache entry. Its
+answer is the one it would get alone, up to float32 rounding: a method that
+gains from larger batches evaluates the instances in shared passes
+(`answering.compute_answers`; Integrated Gradients does).
 
 All or nothing: every instance is validated and admitted before any is
 explained, so a batch that does not fit the caller's budget is refused with
@@ -22,12 +25,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from desiderata.explainers.base import ExplainContext
 from desiderata.policy.model import Principal
+from desiderata.server.answering import Prepared, compute_answers
 from desiderata.server.decision_audit import decide_explanation
 from desiderata.server.errors import FieldViolation, InternalError, InvalidArgument
 from desiderata.server.method_choice import resolve_method
-from desiderata.server.pipeline import Answer, Pipeline, Prepared
+from desiderata.server.pipeline import Pipeline
 from desiderata.server.served import ExplainCall, ServedExplanation
 
 __all__ = ["answer_batch", "explain_batch"]
@@ -79,24 +82,19 @@ def answer_batch(
     method, params = resolve_method(handle, first, decision, pipeline.settings)
     xs = [handle.schema.encode(c.features) for c in calls if c.features is not None]
     # Row by row, not one batch: a batched product rounds differently (1e-8 in float32), and an
-    # instance's prediction, its label for the extraction monitor and its answer must be what
-    # the same instance gets when asked alone.
+    # instance's prediction and its label for the extraction monitor must be what the same
+    # instance gets when asked alone.
     probs = [handle.predict_proba(x[None, :])[0] for x in xs]
     prepared: list[Prepared] = []
-    answers: list[Answer] = []
-    failed = -1  # the instance whose computation failed (it released its own reservation)
     try:
         for call, x, px in zip(calls, xs, probs, strict=True):
             prepared.append(pipeline.admit(principal, handle, call, decision, method, params, x, px))
-        for i, (call, p) in enumerate(zip(calls, prepared, strict=True)):
-            failed = i
-            answers.append(pipeline.compute(call, p, deadline, cancel))
-        failed = -1
-        ExplainContext(deadline=deadline, cancel=cancel).check()  # nothing is charged past it
+        answers = compute_answers(
+            pipeline.answers, pipeline.guard, pipeline.settings, calls, prepared, deadline, cancel
+        )
     except BaseException:
-        for i, p in enumerate(prepared):
-            if i != failed:
-                pipeline.guard.release(p.admission)
+        for p in prepared:
+            pipeline.guard.release(p.admission)
         raise
     served: list[ServedExplanation] = []
     try:

@@ -22,26 +22,22 @@ from typing import Any, TypeVar
 import numpy as np
 import structlog
 
-from desiderata.explainers import registry
-from desiderata.explainers.base import ExplainContext
 from desiderata.explainers.torch_threads import torch_executor
-from desiderata.explainers.types import Explanation
 from desiderata.policy.accounting import epsilon_from_rho
 from desiderata.policy.audit import AuditLog
 from desiderata.policy.decision import Decision
 from desiderata.policy.feedback import FeedbackStore
-from desiderata.policy.guard import Admission, PrivacyGuard
+from desiderata.policy.guard import PrivacyGuard
 from desiderata.policy.model import Principal
-from desiderata.policy.profiles import DisclosureProfile
 from desiderata.policy.store import PolicyStore
 from desiderata.server.admission import admit
 from desiderata.server.answer_cache import AnswerCache
+from desiderata.server.answering import Answer, Prepared, compute_answers
 from desiderata.server.config import ExplainSettings
 from desiderata.server.decision_audit import audit_decision, decide_explanation
 from desiderata.server.decision_store import DecisionRecord, DecisionStore, new_record_id, utcnow
 from desiderata.server.errors import (
     DeadlineExceeded,
-    DesiderataError,
     FieldViolation,
     InternalError,
     InvalidArgument,
@@ -61,9 +57,8 @@ from desiderata.server.served import (
     reproduction_gap,
     served_explanation,
 )
-from desiderata.server.serving import Disclosed, build_explainer, disclose
 
-__all__ = ["ExplainCall", "KindCapability", "Pipeline", "ServedExplanation"]
+__all__ = ["Answer", "ExplainCall", "KindCapability", "Pipeline", "Prepared", "ServedExplanation"]
 
 log = structlog.get_logger("desiderata.pipeline")
 T = TypeVar("T")
@@ -227,43 +222,11 @@ class Pipeline:
     ) -> Answer:
         """Explains (or finds in the answer cache) and discloses an admitted call; on any
         failure, or a deadline passed or a caller gone by the end, its reservation is released."""
-        profile, admission, handle = p.profile, p.admission, p.handle
-        seed = admission.explainer_seed if profile.privacy.noisy else call.seed
-        stream_ok = progress is not None and not profile.privacy.noisy
-
-        def on_progress(ex: Explanation) -> None:
-            if progress is not None:
-                shown = disclose(ex, profile, handle.card, call.locale)
-                progress(served_explanation(handle, p.probs, ex, shown, p.decision, None, 0.0, p.record))
-
-        ctx = ExplainContext(seed=seed, deadline=deadline, cancel=cancel, progress=on_progress if stream_ok else None)
         try:
-            explainer = build_explainer(registry.get(p.method), profile, self.settings)
-            # Raw answers only, after admission: noise, disclosure and charging still apply to a hit.
-            key = self.answers.key(
-                model=handle.name,
-                version=handle.version,
-                x=p.x,
-                method=p.method,
-                params=p.params,
-                seed=seed,
-                tier=p.decision.tier,
-                profile=profile,
-            )
-            raw = self.answers.get(key)
-            cached = raw is not None
-            if raw is None:
-                raw = explainer.explain(handle, p.x, p.params, ctx)
-                self.answers.put(key, raw)
-            shown = disclose(raw, profile, handle.card, call.locale, self.guard, admission)
-            ctx.check()  # a caller that went away, or a passed deadline, is not charged
-        except BaseException as exc:
-            self.guard.release(admission)
-            if isinstance(exc, DesiderataError) or not isinstance(exc, Exception):
-                raise
-            log.exception("explainer_failed", method=p.method, model=handle.name)
-            raise InternalError("explainer failed") from exc
-        return Answer(raw, shown, cached)
+            return compute_answers(self.answers, self.guard, self.settings, [call], [p], deadline, cancel, progress)[0]
+        except BaseException:
+            self.guard.release(p.admission)
+            raise
 
     def settle(self, principal: Principal, call: ExplainCall, p: Prepared, answer: Answer) -> ServedExplanation:
         """Charges a computed answer's reservation, audits and logs it, and serves it."""
@@ -370,27 +333,3 @@ class Pipeline:
         )
         if self.metrics is not None:
             self.metrics.decisions_not_reproduced.labels(record.model, record.model_version).inc()
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """What resolve, decide, predict and admit hand to the explainer step."""
-
-    record: DecisionRecord | None
-    handle: ModelHandle
-    decision: Decision
-    profile: DisclosureProfile
-    method: str
-    params: Any
-    x: np.ndarray
-    probs: np.ndarray
-    admission: Admission
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A computed, disclosed explanation whose reservation is not charged yet."""
-
-    raw: Explanation
-    shown: Disclosed
-    cached: bool

@@ -9,6 +9,7 @@ import pytest
 import torch
 from captum.attr import IntegratedGradients as CaptumIG
 
+from desiderata.explainers import integrated_gradients as igm
 from desiderata.explainers.base import ExplainContext
 from desiderata.explainers.baselines import baseline_vector
 from desiderata.explainers.integrated_gradients import IntegratedGradients, group_sum
@@ -67,3 +68,29 @@ def test_matches_captum_with_the_same_rule_steps_and_baseline(demo: ModelHandle,
         theirs_players = group_sum(theirs, demo.schema.groups)
         l1 = np.abs(ours.result.values).sum()
         assert np.abs(ours.result.values - theirs_players).max() <= 1e-4 * l1
+
+
+def test_instances_explained_together_get_what_each_gets_alone(
+    demo: ModelHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ExplainBatch's path: instances share forward/backward passes (here forced into several
+    passes of a few instances each), yet each keeps its own predicted class and its own
+    adaptive step count, and gets its own answer up to float32 rounding."""
+    monkeypatch.setattr(igm, "MAX_PASS_ROWS", 200)
+    xs = list(_rows(demo, 40)[:24])
+    ig = IntegratedGradients()
+    together = ig.explain_many(demo, xs, AttributionParams(), [ExplainContext() for _ in xs])
+    alone = [ig.explain(demo, x, AttributionParams(), ExplainContext()) for x in xs]
+    assert len(together) == len(xs)
+    for t, a in zip(together, alone, strict=True):
+        assert isinstance(t.result, AttributionResult) and isinstance(a.result, AttributionResult)
+        assert t.parameters == a.parameters  # steps, rule, baseline and class
+        assert t.quality.model_evaluations == a.quality.model_evaluations
+        scale = float(np.abs(a.result.values).sum())
+        np.testing.assert_allclose(t.result.values, a.result.values, rtol=1e-5, atol=1e-7 * scale)
+        assert t.result.output == pytest.approx(a.result.output, rel=1e-6)
+        assert t.quality.relative_completeness_gap is not None and t.quality.relative_completeness_gap <= 1e-3
+    # The rows chosen make both cases happen: a pass-sharing bug that mixed instances up would show.
+    assert len({t.parameters["steps"] for t in together}) >= 3
+    assert len({t.parameters["target_class"] for t in together}) == 2
+    assert ig.explain_many(demo, [], AttributionParams(), []) == []
