@@ -127,15 +127,22 @@ class CoalitionGame:
         Measured on exact Shapley at d = 10 (102,400 rows, one helper thread), interleaved
         in one process: p50 27.1 → 21.1 ms against building all rows on the caller first.
         """
-        b = self.bg.x.shape[0]
+        b, n_cols = self.bg_in.shape
         step = min(self.batch_rows, int(getattr(self.model, "eval_rows", self.batch_rows)))
         per = max(1, step // b)
         starts = range(0, masks.shape[0], per)
+        # A coalition's b rows side by side as one line of b·n_columns cells: numpy's `where`
+        # then runs its inner loop over the whole line, not n_columns cells at a time.
+        # Measured for exact Shapley at d = 10 (102,400 rows): 3.2 → 2.0 ms of building, CPU that
+        # concurrent requests share; one request's latency hardly moves (13.2 → 13.1 ms), as its
+        # building already overlapped evaluation on the other thread.
+        x_line = np.tile(self.x_in, b)[None, :]
+        bg_line = self.bg_in.reshape(1, -1)
 
         def chunk(start: int) -> np.ndarray:
             cols = masks[start : start + per] @ self.groups  # (k, n_columns)
-            rows = np.where(cols[:, None, :], self.x_in[None, None, :], self.bg_in[None, :, :])
-            fx = self.f(rows.reshape(-1, self.x.shape[0])).reshape(cols.shape[0], b)
+            rows = np.where(np.tile(cols, (1, b)), x_line, bg_line).reshape(-1, n_cols)
+            fx = self.f(rows).reshape(cols.shape[0], b)
             return np.asarray(fx @ self.bg.weights)
 
         runner = getattr(self.model, "runner", None)
