@@ -254,7 +254,7 @@ class AttributionExplainer(Explainer):
         if c.std_errors is not None:
             rel_se = float(c.std_errors.sum()) / l1 if l1 > 0 else float("inf")
         result = AttributionResult(
-            players=tuple(model.schema.names),
+            players=tuple(model.schema.players),
             values=values,
             std_errors=c.std_errors,
             target_class=target,

@@ -201,7 +201,7 @@ class IntegratedGradients(Explainer):
         if r.rel > TARGET_RELATIVE_GAP:
             warnings = (f"relative completeness gap {r.rel:.2e} above {TARGET_RELATIVE_GAP:g}",)
         result = AttributionResult(
-            players=tuple(model.schema.names),
+            players=tuple(model.schema.players),
             values=group_sum(r.cols, model.schema.groups),
             std_errors=None,
             target_class=target,

@@ -66,15 +66,18 @@ class DisclosureApplied:
 
 
 def redacted_names(profile: DisclosureProfile, card: ModelCard) -> tuple[str, ...]:
-    """Feature names a profile redacts for a model, in card order.
+    """Feature names a profile redacts for a model, in card order, then the feature groups
+    that hold any of them (a group's attribution would reveal its members').
 
     Args:
         profile: the tier's profile.
-        card: the model's card (protected flags).
+        card: the model's card (protected flags, feature groups).
     """
     wanted = set(profile.redacted_features)
     protected = PROTECTED_TOKEN in wanted
-    return tuple(f.name for f in card.features if f.name in wanted or (protected and f.protected))
+    features = tuple(f.name for f in card.features if f.name in wanted or (protected and f.protected))
+    groups = tuple(g.name for g in card.feature_groups if g.name in wanted or set(g.features) & set(features))
+    return features + groups
 
 
 def _q(x: float, step: float) -> float:
@@ -208,6 +211,7 @@ def apply_disclosure(
         result, applied = _attribution(r, profile, redacted)
         return replace(explanation, result=result), applied
     notes: list[str] = []
+    redacted &= {f.name for f in card.features}  # groups have attributions only
     result2 = _other(r, profile, redacted, notes)
     if redacted and not isinstance(r, SampleImportanceResult):
         notes.append(f"changes to {len(redacted)} redacted feature(s) withheld")

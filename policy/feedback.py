@@ -114,7 +114,7 @@ class FeedbackStore(ABC):
 
         Args:
             fb: the feedback.
-            known_features: the model's feature names (flagged names must be among them).
+            known_features: the model's feature and feature-group names (flagged names must be among them).
         """
         if fb.verdict not in ("agree", "disagree"):
             raise InvalidArgument.single("verdict", "must be 'agree' or 'disagree'")

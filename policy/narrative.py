@@ -95,7 +95,7 @@ def render_narrative(
     positive = card.positive_class or card.class_names[-1]
     explained = card.class_names[result.target_class]
     outcome = t.outcomes.get(positive, positive)
-    labels = {f.name: f.label for f in card.features}
+    labels = card.labels
     sentences: list[str] = []
     shown = [(name, share) for name, share in applied.shares if share != 0]
     if not shown:

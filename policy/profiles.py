@@ -42,7 +42,8 @@ class DisclosureProfile(BaseModel):
     narrative_only: bool = False
     """Return sentences, not numbers."""
     redacted_features: tuple[str, ...] = ()
-    """Features whose attribution or value is withheld."""
+    """Features whose attribution or value is withheld; a feature group (model card) is
+    withheld when named here or when it holds a withheld feature."""
     may_submit_instances: bool = True
     """Whether the principal may explain arbitrary instances (Explain) rather
     than only recorded decisions (ExplainDecision)."""

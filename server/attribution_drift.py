@@ -209,7 +209,7 @@ class DriftMonitor:
             np.full(len(records), target),
             ctx,
         )
-        distance, threshold, features = compare(reference, recent, model.schema.names)
+        distance, threshold, features = compare(reference, recent, model.schema.players)
         times = [r.created_at for r in records]
         return AttributionDrift(
             model=model.card.name,

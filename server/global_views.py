@@ -223,5 +223,5 @@ class GlobalSummaries:
             for c, label in enumerate(model.card.class_names)
             if (predicted == c).any()
         )
-        names = tuple(f.name for f in model.schema.features)
+        names = tuple(model.schema.players)
         return GlobalSummary(model.card.name, model.card.version, attribution_method(model), names, classes)

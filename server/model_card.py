@@ -9,13 +9,14 @@ narratives all read.
 
 The model takes an *encoded* float32 row: one column per number, integer or
 boolean feature and one one-hot column per category of a category feature,
-in card order. A category feature is one player for attribution methods.
+in card order. A category feature is one player for attribution methods, and so is
+each group of features the card declares (`FeatureGroup`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -89,6 +90,30 @@ class FeatureSpec(BaseModel):
         return len(self.categories) if self.type == "category" else 1
 
 
+class FeatureGroup(BaseModel):
+    """Features that attribution methods treat as one player, e.g. the street, city and
+    postcode of an address: one attribution for the group, none for its members.
+
+    The one-hot columns of a category feature are always one player; a group joins
+    whole features (categories included)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    """Stable name on the wire: the ``feature`` of the group's attribution; unique among
+    the card's features and groups."""
+    display_name: str = ""
+    """Name shown to people (narratives); defaults to `name`."""
+    features: list[str]
+    """Member features, at least two; a feature belongs to one group at most."""
+    description: str = ""
+    """What the group stands for."""
+
+    @property
+    def label(self) -> str:
+        return self.display_name or self.name
+
+
 def inside_model_folder(path: str, field: str) -> str:
     """`path` if it names a file inside the model folder: relative, without ``..``.
 
@@ -153,6 +178,9 @@ class ModelCard(BaseModel):
     """Business domain, e.g. "credit" (a policy attribute)."""
     features: list[FeatureSpec]
     """Input features in encoding order."""
+    feature_groups: list[FeatureGroup] = []
+    """Groups of features explained as one player each (see `FeatureGroup`); features in
+    no group are players of their own."""
     class_names: list[str]
     """Output classes in the model's output order."""
     positive_class: str = ""
@@ -179,6 +207,7 @@ class ModelCard(BaseModel):
         names = [f.name for f in self.features]
         if len(set(names)) != len(names):
             raise ValueError("feature names must be unique")
+        _check_groups(names, self.feature_groups)
         if len(self.class_names) < 2:
             raise ValueError("a classifier needs at least two classes")
         if self.positive_class and self.positive_class not in self.class_names:
@@ -192,6 +221,30 @@ class ModelCard(BaseModel):
         if self.trusted_types and suffix != ".skops":
             raise ValueError("trusted_types applies to .skops artifacts only")
         return self
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """Display name of every feature and feature group, by name."""
+        return {f.name: f.label for f in self.features} | {g.name: g.label for g in self.feature_groups}
+
+
+def _check_groups(features: list[str], groups: list[FeatureGroup]) -> None:
+    """Raises ValueError naming the first group that is not a set of two or more of the
+    card's features, disjoint from the other groups, under a name of its own."""
+    known = set(features)
+    owner: dict[str, str] = {}
+    for g in groups:
+        if g.name in known:
+            raise ValueError(f"feature group {g.name!r}: the name is taken by a feature or another group")
+        known.add(g.name)
+        if len(set(g.features)) < 2:
+            raise ValueError(f"feature group {g.name!r}: needs at least two distinct features")
+        for member in g.features:
+            if member not in features:
+                raise ValueError(f"feature group {g.name!r}: {member!r} is not a feature of the card")
+            if member in owner and owner[member] != g.name:
+                raise ValueError(f"feature {member!r} is in two groups, {owner[member]!r} and {g.name!r}")
+            owner[member] = g.name
 
 
 def load_card(path: Path) -> ModelCard:
@@ -208,9 +261,10 @@ class FeatureSchema:
 
     Args:
         features: the card's feature specs, in encoding order.
+        groups: the card's feature groups (validated by `ModelCard`).
     """
 
-    def __init__(self, features: list[FeatureSpec]) -> None:
+    def __init__(self, features: list[FeatureSpec], groups: Sequence[FeatureGroup] = ()) -> None:
         self.features = list(features)
         self.by_name = {f.name: f for f in self.features}
         self.slices: list[slice] = []
@@ -219,8 +273,18 @@ class FeatureSchema:
             self.slices.append(slice(start, start + f.width))
             start += f.width
         self.n_columns = start
-        self.groups: list[list[int]] = [list(range(s.start, s.stop)) for s in self.slices]
-        """Encoded columns of each feature: the players of attribution methods."""
+        owner = {member: g.name for g in groups for member in g.features}
+        self.players: list[str] = []
+        """Names of the players of attribution methods: a group where its first member is,
+        every feature in no group where it is."""
+        self.groups: list[list[int]] = []
+        """Encoded columns of each player."""
+        for f, sl in zip(self.features, self.slices, strict=True):
+            player = owner.get(f.name, f.name)
+            if player not in self.players:
+                self.players.append(player)
+                self.groups.append([])
+            self.groups[self.players.index(player)].extend(range(sl.start, sl.stop))
 
     @property
     def names(self) -> list[str]:

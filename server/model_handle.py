@@ -59,7 +59,7 @@ class ModelHandle:
     _fused_grads: FusedEvaluation | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self.schema = FeatureSchema(self.card.features)
+        self.schema = FeatureSchema(self.card.features, self.card.feature_groups)
         if self.fuse_rows > 0:
             limit = min(self.fuse_rows, self.eval_rows)
             self._fused_proba = FusedEvaluation(self._proba_rows, limit)

@@ -184,7 +184,7 @@ class PolicyServices:
             should_not_matter=request.should_not_matter,
             text=request.text,
         )
-        return p.feedback.submit(fb, frozenset(handle.schema.names)), decision
+        return p.feedback.submit(fb, frozenset(handle.schema.names + handle.schema.players)), decision
 
     def capabilities(
         self, principal: Principal, model: str, version: str, purpose: str, consumption: Consumption

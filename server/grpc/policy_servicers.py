@@ -122,7 +122,7 @@ def feedback_request(request: es.SubmitFeedbackRequest) -> FeedbackRequest:
 
 def global_summary_response(services: PolicyServices, summary: Any, decision: Any) -> es.GetGlobalSummaryResponse:
     handle = services.pipeline.models.resolve(summary.model, summary.model_version)
-    labels = {f.name: f.label for f in handle.card.features}
+    labels = handle.card.labels
     out = es.GetGlobalSummaryResponse(model=summary.model, model_version=summary.model_version, method=summary.method)
     for view in summary.classes:
         total = float(view.mean_abs.sum())
@@ -153,7 +153,7 @@ def attribution_drift_response(
     services: PolicyServices, drift: AttributionDrift, decision: Any
 ) -> es.GetAttributionDriftResponse:
     handle = services.pipeline.models.resolve(drift.model, drift.model_version)
-    labels = {f.name: f.label for f in handle.card.features}
+    labels = handle.card.labels
     out = es.GetAttributionDriftResponse(
         model=drift.model,
         model_version=drift.model_version,

@@ -80,7 +80,7 @@ def _attribution(card: ModelCard, r: AttributionResult, served: ServedExplanatio
     out.target_class = card.class_names[r.target_class]
     if d.narrative_only:  # sentences, not numbers
         return
-    labels = {f.name: f.label for f in card.features}
+    labels = card.labels
     out.output, out.baseline_output = r.output, r.baseline_output
     finite = np.where(np.isfinite(r.values), r.values, 0.0)
     order: list[int] = np.argsort(-np.abs(finite), kind="stable").tolist()
@@ -105,7 +105,7 @@ def _attribution(card: ModelCard, r: AttributionResult, served: ServedExplanatio
 
 
 def _change(card: ModelCard, c: FeatureChange) -> pb.FeatureChange:
-    labels = {f.name: f.label for f in card.features}
+    labels = card.labels
     return pb.FeatureChange(
         feature=c.feature,
         display_name=labels.get(c.feature, c.feature),
@@ -281,6 +281,8 @@ def card_to_proto(card: ModelCard) -> ms.ModelCard:
             spec.min = f.min
         if f.max is not None:
             spec.max = f.max
+    for g in card.feature_groups:
+        out.feature_groups.add(name=g.name, display_name=g.label, features=g.features, description=g.description)
     if card.training_data is not None:
         t = card.training_data
         out.training_data.CopyFrom(ms.TrainingData(name=t.name, source=t.source, licence=t.licence, rows=t.rows))

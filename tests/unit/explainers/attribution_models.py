@@ -16,7 +16,7 @@ import torch
 
 from desiderata.explainers.background import Background
 from desiderata.explainers.base import Reference
-from desiderata.server.model_card import FeatureSchema, FeatureSpec, ModelCard
+from desiderata.server.model_card import FeatureGroup, FeatureSchema, FeatureSpec, ModelCard
 
 torch.set_num_threads(1)
 
@@ -31,16 +31,18 @@ class TorchModel:
         reference_x: np.ndarray,
         name: str = "test",
         differentiable: bool = True,
+        groups: list[FeatureGroup] | None = None,
     ) -> None:
         self._module = module.eval()
         self._card = ModelCard(
             name=name,
             version="1",
             features=features,
+            feature_groups=groups or [],
             class_names=["no", "yes"],
             differentiable=differentiable,
         )
-        self._schema = FeatureSchema(features)
+        self._schema = FeatureSchema(features, self._card.feature_groups)
         self._ref = Reference(
             x=reference_x,
             y=np.zeros(len(reference_x), dtype=np.int64),

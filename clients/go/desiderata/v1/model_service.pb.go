@@ -143,6 +143,77 @@ func (x *FeatureSpec) GetDescription() string {
 	return ""
 }
 
+// Features explained as one player: attributions name the group, not its
+// members (e.g. "address" for street, city and postcode).
+type FeatureGroup struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	DisplayName string                 `protobuf:"bytes,2,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
+	// Member features, in card order of declaration.
+	Features      []string `protobuf:"bytes,3,rep,name=features,proto3" json:"features,omitempty"`
+	Description   string   `protobuf:"bytes,4,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeatureGroup) Reset() {
+	*x = FeatureGroup{}
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeatureGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeatureGroup) ProtoMessage() {}
+
+func (x *FeatureGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeatureGroup.ProtoReflect.Descriptor instead.
+func (*FeatureGroup) Descriptor() ([]byte, []int) {
+	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *FeatureGroup) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FeatureGroup) GetDisplayName() string {
+	if x != nil {
+		return x.DisplayName
+	}
+	return ""
+}
+
+func (x *FeatureGroup) GetFeatures() []string {
+	if x != nil {
+		return x.Features
+	}
+	return nil
+}
+
+func (x *FeatureGroup) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
 type TrainingData struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -155,7 +226,7 @@ type TrainingData struct {
 
 func (x *TrainingData) Reset() {
 	*x = TrainingData{}
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[1]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -167,7 +238,7 @@ func (x *TrainingData) String() string {
 func (*TrainingData) ProtoMessage() {}
 
 func (x *TrainingData) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[1]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -180,7 +251,7 @@ func (x *TrainingData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrainingData.ProtoReflect.Descriptor instead.
 func (*TrainingData) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{1}
+	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *TrainingData) GetName() string {
@@ -222,7 +293,7 @@ type PrivacyFacts struct {
 
 func (x *PrivacyFacts) Reset() {
 	*x = PrivacyFacts{}
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[2]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -234,7 +305,7 @@ func (x *PrivacyFacts) String() string {
 func (*PrivacyFacts) ProtoMessage() {}
 
 func (x *PrivacyFacts) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[2]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -247,7 +318,7 @@ func (x *PrivacyFacts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrivacyFacts.ProtoReflect.Descriptor instead.
 func (*PrivacyFacts) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{2}
+	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PrivacyFacts) GetDpTrained() bool {
@@ -291,13 +362,15 @@ type ModelCard struct {
 	Methods []string `protobuf:"bytes,12,rep,name=methods,proto3" json:"methods,omitempty"`
 	// SHA-256 of the model artifact.
 	ArtifactSha256 string `protobuf:"bytes,13,opt,name=artifact_sha256,json=artifactSha256,proto3" json:"artifact_sha256,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Groups of features that attribution methods treat as one player each.
+	FeatureGroups []*FeatureGroup `protobuf:"bytes,14,rep,name=feature_groups,json=featureGroups,proto3" json:"feature_groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ModelCard) Reset() {
 	*x = ModelCard{}
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[3]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -309,7 +382,7 @@ func (x *ModelCard) String() string {
 func (*ModelCard) ProtoMessage() {}
 
 func (x *ModelCard) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[3]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -322,7 +395,7 @@ func (x *ModelCard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelCard.ProtoReflect.Descriptor instead.
 func (*ModelCard) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{3}
+	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ModelCard) GetName() string {
@@ -416,6 +489,13 @@ func (x *ModelCard) GetArtifactSha256() string {
 	return ""
 }
 
+func (x *ModelCard) GetFeatureGroups() []*FeatureGroup {
+	if x != nil {
+		return x.FeatureGroups
+	}
+	return nil
+}
+
 type ListModelsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Maximum models per page; 0 uses the server default (50).
@@ -427,7 +507,7 @@ type ListModelsRequest struct {
 
 func (x *ListModelsRequest) Reset() {
 	*x = ListModelsRequest{}
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[4]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -439,7 +519,7 @@ func (x *ListModelsRequest) String() string {
 func (*ListModelsRequest) ProtoMessage() {}
 
 func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[4]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -452,7 +532,7 @@ func (x *ListModelsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsRequest.ProtoReflect.Descriptor instead.
 func (*ListModelsRequest) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{4}
+	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ListModelsRequest) GetPageSize() uint32 {
@@ -486,7 +566,7 @@ type ModelSummary struct {
 
 func (x *ModelSummary) Reset() {
 	*x = ModelSummary{}
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[5]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -498,7 +578,7 @@ func (x *ModelSummary) String() string {
 func (*ModelSummary) ProtoMessage() {}
 
 func (x *ModelSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[5]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -511,7 +591,7 @@ func (x *ModelSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelSummary.ProtoReflect.Descriptor instead.
 func (*ModelSummary) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{5}
+	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ModelSummary) GetName() string {
@@ -559,7 +639,7 @@ type ListModelsResponse struct {
 
 func (x *ListModelsResponse) Reset() {
 	*x = ListModelsResponse{}
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[6]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -571,7 +651,7 @@ func (x *ListModelsResponse) String() string {
 func (*ListModelsResponse) ProtoMessage() {}
 
 func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[6]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -584,7 +664,7 @@ func (x *ListModelsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListModelsResponse.ProtoReflect.Descriptor instead.
 func (*ListModelsResponse) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{6}
+	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListModelsResponse) GetModels() []*ModelSummary {
@@ -612,7 +692,7 @@ type GetModelRequest struct {
 
 func (x *GetModelRequest) Reset() {
 	*x = GetModelRequest{}
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[7]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -624,7 +704,7 @@ func (x *GetModelRequest) String() string {
 func (*GetModelRequest) ProtoMessage() {}
 
 func (x *GetModelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[7]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -637,7 +717,7 @@ func (x *GetModelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelRequest.ProtoReflect.Descriptor instead.
 func (*GetModelRequest) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{7}
+	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetModelRequest) GetName() string {
@@ -663,7 +743,7 @@ type GetModelResponse struct {
 
 func (x *GetModelResponse) Reset() {
 	*x = GetModelResponse{}
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[8]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -675,7 +755,7 @@ func (x *GetModelResponse) String() string {
 func (*GetModelResponse) ProtoMessage() {}
 
 func (x *GetModelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[8]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -688,7 +768,7 @@ func (x *GetModelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetModelResponse.ProtoReflect.Descriptor instead.
 func (*GetModelResponse) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{8}
+	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetModelResponse) GetCard() *ModelCard {
@@ -711,7 +791,7 @@ type PredictRequest struct {
 
 func (x *PredictRequest) Reset() {
 	*x = PredictRequest{}
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[9]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -723,7 +803,7 @@ func (x *PredictRequest) String() string {
 func (*PredictRequest) ProtoMessage() {}
 
 func (x *PredictRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[9]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -736,7 +816,7 @@ func (x *PredictRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PredictRequest.ProtoReflect.Descriptor instead.
 func (*PredictRequest) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{9}
+	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PredictRequest) GetModel() string {
@@ -781,7 +861,7 @@ type PredictResponse struct {
 
 func (x *PredictResponse) Reset() {
 	*x = PredictResponse{}
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[10]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -793,7 +873,7 @@ func (x *PredictResponse) String() string {
 func (*PredictResponse) ProtoMessage() {}
 
 func (x *PredictResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[10]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -806,7 +886,7 @@ func (x *PredictResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PredictResponse.ProtoReflect.Descriptor instead.
 func (*PredictResponse) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{10}
+	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PredictResponse) GetDecisionId() string {
@@ -863,7 +943,7 @@ type ListDecisionsRequest struct {
 
 func (x *ListDecisionsRequest) Reset() {
 	*x = ListDecisionsRequest{}
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[11]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -875,7 +955,7 @@ func (x *ListDecisionsRequest) String() string {
 func (*ListDecisionsRequest) ProtoMessage() {}
 
 func (x *ListDecisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[11]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -888,7 +968,7 @@ func (x *ListDecisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDecisionsRequest.ProtoReflect.Descriptor instead.
 func (*ListDecisionsRequest) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{11}
+	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListDecisionsRequest) GetModel() string {
@@ -944,7 +1024,7 @@ type RecordedDecision struct {
 
 func (x *RecordedDecision) Reset() {
 	*x = RecordedDecision{}
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[12]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -956,7 +1036,7 @@ func (x *RecordedDecision) String() string {
 func (*RecordedDecision) ProtoMessage() {}
 
 func (x *RecordedDecision) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[12]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -969,7 +1049,7 @@ func (x *RecordedDecision) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordedDecision.ProtoReflect.Descriptor instead.
 func (*RecordedDecision) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{12}
+	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RecordedDecision) GetDecisionId() string {
@@ -1018,7 +1098,7 @@ type ListDecisionsResponse struct {
 
 func (x *ListDecisionsResponse) Reset() {
 	*x = ListDecisionsResponse{}
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[13]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1030,7 +1110,7 @@ func (x *ListDecisionsResponse) String() string {
 func (*ListDecisionsResponse) ProtoMessage() {}
 
 func (x *ListDecisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_desiderata_v1_model_service_proto_msgTypes[13]
+	mi := &file_desiderata_v1_model_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1043,7 +1123,7 @@ func (x *ListDecisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDecisionsResponse.ProtoReflect.Descriptor instead.
 func (*ListDecisionsResponse) Descriptor() ([]byte, []int) {
-	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{13}
+	return file_desiderata_v1_model_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListDecisionsResponse) GetDecisions() []*RecordedDecision {
@@ -1080,7 +1160,12 @@ const file_desiderata_v1_model_service_proto_rawDesc = "" +
 	"\vdescription\x18\n" +
 	" \x01(\tR\vdescriptionB\x06\n" +
 	"\x04_minB\x06\n" +
-	"\x04_max\"h\n" +
+	"\x04_max\"\x83\x01\n" +
+	"\fFeatureGroup\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
+	"\fdisplay_name\x18\x02 \x01(\tR\vdisplayName\x12\x1a\n" +
+	"\bfeatures\x18\x03 \x03(\tR\bfeatures\x12 \n" +
+	"\vdescription\x18\x04 \x01(\tR\vdescription\"h\n" +
 	"\fTrainingData\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x18\n" +
@@ -1090,7 +1175,7 @@ const file_desiderata_v1_model_service_proto_rawDesc = "" +
 	"\n" +
 	"dp_trained\x18\x01 \x01(\bR\tdpTrained\x12\x18\n" +
 	"\aepsilon\x18\x02 \x01(\x01R\aepsilon\x12\x14\n" +
-	"\x05delta\x18\x03 \x01(\x01R\x05delta\"\xeb\x03\n" +
+	"\x05delta\x18\x03 \x01(\x01R\x05delta\"\xaf\x04\n" +
 	"\tModelCard\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x12\n" +
@@ -1106,7 +1191,8 @@ const file_desiderata_v1_model_service_proto_rawDesc = "" +
 	" \x01(\v2\x1b.desiderata.v1.PrivacyFactsR\aprivacy\x12&\n" +
 	"\x0edifferentiable\x18\v \x01(\bR\x0edifferentiable\x12\x18\n" +
 	"\amethods\x18\f \x03(\tR\amethods\x12'\n" +
-	"\x0fartifact_sha256\x18\r \x01(\tR\x0eartifactSha256\"O\n" +
+	"\x0fartifact_sha256\x18\r \x01(\tR\x0eartifactSha256\x12B\n" +
+	"\x0efeature_groups\x18\x0e \x03(\v2\x1b.desiderata.v1.FeatureGroupR\rfeatureGroups\"O\n" +
 	"\x11ListModelsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -1180,52 +1266,54 @@ func file_desiderata_v1_model_service_proto_rawDescGZIP() []byte {
 	return file_desiderata_v1_model_service_proto_rawDescData
 }
 
-var file_desiderata_v1_model_service_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_desiderata_v1_model_service_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_desiderata_v1_model_service_proto_goTypes = []any{
 	(*FeatureSpec)(nil),           // 0: desiderata.v1.FeatureSpec
-	(*TrainingData)(nil),          // 1: desiderata.v1.TrainingData
-	(*PrivacyFacts)(nil),          // 2: desiderata.v1.PrivacyFacts
-	(*ModelCard)(nil),             // 3: desiderata.v1.ModelCard
-	(*ListModelsRequest)(nil),     // 4: desiderata.v1.ListModelsRequest
-	(*ModelSummary)(nil),          // 5: desiderata.v1.ModelSummary
-	(*ListModelsResponse)(nil),    // 6: desiderata.v1.ListModelsResponse
-	(*GetModelRequest)(nil),       // 7: desiderata.v1.GetModelRequest
-	(*GetModelResponse)(nil),      // 8: desiderata.v1.GetModelResponse
-	(*PredictRequest)(nil),        // 9: desiderata.v1.PredictRequest
-	(*PredictResponse)(nil),       // 10: desiderata.v1.PredictResponse
-	(*ListDecisionsRequest)(nil),  // 11: desiderata.v1.ListDecisionsRequest
-	(*RecordedDecision)(nil),      // 12: desiderata.v1.RecordedDecision
-	(*ListDecisionsResponse)(nil), // 13: desiderata.v1.ListDecisionsResponse
-	(FeatureType)(0),              // 14: desiderata.v1.FeatureType
-	(*Instance)(nil),              // 15: desiderata.v1.Instance
-	(*Prediction)(nil),            // 16: desiderata.v1.Prediction
-	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(*FeatureGroup)(nil),          // 1: desiderata.v1.FeatureGroup
+	(*TrainingData)(nil),          // 2: desiderata.v1.TrainingData
+	(*PrivacyFacts)(nil),          // 3: desiderata.v1.PrivacyFacts
+	(*ModelCard)(nil),             // 4: desiderata.v1.ModelCard
+	(*ListModelsRequest)(nil),     // 5: desiderata.v1.ListModelsRequest
+	(*ModelSummary)(nil),          // 6: desiderata.v1.ModelSummary
+	(*ListModelsResponse)(nil),    // 7: desiderata.v1.ListModelsResponse
+	(*GetModelRequest)(nil),       // 8: desiderata.v1.GetModelRequest
+	(*GetModelResponse)(nil),      // 9: desiderata.v1.GetModelResponse
+	(*PredictRequest)(nil),        // 10: desiderata.v1.PredictRequest
+	(*PredictResponse)(nil),       // 11: desiderata.v1.PredictResponse
+	(*ListDecisionsRequest)(nil),  // 12: desiderata.v1.ListDecisionsRequest
+	(*RecordedDecision)(nil),      // 13: desiderata.v1.RecordedDecision
+	(*ListDecisionsResponse)(nil), // 14: desiderata.v1.ListDecisionsResponse
+	(FeatureType)(0),              // 15: desiderata.v1.FeatureType
+	(*Instance)(nil),              // 16: desiderata.v1.Instance
+	(*Prediction)(nil),            // 17: desiderata.v1.Prediction
+	(*timestamppb.Timestamp)(nil), // 18: google.protobuf.Timestamp
 }
 var file_desiderata_v1_model_service_proto_depIdxs = []int32{
-	14, // 0: desiderata.v1.FeatureSpec.type:type_name -> desiderata.v1.FeatureType
+	15, // 0: desiderata.v1.FeatureSpec.type:type_name -> desiderata.v1.FeatureType
 	0,  // 1: desiderata.v1.ModelCard.features:type_name -> desiderata.v1.FeatureSpec
-	1,  // 2: desiderata.v1.ModelCard.training_data:type_name -> desiderata.v1.TrainingData
-	2,  // 3: desiderata.v1.ModelCard.privacy:type_name -> desiderata.v1.PrivacyFacts
-	5,  // 4: desiderata.v1.ListModelsResponse.models:type_name -> desiderata.v1.ModelSummary
-	3,  // 5: desiderata.v1.GetModelResponse.card:type_name -> desiderata.v1.ModelCard
-	15, // 6: desiderata.v1.PredictRequest.instance:type_name -> desiderata.v1.Instance
-	16, // 7: desiderata.v1.PredictResponse.prediction:type_name -> desiderata.v1.Prediction
-	17, // 8: desiderata.v1.PredictResponse.recorded_at:type_name -> google.protobuf.Timestamp
-	17, // 9: desiderata.v1.RecordedDecision.recorded_at:type_name -> google.protobuf.Timestamp
-	12, // 10: desiderata.v1.ListDecisionsResponse.decisions:type_name -> desiderata.v1.RecordedDecision
-	4,  // 11: desiderata.v1.ModelService.ListModels:input_type -> desiderata.v1.ListModelsRequest
-	7,  // 12: desiderata.v1.ModelService.GetModel:input_type -> desiderata.v1.GetModelRequest
-	9,  // 13: desiderata.v1.ModelService.Predict:input_type -> desiderata.v1.PredictRequest
-	11, // 14: desiderata.v1.ModelService.ListDecisions:input_type -> desiderata.v1.ListDecisionsRequest
-	6,  // 15: desiderata.v1.ModelService.ListModels:output_type -> desiderata.v1.ListModelsResponse
-	8,  // 16: desiderata.v1.ModelService.GetModel:output_type -> desiderata.v1.GetModelResponse
-	10, // 17: desiderata.v1.ModelService.Predict:output_type -> desiderata.v1.PredictResponse
-	13, // 18: desiderata.v1.ModelService.ListDecisions:output_type -> desiderata.v1.ListDecisionsResponse
-	15, // [15:19] is the sub-list for method output_type
-	11, // [11:15] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	2,  // 2: desiderata.v1.ModelCard.training_data:type_name -> desiderata.v1.TrainingData
+	3,  // 3: desiderata.v1.ModelCard.privacy:type_name -> desiderata.v1.PrivacyFacts
+	1,  // 4: desiderata.v1.ModelCard.feature_groups:type_name -> desiderata.v1.FeatureGroup
+	6,  // 5: desiderata.v1.ListModelsResponse.models:type_name -> desiderata.v1.ModelSummary
+	4,  // 6: desiderata.v1.GetModelResponse.card:type_name -> desiderata.v1.ModelCard
+	16, // 7: desiderata.v1.PredictRequest.instance:type_name -> desiderata.v1.Instance
+	17, // 8: desiderata.v1.PredictResponse.prediction:type_name -> desiderata.v1.Prediction
+	18, // 9: desiderata.v1.PredictResponse.recorded_at:type_name -> google.protobuf.Timestamp
+	18, // 10: desiderata.v1.RecordedDecision.recorded_at:type_name -> google.protobuf.Timestamp
+	13, // 11: desiderata.v1.ListDecisionsResponse.decisions:type_name -> desiderata.v1.RecordedDecision
+	5,  // 12: desiderata.v1.ModelService.ListModels:input_type -> desiderata.v1.ListModelsRequest
+	8,  // 13: desiderata.v1.ModelService.GetModel:input_type -> desiderata.v1.GetModelRequest
+	10, // 14: desiderata.v1.ModelService.Predict:input_type -> desiderata.v1.PredictRequest
+	12, // 15: desiderata.v1.ModelService.ListDecisions:input_type -> desiderata.v1.ListDecisionsRequest
+	7,  // 16: desiderata.v1.ModelService.ListModels:output_type -> desiderata.v1.ListModelsResponse
+	9,  // 17: desiderata.v1.ModelService.GetModel:output_type -> desiderata.v1.GetModelResponse
+	11, // 18: desiderata.v1.ModelService.Predict:output_type -> desiderata.v1.PredictResponse
+	14, // 19: desiderata.v1.ModelService.ListDecisions:output_type -> desiderata.v1.ListDecisionsResponse
+	16, // [16:20] is the sub-list for method output_type
+	12, // [12:16] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_desiderata_v1_model_service_proto_init() }
@@ -1241,7 +1329,7 @@ func file_desiderata_v1_model_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_desiderata_v1_model_service_proto_rawDesc), len(file_desiderata_v1_model_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,7 +26,7 @@ from desiderata.v1 import types_pb2 as desiderata_dot_v1_dot_types__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!desiderata/v1/model_service.proto\x12\rdesiderata.v1\x1a\x19\x64\x65siderata/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xec\x01\n\x0b\x46\x65\x61tureSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12(\n\x04type\x18\x03 \x01(\x0e\x32\x1a.desiderata.v1.FeatureType\x12\x10\n\x03min\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x0c\n\x04unit\x18\x06 \x01(\t\x12\x12\n\ncategories\x18\x07 \x03(\t\x12\x11\n\timmutable\x18\x08 \x01(\x08\x12\x11\n\tprotected\x18\t \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\tB\x06\n\x04_minB\x06\n\x04_max\"K\n\x0cTrainingData\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0f\n\x07licence\x18\x03 \x01(\t\x12\x0c\n\x04rows\x18\x04 \x01(\x04\"B\n\x0cPrivacyFacts\x12\x12\n\ndp_trained\x18\x01 \x01(\x08\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\"\xdc\x02\n\tModelCard\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0e\n\x06\x64omain\x18\x05 \x01(\t\x12,\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32\x1a.desiderata.v1.FeatureSpec\x12\x13\n\x0b\x63lass_names\x18\x07 \x03(\t\x12\x16\n\x0epositive_class\x18\x08 \x01(\t\x12\x32\n\rtraining_data\x18\t \x01(\x0b\x32\x1b.desiderata.v1.TrainingData\x12,\n\x07privacy\x18\n \x01(\x0b\x32\x1b.desiderata.v1.PrivacyFacts\x12\x16\n\x0e\x64ifferentiable\x18\x0b \x01(\x08\x12\x0f\n\x07methods\x18\x0c \x03(\t\x12\x17\n\x0f\x61rtifact_sha256\x18\r \x01(\t\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"b\n\x0cModelSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x10\n\x08versions\x18\x05 \x03(\t\"Z\n\x12ListModelsResponse\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x1b.desiderata.v1.ModelSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"0\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\":\n\x10GetModelResponse\x12&\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x18.desiderata.v1.ModelCard\"u\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12)\n\x08instance\x18\x03 \x01(\x0b\x32\x17.desiderata.v1.Instance\x12\x12\n\nsubject_id\x18\x04 \x01(\t\"\xac\x01\n\x0fPredictResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12-\n\nprediction\x18\x04 \x01(\x0b\x32\x19.desiderata.v1.Prediction\x12/\n\x0brecorded_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"q\n\x14ListDecisionsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12\x12\n\nsubject_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"\x97\x01\n\x10RecordedDecision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12/\n\x0brecorded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fpredicted_class\x18\x05 \x01(\t\"d\n\x15ListDecisionsResponse\x12\x32\n\tdecisions\x18\x01 \x03(\x0b\x32\x1f.desiderata.v1.RecordedDecision\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xd4\x02\n\x0cModelService\x12Q\n\nListModels\x12 .desiderata.v1.ListModelsRequest\x1a!.desiderata.v1.ListModelsResponse\x12K\n\x08GetModel\x12\x1e.desiderata.v1.GetModelRequest\x1a\x1f.desiderata.v1.GetModelResponse\x12H\n\x07Predict\x12\x1d.desiderata.v1.PredictRequest\x1a\x1e.desiderata.v1.PredictResponse\x12Z\n\rListDecisions\x12#.desiderata.v1.ListDecisionsRequest\x1a$.desiderata.v1.ListDecisionsResponseBt\n\x11\x64\x65v.desiderata.v1B\x11ModelServiceProtoP\x01ZJgithub.com/desiderata-xai/desiderata/clients/go/desiderata/v1;desideratav1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!desiderata/v1/model_service.proto\x12\rdesiderata.v1\x1a\x19\x64\x65siderata/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xec\x01\n\x0b\x46\x65\x61tureSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12(\n\x04type\x18\x03 \x01(\x0e\x32\x1a.desiderata.v1.FeatureType\x12\x10\n\x03min\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x0c\n\x04unit\x18\x06 \x01(\t\x12\x12\n\ncategories\x18\x07 \x03(\t\x12\x11\n\timmutable\x18\x08 \x01(\x08\x12\x11\n\tprotected\x18\t \x01(\x08\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\tB\x06\n\x04_minB\x06\n\x04_max\"Y\n\x0c\x46\x65\x61tureGroup\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"K\n\x0cTrainingData\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0f\n\x07licence\x18\x03 \x01(\t\x12\x0c\n\x04rows\x18\x04 \x01(\x04\"B\n\x0cPrivacyFacts\x12\x12\n\ndp_trained\x18\x01 \x01(\x08\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\"\x91\x03\n\tModelCard\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0e\n\x06\x64omain\x18\x05 \x01(\t\x12,\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32\x1a.desiderata.v1.FeatureSpec\x12\x13\n\x0b\x63lass_names\x18\x07 \x03(\t\x12\x16\n\x0epositive_class\x18\x08 \x01(\t\x12\x32\n\rtraining_data\x18\t \x01(\x0b\x32\x1b.desiderata.v1.TrainingData\x12,\n\x07privacy\x18\n \x01(\x0b\x32\x1b.desiderata.v1.PrivacyFacts\x12\x16\n\x0e\x64ifferentiable\x18\x0b \x01(\x08\x12\x0f\n\x07methods\x18\x0c \x03(\t\x12\x17\n\x0f\x61rtifact_sha256\x18\r \x01(\t\x12\x33\n\x0e\x66\x65\x61ture_groups\x18\x0e \x03(\x0b\x32\x1b.desiderata.v1.FeatureGroup\":\n\x11ListModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"b\n\x0cModelSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x10\n\x08versions\x18\x05 \x03(\t\"Z\n\x12ListModelsResponse\x12+\n\x06models\x18\x01 \x03(\x0b\x32\x1b.desiderata.v1.ModelSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"0\n\x0fGetModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\":\n\x10GetModelResponse\x12&\n\x04\x63\x61rd\x18\x01 \x01(\x0b\x32\x18.desiderata.v1.ModelCard\"u\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12)\n\x08instance\x18\x03 \x01(\x0b\x32\x17.desiderata.v1.Instance\x12\x12\n\nsubject_id\x18\x04 \x01(\t\"\xac\x01\n\x0fPredictResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12-\n\nprediction\x18\x04 \x01(\x0b\x32\x19.desiderata.v1.Prediction\x12/\n\x0brecorded_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"q\n\x14ListDecisionsRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12\x12\n\nsubject_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"\x97\x01\n\x10RecordedDecision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12/\n\x0brecorded_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fpredicted_class\x18\x05 \x01(\t\"d\n\x15ListDecisionsResponse\x12\x32\n\tdecisions\x18\x01 \x03(\x0b\x32\x1f.desiderata.v1.RecordedDecision\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xd4\x02\n\x0cModelService\x12Q\n\nListModels\x12 .desiderata.v1.ListModelsRequest\x1a!.desiderata.v1.ListModelsResponse\x12K\n\x08GetModel\x12\x1e.desiderata.v1.GetModelRequest\x1a\x1f.desiderata.v1.GetModelResponse\x12H\n\x07Predict\x12\x1d.desiderata.v1.PredictRequest\x1a\x1e.desiderata.v1.PredictResponse\x12Z\n\rListDecisions\x12#.desiderata.v1.ListDecisionsRequest\x1a$.desiderata.v1.ListDecisionsResponseBt\n\x11\x64\x65v.desiderata.v1B\x11ModelServiceProtoP\x01ZJgithub.com/desiderata-xai/desiderata/clients/go/desiderata/v1;desideratav1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,32 +36,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\021dev.desiderata.v1B\021ModelServiceProtoP\001ZJgithub.com/desiderata-xai/desiderata/clients/go/desiderata/v1;desideratav1'
   _globals['_FEATURESPEC']._serialized_start=113
   _globals['_FEATURESPEC']._serialized_end=349
-  _globals['_TRAININGDATA']._serialized_start=351
-  _globals['_TRAININGDATA']._serialized_end=426
-  _globals['_PRIVACYFACTS']._serialized_start=428
-  _globals['_PRIVACYFACTS']._serialized_end=494
-  _globals['_MODELCARD']._serialized_start=497
-  _globals['_MODELCARD']._serialized_end=845
-  _globals['_LISTMODELSREQUEST']._serialized_start=847
-  _globals['_LISTMODELSREQUEST']._serialized_end=905
-  _globals['_MODELSUMMARY']._serialized_start=907
-  _globals['_MODELSUMMARY']._serialized_end=1005
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1007
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1097
-  _globals['_GETMODELREQUEST']._serialized_start=1099
-  _globals['_GETMODELREQUEST']._serialized_end=1147
-  _globals['_GETMODELRESPONSE']._serialized_start=1149
-  _globals['_GETMODELRESPONSE']._serialized_end=1207
-  _globals['_PREDICTREQUEST']._serialized_start=1209
-  _globals['_PREDICTREQUEST']._serialized_end=1326
-  _globals['_PREDICTRESPONSE']._serialized_start=1329
-  _globals['_PREDICTRESPONSE']._serialized_end=1501
-  _globals['_LISTDECISIONSREQUEST']._serialized_start=1503
-  _globals['_LISTDECISIONSREQUEST']._serialized_end=1616
-  _globals['_RECORDEDDECISION']._serialized_start=1619
-  _globals['_RECORDEDDECISION']._serialized_end=1770
-  _globals['_LISTDECISIONSRESPONSE']._serialized_start=1772
-  _globals['_LISTDECISIONSRESPONSE']._serialized_end=1872
-  _globals['_MODELSERVICE']._serialized_start=1875
-  _globals['_MODELSERVICE']._serialized_end=2215
+  _globals['_FEATUREGROUP']._serialized_start=351
+  _globals['_FEATUREGROUP']._serialized_end=440
+  _globals['_TRAININGDATA']._serialized_start=442
+  _globals['_TRAININGDATA']._serialized_end=517
+  _globals['_PRIVACYFACTS']._serialized_start=519
+  _globals['_PRIVACYFACTS']._serialized_end=585
+  _globals['_MODELCARD']._serialized_start=588
+  _globals['_MODELCARD']._serialized_end=989
+  _globals['_LISTMODELSREQUEST']._serialized_start=991
+  _globals['_LISTMODELSREQUEST']._serialized_end=1049
+  _globals['_MODELSUMMARY']._serialized_start=1051
+  _globals['_MODELSUMMARY']._serialized_end=1149
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1151
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1241
+  _globals['_GETMODELREQUEST']._serialized_start=1243
+  _globals['_GETMODELREQUEST']._serialized_end=1291
+  _globals['_GETMODELRESPONSE']._serialized_start=1293
+  _globals['_GETMODELRESPONSE']._serialized_end=1351
+  _globals['_PREDICTREQUEST']._serialized_start=1353
+  _globals['_PREDICTREQUEST']._serialized_end=1470
+  _globals['_PREDICTRESPONSE']._serialized_start=1473
+  _globals['_PREDICTRESPONSE']._serialized_end=1645
+  _globals['_LISTDECISIONSREQUEST']._serialized_start=1647
+  _globals['_LISTDECISIONSREQUEST']._serialized_end=1760
+  _globals['_RECORDEDDECISION']._serialized_start=1763
+  _globals['_RECORDEDDECISION']._serialized_end=1914
+  _globals['_LISTDECISIONSRESPONSE']._serialized_start=1916
+  _globals['_LISTDECISIONSRESPONSE']._serialized_end=2016
+  _globals['_MODELSERVICE']._serialized_start=2019
+  _globals['_MODELSERVICE']._serialized_end=2359
 # @@protoc_insertion_point(module_scope)

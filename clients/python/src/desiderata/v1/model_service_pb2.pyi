@@ -79,6 +79,41 @@ class FeatureSpec(_message.Message):
 Global___FeatureSpec: _TypeAlias = FeatureSpec  # noqa: Y015
 
 @_typing.final
+class FeatureGroup(_message.Message):
+    """Features explained as one player: attributions name the group, not its
+    members (e.g. "address" for street, city and postcode).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    display_name: _builtins.str
+    description: _builtins.str
+    @_builtins.property
+    def features(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Member features, in card order of declaration."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        features: _abc.Iterable[_builtins.str] | None = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "display_name", b"display_name", "features", b"features", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeatureGroup: _TypeAlias = FeatureGroup  # noqa: Y015
+
+@_typing.final
 class TrainingData(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -148,6 +183,7 @@ class ModelCard(_message.Message):
     DIFFERENTIABLE_FIELD_NUMBER: _builtins.int
     METHODS_FIELD_NUMBER: _builtins.int
     ARTIFACT_SHA256_FIELD_NUMBER: _builtins.int
+    FEATURE_GROUPS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     task: _builtins.str
@@ -172,6 +208,10 @@ class ModelCard(_message.Message):
     def methods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Explanation methods this model supports."""
 
+    @_builtins.property
+    def feature_groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureGroup]:
+        """Groups of features that attribution methods treat as one player each."""
+
     def __init__(
         self,
         *,
@@ -188,10 +228,11 @@ class ModelCard(_message.Message):
         differentiable: _builtins.bool = ...,
         methods: _abc.Iterable[_builtins.str] | None = ...,
         artifact_sha256: _builtins.str = ...,
+        feature_groups: _abc.Iterable[Global___FeatureGroup] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["privacy", b"privacy", "training_data", b"training_data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_sha256", b"artifact_sha256", "class_names", b"class_names", "description", b"description", "differentiable", b"differentiable", "domain", b"domain", "features", b"features", "methods", b"methods", "name", b"name", "positive_class", b"positive_class", "privacy", b"privacy", "task", b"task", "training_data", b"training_data", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_sha256", b"artifact_sha256", "class_names", b"class_names", "description", b"description", "differentiable", b"differentiable", "domain", b"domain", "feature_groups", b"feature_groups", "features", b"features", "methods", b"methods", "name", b"name", "positive_class", b"positive_class", "privacy", b"privacy", "task", b"task", "training_data", b"training_data", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

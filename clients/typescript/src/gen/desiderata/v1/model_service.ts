@@ -43,6 +43,18 @@ export interface FeatureSpec {
   description: string;
 }
 
+/**
+ * Features explained as one player: attributions name the group, not its
+ * members (e.g. "address" for street, city and postcode).
+ */
+export interface FeatureGroup {
+  name: string;
+  displayName: string;
+  /** Member features, in card order of declaration. */
+  features: string[];
+  description: string;
+}
+
 export interface TrainingData {
   name: string;
   source: string;
@@ -77,6 +89,8 @@ export interface ModelCard {
   methods: string[];
   /** SHA-256 of the model artifact. */
   artifactSha256: string;
+  /** Groups of features that attribution methods treat as one player each. */
+  featureGroups: FeatureGroup[];
 }
 
 export interface ListModelsRequest {
@@ -404,6 +418,127 @@ export const FeatureSpec: MessageFns<FeatureSpec> = {
   },
 };
 
+function createBaseFeatureGroup(): FeatureGroup {
+  return { name: "", displayName: "", features: [], description: "" };
+}
+
+export const FeatureGroup: MessageFns<FeatureGroup> = {
+  encode(message: FeatureGroup, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.displayName !== "") {
+      writer.uint32(18).string(message.displayName);
+    }
+    for (const v of message.features) {
+      writer.uint32(26).string(v!);
+    }
+    if (message.description !== "") {
+      writer.uint32(34).string(message.description);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FeatureGroup {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFeatureGroup();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.displayName = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.features.push(reader.string());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.description = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FeatureGroup {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      displayName: isSet(object.displayName)
+        ? globalThis.String(object.displayName)
+        : isSet(object.display_name)
+        ? globalThis.String(object.display_name)
+        : "",
+      features: globalThis.Array.isArray(object?.features) ? object.features.map((e: any) => globalThis.String(e)) : [],
+      description: isSet(object.description) ? globalThis.String(object.description) : "",
+    };
+  },
+
+  toJSON(message: FeatureGroup): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.displayName !== "") {
+      obj.displayName = message.displayName;
+    }
+    if (message.features?.length) {
+      obj.features = message.features;
+    }
+    if (message.description !== "") {
+      obj.description = message.description;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FeatureGroup>, I>>(base?: I): FeatureGroup {
+    return FeatureGroup.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FeatureGroup>, I>>(object: I): FeatureGroup {
+    const message = createBaseFeatureGroup();
+    message.name = object.name ?? "";
+    message.displayName = object.displayName ?? "";
+    message.features = object.features?.map((e) => e) || [];
+    message.description = object.description ?? "";
+    return message;
+  },
+};
+
 function createBaseTrainingData(): TrainingData {
   return { name: "", source: "", licence: "", rows: 0 };
 }
@@ -641,6 +776,7 @@ function createBaseModelCard(): ModelCard {
     differentiable: false,
     methods: [],
     artifactSha256: "",
+    featureGroups: [],
   };
 }
 
@@ -684,6 +820,9 @@ export const ModelCard: MessageFns<ModelCard> = {
     }
     if (message.artifactSha256 !== "") {
       writer.uint32(106).string(message.artifactSha256);
+    }
+    for (const v of message.featureGroups) {
+      FeatureGroup.encode(v!, writer.uint32(114).fork()).join();
     }
     return writer;
   },
@@ -805,6 +944,14 @@ export const ModelCard: MessageFns<ModelCard> = {
             message.artifactSha256 = reader.string();
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.featureGroups.push(FeatureGroup.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -852,6 +999,11 @@ export const ModelCard: MessageFns<ModelCard> = {
         : isSet(object.artifact_sha256)
         ? globalThis.String(object.artifact_sha256)
         : "",
+      featureGroups: globalThis.Array.isArray(object?.featureGroups)
+        ? object.featureGroups.map((e: any) => FeatureGroup.fromJSON(e))
+        : globalThis.Array.isArray(object?.feature_groups)
+        ? object.feature_groups.map((e: any) => FeatureGroup.fromJSON(e))
+        : [],
     };
   },
 
@@ -896,6 +1048,9 @@ export const ModelCard: MessageFns<ModelCard> = {
     if (message.artifactSha256 !== "") {
       obj.artifactSha256 = message.artifactSha256;
     }
+    if (message.featureGroups?.length) {
+      obj.featureGroups = message.featureGroups.map((e) => FeatureGroup.toJSON(e));
+    }
     return obj;
   },
 
@@ -921,6 +1076,7 @@ export const ModelCard: MessageFns<ModelCard> = {
     message.differentiable = object.differentiable ?? false;
     message.methods = object.methods?.map((e) => e) || [];
     message.artifactSha256 = object.artifactSha256 ?? "";
+    message.featureGroups = object.featureGroups?.map((e) => FeatureGroup.fromPartial(e)) || [];
     return message;
   },
 };
