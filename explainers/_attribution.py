@@ -165,7 +165,8 @@ class AttributionExplainer(Explainer):
     def explain(self, model: ExplainableModel, x: np.ndarray, params: Any, ctx: ExplainContext) -> Explanation:
         background = None
         if self.capabilities.needs_background:
-            background = summarize(model, self.limits.background_size)
+            predicted = params.reference_class if isinstance(params, AttributionParams) else ""
+            background = summarize(model, self.limits.background_size, predicted=predicted)
         return self.explain_with_background(model, x, params, ctx, background)
 
     def explain_with_background(
@@ -203,6 +204,10 @@ class AttributionExplainer(Explainer):
             )
         if not 0.0 <= params.target_std_error < 1.0:
             raise InvalidArgument.single("params.attribution.target_std_error", "must be in [0, 1)")
+        if params.reference_class and not self.capabilities.needs_background:
+            raise InvalidArgument.single(
+                "params.attribution.reference_class", f"{self.name} has no background to restrict"
+            )
         if self.capabilities.white_box and model.torch_module() is None:
             raise InvalidArgument.single(
                 "params.attribution.method", f"{self.name} needs gradients; this model is black-box"

@@ -8,7 +8,8 @@ k-means++ seeding, seeded) and each centroid is snapped to its nearest member
 row (a medoid-like choice): background rows are then real rows, so one-hot
 groups stay one-hot and no off-manifold point is invented. A row's weight is
 the share of the reference in its cluster. Summaries are cached per
-(model name, version, size).
+(model name, version, size, reference class): a caller may ask for a
+contrastive background, the rows the model predicts as one class.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from desiderata.server.errors import FailedPrecondition, InvalidArgument
 __all__ = ["Background", "clear_cache", "summarize", "weighted_kmeans"]
 
 _CACHE_CAPACITY = 64
-_cache: OrderedDict[tuple[str, str, int], Background] = OrderedDict()
+_cache: OrderedDict[tuple[str, str, int, str], Background] = OrderedDict()
 _lock = threading.Lock()
 
 
@@ -117,7 +118,7 @@ def weighted_kmeans(
     return np.stack(rows), np.asarray(weights)
 
 
-def summarize(model: ExplainableModel, size: int, seed: int = 0) -> Background:
+def summarize(model: ExplainableModel, size: int, seed: int = 0, predicted: str = "") -> Background:
     """The model's background of at most ``size`` weighted rows, cached per version.
 
     Args:
@@ -125,13 +126,19 @@ def summarize(model: ExplainableModel, size: int, seed: int = 0) -> Background:
         size: number of background rows, ≥ 1.
         seed: seed of the k-means seeding (fixed per server, not per request,
             so that every caller sees the same background).
+        predicted: a class label: only the reference rows the model predicts as
+            that class are summarised (a contrastive background); "" uses all.
 
     Raises:
         FailedPrecondition: the model has no training reference.
+        InvalidArgument: `predicted` is not a class, or the model predicts it for no reference row.
     """
     if size < 1:
         raise InvalidArgument.single("background.size", "must be at least 1")
-    key = (model.card.name, model.card.version, size)
+    classes = model.card.class_names
+    if predicted and predicted not in classes:
+        raise InvalidArgument.single("params.attribution.reference_class", f"unknown class; one of {classes}")
+    key = (model.card.name, model.card.version, size, predicted)
     with _lock:
         if key in _cache:
             _cache.move_to_end(key)
@@ -141,7 +148,14 @@ def summarize(model: ExplainableModel, size: int, seed: int = 0) -> Background:
         raise FailedPrecondition("this method needs a training reference in the model card")
     if ref.x.ndim != 2 or ref.x.shape[1] != model.schema.n_columns:
         raise FailedPrecondition("the training reference does not match the model's feature schema")
-    rows, weights = weighted_kmeans(np.asarray(ref.x, dtype=np.float64), size, np.random.default_rng(seed))
+    x = np.asarray(ref.x, dtype=np.float64)
+    if predicted:
+        x = x[model.predict_proba(x).argmax(axis=1) == classes.index(predicted)]
+        if not len(x):
+            raise InvalidArgument.single(
+                "params.attribution.reference_class", f"the model predicts {predicted!r} for no training reference row"
+            )
+    rows, weights = weighted_kmeans(x, size, np.random.default_rng(seed))
     bg = Background.of(rows, weights)
     with _lock:
         _cache[key] = bg

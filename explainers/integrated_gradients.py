@@ -168,6 +168,10 @@ class IntegratedGradients(Explainer):
             )
         if params.steps > MAX_STEPS:
             raise InvalidArgument.single("params.attribution.steps", f"at most {MAX_STEPS}")
+        if params.reference_class:
+            raise InvalidArgument.single(
+                "params.attribution.reference_class", "integrated_gradients has no background to restrict"
+            )
         b = baseline_vector(model, params.baseline or "card")
         started = time.perf_counter()
         if not xs:

@@ -51,6 +51,8 @@ class AttributionParams:
         quality_metrics: extra figures ("max_sensitivity", "infidelity", "rank_agreement").
         agreement_method: second method for "rank_agreement".
         kernel_width: LIME kernel width (0 = default).
+        reference_class: class label whose predicted training rows form the background
+            (contrastive attributions); "" uses every row.
     """
 
     method: str = ""
@@ -63,6 +65,7 @@ class AttributionParams:
     quality_metrics: tuple[str, ...] = ()
     agreement_method: str = ""
     kernel_width: float = 0.0
+    reference_class: str = ""
 
 
 @dataclass(frozen=True)

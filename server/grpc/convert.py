@@ -186,6 +186,7 @@ def _params(kind: Kind, params: pb.ExplanationParams) -> tuple[object, str, int]
                 quality_metrics=tuple(a.quality_metrics),
                 agreement_method=a.agreement_method,
                 kernel_width=a.kernel_width,
+                reference_class=a.reference_class,
             ),
             a.target_class,
             a.seed,

@@ -193,3 +193,29 @@ async def test_fused_concurrent_gradient_requests_answer_as_unfused(tmp_path: Pa
         assert plain.keys() == fused_answer.keys()
         scale = max(sum(abs(v) for v in plain.values()), 1e-9)
         assert max(abs(plain[k] - fused_answer[k]) for k in plain) <= 1e-5 * scale
+
+
+async def test_a_contrastive_background_compares_with_the_rows_of_one_class(demo: AsyncClient) -> None:
+    """reference_class: "why this, compared with the applicants the model rates good?"."""
+    everyone = await demo.explain(
+        "credit", CREDIT, purpose="debugging", params=_params("exact_shapley", target_class="good")
+    )
+    contrast = await demo.explain(
+        "credit",
+        CREDIT,
+        purpose="debugging",
+        params=_params("exact_shapley", target_class="good", reference_class="good"),
+    )
+    a, b = everyone.feature_attribution, contrast.feature_attribution
+    assert a.output == pytest.approx(b.output)
+    assert b.baseline_output > a.baseline_output  # rows rated good are likelier good
+    assert sum(x.value for x in b.attributions) == pytest.approx(b.output - b.baseline_output, abs=1e-9)
+    for params, words in [
+        (_params("exact_shapley", reference_class="excellent"), "unknown class"),
+        (_params("integrated_gradients", reference_class="good"), "no background"),
+    ]:
+        with pytest.raises(DesiderataRpcError) as info:
+            await demo.explain("credit", CREDIT, purpose="debugging", params=params)
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        ((field, text),) = info.value.details.field_violations
+        assert field == "params.attribution.reference_class" and words in text

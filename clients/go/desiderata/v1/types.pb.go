@@ -602,9 +602,15 @@ type AttributionParams struct {
 	// Second method for the rank-agreement figure.
 	AgreementMethod string `protobuf:"bytes,10,opt,name=agreement_method,json=agreementMethod,proto3" json:"agreement_method,omitempty"`
 	// Kernel width for LIME; 0 uses the default.
-	KernelWidth   float64 `protobuf:"fixed64,11,opt,name=kernel_width,json=kernelWidth,proto3" json:"kernel_width,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	KernelWidth float64 `protobuf:"fixed64,11,opt,name=kernel_width,json=kernelWidth,proto3" json:"kernel_width,omitempty"`
+	// Contrastive reference for methods with a background (Shapley values,
+	// KernelSHAP, LIME, expected gradients): only the training reference rows the
+	// model predicts as this class, e.g. the favourable outcome ("compared with
+	// applicants who were approved"). Empty uses every row; INVALID_ARGUMENT for
+	// methods without a background.
+	ReferenceClass string `protobuf:"bytes,12,opt,name=reference_class,json=referenceClass,proto3" json:"reference_class,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *AttributionParams) Reset() {
@@ -712,6 +718,13 @@ func (x *AttributionParams) GetKernelWidth() float64 {
 		return x.KernelWidth
 	}
 	return 0
+}
+
+func (x *AttributionParams) GetReferenceClass() string {
+	if x != nil {
+		return x.ReferenceClass
+	}
+	return ""
 }
 
 // A caller-supplied constraint on one feature of a counterfactual.
@@ -2347,7 +2360,7 @@ const file_desiderata_v1_types_proto_rawDesc = "" +
 	"\x05label\x18\x01 \x01(\tR\x05label\x12\x1f\n" +
 	"\vclass_index\x18\x02 \x01(\x05R\n" +
 	"classIndex\x12E\n" +
-	"\rprobabilities\x18\x03 \x03(\v2\x1f.desiderata.v1.ClassProbabilityR\rprobabilities\"\x81\x03\n" +
+	"\rprobabilities\x18\x03 \x03(\v2\x1f.desiderata.v1.ClassProbabilityR\rprobabilities\"\xaa\x03\n" +
 	"\x11AttributionParams\x12\x16\n" +
 	"\x06method\x18\x01 \x01(\tR\x06method\x12!\n" +
 	"\ftarget_class\x18\x02 \x01(\tR\vtargetClass\x12\x14\n" +
@@ -2361,7 +2374,8 @@ const file_desiderata_v1_types_proto_rawDesc = "" +
 	"\x0fquality_metrics\x18\t \x03(\tR\x0equalityMetrics\x12)\n" +
 	"\x10agreement_method\x18\n" +
 	" \x01(\tR\x0fagreementMethod\x12!\n" +
-	"\fkernel_width\x18\v \x01(\x01R\vkernelWidth\"\xc7\x01\n" +
+	"\fkernel_width\x18\v \x01(\x01R\vkernelWidth\x12'\n" +
+	"\x0freference_class\x18\f \x01(\tR\x0ereferenceClass\"\xc7\x01\n" +
 	"\x11FeatureConstraint\x12\x18\n" +
 	"\afeature\x18\x01 \x01(\tR\afeature\x12\x1c\n" +
 	"\timmutable\x18\x02 \x01(\bR\timmutable\x12\x15\n" +

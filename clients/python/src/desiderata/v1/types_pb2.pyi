@@ -268,6 +268,7 @@ class AttributionParams(_message.Message):
     QUALITY_METRICS_FIELD_NUMBER: _builtins.int
     AGREEMENT_METHOD_FIELD_NUMBER: _builtins.int
     KERNEL_WIDTH_FIELD_NUMBER: _builtins.int
+    REFERENCE_CLASS_FIELD_NUMBER: _builtins.int
     method: _builtins.str
     """Attribution method by registry name (e.g. "integrated_gradients");
     empty selects the default of the caller's tier.
@@ -294,6 +295,13 @@ class AttributionParams(_message.Message):
     """Second method for the rank-agreement figure."""
     kernel_width: _builtins.float
     """Kernel width for LIME; 0 uses the default."""
+    reference_class: _builtins.str
+    """Contrastive reference for methods with a background (Shapley values,
+    KernelSHAP, LIME, expected gradients): only the training reference rows the
+    model predicts as this class, e.g. the favourable outcome ("compared with
+    applicants who were approved"). Empty uses every row; INVALID_ARGUMENT for
+    methods without a background.
+    """
     @_builtins.property
     def quality_metrics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Extra quality figures to compute: "max_sensitivity", "infidelity",
@@ -314,10 +322,11 @@ class AttributionParams(_message.Message):
         quality_metrics: _abc.Iterable[_builtins.str] | None = ...,
         agreement_method: _builtins.str = ...,
         kernel_width: _builtins.float = ...,
+        reference_class: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_method", b"agreement_method", "baseline", b"baseline", "integration_rule", b"integration_rule", "kernel_width", b"kernel_width", "max_samples", b"max_samples", "method", b"method", "quality_metrics", b"quality_metrics", "seed", b"seed", "steps", b"steps", "target_class", b"target_class", "target_std_error", b"target_std_error"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement_method", b"agreement_method", "baseline", b"baseline", "integration_rule", b"integration_rule", "kernel_width", b"kernel_width", "max_samples", b"max_samples", "method", b"method", "quality_metrics", b"quality_metrics", "reference_class", b"reference_class", "seed", b"seed", "steps", b"steps", "target_class", b"target_class", "target_std_error", b"target_std_error"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

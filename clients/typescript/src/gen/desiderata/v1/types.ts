@@ -282,6 +282,14 @@ export interface AttributionParams {
   agreementMethod: string;
   /** Kernel width for LIME; 0 uses the default. */
   kernelWidth: number;
+  /**
+   * Contrastive reference for methods with a background (Shapley values,
+   * KernelSHAP, LIME, expected gradients): only the training reference rows the
+   * model predicts as this class, e.g. the favourable outcome ("compared with
+   * applicants who were approved"). Empty uses every row; INVALID_ARGUMENT for
+   * methods without a background.
+   */
+  referenceClass: string;
 }
 
 /** A caller-supplied constraint on one feature of a counterfactual. */
@@ -983,6 +991,7 @@ function createBaseAttributionParams(): AttributionParams {
     qualityMetrics: [],
     agreementMethod: "",
     kernelWidth: 0,
+    referenceClass: "",
   };
 }
 
@@ -1020,6 +1029,9 @@ export const AttributionParams: MessageFns<AttributionParams> = {
     }
     if (message.kernelWidth !== 0) {
       writer.uint32(89).double(message.kernelWidth);
+    }
+    if (message.referenceClass !== "") {
+      writer.uint32(98).string(message.referenceClass);
     }
     return writer;
   },
@@ -1125,6 +1137,14 @@ export const AttributionParams: MessageFns<AttributionParams> = {
             message.kernelWidth = reader.double();
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.referenceClass = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1178,6 +1198,11 @@ export const AttributionParams: MessageFns<AttributionParams> = {
         : isSet(object.kernel_width)
         ? globalThis.Number(object.kernel_width)
         : 0,
+      referenceClass: isSet(object.referenceClass)
+        ? globalThis.String(object.referenceClass)
+        : isSet(object.reference_class)
+        ? globalThis.String(object.reference_class)
+        : "",
     };
   },
 
@@ -1216,6 +1241,9 @@ export const AttributionParams: MessageFns<AttributionParams> = {
     if (message.kernelWidth !== 0) {
       obj.kernelWidth = floatToJson(message.kernelWidth);
     }
+    if (message.referenceClass !== "") {
+      obj.referenceClass = message.referenceClass;
+    }
     return obj;
   },
 
@@ -1235,6 +1263,7 @@ export const AttributionParams: MessageFns<AttributionParams> = {
     message.qualityMetrics = object.qualityMetrics?.map((e) => e) || [];
     message.agreementMethod = object.agreementMethod ?? "";
     message.kernelWidth = object.kernelWidth ?? 0;
+    message.referenceClass = object.referenceClass ?? "";
     return message;
   },
 };
