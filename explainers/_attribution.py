@@ -228,6 +228,8 @@ class AttributionExplainer(Explainer):
             raise InvalidArgument.single("params.attribution.target_class", f"must be in [0, {model.n_classes})")
         started = time.perf_counter()
         computed = self._compute(model, x, params, ctx, target, background)
+        if params.reference_class:
+            computed.used.setdefault("reference_class", params.reference_class)
         return self._finish(model, x, params, ctx, target, background, computed, started)
 
     def _finish(

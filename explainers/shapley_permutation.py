@@ -198,6 +198,7 @@ class PermutationShapley(AttributionExplainer):
                     "max_samples": budget,
                     "target_std_error": target_se,
                     "background_rows": int(background.x.shape[0]),
+                    **({"reference_class": params.reference_class} if params.reference_class else {}),
                 },
             )
             if done_target or done_budget:

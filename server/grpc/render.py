@@ -198,6 +198,7 @@ def explanation_to_proto(served: ServedExplanation) -> pb.Explanation:
         params.max_samples = int(p.get("max_samples", 0))
         params.target_class = card.class_names[r.target_class]
         params.seed = int(p.get("seed", 0))
+        params.reference_class = str(p.get("reference_class", ""))
     elif isinstance(r, CounterfactualResult):
         out.counterfactuals.CopyFrom(_counterfactuals(card, r))
         out.params.counterfactual.method = ex.method

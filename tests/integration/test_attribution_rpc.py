@@ -210,6 +210,17 @@ async def test_a_contrastive_background_compares_with_the_rows_of_one_class(demo
     assert a.output == pytest.approx(b.output)
     assert b.baseline_output > a.baseline_output  # rows rated good are likelier good
     assert sum(x.value for x in b.attributions) == pytest.approx(b.output - b.baseline_output, abs=1e-9)
+    assert contrast.params.attribution.reference_class == "good" and not everyone.params.attribution.reference_class
+    streamed = [
+        r
+        async for r in demo.explain_stream(
+            "credit",
+            CREDIT,
+            purpose="debugging",
+            params=_params("permutation_shapley", target_class="good", reference_class="good", target_std_error=0.01),
+        )
+    ]
+    assert len(streamed) >= 2 and all(r.explanation.params.attribution.reference_class == "good" for r in streamed)
     for params, words in [
         (_params("exact_shapley", reference_class="excellent"), "unknown class"),
         (_params("integrated_gradients", reference_class="good"), "no background"),
