@@ -9,6 +9,7 @@ dispatches to them:
     desiderata policy validate DIR
     desiderata policy test DIR
     desiderata policy explain DIR --role end_user --model credit --kind feature_attribution ...
+    desiderata policy diff OLD NEW [--card card.yaml] [--attr domain=credit]
     desiderata audit verify (--sqlite PATH | --postgres DSN) [--anchor SEQ:HASH]
 """
 
@@ -22,14 +23,17 @@ from typing import TextIO
 
 from desiderata.explainers.base import Kind
 from desiderata.policy.audit import AuditLog
+from desiderata.policy.bundle_diff import decision_changes, profile_changes
 from desiderata.policy.cedar_pdp import CedarPDP
 from desiderata.policy.decision import PolicyInput
 from desiderata.policy.model import Consumption, Principal
 from desiderata.policy.policy_bundle import BundleError, parse_bundle
 from desiderata.policy.testing import run_bundle_tests
 from desiderata.server.errors import InvalidArgument, UnknownPurpose
+from desiderata.server.model_card import load_card
+from desiderata.server.model_repository import BUILTIN_DEMO
 
-__all__ = ["run_audit_verify", "run_explain", "run_test", "run_validate"]
+__all__ = ["run_audit_verify", "run_diff", "run_explain", "run_test", "run_validate"]
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | None:
@@ -173,6 +177,49 @@ def run_explain(argv: list[str], out: TextIO = sys.stdout) -> int:
     if decision.profile is not None:
         print("  profile: " + json.dumps(decision.profile.model_dump(mode="json"), sort_keys=True), file=out)
     return 0
+
+
+def run_diff(argv: list[str], out: TextIO = sys.stdout) -> int:
+    """``desiderata policy diff OLD NEW``: every decision and profile the change alters.
+
+    Exit code 0 when the bundles decide every question alike with the same profiles,
+    1 when anything differs (as ``diff`` does), 2 on bad usage or an invalid bundle.
+
+    Args:
+        argv: arguments after ``policy diff``.
+        out: where to print.
+    """
+    parser = argparse.ArgumentParser(prog="desiderata policy diff")
+    parser.add_argument("old", type=Path, help="the bundle in force")
+    parser.add_argument("new", type=Path, help="the candidate bundle")
+    parser.add_argument("--card", type=Path, help="model card.yaml asked about (default: the built-in demo's)")
+    parser.add_argument("--model-attr", action="append", default=[], help="override a model attribute, key=value")
+    parser.add_argument(
+        "--attr", action="append", default=[], help="principal attribute key=value (default: the model's domain)"
+    )
+    args = _parse(parser, argv)
+    if args is None:
+        return 2
+    try:
+        card = load_card(args.card or BUILTIN_DEMO / "credit" / "card.yaml")
+        model_attrs = card.policy_attributes() | _pairs(args.model_attr, "--model-attr")
+        attrs = {k: str(v) for k, v in _pairs(args.attr, "--attr").items()} or {"domain": str(model_attrs["domain"])}
+        old, new = parse_bundle(args.old), parse_bundle(args.new)
+    except (ValueError, BundleError) as exc:
+        print(f"error: {exc}", file=out)
+        return 2
+    changes, asked = decision_changes(old, new, card.name, model_attrs, attrs)
+    profiles = profile_changes(old, new)
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(model_attrs.items()))
+    print(f"policy {old.version} -> {new.version}; model {card.name} ({shown}); principals {attrs}", file=out)
+    print(f"decisions: {len(changes)} of {asked} change", file=out)
+    for c in changes:
+        why = ", ".join(c.new.reasons or c.old.reasons) or "default deny"
+        print(f"  {c.question.describe()}  {c.old.describe()} -> {c.new.describe()}  ({why})", file=out)
+    print(f"profiles: {len(profiles)} field(s) change", file=out)
+    for p in profiles:
+        print(f"  {p.tier}  {p.field}: {p.old!r} -> {p.new!r}", file=out)
+    return 1 if changes or profiles else 0
 
 
 def run_audit_verify(argv: list[str], out: TextIO = sys.stdout) -> int:

@@ -3,7 +3,7 @@
     desiderata serve [--port N] [--host H] [--models DIR] [--config FILE]
     desiderata explain --model credit --feature income=2500 ... [--address A] [--key K]
     desiderata train --out DIR [--seed S] [--dp --epsilon E --delta D]
-    desiderata policy validate|test|explain DIR ...
+    desiderata policy validate|test|explain DIR ... | diff OLD NEW
     desiderata audit verify --sqlite FILE | --postgres DSN
     desiderata feedback export OUT [--format jsonl|csv] | erase --subject ID | expire --days N
     desiderata model check DIR
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     _accountable(erase)
     erase.set_defaults(func=_erase)
     for name, help_text in (
-        ("policy", "policy owners' tools: validate DIR | test DIR | explain DIR ..."),
+        ("policy", "policy owners' tools: validate DIR | test DIR | explain DIR ... | diff OLD NEW"),
         ("audit", "audit log tools: verify --sqlite FILE | --postgres DSN"),
         ("feedback", "feedback tools: export OUT [--format jsonl|csv] | erase --subject ID | expire --days N"),
         ("model", "model folder tools: check DIR (a model folder or a repository of them)"),
@@ -316,6 +316,7 @@ def _tool(args: argparse.Namespace) -> int:
         ("policy", "validate"): policy_cli.run_validate,
         ("policy", "test"): policy_cli.run_test,
         ("policy", "explain"): policy_cli.run_explain,
+        ("policy", "diff"): policy_cli.run_diff,
         ("audit", "verify"): policy_cli.run_audit_verify,
         ("feedback", "export"): _feedback_export,
         ("model", "check"): _model_check,

@@ -30,8 +30,7 @@ log = structlog.get_logger("desiderata.audit")
 
 def model_attributes(handle: ModelHandle) -> dict[str, str | bool | int | float]:
     """The model's attributes in a policy request (Cedar resource attributes)."""
-    card = handle.card
-    return {"domain": card.domain, "dp_trained": card.privacy.dp_trained, "name": card.name}
+    return handle.card.policy_attributes()
 
 
 def audit_decision(

@@ -222,6 +222,10 @@ class ModelCard(BaseModel):
             raise ValueError("trusted_types applies to .skops artifacts only")
         return self
 
+    def policy_attributes(self) -> dict[str, str | bool | int | float]:
+        """The model's attributes in a policy request (Cedar resource attributes)."""
+        return {"domain": self.domain, "dp_trained": self.privacy.dp_trained, "name": self.name}
+
     @property
     def labels(self) -> dict[str, str]:
         """Display name of every feature and feature group, by name."""
