@@ -285,7 +285,7 @@ class Pipeline:
         x = handle.schema.encode(features)
         probs = handle.predict_proba(x[None, :])[0]
         if record is not None:
-            self._check_reproduced(record, probs)
+            self.check_reproduced(record, probs)
         return self.admit(principal, handle, call, decision, method, params, x, probs, record)
 
     def admit(
@@ -317,7 +317,7 @@ class Pipeline:
         )
         return Prepared(record, handle, a.decision, a.profile, a.method, a.params, x, probs, a.admission)
 
-    def _check_reproduced(self, record: DecisionRecord, probs: np.ndarray) -> None:
+    def check_reproduced(self, record: DecisionRecord, probs: np.ndarray) -> None:
         """Logs and counts a recorded decision that the loaded model no longer reproduces (the
         answer carries a quality warning too): the folder of its version was changed, across a
         restart or on another replica, though versions are immutable."""

@@ -142,9 +142,13 @@ def explain_batch_calls(
     model: str,
     model_version: str,
     instances: Sequence[pb.Instance],
+    decision_ids: Sequence[str] = (),
 ) -> list[ExplainCall]:
-    """The transport-neutral calls of ExplainBatch, one per instance (fields ``instances[i]``)."""
+    """The transport-neutral calls of ExplainBatch, one per instance (fields ``instances[i]``)
+    or per recorded decision (``decision_ids[i]``)."""
     problems: list[FieldViolation] = []
+    if instances and decision_ids:
+        problems.append(FieldViolation("decision_ids", "give instances or decision_ids, not both"))
     try:
         base = explain_call(
             kind=kind,
@@ -154,9 +158,15 @@ def explain_batch_calls(
             locale=locale,
             model=model,
             model_version=model_version,
+            decision_id="-" if decision_ids else "",  # a recorded decision's model is its own
         )
     except InvalidArgument as exc:
         problems.extend(exc.violations)
+    if decision_ids and not problems:
+        missing = [FieldViolation(f"decision_ids[{i}]", "required") for i, d in enumerate(decision_ids) if not d]
+        if missing:
+            raise InvalidArgument(f"{len(missing)} invalid field(s)", missing)
+        return [dataclasses.replace(base, decision_id=d) for d in decision_ids]
     features: list[dict[str, FeatureValue]] = []
     for i, instance in enumerate(instances):
         try:

@@ -116,6 +116,7 @@ class ExplanationServicer(es_grpc.ExplanationServiceServicer):
             model=request.model,
             model_version=request.model_version,
             instances=request.instances,
+            decision_ids=request.decision_ids,
         )
         served = await explain_batch(
             self._pipeline, current_principal.get(), calls, _deadline(context, self._default_deadline_s)

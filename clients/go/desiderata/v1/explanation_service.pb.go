@@ -231,12 +231,17 @@ type ExplainBatchRequest struct {
 	ModelVersion string `protobuf:"bytes,2,opt,name=model_version,json=modelVersion,proto3" json:"model_version,omitempty"`
 	// The instances, explained in this order; invalid fields are named
 	// instances[i].features[name].
-	Instances     []*Instance        `protobuf:"bytes,3,rep,name=instances,proto3" json:"instances,omitempty"`
-	Kind          ExplanationKind    `protobuf:"varint,4,opt,name=kind,proto3,enum=desiderata.v1.ExplanationKind" json:"kind,omitempty"`
-	Purpose       string             `protobuf:"bytes,5,opt,name=purpose,proto3" json:"purpose,omitempty"`
-	Consumption   Consumption        `protobuf:"varint,6,opt,name=consumption,proto3,enum=desiderata.v1.Consumption" json:"consumption,omitempty"`
-	Params        *ExplanationParams `protobuf:"bytes,7,opt,name=params,proto3" json:"params,omitempty"`
-	Locale        string             `protobuf:"bytes,8,opt,name=locale,proto3" json:"locale,omitempty"`
+	Instances   []*Instance        `protobuf:"bytes,3,rep,name=instances,proto3" json:"instances,omitempty"`
+	Kind        ExplanationKind    `protobuf:"varint,4,opt,name=kind,proto3,enum=desiderata.v1.ExplanationKind" json:"kind,omitempty"`
+	Purpose     string             `protobuf:"bytes,5,opt,name=purpose,proto3" json:"purpose,omitempty"`
+	Consumption Consumption        `protobuf:"varint,6,opt,name=consumption,proto3,enum=desiderata.v1.Consumption" json:"consumption,omitempty"`
+	Params      *ExplanationParams `protobuf:"bytes,7,opt,name=params,proto3" json:"params,omitempty"`
+	Locale      string             `protobuf:"bytes,8,opt,name=locale,proto3" json:"locale,omitempty"`
+	// Recorded decisions to explain instead of instances, as ExplainDecision
+	// would each (an end user only their own), all of one model version; give
+	// instances or decision_ids, not both. model and model_version, when set,
+	// must be the decisions'. Unknown ids are NOT_FOUND naming decision_ids[i].
+	DecisionIds   []string `protobuf:"bytes,9,rep,name=decision_ids,json=decisionIds,proto3" json:"decision_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -325,6 +330,13 @@ func (x *ExplainBatchRequest) GetLocale() string {
 		return x.Locale
 	}
 	return ""
+}
+
+func (x *ExplainBatchRequest) GetDecisionIds() []string {
+	if x != nil {
+		return x.DecisionIds
+	}
+	return nil
 }
 
 type ExplainBatchResponse struct {
@@ -1612,7 +1624,7 @@ const file_desiderata_v1_explanation_service_proto_rawDesc = "" +
 	"\x06params\x18\a \x01(\v2 .desiderata.v1.ExplanationParamsR\x06params\x12\x16\n" +
 	"\x06locale\x18\b \x01(\tR\x06locale\"O\n" +
 	"\x0fExplainResponse\x12<\n" +
-	"\vexplanation\x18\x01 \x01(\v2\x1a.desiderata.v1.ExplanationR\vexplanation\"\xe5\x02\n" +
+	"\vexplanation\x18\x01 \x01(\v2\x1a.desiderata.v1.ExplanationR\vexplanation\"\x88\x03\n" +
 	"\x13ExplainBatchRequest\x12\x14\n" +
 	"\x05model\x18\x01 \x01(\tR\x05model\x12#\n" +
 	"\rmodel_version\x18\x02 \x01(\tR\fmodelVersion\x125\n" +
@@ -1621,7 +1633,8 @@ const file_desiderata_v1_explanation_service_proto_rawDesc = "" +
 	"\apurpose\x18\x05 \x01(\tR\apurpose\x12<\n" +
 	"\vconsumption\x18\x06 \x01(\x0e2\x1a.desiderata.v1.ConsumptionR\vconsumption\x128\n" +
 	"\x06params\x18\a \x01(\v2 .desiderata.v1.ExplanationParamsR\x06params\x12\x16\n" +
-	"\x06locale\x18\b \x01(\tR\x06locale\"V\n" +
+	"\x06locale\x18\b \x01(\tR\x06locale\x12!\n" +
+	"\fdecision_ids\x18\t \x03(\tR\vdecisionIds\"V\n" +
 	"\x14ExplainBatchResponse\x12>\n" +
 	"\fexplanations\x18\x01 \x03(\v2\x1a.desiderata.v1.ExplanationR\fexplanations\"\x97\x02\n" +
 	"\x16ExplainDecisionRequest\x12\x1f\n" +

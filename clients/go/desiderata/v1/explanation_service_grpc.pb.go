@@ -44,7 +44,8 @@ type ExplanationServiceClient interface {
 	// been asked alone. All or nothing: an invalid instance, or a batch that
 	// does not fit the caller's rate or budget, fails the call with nothing
 	// charged. At most the server's explain.max_batch_instances (256 by
-	// default) instances per call.
+	// default) instances per call. The instances may instead be recorded
+	// decisions (decision_ids), for audits of many decisions.
 	ExplainBatch(ctx context.Context, in *ExplainBatchRequest, opts ...grpc.CallOption) (*ExplainBatchResponse, error)
 	// Explains a decision recorded earlier by ModelService.Predict.
 	ExplainDecision(ctx context.Context, in *ExplainDecisionRequest, opts ...grpc.CallOption) (*ExplainDecisionResponse, error)
@@ -174,7 +175,8 @@ type ExplanationServiceServer interface {
 	// been asked alone. All or nothing: an invalid instance, or a batch that
 	// does not fit the caller's rate or budget, fails the call with nothing
 	// charged. At most the server's explain.max_batch_instances (256 by
-	// default) instances per call.
+	// default) instances per call. The instances may instead be recorded
+	// decisions (decision_ids), for audits of many decisions.
 	ExplainBatch(context.Context, *ExplainBatchRequest) (*ExplainBatchResponse, error)
 	// Explains a decision recorded earlier by ModelService.Predict.
 	ExplainDecision(context.Context, *ExplainDecisionRequest) (*ExplainDecisionResponse, error)

@@ -159,6 +159,24 @@ class Requests:
         return req
 
     @staticmethod
+    def explain_decisions(
+        decision_ids: Sequence[str],
+        *,
+        purpose: str,
+        consumption: str = "static",
+        kind: int = pb.EXPLANATION_KIND_FEATURE_ATTRIBUTION,
+        params: pb.ExplanationParams | None = None,
+        method: str = "",
+        locale: str = "",
+    ) -> es.ExplainBatchRequest:
+        """An ExplainBatch of recorded decisions (all of one model version)."""
+        req = Requests.explain_batch(
+            "", [], purpose=purpose, consumption=consumption, kind=kind, params=params, method=method, locale=locale
+        )
+        req.decision_ids.extend(decision_ids)
+        return req
+
+    @staticmethod
     def explain_decision(
         decision_id: str,
         *,

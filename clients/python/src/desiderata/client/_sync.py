@@ -98,6 +98,15 @@ class Client:
         response: es.ExplainBatchResponse = self._call(self.explanations.ExplainBatch, request, timeout_s)
         return list(response.explanations)
 
+    def explain_decisions(
+        self, decision_ids: Sequence[str], *, purpose: str, timeout_s: float | None = None, **options: Any
+    ) -> list[pb.Explanation]:
+        """One explanation per recorded decision, in order, from one ExplainBatch call, each as
+        `explain_decision` would give it (an end user's only for their own decisions)."""
+        request = Requests.explain_decisions(decision_ids, purpose=purpose, **options)
+        response: es.ExplainBatchResponse = self._call(self.explanations.ExplainBatch, request, timeout_s)
+        return list(response.explanations)
+
     def explain_decision(
         self, decision_id: str, *, purpose: str, timeout_s: float | None = None, **options: Any
     ) -> pb.Explanation:

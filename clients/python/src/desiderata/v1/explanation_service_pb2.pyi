@@ -120,6 +120,7 @@ class ExplainBatchRequest(_message.Message):
     CONSUMPTION_FIELD_NUMBER: _builtins.int
     PARAMS_FIELD_NUMBER: _builtins.int
     LOCALE_FIELD_NUMBER: _builtins.int
+    DECISION_IDS_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """Model name."""
     model_version: _builtins.str
@@ -136,6 +137,14 @@ class ExplainBatchRequest(_message.Message):
 
     @_builtins.property
     def params(self) -> _types_pb2.ExplanationParams: ...
+    @_builtins.property
+    def decision_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Recorded decisions to explain instead of instances, as ExplainDecision
+        would each (an end user only their own), all of one model version; give
+        instances or decision_ids, not both. model and model_version, when set,
+        must be the decisions'. Unknown ids are NOT_FOUND naming decision_ids[i].
+        """
+
     def __init__(
         self,
         *,
@@ -147,10 +156,11 @@ class ExplainBatchRequest(_message.Message):
         consumption: _types_pb2.Consumption.ValueType = ...,
         params: _types_pb2.ExplanationParams | None = ...,
         locale: _builtins.str = ...,
+        decision_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumption", b"consumption", "instances", b"instances", "kind", b"kind", "locale", b"locale", "model", b"model", "model_version", b"model_version", "params", b"params", "purpose", b"purpose"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consumption", b"consumption", "decision_ids", b"decision_ids", "instances", b"instances", "kind", b"kind", "locale", b"locale", "model", b"model", "model_version", b"model_version", "params", b"params", "purpose", b"purpose"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

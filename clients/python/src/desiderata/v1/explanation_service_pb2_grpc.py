@@ -93,7 +93,8 @@ class ExplanationServiceServicer:
         been asked alone. All or nothing: an invalid instance, or a batch that
         does not fit the caller's rate or budget, fails the call with nothing
         charged. At most the server's explain.max_batch_instances (256 by
-        default) instances per call.
+        default) instances per call. The instances may instead be recorded
+        decisions (decision_ids), for audits of many decisions.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

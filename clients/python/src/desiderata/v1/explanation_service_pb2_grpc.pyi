@@ -42,7 +42,8 @@ class ExplanationServiceStub:
     been asked alone. All or nothing: an invalid instance, or a batch that
     does not fit the caller's rate or budget, fails the call with nothing
     charged. At most the server's explain.max_batch_instances (256 by
-    default) instances per call.
+    default) instances per call. The instances may instead be recorded
+    decisions (decision_ids), for audits of many decisions.
     """
     ExplainDecision: _grpc.UnaryUnaryMultiCallable[_explanation_service_pb2.ExplainDecisionRequest, _explanation_service_pb2.ExplainDecisionResponse]
     """Explains a decision recorded earlier by ModelService.Predict."""
@@ -77,7 +78,8 @@ class ExplanationServiceAsyncStub(ExplanationServiceStub):
     been asked alone. All or nothing: an invalid instance, or a batch that
     does not fit the caller's rate or budget, fails the call with nothing
     charged. At most the server's explain.max_batch_instances (256 by
-    default) instances per call.
+    default) instances per call. The instances may instead be recorded
+    decisions (decision_ids), for audits of many decisions.
     """
     ExplainDecision: _aio.UnaryUnaryMultiCallable[_explanation_service_pb2.ExplainDecisionRequest, _explanation_service_pb2.ExplainDecisionResponse]  # type: ignore[assignment]
     """Explains a decision recorded earlier by ModelService.Predict."""
@@ -121,7 +123,8 @@ class ExplanationServiceServicer(metaclass=_abc_1.ABCMeta):
         been asked alone. All or nothing: an invalid instance, or a batch that
         does not fit the caller's rate or budget, fails the call with nothing
         charged. At most the server's explain.max_batch_instances (256 by
-        default) instances per call.
+        default) instances per call. The instances may instead be recorded
+        decisions (decision_ids), for audits of many decisions.
         """
 
     @_abc_1.abstractmethod

@@ -122,6 +122,13 @@ export interface ExplainBatchRequest {
   consumption: Consumption;
   params: ExplanationParams | undefined;
   locale: string;
+  /**
+   * Recorded decisions to explain instead of instances, as ExplainDecision
+   * would each (an end user only their own), all of one model version; give
+   * instances or decision_ids, not both. model and model_version, when set,
+   * must be the decisions'. Unknown ids are NOT_FOUND naming decision_ids[i].
+   */
+  decisionIds: string[];
 }
 
 export interface ExplainBatchResponse {
@@ -574,6 +581,7 @@ function createBaseExplainBatchRequest(): ExplainBatchRequest {
     consumption: 0,
     params: undefined,
     locale: "",
+    decisionIds: [],
   };
 }
 
@@ -602,6 +610,9 @@ export const ExplainBatchRequest: MessageFns<ExplainBatchRequest> = {
     }
     if (message.locale !== "") {
       writer.uint32(66).string(message.locale);
+    }
+    for (const v of message.decisionIds) {
+      writer.uint32(74).string(v!);
     }
     return writer;
   },
@@ -683,6 +694,14 @@ export const ExplainBatchRequest: MessageFns<ExplainBatchRequest> = {
             message.locale = reader.string();
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.decisionIds.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -711,6 +730,11 @@ export const ExplainBatchRequest: MessageFns<ExplainBatchRequest> = {
       consumption: isSet(object.consumption) ? consumptionFromJSON(object.consumption) : 0,
       params: isSet(object.params) ? ExplanationParams.fromJSON(object.params) : undefined,
       locale: isSet(object.locale) ? globalThis.String(object.locale) : "",
+      decisionIds: globalThis.Array.isArray(object?.decisionIds)
+        ? object.decisionIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.decision_ids)
+        ? object.decision_ids.map((e: any) => globalThis.String(e))
+        : [],
     };
   },
 
@@ -740,6 +764,9 @@ export const ExplainBatchRequest: MessageFns<ExplainBatchRequest> = {
     if (message.locale !== "") {
       obj.locale = message.locale;
     }
+    if (message.decisionIds?.length) {
+      obj.decisionIds = message.decisionIds;
+    }
     return obj;
   },
 
@@ -758,6 +785,7 @@ export const ExplainBatchRequest: MessageFns<ExplainBatchRequest> = {
       ? ExplanationParams.fromPartial(object.params)
       : undefined;
     message.locale = object.locale ?? "";
+    message.decisionIds = object.decisionIds?.map((e) => e) || [];
     return message;
   },
 };
@@ -3110,7 +3138,8 @@ export const ExplanationServiceService = {
    * been asked alone. All or nothing: an invalid instance, or a batch that
    * does not fit the caller's rate or budget, fails the call with nothing
    * charged. At most the server's explain.max_batch_instances (256 by
-   * default) instances per call.
+   * default) instances per call. The instances may instead be recorded
+   * decisions (decision_ids), for audits of many decisions.
    */
   explainBatch: {
     path: "/desiderata.v1.ExplanationService/ExplainBatch" as const,
@@ -3216,7 +3245,8 @@ export interface ExplanationServiceServer extends UntypedServiceImplementation {
    * been asked alone. All or nothing: an invalid instance, or a batch that
    * does not fit the caller's rate or budget, fails the call with nothing
    * charged. At most the server's explain.max_batch_instances (256 by
-   * default) instances per call.
+   * default) instances per call. The instances may instead be recorded
+   * decisions (decision_ids), for audits of many decisions.
    */
   explainBatch: handleUnaryCall<ExplainBatchRequest, ExplainBatchResponse>;
   /** Explains a decision recorded earlier by ModelService.Predict. */
@@ -3268,7 +3298,8 @@ export interface ExplanationServiceClient extends Client {
    * been asked alone. All or nothing: an invalid instance, or a batch that
    * does not fit the caller's rate or budget, fails the call with nothing
    * charged. At most the server's explain.max_batch_instances (256 by
-   * default) instances per call.
+   * default) instances per call. The instances may instead be recorded
+   * decisions (decision_ids), for audits of many decisions.
    */
   explainBatch(
     request: ExplainBatchRequest,
