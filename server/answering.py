@@ -99,63 +99,52 @@ def compute_answers(
         InternalError: an explainer failed unexpectedly (logged with its traceback).
     """
     try:
-        return _compute(cache, guard, settings, calls, prepared, deadline, cancel, progress)
+        n = len(calls)
+        raws: list[Explanation | None] = [None] * n
+        keys: list[AnswerKey] = []
+        ctxs: list[ExplainContext] = []
+        misses: list[list[int]] = []  # indices that share a method, tier and parameters
+        for i, (call, p) in enumerate(zip(calls, prepared, strict=True)):
+            seed = p.admission.explainer_seed if p.profile.privacy.noisy else call.seed
+            streamed = progress if n == 1 and not p.profile.privacy.noisy else None
+            ctxs.append(
+                ExplainContext(seed=seed, deadline=deadline, cancel=cancel, progress=_refine(call, p, streamed))
+            )
+            keys.append(
+                cache.key(
+                    model=p.handle.name,
+                    version=p.handle.version,
+                    x=p.x,
+                    method=p.method,
+                    params=p.params,
+                    seed=seed,
+                    tier=p.decision.tier,
+                    profile=p.profile,
+                )
+            )
+            raws[i] = cache.get(keys[i])
+            if raws[i] is None:
+                _group(misses, prepared, i)
+        cached = [r is not None for r in raws]
+        for idx in misses:
+            p = prepared[idx[0]]
+            explainer = build_explainer(registry.get(p.method), p.profile, settings)
+            found = explainer.explain_many(p.handle, [prepared[i].x for i in idx], p.params, [ctxs[i] for i in idx])
+            for i, computed in zip(idx, found, strict=True):
+                cache.put(keys[i], computed)
+                raws[i] = computed
+        answers = []
+        for call, p, raw, hit in zip(calls, prepared, raws, cached, strict=True):
+            if raw is None:
+                raise InternalError("an instance left without an answer")
+            answers.append(Answer(raw, disclose(raw, p.profile, p.handle.card, call.locale, guard, p.admission), hit))
+        ctxs[0].check()  # a caller that went away, or a passed deadline, is not charged
+        return answers
     except Exception as exc:
         if isinstance(exc, DesiderataError):
             raise
         log.exception("explainer_failed", method=prepared[0].method, model=prepared[0].handle.name)
         raise InternalError("explainer failed") from exc
-
-
-def _compute(
-    cache: AnswerCache,
-    guard: PrivacyGuard,
-    settings: ExplainSettings,
-    calls: Sequence[ExplainCall],
-    prepared: Sequence[Prepared],
-    deadline: float | None,
-    cancel: threading.Event,
-    progress: Callable[[ServedExplanation], None] | None,
-) -> list[Answer]:
-    n = len(calls)
-    raws: list[Explanation | None] = [None] * n
-    keys: list[AnswerKey] = []
-    ctxs: list[ExplainContext] = []
-    misses: list[list[int]] = []  # indices that share a method, tier and parameters
-    for i, (call, p) in enumerate(zip(calls, prepared, strict=True)):
-        seed = p.admission.explainer_seed if p.profile.privacy.noisy else call.seed
-        streamed = progress if n == 1 and not p.profile.privacy.noisy else None
-        ctxs.append(ExplainContext(seed=seed, deadline=deadline, cancel=cancel, progress=_refine(call, p, streamed)))
-        keys.append(
-            cache.key(
-                model=p.handle.name,
-                version=p.handle.version,
-                x=p.x,
-                method=p.method,
-                params=p.params,
-                seed=seed,
-                tier=p.decision.tier,
-                profile=p.profile,
-            )
-        )
-        raws[i] = cache.get(keys[i])
-        if raws[i] is None:
-            _group(misses, prepared, i)
-    cached = [r is not None for r in raws]
-    for idx in misses:
-        p = prepared[idx[0]]
-        explainer = build_explainer(registry.get(p.method), p.profile, settings)
-        found = explainer.explain_many(p.handle, [prepared[i].x for i in idx], p.params, [ctxs[i] for i in idx])
-        for i, computed in zip(idx, found, strict=True):
-            cache.put(keys[i], computed)
-            raws[i] = computed
-    answers = []
-    for call, p, raw, hit in zip(calls, prepared, raws, cached, strict=True):
-        if raw is None:
-            raise InternalError("an instance left without an answer")
-        answers.append(Answer(raw, disclose(raw, p.profile, p.handle.card, call.locale, guard, p.admission), hit))
-    ctxs[0].check()  # a caller that went away, or a passed deadline, is not charged
-    return answers
 
 
 def _group(groups: list[list[int]], prepared: Sequence[Prepared], i: int) -> None:

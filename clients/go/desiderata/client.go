@@ -152,7 +152,8 @@ func (c *Client) Decisions(ctx context.Context, req *desideratav1.ListDecisionsR
 	}
 }
 
-// ExplainOption sets an optional field of the request of [Client.ExplainBatch].
+// ExplainOption sets an optional field of the request of [Client.ExplainBatch]
+// and [Client.ExplainDecisions].
 type ExplainOption func(*explainOptions)
 
 type explainOptions struct {
@@ -208,7 +209,8 @@ func WithCallOptions(opts ...grpc.CallOption) ExplainOption {
 // "instances[i].features[name]" (see [DecodeError]), and a batch that does not
 // fit the caller's rate or budget fails with nothing charged. Each row is
 // admitted, charged and audited as a call of its own, so its answer is the
-// one Explain would give for it alone. Callers who may not submit instances
+// one Explain would give for it alone, up to float32 rounding (the server may
+// evaluate the rows in shared passes). Callers who may not submit instances
 // (end users) get PERMISSION_DENIED.
 //
 // A row that cannot be converted is an error naming the row and the feature,
@@ -247,6 +249,59 @@ func (c *Client) ExplainBatch(ctx context.Context, model string, rows []map[stri
 	if len(explanations) != len(rows) { // one per row, or the order means nothing
 		return nil, fmt.Errorf("desiderata: ExplainBatch returned %d explanations for %d rows",
 			len(explanations), len(rows))
+	}
+	return explanations, nil
+}
+
+// ExplainDecisions explains decisions recorded by Predict (their ids) with
+// one ExplainBatch call and returns one explanation per id, in the order of
+// decisionIDs, each the one ExplainDecision would give for it (up to float32
+// rounding) with its recorded_decision_id set to the id. The options are
+// those of [Client.ExplainBatch]; the model is the decisions' own, and
+// [WithModelVersion], if given, must be their version.
+//
+// The decisions must all be of one model version, and the server answers all
+// or nothing, as for [Client.ExplainBatch]: an end user may ask only about
+// their own decisions, and one decision of someone else's refuses the whole
+// call with PERMISSION_DENIED; an unknown id fails it with NOT_FOUND, its
+// message naming "decision_ids[i]"; an empty id, or decisions of different
+// model versions, fail it with INVALID_ARGUMENT, its field violations named
+// "decision_ids..." (see [DecodeError]).
+//
+// An answer that is not one explanation per id, each of the id asked in its
+// place, is an error; other errors are the call's, for [DecodeError].
+func (c *Client) ExplainDecisions(ctx context.Context, decisionIDs []string, purpose string,
+	opts ...ExplainOption) ([]*desideratav1.Explanation, error) {
+	o := explainOptions{
+		kind:        desideratav1.ExplanationKind_EXPLANATION_KIND_FEATURE_ATTRIBUTION,
+		consumption: desideratav1.Consumption_CONSUMPTION_STATIC,
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	req := &desideratav1.ExplainBatchRequest{
+		ModelVersion: o.modelVersion,
+		DecisionIds:  decisionIDs,
+		Kind:         o.kind,
+		Purpose:      purpose,
+		Consumption:  o.consumption,
+		Params:       o.params,
+		Locale:       o.locale,
+	}
+	resp, err := c.Explanations.ExplainBatch(ctx, req, o.call...)
+	if err != nil {
+		return nil, err
+	}
+	explanations := resp.GetExplanations()
+	if len(explanations) != len(decisionIDs) {
+		return nil, fmt.Errorf("desiderata: ExplainBatch returned %d explanations for %d decisions",
+			len(explanations), len(decisionIDs))
+	}
+	for i, e := range explanations {
+		if got := e.GetRecordedDecisionId(); got != decisionIDs[i] {
+			return nil, fmt.Errorf("desiderata: ExplainBatch answered decision_ids[%d] %q with decision %q",
+				i, decisionIDs[i], got)
+		}
 	}
 	return explanations, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -154,6 +155,49 @@ func TestSmoke(t *testing.T) {
 		_, err := endUser.ExplainBatch(ctx, "credit", []map[string]any{applicantFeatures()}, "transparency")
 		if e := desiderata.DecodeError(err); e == nil || e.Code != codes.PermissionDenied {
 			t.Fatalf("end user ExplainBatch: err = %v, want PERMISSION_DENIED", err)
+		}
+	})
+
+	t.Run("ExplainDecisions", func(t *testing.T) {
+		var ids []string
+		for _, subject := range []string{"applicant-batch-a", "applicant-batch-b"} {
+			pred, err := engineer.Models.Predict(ctx, &desideratav1.PredictRequest{
+				Model: "credit", Instance: applicant(), SubjectId: subject,
+			})
+			if err != nil {
+				t.Fatalf("Predict for %s: %v", subject, desiderata.DecodeError(err))
+			}
+			if pred.GetDecisionId() == "" {
+				t.Fatalf("Predict for %s returned no decision id: %v", subject, pred)
+			}
+			ids = append(ids, pred.GetDecisionId())
+		}
+		if ids[0] == ids[1] { // else a reordering would go unnoticed
+			t.Fatalf("two predictions recorded as one decision %q", ids[0])
+		}
+		batch, err := engineer.ExplainDecisions(ctx, ids, "debugging")
+		if err != nil {
+			t.Fatalf("ExplainDecisions: %v", desiderata.DecodeError(err))
+		}
+		if len(batch) != len(ids) {
+			t.Fatalf("%d explanations for %d decisions", len(batch), len(ids))
+		}
+		for i, e := range batch {
+			if got := e.GetRecordedDecisionId(); got != ids[i] {
+				t.Errorf("explanation %d: recorded_decision_id = %q, want %q", i, got, ids[i])
+			}
+			if len(e.GetFeatureAttribution().GetAttributions()) == 0 {
+				t.Errorf("explanation %d: no attributions for decision %s", i, ids[i])
+			}
+		}
+
+		_, err = engineer.ExplainDecisions(ctx, []string{ids[0], "rec_doesnotexist"}, "debugging")
+		e := desiderata.DecodeError(err)
+		if e == nil || e.Code != codes.NotFound {
+			t.Fatalf("ExplainDecisions with an unknown id: err = %v, want NOT_FOUND", err)
+		}
+		if !strings.Contains(e.Message, "decision_ids[1]") {
+			t.Errorf("NOT_FOUND message %q does not name decision_ids[1]", e.Message)
 		}
 	})
 

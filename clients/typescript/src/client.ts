@@ -118,7 +118,22 @@ export type BatchRow = Readonly<Record<string, FeatureInput>> | ReadonlyMap<stri
  * attribution, unless `params` say otherwise; `consumption` unset: static; `modelVersion` unset: the
  * served version; `locale` unset: "en").
  */
-export type ExplainBatchOptions = Omit<DeepPartial<ExplainBatchRequest>, "model" | "purpose" | "instances">;
+export type ExplainBatchOptions = Omit<
+  DeepPartial<ExplainBatchRequest>,
+  "model" | "purpose" | "instances" | "decisionIds"
+>;
+
+/**
+ * What {@link DesiderataClient.explainDecisions} asks besides the decision ids and purpose: the other
+ * fields of an `ExplainDecisionRequest`, with the same meaning and the same defaults (`kind` unset:
+ * feature attribution, unless `params` say otherwise; `consumption` unset: static; `locale` unset:
+ * "en"), and `modelVersion`: unset, the decisions' own version; set, it must be theirs
+ * (INVALID_ARGUMENT otherwise).
+ */
+export type ExplainDecisionsOptions = Omit<
+  DeepPartial<ExplainBatchRequest>,
+  "model" | "purpose" | "instances" | "decisionIds"
+>;
 
 type Unary<Req, Res> = (
   request: Req,
@@ -167,8 +182,9 @@ export class DesiderataClient {
   /**
    * One explanation per row, in the rows' order, from one ExplainBatch call: one round trip and one
    * policy decision for the batch, while each row is admitted, noised, disclosed, charged and audited
-   * as a call of its own, so each answer is the one {@link explain} would give that row. At most the
-   * server's `explain.max_batch_instances` rows (256 by default). All or nothing: an invalid row
+   * as a call of its own, so each answer is the one {@link explain} would give that row, up to float32
+   * rounding (the server may evaluate rows in shared passes). At most the server's
+   * `explain.max_batch_instances` rows (256 by default). All or nothing: an invalid row
    * (`instances[i].features[name]` in `err.badRequest`) or a batch that does not fit the caller's
    * rate or budget rejects the call with nothing charged. A row that cannot be converted (see
    * {@link instance}) rejects with a TypeError or RangeError naming `rows[i]`, before any call.
@@ -197,6 +213,50 @@ export class DesiderataClient {
       settings,
     );
     return res.explanations;
+  }
+
+  /**
+   * One explanation per recorded decision (ids returned by {@link predict}), in the ids' order, from
+   * one ExplainBatch call: each answer is the one {@link explainDecision} would give that decision, and
+   * its `recordedDecisionId` is the decision it explains (checked here: an answer out of order or
+   * missing rejects with an Error). The decisions must all be of one model version; at most the
+   * server's `explain.max_batch_instances` ids (256 by default). An end user may explain only their
+   * own decisions (as with {@link explainDecision}). All or nothing, with nothing charged: one
+   * decision the caller may not explain (e.g. someone else's, for an end user) refuses the whole
+   * batch with PERMISSION_DENIED; an unknown id is NOT_FOUND naming `decision_ids[i]` in the status
+   * message; an empty id, or decisions of different model versions, are INVALID_ARGUMENT naming
+   * `decision_ids[i]` in `err.badRequest`; a batch that does not fit the caller's rate or budget is
+   * RESOURCE_EXHAUSTED.
+   *
+   * @param decisionIds the recorded decisions, as {@link predict} returned them
+   * @param purpose declared purpose, e.g. "debugging", "audit", "transparency", "contest"
+   */
+  async explainDecisions(
+    decisionIds: readonly string[],
+    purpose: string,
+    options: ExplainDecisionsOptions = {},
+    settings?: CallSettings,
+  ): Promise<Explanation[]> {
+    const req = ExplainBatchRequest.fromPartial({ ...options, purpose, decisionIds: [...decisionIds] });
+    const res = await this.unary<ExplainBatchRequest, ExplainBatchResponse>(
+      this.explanations,
+      this.explanations.explainBatch,
+      req,
+      settings,
+    );
+    const explanations = res.explanations;
+    if (explanations.length !== decisionIds.length) {
+      throw new Error(`ExplainBatch answered ${explanations.length} explanations for ${decisionIds.length} decisions`);
+    }
+    explanations.forEach((ex, i) => {
+      if (ex.recordedDecisionId !== decisionIds[i]) {
+        throw new Error(
+          `ExplainBatch answer ${i} explains decision ${JSON.stringify(ex.recordedDecisionId)}, ` +
+            `not decision_ids[${i}] ${JSON.stringify(decisionIds[i])}`,
+        );
+      }
+    });
+    return explanations;
   }
 
   explainDecision(

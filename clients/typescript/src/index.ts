@@ -16,6 +16,7 @@ export {
   type CallSettings,
   type ClientOptions,
   type ExplainBatchOptions,
+  type ExplainDecisionsOptions,
   type GlobalSummaryOptions,
   type ListDecisionsOptions,
 } from "./client.js";

@@ -484,6 +484,37 @@ describe("desiderata TypeScript SDK against a real server", () => {
     }
   });
 
+  test("ExplainBatch of recorded decisions: one explanation per decision, in order; an unknown id is NOT_FOUND", async () => {
+    // Two different applicants, so the two decisions (and their answers) differ.
+    const ids: string[] = [];
+    for (const [i, amount] of [700, 3000].entries()) {
+      const predicted = await engineer.predict({
+        model: "credit",
+        instance: applicant({ amount }),
+        subjectId: `batch-decision-${i}`,
+      });
+      ids.push(predicted.decisionId);
+    }
+    assert.equal(new Set([...ids, ""]).size, 3, "predict returned an empty or repeated decision id");
+
+    const batch = await engineer.explainDecisions(ids, "debugging");
+    assert.equal(batch.length, 2);
+    // In the ids' order: a reversed answer would name the second decision first.
+    assert.deepEqual(batch.map((ex) => ex.recordedDecisionId), ids);
+    for (const [i, ex] of batch.entries()) {
+      assert.equal(ex.kind, ExplanationKind.EXPLANATION_KIND_FEATURE_ATTRIBUTION);
+      assert.ok((ex.featureAttribution?.attributions.length ?? 0) > 0, `no attributions for decision ${i}`);
+    }
+
+    // All or nothing: one unknown id fails the batch, naming its index.
+    await assert.rejects(engineer.explainDecisions([ids[0], "rec_doesnotexist"], "debugging"), (err) => {
+      assert.ok(err instanceof DesiderataError);
+      assert.equal(err.code, status.NOT_FOUND);
+      assert.match(err.details, /decision_ids\[1\]/);
+      return true;
+    });
+  });
+
   test("leaving an ExplainStream early cancels the call and frees the server's worker", async () => {
     // One worker, and a stream asking for far more work than the next call's deadline allows:
     // if leaving the loop did not cancel the call, the next call would queue behind it and time out.

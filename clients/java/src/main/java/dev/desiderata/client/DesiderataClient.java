@@ -2,8 +2,11 @@ package dev.desiderata.client;
 
 import dev.desiderata.v1.AuditEntry;
 import dev.desiderata.v1.AuditServiceGrpc;
+import dev.desiderata.v1.Consumption;
 import dev.desiderata.v1.ExplainBatchRequest;
 import dev.desiderata.v1.Explanation;
+import dev.desiderata.v1.ExplanationKind;
+import dev.desiderata.v1.ExplanationParams;
 import dev.desiderata.v1.ExplanationServiceGrpc;
 import dev.desiderata.v1.ListDecisionsRequest;
 import dev.desiderata.v1.ModelServiceGrpc;
@@ -78,8 +81,11 @@ public final class DesiderataClient implements AutoCloseable {
    * instance with {@link Instances}, as for {@code Explain}). At most the server's {@code
    * explain.max_batch_instances} instances (256 by default); each is admitted, noised, disclosed,
    * charged and audited as a call of its own, so each answer is the one {@code Explain} gives for
-   * that instance alone. One call under the client's default deadline for the whole batch (for
-   * another: {@code explanations().withDeadlineAfter(...).explainBatch(request)}).
+   * that instance alone, up to float32 rounding (the server may evaluate the rows in shared passes).
+   * The request may carry {@code decision_ids} instead of instances, recorded decisions each
+   * answered as {@code ExplainDecision} would (see {@link #explainDecisions}). One call under the
+   * client's default deadline for the whole batch (for another: {@code
+   * explanations().withDeadlineAfter(...).explainBatch(request)}).
    *
    * <p>All or nothing: an invalid instance fails the call with {@code INVALID_ARGUMENT}, its fields
    * named {@code instances[i].features[name]} in the field violations of {@link ErrorDetails#from};
@@ -89,6 +95,50 @@ public final class DesiderataClient implements AutoCloseable {
    */
   public List<Explanation> explainBatch(ExplainBatchRequest request) {
     return explanations.explainBatch(request).getExplanationsList();
+  }
+
+  /**
+   * One feature-attribution explanation per recorded decision (ids returned by {@code
+   * ModelService.Predict}), in the order of {@code decisionIds}, from one ExplainBatch call with
+   * {@code decision_ids}: each answered as {@code ExplainDecision} would answer it, its {@code
+   * recorded_decision_id} the decision it explains. All the decisions must be of one model version;
+   * {@code params} may be null for the server's defaults. Consumption is static; one call under the
+   * client's default deadline for the whole batch, each decision admitted, charged and audited as a
+   * call of its own.
+   *
+   * <p>All or nothing: an end user may ask only about their own decisions, and one decision of
+   * someone else's refuses the whole batch with {@code PERMISSION_DENIED}; an unknown id fails it
+   * with {@code NOT_FOUND}, {@code decision_ids[i]} named in the status description; an empty id or
+   * decisions of different model versions fail it with {@code INVALID_ARGUMENT}, the field
+   * violations of {@link ErrorDetails#from} naming {@code decision_ids...}. A failed call throws
+   * {@link io.grpc.StatusRuntimeException}; an answer that is not one explanation per id, in
+   * order, throws {@link IllegalStateException}.
+   */
+  public List<Explanation> explainDecisions(
+      List<String> decisionIds, String purpose, ExplanationParams params) {
+    Objects.requireNonNull(decisionIds, "decisionIds");
+    var request =
+        ExplainBatchRequest.newBuilder()
+            .addAllDecisionIds(decisionIds)
+            .setKind(ExplanationKind.EXPLANATION_KIND_FEATURE_ATTRIBUTION)
+            .setPurpose(Objects.requireNonNull(purpose, "purpose"))
+            .setConsumption(Consumption.CONSUMPTION_STATIC);
+    if (params != null) {
+      request.setParams(params);
+    }
+    List<Explanation> explanations = explainBatch(request.build());
+    if (explanations.size() != decisionIds.size()) {
+      throw new IllegalStateException(
+          "ExplainBatch returned " + explanations.size() + " explanations for " + decisionIds.size() + " decisions");
+    }
+    for (int i = 0; i < decisionIds.size(); i++) {
+      String explained = explanations.get(i).getRecordedDecisionId();
+      if (!explained.equals(decisionIds.get(i))) {
+        throw new IllegalStateException(
+            "ExplainBatch answer " + i + " explains decision " + explained + ", not " + decisionIds.get(i));
+      }
+    }
+    return explanations;
   }
 
   /**

@@ -193,6 +193,28 @@ class SmokeTest {
   }
 
   @Test
+  void explainDecisionsAnswersEachRecordedDecisionInOrder() {
+    // Subjects of their own, so the listing tests' subjects see none of these decisions.
+    List<String> ids = List.of(predictFor("applicant-batch-a"), predictFor("applicant-batch-b"));
+    assertEquals(2, Set.copyOf(ids).size(), "two different decisions");
+    List<Explanation> batch = engineer.explainDecisions(ids, "debugging", null);
+    assertEquals(2, batch.size(), "one explanation per decision");
+    assertEquals(ids, batch.stream().map(Explanation::getRecordedDecisionId).toList(), "not in request order");
+    for (int i = 0; i < batch.size(); i++) {
+      assertTrue(batch.get(i).getFeatureAttribution().getAttributionsCount() > 0, "no attributions for " + i);
+    }
+
+    var e =
+        assertThrows(
+            StatusRuntimeException.class,
+            () -> engineer.explainDecisions(List.of(ids.get(0), "rec_doesnotexist"), "debugging", null));
+    assertEquals(Status.Code.NOT_FOUND, e.getStatus().getCode());
+    String description = e.getStatus().getDescription();
+    assertTrue(
+        description != null && description.contains("decision_ids[1]"), "status description: " + description);
+  }
+
+  @Test
   void capabilitiesReportRoleAndKinds() {
     var caps =
         engineer
