@@ -40,6 +40,7 @@ class LocaleTemplates(BaseModel):
     against: str
     withheld: str
     none: str
+    compared: str
     outcomes: dict[str, str] = Field(default_factory=dict)
 
 
@@ -86,7 +87,8 @@ def render_narrative(
         locale: locale of the sentences; unknown ones fall back to English.
 
     Returns:
-        One sentence per shown feature, largest first, plus one for withheld ones.
+        One sentence per shown feature, largest first, plus one for withheld ones; first, for a
+        contrastive explanation (``reference_class``), one saying what it compares with.
     """
     result = explanation.result
     if not isinstance(result, AttributionResult):
@@ -97,9 +99,12 @@ def render_narrative(
     outcome = t.outcomes.get(positive, positive)
     labels = card.labels
     sentences: list[str] = []
+    reference = str(explanation.parameters.get("reference_class", ""))
+    if reference:  # a contrastive background: say what the shares compare with
+        sentences.append(t.compared.format(reference=t.outcomes.get(reference, reference)))
     shown = [(name, share) for name, share in applied.shares if share != 0]
     if not shown:
-        return (t.none,)
+        return (*sentences, t.none)
     for i, (name, share) in enumerate(shown):
         towards = (share > 0) == (explained == positive)
         direction = (t.towards if towards else t.against).format(outcome=outcome)

@@ -98,6 +98,15 @@ def test_narrative_tier_strips_numbers_but_keeps_honest_shares(
     )
 
 
+def test_a_contrastive_narrative_says_what_it_compares_with(profiles: dict[str, DisclosureProfile]) -> None:
+    ex = _attr()
+    contrastive = Explanation(ex.kind, ex.method, ex.method_version, {"reference_class": "good"}, ex.result)
+    narrative = profiles["feature_attribution/narrative"]
+    sentences = render_narrative(*apply_disclosure(contrastive, narrative, CARD), CARD)
+    assert sentences[0] == "Compared with the cases that led to approval:"
+    assert sentences[1:] == render_narrative(*apply_disclosure(ex, narrative, CARD), CARD)
+
+
 def test_direction_follows_the_positive_class_when_explaining_bad() -> None:
     profile = DisclosureProfile(tier="feature_attribution/narrative", top_k=1)
     out, applied = apply_disclosure(_attr(target=0), profile, CARD)
