@@ -87,11 +87,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     from desiderata.client import Client, DesiderataRpcError, parse_feature
+    from desiderata.client._requests import Requests
 
     features = dict(parse_feature(f) for f in args.feature)
+    params = Requests.attribution_params(method=args.method, reference_class=args.reference_class)
     with Client(args.address, api_key=args.key, timeout_s=args.timeout) as client:
         try:
-            ex = client.explain(model=args.model, features=features, purpose=args.purpose, method=args.method)
+            ex = client.explain(model=args.model, features=features, purpose=args.purpose, params=params)
         except DesiderataRpcError as exc:
             print(exc.describe(), file=sys.stderr)
             return 1
@@ -99,6 +101,11 @@ def _explain(args: argparse.Namespace) -> int:
         f"{ex.model} v{ex.model_version}: predicted {ex.prediction.label} "
         f"({max(p.probability for p in ex.prediction.probabilities):.3f}) by {ex.method}"
     )
+    if args.reference_class:
+        print(
+            f"  compared with the training rows predicted {args.reference_class} "
+            f"(their mean score {ex.feature_attribution.baseline_output:.3f})"
+        )
     for a in ex.feature_attribution.attributions:
         print(f"  {a.display_name:<28} {a.value:+.4f}  ({a.share:+.1%})")
     q = ex.quality
@@ -137,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--model", default="credit")
     explain.add_argument("--purpose", default="debugging")
     explain.add_argument("--method", default="")
+    explain.add_argument(
+        "--reference-class",
+        default="",
+        metavar="CLASS",
+        help="compare with the training rows the model predicts as CLASS (methods with a background)",
+    )
     explain.add_argument("--timeout", type=float, default=10.0)
     explain.add_argument(
         "--feature",

@@ -17,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from desiderata.client import Client, DesiderataRpcError
+from desiderata.server.demo_data import read_credit_csv
 
 ADDRESS = re.compile(r"desiderata listening on (\S+:\d+)")
 
@@ -82,6 +83,27 @@ def test_serve_demo_prints_address_and_one_key_per_role(
     with Client(address, api_key="demo-ml_engineer-key") as client:
         models = client.list_models()
         assert [m.name for m in models.models] == ["credit"]
+    # `desiderata explain` against it: every feature attributed, and contrastive backgrounds, whose
+    # mean score (P(good)) is above one half for the rows rated good and below it for the others.
+    row = [f"--feature={k}={v}" for k, v in read_credit_csv().rows[0].items()]
+    scores = {}
+    for reference in ("", "good", "bad"):
+        extra = ["--method", "kernel_shap", "--reference-class", reference] if reference else []
+        run = subprocess.run(
+            [sys.executable, "-m", "desiderata.server.cli", "explain", "--address", address, *row, *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 0, run.stderr
+        out = run.stdout.splitlines()
+        assert out[0].startswith("credit v") and " by " + (extra[1] if extra else "integrated_gradients") in out[0]
+        assert len([line for line in out if line.strip().endswith("%)")]) == len(row)
+        compared = [line for line in out if f"compared with the training rows predicted {reference} " in line]
+        assert len(compared) == (1 if reference else 0)
+        if reference:
+            scores[reference] = float(compared[0].rsplit(" ", 1)[1].rstrip(")"))
+    assert scores["good"] > 0.5 > scores["bad"]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
 
