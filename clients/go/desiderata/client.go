@@ -165,6 +165,18 @@ type explainOptions struct {
 	call         []grpc.CallOption
 }
 
+// newExplainOptions applies opts over the defaults: feature attribution, static consumption.
+func newExplainOptions(opts []ExplainOption) explainOptions {
+	o := explainOptions{
+		kind:        desideratav1.ExplanationKind_EXPLANATION_KIND_FEATURE_ATTRIBUTION,
+		consumption: desideratav1.Consumption_CONSUMPTION_STATIC,
+	}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}
+
 // WithKind sets the explanation kind (default feature attribution).
 func WithKind(k desideratav1.ExplanationKind) ExplainOption {
 	return func(o *explainOptions) { o.kind = k }
@@ -217,13 +229,7 @@ func WithCallOptions(opts ...grpc.CallOption) ExplainOption {
 // before any call; other errors are the call's, for [DecodeError].
 func (c *Client) ExplainBatch(ctx context.Context, model string, rows []map[string]any, purpose string,
 	opts ...ExplainOption) ([]*desideratav1.Explanation, error) {
-	o := explainOptions{
-		kind:        desideratav1.ExplanationKind_EXPLANATION_KIND_FEATURE_ATTRIBUTION,
-		consumption: desideratav1.Consumption_CONSUMPTION_STATIC,
-	}
-	for _, opt := range opts {
-		opt(&o)
-	}
+	o := newExplainOptions(opts)
 	req := &desideratav1.ExplainBatchRequest{
 		Model:        model,
 		ModelVersion: o.modelVersion,
@@ -272,13 +278,7 @@ func (c *Client) ExplainBatch(ctx context.Context, model string, rows []map[stri
 // place, is an error; other errors are the call's, for [DecodeError].
 func (c *Client) ExplainDecisions(ctx context.Context, decisionIDs []string, purpose string,
 	opts ...ExplainOption) ([]*desideratav1.Explanation, error) {
-	o := explainOptions{
-		kind:        desideratav1.ExplanationKind_EXPLANATION_KIND_FEATURE_ATTRIBUTION,
-		consumption: desideratav1.Consumption_CONSUMPTION_STATIC,
-	}
-	for _, opt := range opts {
-		opt(&o)
-	}
+	o := newExplainOptions(opts)
 	req := &desideratav1.ExplainBatchRequest{
 		ModelVersion: o.modelVersion,
 		DecisionIds:  decisionIDs,
