@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -62,6 +63,8 @@ class Computed:
     converged: bool = True
     warnings: list[str] = field(default_factory=list)
     used: dict[str, Any] = field(default_factory=dict)
+    compute_ms: float | None = None
+    """Set when the time since the pipeline's start is not this answer's own (instances explained together)."""
 
 
 def player_matrix(groups: list[list[int]], n_columns: int) -> np.ndarray:
@@ -163,11 +166,17 @@ class AttributionExplainer(Explainer):
         self.limits = limits or AttributionLimits()
 
     def explain(self, model: ExplainableModel, x: np.ndarray, params: Any, ctx: ExplainContext) -> Explanation:
-        background = None
-        if self.capabilities.needs_background:
-            predicted = params.reference_class if isinstance(params, AttributionParams) else ""
-            background = summarize(model, self.limits.background_size, predicted=predicted)
-        return self.explain_with_background(model, x, params, ctx, background)
+        return self._explain_all(model, [x], params, [ctx], self._background(model, params))[0]
+
+    def explain_many(
+        self, model: ExplainableModel, xs: Sequence[np.ndarray], params: Any, ctxs: Sequence[ExplainContext]
+    ) -> list[Explanation]:
+        """The same pipeline for several instances (ExplainBatch): parameters and background are
+        checked once, the predicted classes come from one batch, and `_compute_many` explains
+        them (together, for methods whose model evaluations gain from shared batches)."""
+        if not xs:
+            return []
+        return self._explain_all(model, xs, params, ctxs, self._background(model, params))
 
     def explain_with_background(
         self,
@@ -187,12 +196,51 @@ class AttributionExplainer(Explainer):
             background: weighted rows of width ``n_columns``; required when the
                 method declares ``needs_background``.
         """
+        return self._explain_all(model, [x], params, [ctx], background)[0]
+
+    def _background(self, model: ExplainableModel, params: Any) -> Background | None:
+        if not self.capabilities.needs_background:
+            return None
+        predicted = params.reference_class if isinstance(params, AttributionParams) else ""
+        return summarize(model, self.limits.background_size, predicted=predicted)
+
+    def _explain_all(
+        self,
+        model: ExplainableModel,
+        xs: Sequence[np.ndarray],
+        params: Any,
+        ctxs: Sequence[ExplainContext],
+        background: Background | None,
+    ) -> list[Explanation]:
         if not isinstance(params, AttributionParams):
             raise TypeError(f"{self.name} needs AttributionParams")
+        self._check(model, params, background)
         n_cols = model.schema.n_columns
-        x = np.asarray(x, dtype=np.float64)
-        if x.shape != (n_cols,) or not np.isfinite(x).all():
-            raise InvalidArgument.single("instance", f"expected {n_cols} finite encoded columns")
+        arrays = [np.asarray(x, dtype=np.float64) for x in xs]
+        for x in arrays:
+            if x.shape != (n_cols,) or not np.isfinite(x).all():
+                raise InvalidArgument.single("instance", f"expected {n_cols} finite encoded columns")
+        if params.target_class is None:
+            targets = [int(t) for t in np.argmax(model.predict_proba(np.stack(arrays)), axis=1)]
+        elif not 0 <= params.target_class < model.n_classes:
+            raise InvalidArgument.single("params.attribution.target_class", f"must be in [0, {model.n_classes})")
+        else:
+            targets = [params.target_class] * len(arrays)
+        started = time.perf_counter()
+        computed = self._compute_many(model, arrays, params, ctxs, targets, background)
+        share = (time.perf_counter() - started) * 1e3 / len(arrays)
+        out = []
+        for x, ctx, target, c in zip(arrays, ctxs, targets, computed, strict=True):
+            if params.reference_class:
+                c.used.setdefault("reference_class", params.reference_class)
+            if c.compute_ms is None and len(arrays) > 1:
+                c.compute_ms = share
+            out.append(self._finish(model, x, params, ctx, target, background, c, started))
+        return out
+
+    def _check(self, model: ExplainableModel, params: AttributionParams, background: Background | None) -> None:
+        """The checks of parameters and background that every instance shares."""
+        n_cols = model.schema.n_columns
         unknown = [m for m in params.quality_metrics if m not in QUALITY_METRICS]
         if unknown:
             raise InvalidArgument.single(
@@ -221,16 +269,6 @@ class AttributionExplainer(Explainer):
                 )
             if background.x.shape[0] > self.limits.max_background:
                 raise InvalidArgument.single("background", f"at most {self.limits.max_background} rows")
-        target = params.target_class
-        if target is None:
-            target = int(np.argmax(model.predict_proba(x[None, :])[0]))
-        elif not 0 <= target < model.n_classes:
-            raise InvalidArgument.single("params.attribution.target_class", f"must be in [0, {model.n_classes})")
-        started = time.perf_counter()
-        computed = self._compute(model, x, params, ctx, target, background)
-        if params.reference_class:
-            computed.used.setdefault("reference_class", params.reference_class)
-        return self._finish(model, x, params, ctx, target, background, computed, started)
 
     def _finish(
         self,
@@ -273,7 +311,7 @@ class AttributionExplainer(Explainer):
             relative_completeness_gap=gap / max(abs(delta), 1e-12),
             relative_std_error=rel_se,
             model_evaluations=c.evaluations,
-            compute_ms=(time.perf_counter() - started) * 1e3,
+            compute_ms=(time.perf_counter() - started) * 1e3 if c.compute_ms is None else c.compute_ms,
             converged=c.converged,
             warnings=tuple(c.warnings),
         )
@@ -291,3 +329,31 @@ class AttributionExplainer(Explainer):
         background: Background | None,
     ) -> Computed:
         """The method itself, on validated inputs."""
+
+    def _compute_many(
+        self,
+        model: ExplainableModel,
+        xs: Sequence[np.ndarray],
+        params: AttributionParams,
+        ctxs: Sequence[ExplainContext],
+        targets: Sequence[int],
+        background: Background | None,
+    ) -> list[Computed]:
+        """`_compute` of each instance, one by one; methods that gain from sharing model
+        batches across instances override it (each answer must stay the one `_compute`
+        gives the instance alone, up to float32 rounding).
+
+        Args:
+            xs: validated encoded instances, each ``(n_columns,)``.
+            ctxs: one context per instance (its seed).
+            targets: each instance's explained class.
+        """
+        if len(xs) == 1:
+            return [self._compute(model, xs[0], params, ctxs[0], targets[0], background)]
+        out = []
+        for x, ctx, target in zip(xs, ctxs, targets, strict=True):
+            started = time.perf_counter()
+            c = self._compute(model, x, params, ctx, target, background)
+            c.compute_ms = (time.perf_counter() - started) * 1e3
+            out.append(c)
+        return out
