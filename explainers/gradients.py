@@ -119,12 +119,10 @@ def _ends(
     return outs[: len(idx)], outs[len(idx) :]
 
 
-class GradientXInput(AttributionExplainer):
-    """Gradient × input at the instance."""
-
-    name = "gradient_x_input"
-    version = "1"
-    capabilities = Capabilities(kind=Kind.FEATURE_ATTRIBUTION, white_box=True)
+class _SharedPasses(AttributionExplainer):
+    """A gradient method whose instances share model passes: one instance alone is a batch of
+    one, so a batch answers each instance as it is answered alone. Subclasses implement
+    `_compute_many`."""
 
     def _compute(
         self,
@@ -136,6 +134,14 @@ class GradientXInput(AttributionExplainer):
         background: Background | None,
     ) -> Computed:
         return self._compute_many(model, [x], params, [ctx], [target], background)[0]
+
+
+class GradientXInput(_SharedPasses):
+    """Gradient × input at the instance."""
+
+    name = "gradient_x_input"
+    version = "1"
+    capabilities = Capabilities(kind=Kind.FEATURE_ATTRIBUTION, white_box=True)
 
     def _compute_many(
         self,
@@ -159,23 +165,12 @@ class GradientXInput(AttributionExplainer):
         return [c for c in out if c is not None]
 
 
-class SmoothGrad(AttributionExplainer):
+class SmoothGrad(_SharedPasses):
     """SmoothGrad of gradient × input (captum's NoiseTunnel over InputXGradient)."""
 
     name = "smoothgrad"
     version = "1"
     capabilities = Capabilities(kind=Kind.FEATURE_ATTRIBUTION, white_box=True)
-
-    def _compute(
-        self,
-        model: ExplainableModel,
-        x: np.ndarray,
-        params: AttributionParams,
-        ctx: ExplainContext,
-        target: int,
-        background: Background | None,
-    ) -> Computed:
-        return self._compute_many(model, [x], params, [ctx], [target], background)[0]
 
     def _compute_many(
         self,
@@ -219,23 +214,12 @@ class SmoothGrad(AttributionExplainer):
         return out
 
 
-class ExpectedGradients(AttributionExplainer):
+class ExpectedGradients(_SharedPasses):
     """Integrated Gradients averaged over the weighted background."""
 
     name = "expected_gradients"
     version = "1"
     capabilities = Capabilities(kind=Kind.FEATURE_ATTRIBUTION, white_box=True, needs_background=True)
-
-    def _compute(
-        self,
-        model: ExplainableModel,
-        x: np.ndarray,
-        params: AttributionParams,
-        ctx: ExplainContext,
-        target: int,
-        background: Background | None,
-    ) -> Computed:
-        return self._compute_many(model, [x], params, [ctx], [target], background)[0]
 
     def _compute_many(
         self,
