@@ -8,7 +8,7 @@ disclosure, and a last check that the caller is still there before anything is
 charged. What a batch adds is grouping: the instances that miss the cache and
 share a method, tier and parameters are handed to the explainer together
 (`Explainer.explain_many`), so a method whose model evaluations gain from
-larger batches (Integrated Gradients) evaluates them in shared passes.
+larger batches (the gradient methods) evaluates them in shared passes.
 
 Charging, auditing and releasing reservations stay with the caller
 (`Pipeline.compute` for one call, `batch_explain` for a batch).

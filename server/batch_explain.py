@@ -10,7 +10,7 @@ monitor, which may move it to a stricter tier), noised, disclosed, charged
 and audited exactly as if it had been asked alone, with its own answer-cache
 entry. Its answer is the one it would get alone, up to float32 rounding: a
 method that gains from larger batches evaluates the instances in shared
-passes (`answering.compute_answers`; Integrated Gradients does).
+passes (`answering.compute_answers`; the gradient methods do).
 
 Recorded decisions (an audit of many decisions, or an end user's own) are
 each resolved, checked and decided as ExplainDecision would: the policy sees
