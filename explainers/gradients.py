@@ -83,7 +83,7 @@ def _noise_scale(model: ExplainableModel) -> np.ndarray:
     return np.asarray(NOISE_LEVEL * std * numeric)
 
 
-Piece = tuple[int, int, int]
+_Piece = tuple[int, int, int]
 """(instance, first, count): a run of one instance's rows, at most one pass long."""
 
 
@@ -92,14 +92,14 @@ def _by_target(targets: Sequence[int]) -> list[tuple[int, list[int]]]:
     return [(t, [i for i, u in enumerate(targets) if u == t]) for t in sorted(set(targets))]
 
 
-def _packed(pieces: Sequence[Piece], rows_per: int) -> Iterator[list[Piece]]:
+def _packed(pieces: Sequence[_Piece], rows_per: int) -> Iterator[list[_Piece]]:
     """Consecutive pieces grouped into passes of at most `MAX_ROWS_PER_PASS` model rows.
 
     Args:
         pieces: in order; each of at most ``MAX_ROWS_PER_PASS // rows_per`` units.
         rows_per: model rows per unit of a piece's count.
     """
-    group: list[Piece] = []
+    group: list[_Piece] = []
     rows = 0
     for piece in pieces:
         if group and rows + piece[2] * rows_per > MAX_ROWS_PER_PASS:
