@@ -17,7 +17,11 @@ measures, p50 over distinct rows, each figure beside its in-process peer:
   permutations, the fewest of 60/80/100 that reach 2% (2.69/2.34/1.93%);
 - exact Shapley at d = 10 vs shap ExactExplainer;
 - under both Shapley figures, their floor: one bare `predict_proba` over as
-  many rows as the answer evaluated, on the server's handle and threads;
+  many rows as the answer evaluated, on the server's handle and threads (for
+  exact Shapley also on one thread: what a second thread buys on this VM);
+- under the Shapley, exact and IG figures, where their time goes: the RPC (our
+  p50 less the pipeline's p50 in process on the same rows), the pipeline
+  around the explainer, the explainer beyond its floor, and the floor;
 - Integrated Gradients (50 steps, Gauss–Legendre, zero baseline) vs captum;
 - IG calls/s with 16 concurrent clients vs a bare gRPC echo server; beside
   it the floor of this stack (the same RPC answered from a finished
@@ -54,12 +58,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.attribution_inprocess import mlp, reference_error, reference_phi
 from bench.rpc_harness import (
+    IG_PARAMS,
     closed_loop,
     echo_server,
     explain_call,
     fused_throughput,
     p50_rpc,
     p50_sync,
+    pipeline_p50,
     rel_err,
     row,
     rss_mb,
@@ -71,6 +77,7 @@ from desiderata.client import AsyncClient
 from desiderata.client._requests import Requests
 from desiderata.explainers.background import Background, summarize
 from desiderata.policy.model import Principal
+from desiderata.server.chunk_runner import SEQUENTIAL
 from desiderata.server.grpc.app import App, build_server
 from desiderata.server.served import ServedExplanation
 from desiderata.v1 import explanation_service_pb2 as es
@@ -80,18 +87,48 @@ warnings.filterwarnings("ignore")
 TABLE: list[tuple[str, str, str, str]] = []
 
 
-def bare_model_ms(app: App, name: str, rows: int, d: int, repeats: int = 15) -> float:
+def bare_model_ms(app: App, name: str, rows: int, d: int, repeats: int = 15, *, one_thread: bool = False) -> float:
     """p50 of one `predict_proba` over `rows` random rows on the served handle: the time below
-    which no method that needs those rows can answer, whatever its sampling or overhead."""
+    which no method that needs those rows can answer, whatever its sampling or overhead; on
+    the runner's threads, or with `one_thread` on the caller alone (the VM's scaling)."""
     handle = app.pipeline.models.resolve(name)
+    runner = handle.runner
+    if one_thread:
+        handle.runner = SEQUENTIAL
     x = np.random.default_rng(0).normal(size=(rows, d)).astype(np.float32)
-    handle.predict_proba(x)
+    try:
+        handle.predict_proba(x)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            handle.predict_proba(x)
+            times.append((time.perf_counter() - t) * 1e3)
+    finally:
+        handle.runner = runner
+    return statistics.median(times)
+
+
+def bare_gradients_ms(app: App, name: str, rows: int, d: int, repeats: int = 200) -> float:
+    """p50 of one forward and backward pass over `rows` rows on the served handle (IG's floor)."""
+    handle = app.pipeline.models.resolve(name)
+    x = torch.as_tensor(np.random.default_rng(0).normal(size=(rows, d)), dtype=torch.float32)
+    handle.target_gradients(x, 1)
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        handle.predict_proba(x)
+        handle.target_gradients(x, 1)
         times.append((time.perf_counter() - t) * 1e3)
     return statistics.median(times)
+
+
+def where_time_goes(e2e: float, pipeline: float, explainer: float, floor: float, what: str) -> None:
+    """Prints an answer's p50 split into the RPC (SDK, transport, authentication, conversion),
+    the pipeline around the explainer (policy, admission, disclosure, ledger, audit, the worker
+    hand-off), the explainer beyond its floor, and the floor itself."""
+    print(
+        f"    (where the {e2e:.1f} ms go: RPC {e2e - pipeline:.1f}, pipeline around the explainer "
+        f"{pipeline - explainer:.1f}, explainer beyond its floor {explainer - floor:.1f}, floor {floor:.2f} ({what}))"
+    )
 
 
 def record(what: str, ours: str, peer: str, ratio: str) -> None:
@@ -192,6 +229,9 @@ async def main() -> None:
             f"    (floor: the bare model evaluation of {evals:,.0f} rows on the server's handle, "
             f"{handle.eval_rows:,}-row chunks on its runner's threads, p50 {floor_ms:.1f} ms)"
         )
+        kw = {"target_std_error": args.target_se}
+        in_process, own = await pipeline_p50(app, xs, model=f"mlp{d}", method="permutation_shapley", **kw)
+        where_time_goes(ms, in_process, own, floor_ms, "its rows, bare")
 
         # ---------------------------------------------------------------- exact Shapley, d = 10
         d, model, bg = 10, models[10], backgrounds[10]
@@ -210,12 +250,18 @@ async def main() -> None:
         )
         rows = (1 << d) * bg.x.shape[0]
         floor_ms = bare_model_ms(app, "mlp10", rows, d)
-        print(f"    (floor: the bare model evaluation of its {rows:,} rows, p50 {floor_ms:.1f} ms)")
+        one_ms = bare_model_ms(app, "mlp10", rows, d, one_thread=True)
+        print(
+            f"    (floor: the bare model evaluation of its {rows:,} rows, p50 {floor_ms:.1f} ms; "
+            f"{one_ms:.1f} ms on one thread: two threads run {one_ms / floor_ms:.2f}× as fast)"
+        )
+        in_process, own = await pipeline_p50(app, xs, model="mlp10", method="exact_shapley")
+        where_time_goes(ms, in_process, own, floor_ms, "its rows, bare")
 
         # ---------------------------------------------------------------- IG 50 steps, d = 30
         d, model = 30, models[30]
         xs = rows_of[d][: args.rows]
-        ig = explain(d, "integrated_gradients", steps=50, integration_rule="gauss_legendre", baseline="zero")
+        ig = explain(d, "integrated_gradients", **IG_PARAMS)
         ms, outs = await p50_rpc(ig, xs)
         cig = CaptumIG(model.torch_module())
 
@@ -230,6 +276,9 @@ async def main() -> None:
             "IG 50 steps d=30 vs captum", f"{ms:6.2f} ms", f"{pms:6.2f} ms (max rel Δ {rel:.1e})", f"{pms / ms:.2f}×"
         )
         print(f"    (ours: median {evals:.0f} model rows per answer)")
+        in_process, own = await pipeline_p50(app, xs, model="mlp30", method="integrated_gradients")
+        floor_ms = bare_gradients_ms(app, "mlp30", int(evals), d)
+        where_time_goes(ms, in_process, own, floor_ms, f"one forward and backward pass over {evals:.0f} rows")
 
         # ---------------------------------------------------------------- throughput, 16 clients
         pool = rows_of[d]

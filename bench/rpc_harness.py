@@ -18,9 +18,10 @@ import yaml
 
 from desiderata.client import AsyncClient
 from desiderata.client._requests import Requests
+from desiderata.policy.model import Principal
 from desiderata.server.artifact import export_probability_module
 from desiderata.server.grpc import convert
-from desiderata.server.grpc.app import build_server
+from desiderata.server.grpc.app import App, build_server
 from desiderata.server.served import ExplainCall
 from desiderata.v1 import types_pb2 as pb
 from tests.integration.conftest import settings_for
@@ -135,11 +136,14 @@ def timed_model(handle: object) -> Callable[[], float]:
     return covered
 
 
-def explain_call(x: np.ndarray, *, model: str, method: str) -> ExplainCall:
-    """The pipeline's form of an IG request (50 Gauss–Legendre steps, zero baseline)."""
-    params = Requests.attribution_params(
-        method=method, target_class="yes", steps=50, integration_rule="gauss_legendre", baseline="zero"
-    )
+IG_PARAMS: dict[str, object] = {"steps": 50, "integration_rule": "gauss_legendre", "baseline": "zero"}
+"""The benchmark's Integrated Gradients: 50 Gauss–Legendre steps from a zero baseline."""
+
+
+def explain_call(x: np.ndarray, *, model: str, method: str, seed: int = 0, **kw: object) -> ExplainCall:
+    """The pipeline's form of a debugging request for the class "yes" (IG_PARAMS when no `kw`)."""
+    extra = kw or (IG_PARAMS if method == "integrated_gradients" else {})
+    params = Requests.attribution_params(method=method, target_class="yes", seed=seed, **extra)
     return convert.explain_call(
         kind=pb.EXPLANATION_KIND_FEATURE_ATTRIBUTION,
         purpose="debugging",
@@ -150,6 +154,22 @@ def explain_call(x: np.ndarray, *, model: str, method: str) -> ExplainCall:
         model_version="",
         instance=pb.Instance(features=[pb.Feature(name=k, value=pb.FeatureValue(number=v)) for k, v in row(x).items()]),
     )
+
+
+async def pipeline_p50(app: App, xs: np.ndarray, *, model: str, method: str, **kw: object) -> tuple[float, float]:
+    """p50 ms of the server's whole pipeline in process (resolve, policy, admission, the
+    explainer, disclosure, ledger and audit; one worker hand-off), no RPC, and p50 of the
+    explainer's own `compute_ms` in the same calls; seeds unlike the RPC calls', so no
+    answer comes from the cache."""
+    principal = Principal(id="bench", role="ml_engineer")
+    times, computes = [], []
+    for i, x in enumerate(xs):
+        call = explain_call(x, model=model, method=method, seed=10**5 + i, **kw)
+        t = time.perf_counter()
+        served = await app.pipeline.explain(principal, call, None)
+        times.append((time.perf_counter() - t) * 1e3)
+        computes.append(served.explanation.quality.compute_ms)
+    return statistics.median(times), statistics.median(computes)
 
 
 async def fused_throughput(root: Path, clients: int, n_calls: int, pool: np.ndarray) -> tuple[float, float]:
