@@ -61,6 +61,8 @@ class Capabilities:
         dp_sensitivity: how output noise is calibrated, e.g. "l2_clip" for
             attributions clipped to an L2 norm before noise.
         streaming: can report successive refinements (anytime).
+        batches: instances explained together share model passes (`explain_many`), so
+            concurrent calls gain from being explained as one group.
     """
 
     kind: Kind
@@ -68,6 +70,7 @@ class Capabilities:
     needs_background: bool = False
     dp_sensitivity: str = "l2_clip"
     streaming: bool = False
+    batches: bool = False
 
 
 @dataclass(frozen=True)

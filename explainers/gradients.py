@@ -141,7 +141,7 @@ class GradientXInput(_SharedPasses):
 
     name = "gradient_x_input"
     version = "1"
-    capabilities = Capabilities(kind=Kind.FEATURE_ATTRIBUTION, white_box=True)
+    capabilities = Capabilities(kind=Kind.FEATURE_ATTRIBUTION, white_box=True, batches=True)
 
     def _compute_many(
         self,
@@ -170,7 +170,7 @@ class SmoothGrad(_SharedPasses):
 
     name = "smoothgrad"
     version = "1"
-    capabilities = Capabilities(kind=Kind.FEATURE_ATTRIBUTION, white_box=True)
+    capabilities = Capabilities(kind=Kind.FEATURE_ATTRIBUTION, white_box=True, batches=True)
 
     def _compute_many(
         self,
@@ -219,7 +219,7 @@ class ExpectedGradients(_SharedPasses):
 
     name = "expected_gradients"
     version = "1"
-    capabilities = Capabilities(kind=Kind.FEATURE_ATTRIBUTION, white_box=True, needs_background=True)
+    capabilities = Capabilities(kind=Kind.FEATURE_ATTRIBUTION, white_box=True, needs_background=True, batches=True)
 
     def _compute_many(
         self,

@@ -139,7 +139,7 @@ class IntegratedGradients(Explainer):
 
     name = "integrated_gradients"
     version = "1"
-    capabilities = Capabilities(kind=Kind.FEATURE_ATTRIBUTION, white_box=True)
+    capabilities = Capabilities(kind=Kind.FEATURE_ATTRIBUTION, white_box=True, batches=True)
 
     def explain(self, model: ExplainableModel, x: np.ndarray, params: Any, ctx: ExplainContext) -> Explanation:
         return self.explain_many(model, [x], params, [ctx])[0]

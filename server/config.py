@@ -227,6 +227,11 @@ class ExplainSettings(BaseModel):
     """Most instances one ExplainBatch call may carry. Each is admitted and charged as a
     call of its own, and the whole batch is answered in one response, so this also bounds
     the response size and how long one call holds a worker."""
+    coalesce_max_calls: int = Field(default=32, ge=1, le=1024)
+    """Most concurrent unary calls of a method whose instances share model passes (the
+    gradient methods) that a worker explains together when they queue for it (see
+    `server.coalescing`); each is still decided, admitted, charged and audited alone.
+    1 explains every call alone."""
     background_size: int = Field(default=100, ge=1, le=10_000)
     """Rows of the k-means background summarised from the training reference."""
     answer_cache_size: int = Field(default=1024, ge=0)

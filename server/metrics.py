@@ -96,6 +96,12 @@ class Metrics:
         self.model_rows = Counter(
             "desiderata_model_rows", "Model rows evaluated by explainers, by model.", ["model"], registry=r
         )
+        self.coalesced_calls = Histogram(
+            "desiderata_coalesced_calls",
+            "Unary calls a worker explained together from the coalescing queue (1: alone).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
         self.answer_cache = Counter(
             "desiderata_answer_cache_lookups", "Answer-cache lookups by result (hit, miss).", ["result"], registry=r
         )

@@ -33,6 +33,7 @@ from desiderata.policy.store import PolicyStore
 from desiderata.server.admission import admit
 from desiderata.server.answer_cache import AnswerCache
 from desiderata.server.answering import Answer, Prepared, compute_answers
+from desiderata.server.coalescing import Coalescer
 from desiderata.server.config import ExplainSettings
 from desiderata.server.decision_audit import audit_decision, decide_explanation
 from desiderata.server.decision_store import DecisionRecord, DecisionStore, new_record_id, utcnow
@@ -95,10 +96,14 @@ class Pipeline:
     _pool: ThreadPoolExecutor = field(init=False)
     answers: AnswerCache = field(init=False)
     _in_flight: set[threading.Event] = field(init=False, default_factory=set)
+    coalescer: Coalescer | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._pool = torch_executor(self.workers, "desiderata-worker")
         self.answers = AnswerCache(self.settings.answer_cache_size, self.settings.cache_max_age_s)
+        if self.settings.coalesce_max_calls > 1:
+            observe = None if self.metrics is None else self.metrics.coalesced_calls.observe
+            self.coalescer = Coalescer(self, self._pool, self.workers, self.settings.coalesce_max_calls, observe)
 
     def close(self) -> None:
         """Cancels the work still running (its calls are gone once the server has stopped),
@@ -195,8 +200,12 @@ class Pipeline:
 
         One trip to the worker pool does everything (resolve, decide, predict,
         admit, explain, disclose, commit, audit); the event loop only waits. A
-        second trip cost a thread hand-off per request for no parallelism.
+        second trip cost a thread hand-off per request for no parallelism. Calls
+        of methods whose instances share model passes go through the coalescer,
+        which explains those that queue together (`server.coalescing`).
         """
+        if progress is None and self.coalescer is not None and self.coalescer.accepts(call):
+            return await self.coalescer.explain(principal, call, deadline, self._in_flight)
         cancel = threading.Event()
         work = lambda: self._explain(principal, call, deadline, cancel, progress)  # noqa: E731
         return await self.off_loop(work, deadline, cancel)

@@ -90,6 +90,16 @@ async def test_calls_explanations_refusals_and_stores_are_counted_and_nothing_pe
     assert recorded.decision_id not in text and first.explanation_id not in text
 
 
+async def test_coalesced_calls_are_counted_by_group(metered: Running) -> None:
+    params = Requests.attribution_params(method="integrated_gradients", target_class="yes")
+    async with AsyncClient(metered.address, api_key="k-eng") as eng:
+        await eng.explain("tiny", INSTANCE, purpose="debugging", params=params)
+    _, samples = scrape(metered)
+    # A lone call is a group of one (calls that queue for a busy worker: tests/integration/test_coalescing.py).
+    assert samples[("desiderata_coalesced_calls_count", ())] == 1
+    assert samples[("desiderata_coalesced_calls_sum", ())] == 1
+
+
 def test_metrics_are_off_unless_enabled(tmp_path: Path) -> None:
     assert Settings.load(None).metrics.enabled is False
     assert settings_for(None, tmp_path).metrics.enabled is False
