@@ -23,10 +23,12 @@ measures, p50 over distinct rows, each figure beside its in-process peer:
   p50 less the pipeline's p50 in process on the same rows), the pipeline
   around the explainer, the explainer beyond its floor, and the floor;
 - Integrated Gradients (50 steps, Gauss–Legendre, zero baseline) vs captum;
-- IG calls/s with 16 concurrent clients vs a bare gRPC echo server; beside
-  it the floor of this stack (the same RPC answered from a finished
-  explanation: SDK, authentication and conversion, no pipeline) in ms and
-  calls/s with the echo's p50, and IG calls/s of a second server that fuses
+- IG calls/s with 16 concurrent clients vs a bare gRPC echo server, and the
+  same server explaining each call alone (no coalescing of queued calls), with
+  the calls a worker explained together on average; beside it the floor of
+  this stack (the same RPC answered from a finished explanation: SDK,
+  authentication and conversion, no pipeline) in ms and calls/s with the
+  echo's p50, and IG calls/s of a second server that fuses
   concurrent model evaluations (`models.fuse_rows`, 4 workers) with its calls
   per fused batch; and IG rows/s through ExplainBatch (64 rows per call, 2
   callers), each row admitted, charged and audited as a call of its own;
@@ -288,7 +290,14 @@ async def main() -> None:
             return await ig(pool[i % len(pool)], i)
 
         await closed_loop(ig_call, args.clients, 200)
+        coalescer = app.pipeline.coalescer
+        assert coalescer is not None, "the benchmark measures the server's default: coalescing on"
+        groups0, calls0 = coalescer.groups, coalescer.calls
         ours_cps = await closed_loop(ig_call, args.clients, n_calls)
+        per_group = (coalescer.calls - calls0) / max(coalescer.groups - groups0, 1)
+        app.pipeline.coalescer = None  # the same server explaining every call alone
+        alone_cps = await closed_loop(lambda i: ig_call(n_calls + i), args.clients, n_calls)
+        app.pipeline.coalescer = coalescer
         server, address = await echo_server()
         payload = es.ExplainRequest(
             model="mlp30",
@@ -310,6 +319,12 @@ async def main() -> None:
             f"{ours_cps:8.0f} /s",
             f"{echo_cps:8.0f} /s",
             f"{100 * ours_cps / echo_cps:.0f}%",
+        )
+        record(
+            "  IG calls/s, each call alone (no coalescing)",
+            f"{alone_cps:8.0f} /s",
+            f"coalesced {ours_cps:8.0f} /s",
+            f"{per_group:.1f}/group",
         )
         # The floor of this stack: the same RPC (SDK, auth, conversion both ways) answered from
         # a finished explanation, with no pipeline work; and the bare echo round trip.
