@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from prometheus_client.parser import text_string_to_metric_families
 
 from desiderata.server.config import Settings
 from desiderata.server.grpc.app import App, build_server
+from desiderata.server.model_handle import ModelHandle
 
 KEYS = [
     {"principal": "eng", "role": "ml_engineer", "key": "k-eng"},
@@ -45,6 +47,19 @@ def settings_for(repo: Path | None, state: Path, **extra: object) -> Settings:
     cfg["models"] = model_cfg
     cfg.update(extra)
     return Settings.load(None, **cfg)
+
+
+def gradient_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Records the rows of every forward/backward pass any served model makes, in order."""
+    passes: list[int] = []
+    evaluate = ModelHandle.target_gradients
+
+    def counted(self: ModelHandle, rows: torch.Tensor, target: int) -> tuple[torch.Tensor, torch.Tensor]:
+        passes.append(rows.shape[0])
+        return evaluate(self, rows, target)
+
+    monkeypatch.setattr(ModelHandle, "target_gradients", counted)
+    return passes
 
 
 def scrape(running: Running) -> tuple[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:

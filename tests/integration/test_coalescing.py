@@ -26,7 +26,7 @@ from desiderata.server.model_handle import ModelHandle
 from desiderata.server.pipeline import Pipeline
 from desiderata.server.served import ExplainCall
 from desiderata.v1 import types_pb2 as pb
-from tests.integration.conftest import Running, serving, settings_for
+from tests.integration.conftest import Running, gradient_passes, serving, settings_for
 from tests.support.tiny_model import INSTANCE, build_tiny_repo
 
 ROWS = [INSTANCE, {**INSTANCE, "x1": -0.7, "color": "blue"}, {**INSTANCE, "x2": 75, "flag": False}]
@@ -106,14 +106,7 @@ async def test_queued_calls_share_one_pass_and_are_answered_charged_and_audited_
     pipeline = tiny_server.app.pipeline
     coalescer = pipeline.coalescer
     assert coalescer is not None
-    passes: list[int] = []
-    evaluate = ModelHandle.target_gradients
-
-    def counted(self: ModelHandle, rows: torch.Tensor, target: int) -> tuple[torch.Tensor, torch.Tensor]:
-        passes.append(rows.shape[0])
-        return evaluate(self, rows, target)
-
-    monkeypatch.setattr(ModelHandle, "target_gradients", counted)
+    passes = gradient_passes(monkeypatch)
     ledger = _Ledger(pipeline, monkeypatch)
     async with AsyncClient(tiny_server.address, api_key="k-eng") as client:
         async with _workers_held(tiny_server, client) as queued:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import torch
 import yaml
 
 from desiderata.client import AsyncClient, DesiderataRpcError
@@ -20,9 +19,8 @@ from desiderata.policy.privacy_params import PrivacyParams
 from desiderata.policy.store import default_bundle_dir
 from desiderata.server.config import Settings
 from desiderata.server.errors import Unavailable
-from desiderata.server.model_handle import ModelHandle
 from desiderata.v1 import types_pb2 as pb
-from tests.integration.conftest import Running, serving, settings_for
+from tests.integration.conftest import Running, gradient_passes, serving, settings_for
 from tests.integration.test_stakeholders import APPLICANT, client
 from tests.support.tiny_model import INSTANCE
 
@@ -36,14 +34,7 @@ def _values(ex: pb.Explanation) -> list[tuple[str, float]]:
 async def test_each_row_is_the_answer_it_would_get_alone(
     tiny_server: Running, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    passes: list[int] = []
-    evaluate = ModelHandle.target_gradients
-
-    def counted(self: ModelHandle, rows: torch.Tensor, target: int) -> tuple[torch.Tensor, torch.Tensor]:
-        passes.append(rows.shape[0])
-        return evaluate(self, rows, target)
-
-    monkeypatch.setattr(ModelHandle, "target_gradients", counted)
+    passes = gradient_passes(monkeypatch)
     params = Requests.attribution_params(method="integrated_gradients", target_class="yes", steps=50)
     async with AsyncClient(tiny_server.address, api_key="k-eng") as client:
         batch = await client.explain_batch("tiny", ROWS, purpose="debugging", params=params)
