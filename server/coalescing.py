@@ -15,7 +15,8 @@ Nothing waits for company: a call that finds a worker free starts at once, so a 
 call's latency is unchanged; calls only batch when they would have queued anyway.
 Methods that do not share passes (the sampling methods, whose instances each evaluate
 10⁴–10⁵ rows) never queue here: one worker running several of them in turn would leave
-the other idle.
+the other idle. A worker explains one group, then goes back to the end of the pool's
+queue if more calls wait, so that a steady stream of them never starves other work.
 
 Failures stay per call: a call refused while being prepared (unknown feature, policy,
 budget) gets its own error; if explaining the group fails, each call is explained again
@@ -163,23 +164,32 @@ class Coalescer:
             in_flight.discard(waiting.cancel)
 
     def _drain(self) -> None:
-        """Explains queued calls, a group at a time, until the queue is empty (on a worker)."""
-        while True:
-            with self._lock:
-                if not self._queue:
-                    self._draining -= 1
-                    return
-                group = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_calls))]
-                self.groups += 1
-                self.calls += len(group)
-            if self._observe is not None:
-                self._observe(len(group))
-            try:
+        """Explains one group of queued calls (on a worker), then queues itself again behind the
+        pool's other work while calls wait: a steady stream of them never starves the rest."""
+        with self._lock:
+            group = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_calls))]
+            self.groups += bool(group)
+            self.calls += len(group)
+        try:
+            if group:
+                if self._observe is not None:
+                    self._observe(len(group))
                 self._explain(group)
-            except BaseException as exc:  # never leave a caller waiting
-                log.exception("coalesced_group_failed", calls=len(group))
-                for w in group:
-                    w.finish(error=InternalError("explainer failed") if not isinstance(exc, DesiderataError) else exc)
+        except BaseException as exc:  # never leave a caller waiting
+            log.exception("coalesced_group_failed", calls=len(group))
+            for w in group:
+                w.finish(error=InternalError("explainer failed") if not isinstance(exc, DesiderataError) else exc)
+        finally:
+            with self._lock:
+                again = bool(self._queue)
+                if not again:
+                    self._draining -= 1
+            if again:
+                try:
+                    self._pool.submit(self._drain)
+                except RuntimeError:  # the pool is shut down: the server is stopping
+                    with self._lock:
+                        self._draining -= 1
 
     def _explain(self, group: list[_Waiting]) -> None:
         ready: dict[int, list[tuple[_Waiting, Prepared]]] = {}

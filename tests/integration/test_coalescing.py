@@ -63,10 +63,13 @@ class _Ledger:
 
 
 @asynccontextmanager
-async def _workers_held(running: Running, client: AsyncClient) -> AsyncIterator[Callable[[int], Awaitable[None]]]:
+async def _workers_held(
+    running: Running, client: AsyncClient, prepared: list[int] | None = None
+) -> AsyncIterator[Callable[[int], Awaitable[None]]]:
     """Holds every worker in the preparation of a call of its own, so that the calls made in
     the body queue; yields a function that waits until that many calls are queued. On exit the
-    workers go on, and the first to finish takes the whole queue as one group."""
+    workers go on, and the first to finish takes the whole queue as one group. `prepared`
+    gets the seed of every call the pipeline prepares from then on, in order."""
     pipeline = running.app.pipeline
     coalescer = pipeline.coalescer
     assert coalescer is not None
@@ -74,6 +77,8 @@ async def _workers_held(running: Running, client: AsyncClient) -> AsyncIterator[
     prepare = pipeline.prepare
 
     def held(principal: Any, call: ExplainCall) -> Any:
+        if prepared is not None:
+            prepared.append(call.seed)
         if call.seed >= BLOCKER_SEED:
             inside.release()
             gate.wait(30)
@@ -95,9 +100,8 @@ async def _workers_held(running: Running, client: AsyncClient) -> AsyncIterator[
     try:
         yield queued
     finally:
-        gate.set()
+        gate.set()  # `prepared` goes on recording until the server stops
         await asyncio.gather(*blockers)
-        del pipeline.prepare
 
 
 async def test_queued_calls_share_one_pass_and_are_answered_charged_and_audited_alone(
@@ -197,6 +201,30 @@ async def test_a_call_whose_deadline_passes_while_its_group_computes_is_released
     # Both were admitted and explained together; only the patient one was charged.
     assert ledger.admitted == pipeline.workers + 2 and ledger.charged == pipeline.workers + 1
     assert ledger.released == 1
+
+
+async def test_a_stream_of_queued_calls_does_not_starve_other_work(tiny_repo: Path, tmp_path: Path) -> None:
+    server = {"port": 0, "workers": 1, "max_receive_message_bytes": 64 * 1024}
+    async with (
+        serving(settings_for(tiny_repo, tmp_path, server=server)) as running,
+        AsyncClient(running.address, api_key="k-eng") as client,
+    ):
+        pool = running.app.pipeline._pool
+        prepared: list[int] = []
+        exact = Requests.attribution_params(method="exact_shapley", target_class="yes", seed=500)
+        async with _workers_held(running, client, prepared) as queued:
+            calls = [client.explain("tiny", r, purpose="debugging", params=_ig(1)) for r in ROWS]
+            waiting = [asyncio.ensure_future(c) for c in calls]
+            await queued(len(ROWS))
+            other = asyncio.ensure_future(client.explain("tiny", INSTANCE, purpose="debugging", params=exact))
+            started = time.monotonic()
+            while pool._work_queue.qsize() < 1:  # the exact call waits for the worker too
+                assert time.monotonic() - started < 30
+                await asyncio.sleep(0.01)
+        await asyncio.gather(other, *waiting)
+    # The worker went back to the pool after the blocker's group: the call that waited there
+    # ran before the queued group, not after a queue that might never empty.
+    assert prepared == [BLOCKER_SEED, 500, 1, 1, 1]
 
 
 async def test_calls_of_two_models_in_one_group_each_use_their_own(tmp_path: Path) -> None:
