@@ -9,7 +9,9 @@ ExplainBatch, so a worker that finds several such calls waiting explains them in
 `compute_answers`, while everything the privacy model counts stays per call: each is
 resolved, decided, admitted, noised, disclosed, charged and audited exactly as if it came
 alone, in its own request context (request id, trace), and gets the answer it would get
-alone, up to float32 rounding.
+alone, up to float32 rounding. Measured with sixteen IG callers on the 30-feature benchmark
+MLP, the same server with and without the queue: 1.19–1.46× the calls/s, 5.4–6.1 calls a
+group (the rest of each call's cost, RPC and per-call policy, ledger and audit, is not shared).
 
 Nothing waits for company: a call that finds a worker free starts at once, so a lone
 call's latency is unchanged; calls only batch when they would have queued anyway.
